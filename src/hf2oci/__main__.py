@@ -1,0 +1,3 @@
+from hf2oci.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""The exception tree. ``str(exc)`` is always a one-line message fit for users."""
+
+from __future__ import annotations
+
+
+class Hf2ociError(Exception):
+    """Base of every error hf2oci raises on purpose; the CLI prints ``str(exc)``."""
+
+    #: exit status the CLI uses when this error stops the whole command
+    exit_code = 1
+
+
+class UsageError(Hf2ociError):
+    """Bad configuration or arguments: nothing can run."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """``get_hf/config.yaml`` or a command-line option is invalid."""
+
+
+class InvalidRepoId(Hf2ociError):
+    """A repo id that the hub would refuse."""
+
+
+class InvalidReference(Hf2ociError):
+    """An image reference that cannot be parsed."""
+
+
+class ListError(Hf2ociError):
+    """A bad line in a list file; the message starts with ``path:line:``."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.reason = message
+
+
+class HubError(Hf2ociError):
+    """The hub refused or failed a request."""
+
+
+class RepoNotFound(HubError):
+    pass
+
+
+class RevisionNotFound(HubError):
+    pass
+
+
+class GatedRepo(HubError):
+    pass
+
+
+class HubUnreachable(HubError):
+    pass
+
+
+class PrepareError(Hf2ociError):
+    """``get_hf/prepare.sh`` failed for a repo."""
+
+
+class PackError(Hf2ociError):
+    """The files could not be turned into an image."""
+
+
+class DigestMismatch(PackError):
+    """Bytes did not hash to what the hub or registry promised."""
+
+
+class RegistryError(Hf2ociError):
+    """The registry refused or failed a request.
+
+    ``temporary`` tells the retry policy whether trying again may help.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str | None = None,
+        temporary: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+        self.temporary = temporary
+
+
+class AuthError(RegistryError):
+    """Credentials are missing or refused."""
+
+
+class BuilderError(Hf2ociError):
+    """The docker builder (engine) failed."""
+
+
+class RecordError(Hf2ociError):
+    """The records could not be read, written or committed."""
