@@ -71,9 +71,10 @@ def start_registry(workdir: Path, *, extra_config: str = "") -> Registry:
     reg = Registry(host=f"127.0.0.1:{port}", root=root, proc=proc)
     try:
         wait_http(f"{reg.url}/v2/")
-    except Exception:
+    except Exception as e:
         reg.stop()
-        raise RuntimeError(f"registry did not start: {(workdir / 'registry.log').read_text()}")
+        log_text = (workdir / "registry.log").read_text()
+        raise RuntimeError(f"registry did not start: {log_text}") from e
     return reg
 
 

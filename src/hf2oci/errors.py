@@ -58,6 +58,10 @@ class HubUnreachable(HubError):
     pass
 
 
+class PresetError(Hf2ociError):
+    """An unknown preset, or a preset that selects no file of a repo."""
+
+
 class PrepareError(Hf2ociError):
     """``get_hf/prepare.sh`` failed for a repo."""
 

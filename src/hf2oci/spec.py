@@ -38,3 +38,29 @@ class RepoSpec:
         rev = f"@{self.revision}" if self.revision else ""
         kind = "dataset " if self.repo_type == "dataset" else ""
         return f"{kind}{self.repo_id}{rev}"
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """A successful mirror: what the record stage writes into the ledger."""
+
+    repo_id: str
+    repo_type: RepoType
+    #: the hub commit sha that was mirrored
+    revision: str
+    #: the revision that was asked for ("main", a branch, a tag or a sha)
+    requested_revision: str
+    #: image repository without tag, e.g. "docker.io/hgfkeep/models" or "oci-images/hgfkeep/models"
+    image: str
+    #: tags written, the moving one first: ("org--name", "org--name--0123456789ab")
+    tags: tuple[str, ...]
+    digest: str
+    #: bytes of the files under /REPO
+    size: int
+    file_count: int
+    #: ISO 8601 UTC, e.g. "2026-11-23T14:00:00Z"
+    mirrored_at: str
+    #: "registry" (pushed) or "oci-layout" (written to disk)
+    destination: str = "registry"
+    builder: str = "oci"
+    license: str | None = None

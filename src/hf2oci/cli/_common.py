@@ -1,0 +1,162 @@
+"""What the commands share: option sets, config loading, output, redaction and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from hf2oci import hub
+from hf2oci.builders import Builder, Destination, make_builder
+from hf2oci.config import Config, load_config
+from hf2oci.errors import Hf2ociError, UsageError
+from hf2oci.pipeline import Outcome, Report
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: environment variables whose values must never be printed
+SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF2OCI_REGISTRY_PASSWORD")
+
+
+def redact(text: str) -> str:
+    for var in SECRET_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def echo(message: str, *, err: bool = True) -> None:
+    click.echo(redact(message), err=err)
+
+
+def fail(exc: Hf2ociError) -> NoReturn:
+    echo(f"error: {exc}")
+    sys.exit(exc.exit_code)
+
+
+def handle_errors(func: F) -> F:
+    """Expected failures end as one line on stderr and an exit status, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Hf2ociError as e:
+            fail(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def target_options(func: F) -> F:
+    """--registry, --namespace, --base-image, --builder, --plain-http."""
+    options = [
+        click.option("--registry", help="Registry host (e.g. ghcr.io); none: OCI layouts on disk."),
+        click.option("--namespace", help="Namespace under the registry (e.g. hgfkeep)."),
+        click.option("--base-image", help="Base image reference, or 'scratch'."),
+        click.option(
+            "--builder", type=click.Choice(["oci", "docker"]), help="How images are built."
+        ),
+        click.option(
+            "--plain-http",
+            is_flag=True,
+            default=None,
+            help="Talk HTTP, not HTTPS, to the registry.",
+        ),
+        click.option("--output-dir", help="Where OCI layouts go when no registry is set."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load(config_path: Path, **overrides: Any) -> Config:
+    if config_path.exists():
+        config = load_config(config_path, display=_display(config_path))
+    else:
+        config = Config()
+    return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def build(config: Config) -> Builder:
+    destination = Destination(
+        namespace=config.namespace,
+        registry=config.registry,
+        layout_root=Path(config.output_dir),
+        plain_http=True if config.plain_http else None,
+    )
+    try:
+        return make_builder(
+            config.builder,
+            destination=destination,
+            base_image=config.base_image,
+            small_file_limit=config.small_file_limit,
+        )
+    except Hf2ociError as e:
+        raise UsageError(str(e)) from e
+
+
+def progress_printer(enabled: bool) -> Callable[[str, str], None]:
+    def say(repo: str, message: str) -> None:
+        if enabled:
+            echo(f"{repo}: {message}")
+
+    hub.set_progress_bars(enabled and sys.stderr.isatty())
+    return say
+
+
+def outcome_json(o: Outcome) -> dict[str, Any]:
+    doc: dict[str, Any] = {"status": o.status, "message": redact(o.message), "origin": o.origin}
+    if o.spec is not None:
+        doc.update(repo_id=o.spec.repo_id, repo_type=o.spec.repo_type, revision=o.spec.revision)
+    if o.mirrored is not None:
+        m = o.mirrored
+        doc.update(
+            image=m.image,
+            tags=list(m.tags),
+            digest=m.digest,
+            revision=m.revision,
+            size=m.size,
+            file_count=m.file_count,
+        )
+    return doc
+
+
+def summarize(report: Report, *, as_json: bool, extra_errors: Iterable[Outcome] = ()) -> int:
+    """Print the end-of-run summary; returns the exit status (0 all done, 1 some failed)."""
+    outcomes = [*extra_errors, *report.outcomes]
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {
+        s: sum(1 for o in outcomes if o.status == s) for s in ("mirrored", "skipped", "planned")
+    }
+    if as_json:
+        doc = {
+            "ok": not failed,
+            **counts,
+            "failed": len(failed),
+            "results": [outcome_json(o) for o in outcomes],
+        }
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    parts = [f"{n} {s}" for s, n in counts.items() if n] + [f"{len(failed)} failed"]
+    echo(", ".join(parts))
+    for o in failed:
+        where = o.origin or (o.spec.label if o.spec else "")
+        echo(
+            f"  {where}: {o.message}"
+            if where and not o.message.startswith(where)
+            else f"  {o.message}"
+        )
+    return 1 if failed else 0

@@ -1,0 +1,65 @@
+"""``hf2oci sync``: mirror every repo listed under get_hf/ and record the successes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from hf2oci.cli._common import (
+    build,
+    handle_errors,
+    load,
+    progress_printer,
+    summarize,
+    target_options,
+)
+from hf2oci.errors import ConfigError
+from hf2oci.lists import read_lists
+from hf2oci.pipeline import Outcome, RunOptions, run
+from hf2oci.record import record_results
+
+
+@click.command()
+@click.option(
+    "--get-hf",
+    "get_hf",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("get_hf"),
+    show_default=True,
+    help="Folder with to_get_models.txt, to_get_datasets.txt, config.yaml, prepare.sh.",
+)
+@target_options
+@click.option("--dry-run", is_flag=True, help="Plan only: say what would be mirrored.")
+@click.option("--force", is_flag=True, help="Mirror even repos that look up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@handle_errors
+def sync(
+    get_hf: Path,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+    **overrides: str | bool | None,
+) -> None:
+    """Mirror every repo listed in get_hf/ and write models.md / datasets.md."""
+    if not get_hf.is_dir():
+        raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
+    config = load(get_hf / "config.yaml", **overrides)
+    specs, list_errors = read_lists(get_hf)
+    builder = build(config)
+    prepare = get_hf / "prepare.sh"
+    options = RunOptions(
+        destination=builder.destination,
+        prepare_script=prepare if prepare.is_file() else None,
+        hub_workers=config.hub_workers,
+        dry_run=dry_run,
+        force=force,
+    )
+    report = run(specs, builder, options, progress=progress_printer(not quiet))
+    if not dry_run:
+        record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
+    bad_lines = [Outcome("failed", str(e), origin=f"{e.path}:{e.line}") for e in list_errors]
+    sys.exit(summarize(report, as_json=as_json, extra_errors=bad_lines))

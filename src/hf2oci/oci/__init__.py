@@ -1,0 +1,1 @@
+"""OCI images: layers, manifests, registries and layouts (no Docker engine needed)."""

@@ -1,0 +1,299 @@
+"""OCI image layouts on disk: content-addressed blobs shared by many tagged images.
+
+See https://github.com/opencontainers/image-spec/blob/main/image-layout.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from hf2oci.errors import DigestMismatch, PackError
+from hf2oci.oci.image import (
+    ANNOTATION_REF_NAME,
+    INDEX_TYPES,
+    MT_INDEX,
+    MT_MANIFEST,
+    Descriptor,
+    Image,
+    canonical_json,
+)
+from hf2oci.oci.layers import FileBlobLayer, check_digest
+from hf2oci.oci.tarstream import DEFAULT_CHUNK
+
+log = logging.getLogger(__name__)
+
+LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+LAYOUT_VERSION = "1.0.0"
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def blob_path(path: Path, digest: str) -> Path:
+    """Where the blob ``digest`` lives (or would live) in the layout at ``path``."""
+    algorithm, _, hexpart = check_digest(digest).partition(":")
+    return Path(path) / "blobs" / algorithm / hexpart
+
+
+def write_layout(image: Image, path: Path, *, tags: Sequence[str]) -> None:
+    """Add ``image`` to the layout at ``path`` (created if needed) under each of ``tags``.
+
+    Blobs already present are kept as they are; tags pointing elsewhere are moved; other tags
+    and images stay. Safe against concurrent writers of the same layout.
+    """
+    if not tags:
+        raise PackError(f"{path}: no tag to write the image under")
+    for tag in tags:
+        if not _TAG.fullmatch(tag):
+            raise PackError(f"{path}: invalid tag {tag!r}")
+    path = Path(path)
+    try:
+        (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PackError(f"cannot create layout {str(path)!r}: {e.strerror}") from e
+    with _locked(path):
+        _ensure_layout_file(path)
+    # blobs are immutable and content-addressed: no lock needed; the manifest goes last so an
+    # index never names a manifest whose blobs are missing
+    for layer in image.layers:
+        _write_blob(path, layer.digest, layer.size, layer.open)
+    _write_blob(path, image.config_digest, len(image.config), lambda: io.BytesIO(image.config))
+    _write_blob(path, image.digest, len(image.manifest), lambda: io.BytesIO(image.manifest))
+    with _locked(path):
+        index = _read_index_or_new(path)
+        _set_tags(index, image.manifest_descriptor, tags)
+        _write_file_atomic(path / INDEX_FILE, canonical_json(index), skip_if_same=True)
+    log.debug("wrote %s to %s as %s", image.digest, path, ", ".join(tags))
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """The layout's ``index.json`` document."""
+    index_path = Path(path) / INDEX_FILE
+    try:
+        doc = json.loads(index_path.read_bytes())
+    except FileNotFoundError as e:
+        raise PackError(f"{str(path)!r} is not an OCI image layout (no {INDEX_FILE})") from e
+    except OSError as e:
+        raise PackError(f"cannot read {str(index_path)!r}: {e.strerror}") from e
+    except ValueError as e:
+        raise PackError(f"{str(index_path)!r} is not valid JSON") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+        raise PackError(f"{str(index_path)!r} is not an OCI image index")
+    return doc
+
+
+def resolve_tag(path: Path, tag: str) -> Descriptor | None:
+    """The descriptor tagged ``tag`` in the layout's index, None when the tag is absent."""
+    found = None
+    for doc in read_index(path).get("manifests", []):
+        if isinstance(doc, dict) and (doc.get("annotations") or {}).get(ANNOTATION_REF_NAME) == tag:
+            found = doc
+    if found is None:
+        return None
+    try:
+        return Descriptor.from_json(found)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackError(f"{path}: malformed descriptor for tag {tag!r}") from e
+
+
+def read_image(path: Path, tag: str) -> Image:
+    """The image tagged ``tag``, its layers read from the layout's blobs (verified lazily)."""
+    path = Path(path)
+    desc = resolve_tag(path, tag)
+    if desc is None:
+        raise PackError(f"{path}: no image tagged {tag!r}")
+    if desc.media_type in INDEX_TYPES:
+        raise PackError(f"{path}:{tag} is a multi-platform index, not an image")
+    manifest = _read_blob(path, desc.digest)
+    try:
+        manifest_doc = json.loads(manifest)
+        config_desc = Descriptor.from_json(manifest_doc["config"])
+        layer_descs = [Descriptor.from_json(d) for d in manifest_doc["layers"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackError(f"{path}:{tag}: malformed manifest {desc.digest}") from e
+    config = _read_blob(path, config_desc.digest)
+    try:
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackError(f"{path}:{tag}: malformed config {config_desc.digest}") from e
+    if len(diff_ids) != len(layer_descs):
+        raise PackError(f"{path}:{tag}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids")
+    layers = [
+        FileBlobLayer(
+            blob_path(path, d.digest),
+            media_type=d.media_type,
+            diff_id=diff_id,
+            digest=d.digest,
+            size=d.size,
+        )
+        for d, diff_id in zip(layer_descs, diff_ids, strict=True)
+    ]
+    return Image(
+        layers=layers,
+        config=config,
+        manifest=manifest,
+        media_type=manifest_doc.get("mediaType", desc.media_type),
+    )
+
+
+def _read_blob(path: Path, digest: str) -> bytes:
+    """A small blob (manifest, config), checked against its digest."""
+    blob = blob_path(path, digest)
+    try:
+        data = blob.read_bytes()
+    except OSError as e:
+        raise PackError(f"cannot read blob {str(blob)!r}: {e.strerror}") from e
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise DigestMismatch(f"blob {str(blob)!r} is corrupt: its content hashes to {actual}")
+    return data
+
+
+def _write_blob(path: Path, digest: str, size: int, opener: Callable[[], BinaryIO]) -> None:
+    """Copy a blob into the layout unless present: temp file, verify, fsync, rename."""
+    target = blob_path(path, digest)
+    try:
+        if target.stat().st_size == size:
+            return
+        log.warning("replacing blob %s: wrong size", target)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise PackError(f"cannot read blob {str(target)!r}: {e.strerror}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name[:16]}.", suffix=".tmp"
+    )
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        written = 0
+        with os.fdopen(fd, "wb") as out, opener() as src:
+            while chunk := src.read(DEFAULT_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                written += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest or written != size:
+            raise DigestMismatch(
+                f"blob for {str(target)!r} hashed to {actual} ({written} bytes), "
+                f"expected {digest} ({size} bytes)"
+            )
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise PackError(f"cannot write blob {str(target)!r}: {e.strerror}") from e
+        raise
+    _fsync_dir(target.parent)
+
+
+def _ensure_layout_file(path: Path) -> None:
+    layout_file = path / LAYOUT_FILE
+    if layout_file.exists():
+        try:
+            version = json.loads(layout_file.read_bytes()).get("imageLayoutVersion")
+        except (OSError, ValueError, AttributeError) as e:
+            raise PackError(f"{str(layout_file)!r} is not an OCI layout marker") from e
+        if version != LAYOUT_VERSION:
+            raise PackError(f"{str(path)!r}: unsupported image layout version {version!r}")
+        return
+    _write_file_atomic(layout_file, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
+
+
+def _read_index_or_new(path: Path) -> dict[str, Any]:
+    if not (path / INDEX_FILE).exists():
+        return {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}
+    return read_index(path)
+
+
+def _set_tags(index: dict[str, Any], desc: Descriptor, tags: Sequence[str]) -> None:
+    """Point each tag at ``desc``: in place where the tag existed, appended otherwise."""
+    manifests: list[Any] = list(index.get("manifests") or [])
+    pending = dict.fromkeys(tags)
+    out: list[Any] = []
+    for doc in manifests:
+        ref = (
+            (doc.get("annotations") or {}).get(ANNOTATION_REF_NAME)
+            if isinstance(doc, dict)
+            else None
+        )
+        if ref in tags:
+            if ref in pending:
+                out.append(_tagged(desc, ref))
+                del pending[ref]
+            continue  # a duplicate of a tag already moved
+        out.append(doc)
+    out.extend(_tagged(desc, tag) for tag in pending)
+    index["manifests"] = out
+    index.setdefault("schemaVersion", 2)
+    index.setdefault("mediaType", MT_INDEX)
+
+
+def _tagged(desc: Descriptor, tag: str) -> dict[str, Any]:
+    doc = Descriptor(
+        desc.media_type or MT_MANIFEST, desc.digest, desc.size, {ANNOTATION_REF_NAME: tag}
+    )
+    return doc.to_json()
+
+
+def _write_file_atomic(target: Path, data: bytes, *, skip_if_same: bool = False) -> None:
+    try:
+        if skip_if_same and target.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise PackError(f"cannot read {str(target)!r}: {e.strerror}") from e
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise PackError(f"cannot write {str(target)!r}: {e.strerror}") from e
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, target)
+    except BaseException as e:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise PackError(f"cannot write {str(target)!r}: {e.strerror}") from e
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    # makes the rename durable; best effort (not every filesystem allows it)
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on the layout directory itself (no lock file left in the layout)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise PackError(f"cannot open layout {str(path)!r}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,69 @@
+"""Helpers for end-to-end tests: a project folder, running the CLI, reading images back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner, Result
+
+from hf2oci.cli import main
+
+
+def make_project(
+    root: Path,
+    *,
+    models: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
+    prepare: str | None = None,
+) -> Path:
+    get_hf = root / "get_hf"
+    get_hf.mkdir(parents=True, exist_ok=True)
+    (get_hf / "to_get_models.txt").write_text("".join(f"{m}\n" for m in models))
+    (get_hf / "to_get_datasets.txt").write_text("".join(f"{d}\n" for d in datasets))
+    if config is not None:
+        (get_hf / "config.yaml").write_text(yaml.safe_dump(dict(config)))
+    if prepare is not None:
+        (get_hf / "prepare.sh").write_text(prepare)
+    return root
+
+
+def cli(*args: str) -> Result:
+    """Run hf2oci in-process; an unexpected exception fails the test (no traceback hiding)."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def skopeo_inspect(ref: str, *, raw: bool = False, config: bool = False) -> Any:
+    cmd = ["skopeo", "inspect", "--tls-verify=false"]
+    if raw:
+        cmd.append("--raw")
+    if config:
+        cmd.append("--config")
+    out = subprocess.run([*cmd, ref], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def docker_files(image: str, dest: Path) -> dict[str, bytes]:
+    """docker pull + create + cp /REPO → {relative path: bytes}."""
+    subprocess.run(["docker", "pull", "-q", image], check=True, capture_output=True)
+    cid = subprocess.run(
+        ["docker", "create", image, "sh"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["docker", "cp", f"{cid}:/REPO", str(dest)], check=True, capture_output=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    return read_tree(dest)
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

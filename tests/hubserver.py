@@ -1,0 +1,586 @@
+"""A local Hugging Face Hub for tests: the real `huggingface_hub` client talks to it over HTTP.
+
+Serves repo info, tree listings and `resolve` downloads (with ranges) from in-memory commits,
+answers errors the way huggingface.co does, logs requests and injects faults on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+log = logging.getLogger(__name__)
+
+LFS_SUFFIXES = (
+    ".safetensors", ".bin", ".gguf", ".parquet", ".pt", ".h5", ".onnx", ".msgpack", ".ckpt",
+    ".pth",
+)  # fmt: skip
+LFS_THRESHOLD = 10 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_SHA_RE = re.compile(r"[0-9a-f]{40}")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+# Hashes of files served from disk, computed once: (path, size, mtime_ns) -> (git sha1, sha256).
+_PATH_HASHES: dict[tuple[str, int, int], tuple[str, str]] = {}
+_PATH_HASHES_LOCK = threading.Lock()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a blob, as the hub reports for non-LFS files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git-lfs pointer file that git stores in place of an LFS file."""
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
+
+
+def _hash_path(path: Path) -> tuple[int, str, str]:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _PATH_HASHES_LOCK:
+        cached = _PATH_HASHES.get(key)
+    if cached is None:
+        sha1 = hashlib.sha1(b"blob %d\0" % st.st_size)
+        sha256 = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                sha1.update(chunk)
+                sha256.update(chunk)
+        cached = (sha1.hexdigest(), sha256.hexdigest())
+        with _PATH_HASHES_LOCK:
+            _PATH_HASHES[key] = cached
+    return st.st_size, cached[0], cached[1]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One file's content: bytes in memory or a file on disk (streamed, never loaded)."""
+
+    size: int
+    git_sha1: str
+    sha256: str
+    lfs: bool
+    data: bytes | None = None
+    path: Path | None = None
+
+    @classmethod
+    def make(cls, name: str, content: bytes | Path) -> Blob:
+        if isinstance(content, Path):
+            size, sha1, sha256 = _hash_path(content)
+        else:
+            content = bytes(content)
+            size, sha1 = len(content), git_blob_sha1(content)
+            sha256 = hashlib.sha256(content).hexdigest()
+        lfs = name.lower().endswith(LFS_SUFFIXES) or size >= LFS_THRESHOLD
+        if isinstance(content, Path):
+            return cls(size, sha1, sha256, lfs, path=content)
+        return cls(size, sha1, sha256, lfs, data=content)
+
+    @property
+    def oid(self) -> str:
+        """The git object id in the tree: of the pointer file for LFS files, as on the hub."""
+        return git_blob_sha1(self.pointer) if self.lfs else self.git_sha1
+
+    @property
+    def pointer(self) -> bytes:
+        return lfs_pointer(self.sha256, self.size)
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 if self.lfs else self.git_sha1
+
+    def lfs_info(self, key: str) -> dict[str, Any]:
+        """LFS metadata; the hub names the hash "oid" in trees and "sha256" in siblings."""
+        return {key: self.sha256, "size": self.size, "pointerSize": len(self.pointer)}
+
+    def chunks(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) in chunks."""
+        if self.data is not None:
+            for pos in range(start, end, _CHUNK):
+                yield self.data[pos : min(pos + _CHUNK, end)]
+            return
+        assert self.path is not None
+        with self.path.open("rb") as f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{self.path} shrank while being served")
+                left -= len(chunk)
+                yield chunk
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    parent: str | None
+    files: Mapping[str, Blob]
+    date: datetime
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    repo_type: str
+    gated: bool
+    private: bool
+    card_data: dict[str, Any] | None
+    created: datetime
+    refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit sha
+    commits: dict[str, Commit] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> Commit | None:
+        sha = self.refs.get(revision)
+        if sha is None and _SHA_RE.fullmatch(revision):
+            sha = revision
+        return self.commits.get(sha) if sha else None
+
+
+@dataclass
+class _Fault:
+    substring: str
+    times: int
+    status: int = 503
+    retry_after: int | None = None
+    after_bytes: int = 0
+
+
+class HubError(Exception):
+    """An error answered with the hub's headers (`X-Error-Code`, `X-Error-Message`)."""
+
+    def __init__(self, status: int, code: str | None, message: str, commit: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.commit = status, code, message, commit
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+class HubServer:
+    """An in-process hub on 127.0.0.1 (random port); use as a context manager or start()/stop()."""
+
+    def __init__(self) -> None:
+        self.tokens: set[str] = set()  # `Authorization: Bearer <t>` with t here is authorised
+        self.requests: list[tuple[str, str]] = []  # (method, url-decoded path with query)
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of 206 answers
+        self._repos: dict[tuple[str, str], Repo] = {}
+        self._fails: list[_Fault] = []
+        self._cuts: list[_Fault] = []
+        self._lock = threading.RLock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("HubServer is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> HubServer:
+        if self._httpd is None:
+            self._httpd = _Server(("127.0.0.1", 0), _Handler)
+            self._httpd.hub = self
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- content -----------------------------------------------------------------------------
+
+    def add_repo(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | Path],
+        *,
+        repo_type: str = "model",
+        gated: bool = False,
+        private: bool = False,
+        card_data: dict[str, Any] | None = None,
+        branch: str = "main",
+    ) -> str:
+        """Create (or replace) a repo whose `branch` holds `files`; returns the commit sha."""
+        repo = Repo(repo_id, repo_type, gated, private, card_data, datetime.now(timezone.utc))
+        blobs = {name: Blob.make(name, content) for name, content in files.items()}
+        with self._lock:
+            commit = self._new_commit(repo, None, blobs)
+            repo.refs[branch] = commit.sha
+            self._repos[(repo_type, repo_id)] = repo
+        return commit.sha
+
+    def commit(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | Path],
+        *,
+        repo_type: str = "model",
+        branch: str = "main",
+        delete: tuple[str, ...] | list[str] = (),
+    ) -> str:
+        """Add a commit on `branch` (created from main when new) updating files; returns its sha."""
+        blobs = {name: Blob.make(name, content) for name, content in files.items()}
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            head = repo.commits[repo.refs.get(branch) or repo.refs["main"]]
+            tree = {k: v for k, v in head.files.items() if k not in set(delete)}
+            tree.update(blobs)
+            commit = self._new_commit(repo, head.sha, tree)
+            repo.refs[branch] = commit.sha
+        return commit.sha
+
+    def tag(
+        self, repo_id: str, tag: str, *, revision: str = "main", repo_type: str = "model"
+    ) -> str:
+        """Point tag (or branch) `tag` at `revision`; returns the commit sha."""
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            commit = repo.resolve(revision)
+            if commit is None:
+                raise KeyError(f"unknown revision {revision!r} of {repo_id}")
+            repo.refs[tag] = commit.sha
+        return commit.sha
+
+    def _repo(self, repo_id: str, repo_type: str) -> Repo:
+        try:
+            return self._repos[(repo_type, repo_id)]
+        except KeyError:
+            raise KeyError(f"no {repo_type} repo {repo_id!r} on the test hub") from None
+
+    def _new_commit(self, repo: Repo, parent: str | None, files: dict[str, Blob]) -> Commit:
+        manifest = {
+            "repo": f"{repo.repo_type}s/{repo.repo_id}",
+            "parent": parent,
+            "files": sorted((name, blob.oid) for name, blob in files.items()),
+        }
+        sha = hashlib.sha1(json.dumps(manifest).encode()).hexdigest()
+        commit = Commit(sha, parent, dict(sorted(files.items())), datetime.now(timezone.utc))
+        repo.commits[sha] = commit
+        return commit
+
+    # -- instrumentation and faults ----------------------------------------------------------
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.ranges.clear()
+
+    def count(self, method: str, path_substring: str) -> int:
+        """How many logged requests had this method and a path containing the substring."""
+        with self._lock:
+            return sum(1 for m, p in self.requests if m == method and path_substring in p)
+
+    def fail_next(
+        self,
+        path_substring: str,
+        *,
+        status: int = 503,
+        times: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
+        """Answer the next `times` requests whose path contains the substring with `status`."""
+        with self._lock:
+            self._fails.append(_Fault(path_substring, times, status, retry_after))
+
+    def cut_next(self, path_substring: str, *, after_bytes: int, times: int = 1) -> None:
+        """Close the connection after `after_bytes` of the body of the next matching downloads."""
+        with self._lock:
+            self._cuts.append(_Fault(path_substring, times, after_bytes=after_bytes))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._fails.clear()
+            self._cuts.clear()
+
+    def _take(self, faults: list[_Fault], path: str) -> _Fault | None:
+        with self._lock:
+            for fault in faults:
+                if fault.substring in path:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        faults.remove(fault)
+                    return fault
+        return None
+
+    def _authorised(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip() in self.tokens
+
+    # -- request handling (called from server threads) ---------------------------------------
+
+    def _lookup(self, repo_type: str, segments: list[str], authorised: bool) -> tuple[Repo, int]:
+        """Find the repo named by the first one or two path segments; returns it and its length."""
+        with self._lock:
+            for n in (2, 1):
+                repo = self._repos.get((repo_type, unquote("/".join(segments[:n]))))
+                if repo is not None and len(segments) >= n:
+                    break
+            else:
+                repo = None
+        if repo is None or (repo.private and not authorised):
+            raise HubError(404, "RepoNotFound", "Repository not found")
+        return repo, n
+
+    @staticmethod
+    def _split_revision(repo: Repo, tail: list[str]) -> tuple[Commit, str]:
+        """Split `rev/path...`; the revision is url-encoded by the client but may hold '/'."""
+        if not tail or not tail[0]:
+            raise HubError(404, "RevisionNotFound", "Invalid rev id: ")
+        for n in range(1, len(tail) + 1):
+            commit = repo.resolve(unquote("/".join(tail[:n])))
+            if commit is not None:
+                return commit, unquote("/".join(tail[n:]))
+        raise HubError(404, "RevisionNotFound", f"Invalid rev id: {unquote(tail[0])}")
+
+    def _info(self, repo: Repo, commit: Commit, *, blobs: bool) -> dict[str, Any]:
+        siblings = []
+        for name, blob in commit.files.items():
+            sibling: dict[str, Any] = {"rfilename": name}
+            if blobs:
+                sibling.update(size=blob.size, blobId=blob.oid)
+                if blob.lfs:
+                    sibling["lfs"] = blob.lfs_info("sha256")
+            siblings.append(sibling)
+        tags = [f"license:{repo.card_data['license']}"] if repo.card_data else []
+        info: dict[str, Any] = {
+            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0] if "/" in repo.repo_id else None,
+            "sha": commit.sha,
+            "lastModified": _iso(commit.date),
+            "createdAt": _iso(repo.created),
+            "private": repo.private,
+            "gated": "auto" if repo.gated else False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [*tags, "region:us"],
+            "siblings": siblings,
+            "usedStorage": sum(b.size for b in commit.files.values()),
+        }
+        if repo.repo_type == "model":
+            info["modelId"] = repo.repo_id
+        if repo.card_data is not None:
+            info["cardData"] = repo.card_data
+        return info
+
+    @staticmethod
+    def _tree(commit: Commit, path: str, *, recursive: bool) -> list[dict[str, Any]]:
+        prefix = f"{path.strip('/')}/" if path.strip("/") else ""
+        if prefix and path.strip("/") in commit.files:
+            raise HubError(404, "EntryNotFound", f"{path} is a file, not a directory")
+        dirs: dict[str, list[str]] = {}
+        files: list[str] = []
+        for name in commit.files:
+            if not name.startswith(prefix):
+                continue
+            parts = name[len(prefix) :].split("/")
+            for depth in range(1, len(parts)):
+                if recursive or depth == 1:
+                    dirs.setdefault(prefix + "/".join(parts[:depth]), []).append(name)
+            if recursive or len(parts) == 1:
+                files.append(name)
+        if prefix and not files and not dirs:
+            raise HubError(404, "EntryNotFound", f"{path} does not exist on the revision")
+        entries: list[dict[str, Any]] = []
+        for d, members in dirs.items():
+            listing = sorted((m, commit.files[m].oid) for m in members)
+            oid = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
+            entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
+        for name in files:
+            blob = commit.files[name]
+            entry: dict[str, Any] = {"type": "file", "oid": blob.oid, "size": blob.size}
+            entry["path"] = name
+            if blob.lfs:
+                entry["lfs"] = blob.lfs_info("oid")
+            entries.append(entry)
+        return sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    hub: HubServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients dropping connections mid-download are expected; keep test output clean.
+        log.debug("test hub: error serving %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "hf2oci-test-hub/1.0"
+    timeout = 120  # idle keep-alive connections do not pin a thread forever
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("test hub: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        hub = self.server.hub
+        raw_path, _, query = self.path.partition("?")
+        shown = unquote(self.path)
+        with hub._lock:
+            hub.requests.append((self.command, shown))
+        fault = hub._take(hub._fails, shown)
+        if fault is not None:
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            self._json(fault.status, {"error": f"injected failure {fault.status}"}, extra)
+            return
+        try:
+            self._route(hub, raw_path, parse_qs(query))
+        except HubError as e:
+            headers = {"X-Error-Message": e.message}
+            if e.code:
+                headers["X-Error-Code"] = e.code
+            if e.commit:
+                headers["X-Repo-Commit"] = e.commit
+            self._json(e.status, {"error": e.message}, headers)
+
+    def _route(self, hub: HubServer, raw_path: str, query: dict[str, list[str]]) -> None:
+        authorised = hub._authorised(self.headers.get("Authorization"))
+        segments = raw_path.split("/")[1:]
+        if raw_path == "/api/agent-harnesses":
+            self._json(200, {"standardEnvVars": [], "harnesses": {}})
+            return
+        if len(segments) >= 3 and segments[0] == "api" and segments[1] in ("models", "datasets"):
+            repo, n = hub._lookup(segments[1][:-1], segments[2:], authorised)
+            rest = segments[2 + n :]
+            if rest in ([], [""]):
+                commit, _ = hub._split_revision(repo, ["main"])
+            elif rest[0] == "revision":
+                commit, _ = hub._split_revision(repo, ["/".join(rest[1:])])
+            elif rest[0] == "tree":
+                commit, path = hub._split_revision(repo, rest[1:])
+                recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+                self._json(200, hub._tree(commit, path, recursive=recursive))
+                return
+            else:
+                raise HubError(404, None, "Not found")
+            blobs = query.get("blobs", ["false"])[0].lower() in ("true", "1")
+            self._json(200, hub._info(repo, commit, blobs=blobs))
+            return
+        if segments[0] == "datasets":
+            repo_type, rest = "dataset", segments[1:]
+        else:
+            repo_type, rest = "model", segments
+        if "resolve" in rest[1:3]:
+            repo, n = hub._lookup(repo_type, rest, authorised)
+            if rest[n : n + 1] == ["resolve"]:
+                self._resolve(repo, rest[n + 1 :], authorised)
+                return
+        raise HubError(404, None, "Not found")
+
+    def _resolve(self, repo: Repo, tail: list[str], authorised: bool) -> None:
+        if repo.gated and not authorised:
+            kind = "dataset" if repo.repo_type == "dataset" else "model"
+            msg = f"Access to {kind} {repo.repo_id} is restricted"
+            if self.headers.get("Authorization"):
+                raise HubError(403, "GatedRepo", f"{msg} and you are not in the authorized list.")
+            raise HubError(401, "GatedRepo", f"{msg}. You must be authenticated to access it.")
+        commit, path = HubServer._split_revision(repo, tail)
+        blob = commit.files.get(path)
+        if blob is None:
+            raise HubError(404, "EntryNotFound", "Entry not found", commit=commit.sha)
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{blob.etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if blob.lfs:
+            headers |= {"X-Linked-Etag": f'"{blob.etag}"', "X-Linked-Size": str(blob.size)}
+        start, end, status = 0, blob.size, 200
+        match = _RANGE_RE.fullmatch(self.headers.get("Range", "").strip())
+        if match and (match[1] or match[2]):
+            if match[1]:
+                start = int(match[1])
+                end = min(int(match[2]) + 1, blob.size) if match[2] else blob.size
+            else:  # suffix range: the last N bytes
+                start = max(blob.size - int(match[2]), 0)
+            if start >= blob.size or start >= end:
+                headers["Content-Range"] = f"bytes */{blob.size}"
+                self._json(416, {"error": "Requested range not satisfiable"}, headers)
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
+            with self.server.hub._lock:
+                self.server.hub.ranges.append((unquote(self.path), self.headers["Range"]))
+        self._send(status, headers, end - start, blob.chunks(start, end))
+
+    def _json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        headers = {**(headers or {}), "Content-Type": "application/json"}
+        self._send(status, headers, len(data), [data])
+
+    def _send(self, status: int, headers: Mapping[str, str], length: int, body: Any) -> None:
+        """Send a response; always with Content-Length so keep-alive works."""
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        cut = self.server.hub._take(self.server.hub._cuts, unquote(self.path))
+        budget = cut.after_bytes if cut is not None else length
+        try:
+            for chunk in body:
+                if budget <= 0:
+                    break
+                self.wfile.write(chunk[:budget])
+                budget -= len(chunk)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        if cut is not None:
+            # Drop the connection mid-body, as a flaky network would.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,370 @@
+"""End to end: `hf2oci sync`/`mirror` against the test hub, the real registry and engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _tag(repo_id: str) -> str:
+    return repo_id.replace("/", "--")
+
+
+def test_sync_pushes_images_with_every_file_byte_for_byte(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    model, sha, files = random_repo(card_data={"license": "apache-2.0"})
+    dataset, dsha, dfiles = random_repo(repo_type="dataset")
+    make_project(
+        project,
+        models=[model],
+        datasets=[dataset],
+        config={"registry": registry.host, "namespace": "e2e", "base_image": busybox_base},
+    )
+    result = cli("sync", "-q")
+    assert result.exit_code == 0, result.output
+
+    ref = f"{registry.host}/e2e/models:{_tag(model)}"
+    got = docker_files(ref, project / "out")
+    assert got == files
+
+    dref = f"{registry.host}/e2e/datasets:{_tag(dataset)}"
+    assert docker_files(dref, project / "dout") == dfiles
+
+    # the immutable tag points at the same manifest; labels and annotations say what it is
+    info = skopeo_inspect(f"docker://{ref}")
+    pinned = skopeo_inspect(f"docker://{registry.host}/e2e/models:{_tag(model)}--{sha[:12]}")
+    assert info["Digest"] == pinned["Digest"]
+    labels = info["Labels"]
+    assert labels["org.opencontainers.image.revision"] == sha
+    assert labels["org.opencontainers.image.title"] == model
+    assert labels["org.opencontainers.image.source"] == f"{hub.url}/{model}"
+    assert labels["org.opencontainers.image.licenses"] == "apache-2.0"
+    assert labels["io.huggingface.repo_id"] == model
+    assert labels["io.huggingface.repo_type"] == "model"
+    manifest = skopeo_inspect(f"docker://{ref}", raw=True)
+    assert manifest["annotations"]["org.opencontainers.image.revision"] == sha
+    dlabels = skopeo_inspect(f"docker://{dref}")["Labels"]
+    assert dlabels["org.opencontainers.image.source"] == f"{hub.url}/datasets/{dataset}"
+
+    # records: the ledger and the markdown pages
+    ledger = json.loads((project / "get_hf" / "mirrored.json").read_text())
+    entry = ledger["models"][model]
+    assert entry["revision"] == sha
+    assert entry["digest"] == info["Digest"]
+    assert entry["file_count"] == len(files)
+    assert entry["size"] == sum(len(b) for b in files.values())
+    assert ledger["datasets"][dataset]["revision"] == dsha
+    assert (
+        f"docker pull {registry.host}/e2e/models:{_tag(model)}"
+        in (project / "models.md").read_text()
+    )
+    assert _tag(dataset) in (project / "datasets.md").read_text()
+
+
+def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    model, sha, _files = random_repo()
+    make_project(
+        project,
+        models=[model],
+        config={"registry": registry.host, "namespace": "rerun", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    first = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+
+    hub.reset_log()
+    again = cli("sync", "--json")
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["skipped"] == 1 and doc["mirrored"] == 0
+    assert hub.count("GET", "/resolve/") == 0  # no file was downloaded again
+
+    new_sha = hub.commit(model, {"config.json": b'{"changed": true}\n'})
+    moved = cli("sync", "--json")
+    assert moved.exit_code == 0, moved.output
+    assert json.loads(moved.stdout)["mirrored"] == 1
+    second = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+    assert second["Labels"]["org.opencontainers.image.revision"] == new_sha
+    assert second["Digest"] != first["Digest"]
+    # the old immutable tag still holds the old revision
+    old = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}--{sha[:12]}")
+    assert old["Digest"] == first["Digest"]
+
+
+def test_same_input_gives_the_same_digest(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    model, _, _ = random_repo()
+    make_project(project, models=[model])
+    common = ["--registry", registry.host, "--base-image", busybox_base, "-q"]
+    assert cli("sync", "--namespace", "repro-a", *common).exit_code == 0
+    assert cli("sync", "--namespace", "repro-b", "--force", *common).exit_code == 0
+    a = skopeo_inspect(f"docker://{registry.host}/repro-a/models:{_tag(model)}")
+    b = skopeo_inspect(f"docker://{registry.host}/repro-b/models:{_tag(model)}")
+    assert a["Digest"] == b["Digest"]
+
+
+def test_layout_output_needs_no_registry_or_engine(
+    hub, random_repo, project: Path, tmp_path: Path
+) -> None:
+    model, sha, files = random_repo()
+    make_project(project, models=[model], config={"namespace": "local", "base_image": "scratch"})
+    result = cli("sync", "-q")
+    assert result.exit_code == 0, result.output
+    layout = project / "oci-images" / "local" / "models"
+    tag = _tag(model)
+    info = skopeo_inspect(f"oci:{layout}:{tag}")
+    assert info["Labels"]["org.opencontainers.image.revision"] == sha
+    # an independent tool unpacks it to the same bytes
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    assert read_tree(bundle / "REPO") == files
+    ledger = json.loads((project / "get_hf" / "mirrored.json").read_text())
+    assert ledger["models"][model]["destination"] == "oci-layout"
+
+
+def test_filters_and_presets_select_files(
+    hub,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    files = {
+        "config.json": b"{}",
+        "model.safetensors": b"S" * 2048,
+        "pytorch_model.bin": b"B" * 2048,
+        "onnx/model.onnx": b"O" * 100,
+        "README.md": b"# card",
+    }
+    hub.add_repo("filt/preset", files)
+    hub.add_repo("filt/include", files)
+    make_project(
+        project,
+        models=["filt/preset preset=safetensors", "filt/include include=*.json,README.md"],
+        config={"registry": registry.host, "namespace": "filt", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    ledger = json.loads((project / "get_hf" / "mirrored.json").read_text())
+    assert ledger["models"]["filt/preset"]["file_count"] == 3
+    assert ledger["models"]["filt/include"]["file_count"] == 2
+    got = docker_files(f"{registry.host}/filt/models:filt--preset", project / "x")
+    assert sorted(got) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_failures_are_one_line_each_and_never_stop_the_others(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    good, _, _ = random_repo()
+    gated, _, _ = random_repo(gated=True)
+    make_project(
+        project,
+        models=[
+            "# a comment",
+            "bad id with spaces",
+            "nobody/missing-repo",
+            f"{good}@no-such-branch",
+            gated,
+            good,
+        ],
+        config={"registry": registry.host, "namespace": "fail", "base_image": busybox_base},
+    )
+    result = cli("sync", "-q")
+    assert result.exit_code == 1
+    err = result.stderr
+    assert "Traceback" not in result.output
+    assert "get_hf/to_get_models.txt:2: invalid repo id 'bad id with spaces'" in err
+    assert "get_hf/to_get_models.txt:3:" in err and "not found" in err
+    assert "no-such-branch" in err
+    assert "HF_TOKEN" in err and "gated" in err
+    assert "1 mirrored" in err and "4 failed" in err
+    ledger = json.loads((project / "get_hf" / "mirrored.json").read_text())
+    assert list(ledger["models"]) == [good]
+    assert "missing-repo" not in (project / "models.md").read_text()
+
+
+def test_gated_repo_with_token_never_leaks_it(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+    monkeypatch,
+) -> None:
+    token = "hf_secretTOKEN1234567890"
+    hub.tokens.add(token)
+    monkeypatch.setenv("HF_TOKEN", token)
+    gated, _sha, _files = random_repo(gated=True)
+    make_project(
+        project,
+        models=[gated],
+        config={"registry": registry.host, "namespace": "gated", "base_image": busybox_base},
+    )
+    result = cli("sync", "--json")
+    assert result.exit_code == 0, result.output
+    assert token not in result.output
+    ref = f"docker://{registry.host}/gated/models:{_tag(gated)}"
+    assert token not in json.dumps(skopeo_inspect(ref, config=True))
+    assert token not in json.dumps(skopeo_inspect(ref, raw=True))
+    for name in ("get_hf/mirrored.json", "models.md"):
+        assert token not in (project / name).read_text()
+
+
+def test_registry_refusal_fails_that_repo_with_one_line(
+    hub, random_repo, project: Path, tmp_path: Path
+) -> None:
+    from servers import start_registry
+
+    htpasswd = tmp_path / "htpasswd"
+    # bcrypt hash of "secret" for user "u"
+    htpasswd.write_text("u:$2b$05$qeuDtKINKrS8vHsQ2FM.auzvq99qppFUw6rSiWwp76.7gW6Ro07bm\n")
+    reg = start_registry(
+        tmp_path / "authreg",
+        extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
+    )
+    try:
+        model, _, _ = random_repo()
+        make_project(project, models=[model])
+        result = cli("sync", "-q", "--registry", reg.host, "--base-image", "scratch")
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        lines = [line for line in result.stderr.splitlines() if model in line]
+        assert lines and any("401" in line or "credentials" in line for line in lines)
+    finally:
+        reg.stop()
+
+
+def test_prepare_hook_gets_its_environment_and_fails_only_its_repo(
+    hub, random_repo, project: Path
+) -> None:
+    ok, sha, files = random_repo()
+    bad, _, _ = random_repo()
+    hook = f"""set -eu
+if [ "$REPO_ID" = "{bad}" ]; then echo "cannot convert" >&2; exit 3; fi
+printf '%s|%s|%s|%s' "$REPO_ID" "$REPO_TYPE" "$REVISION" "$REPO_URL" > "$OUT_DIR/PREPARED"
+test -f "$SRC_DIR/config.json"
+rm "$OUT_DIR/config.json"
+"""
+    make_project(project, models=[ok, bad], config={"base_image": "scratch"}, prepare=hook)
+    result = cli("sync", "-q")
+    assert result.exit_code == 1
+    assert "prepare.sh exited 3" in result.stderr and "cannot convert" in result.stderr
+    layout = project / "oci-images" / "hgfkeep" / "models"
+    bundle = project / "bundle"
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:{_tag(ok)}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    got = read_tree(bundle / "REPO")
+    assert got["PREPARED"].decode() == f"{ok}|model|{sha}|{hub.url}/{ok}"
+    assert "config.json" not in got
+    assert set(got) == (set(files) - {"config.json"}) | {"PREPARED"}
+
+
+def test_config_errors_exit_2(project: Path) -> None:
+    make_project(project, models=["a/b"])
+    (project / "get_hf" / "config.yaml").write_text("namespace: x\nregistri: oops\n")
+    result = cli("sync")
+    assert result.exit_code == 2
+    assert "config.yaml:2" in result.stderr and "registri" in result.stderr
+
+
+def test_mirror_one_repo_and_tag_command(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    model, sha, files = random_repo()
+    result = cli(
+        "mirror",
+        model,
+        "--registry",
+        registry.host,
+        "--namespace",
+        "one",
+        "--base-image",
+        busybox_base,
+        "--exclude",
+        "*.safetensors",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["results"][0]["revision"] == sha
+    got = docker_files(f"{registry.host}/one/models:{_tag(model)}", project / "o")
+    assert got == {k: v for k, v in files.items() if not k.endswith(".safetensors")}
+
+    assert cli("tag", "facebook/opt-125m").stdout.strip() == "facebook--opt-125m"
+    assert cli("tag", "--reverse", "facebook--opt-125m").stdout.strip() == "facebook/opt-125m"
+    bad = cli("mirror", "not a repo")
+    assert bad.exit_code == 2 and "invalid repo id" in bad.stderr
+
+
+def test_docker_builder_gives_the_same_files_and_labels_as_oci(
+    hub,
+    random_repo,
+    registry,
+    busybox_base,
+    project: Path,
+) -> None:
+    model, sha, files = random_repo()
+    make_project(project, models=[model])
+    common = ["--registry", registry.host, "--base-image", busybox_base, "-q"]
+    assert cli("sync", "--namespace", "by-oci", "--builder", "oci", *common).exit_code == 0
+    result = cli("sync", "--namespace", "by-docker", "--builder", "docker", *common)
+    assert result.exit_code == 0, result.output
+    via_oci = skopeo_inspect(f"docker://{registry.host}/by-oci/models:{_tag(model)}")
+    via_docker = skopeo_inspect(f"docker://{registry.host}/by-docker/models:{_tag(model)}")
+    assert via_docker["Labels"] == via_oci["Labels"]
+    assert docker_files(f"{registry.host}/by-docker/models:{_tag(model)}", project / "d") == files
+    pinned = skopeo_inspect(f"docker://{registry.host}/by-docker/models:{_tag(model)}--{sha[:12]}")
+    assert pinned["Digest"] == via_docker["Digest"]
+    # the docker builder is idempotent too
+    again = cli(
+        "sync",
+        "--namespace",
+        "by-docker",
+        "--builder",
+        "docker",
+        "--json",
+        "--registry",
+        registry.host,
+        "--base-image",
+        busybox_base,
+    )
+    assert json.loads(again.stdout)["skipped"] == 1
