@@ -188,6 +188,7 @@ def test_failures_are_one_line_each_and_never_stop_the_others(
     project: Path,
 ) -> None:
     good, _, _ = random_repo()
+    other, _, _ = random_repo()
     gated, _, _ = random_repo(gated=True)
     make_project(
         project,
@@ -195,7 +196,7 @@ def test_failures_are_one_line_each_and_never_stop_the_others(
             "# a comment",
             "bad id with spaces",
             "nobody/missing-repo",
-            f"{good}@no-such-branch",
+            f"{other}@no-such-branch",
             gated,
             good,
         ],

@@ -14,7 +14,10 @@ from typing import Any, TypeVar
 import httpx2
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+from huggingface_hub.utils import (  # type: ignore[attr-defined]
+    disable_progress_bars,
+    enable_progress_bars,
+)
 
 from hf2oci.errors import (
     GatedRepo,
@@ -130,7 +133,7 @@ def _iso(value: Any) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return str(value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     return "1970-01-01T00:00:00Z"
 
 
@@ -156,7 +159,7 @@ def fetch_state(spec: RepoSpec) -> RepoState:
     if not info.sha:
         raise HubError(f"{_what(spec)}: the hub gave no commit for revision {revision!r}")
     files = []
-    for sib in info.siblings or ():
+    for sib in getattr(info, "siblings", None) or ():
         lfs = sib.lfs
         files.append(
             HubFile(

@@ -20,6 +20,7 @@ def run_prepare(script: Path, *, state: RepoState, src_dir: Path, out_dir: Path)
     The hook may add, change or delete files in OUT_DIR; what is left there goes under /REPO.
     A non-zero exit fails this repo only.
     """
+    script = script.resolve()
     shutil.copytree(src_dir, out_dir, symlinks=False, dirs_exist_ok=True)
     env = {
         **os.environ,

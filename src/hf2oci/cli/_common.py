@@ -153,10 +153,13 @@ def summarize(report: Report, *, as_json: bool, extra_errors: Iterable[Outcome] 
     parts = [f"{n} {s}" for s, n in counts.items() if n] + [f"{len(failed)} failed"]
     echo(", ".join(parts))
     for o in failed:
-        where = o.origin or (o.spec.label if o.spec else "")
-        echo(
-            f"  {where}: {o.message}"
-            if where and not o.message.startswith(where)
-            else f"  {o.message}"
-        )
+        echo(f"  {_failure_line(o)}")
     return 1 if failed else 0
+
+
+def _failure_line(o: Outcome) -> str:
+    """``place: repo: message``, without repeating what the message already says."""
+    parts = [o.origin] if o.origin and not o.message.startswith(o.origin) else []
+    if o.spec is not None and o.spec.repo_id not in o.message:
+        parts.append(o.spec.label)
+    return ": ".join([*parts, o.message])

@@ -1,0 +1,143 @@
+"""Image references (``host/ns/name:tag@digest``), parsed and normalised once, like docker does."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from hf2oci.errors import InvalidReference
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "https://registry-1.docker.io"
+#: names docker accepts for Docker Hub, all normalised to ``docker.io``
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_local_host(host: str) -> bool:
+    """Loopback hosts (with or without a port): reached over plain HTTP by default."""
+    if host.startswith("["):
+        name = host[1 : host.find("]")]
+    elif host.count(":") > 1:  # a bare IPv6 address, no port
+        name = host
+    else:
+        name = host.split(":", 1)[0]
+    return name.lower() in _LOCAL_HOSTS or name.startswith("127.")
+
+
+def normalise_registry(host: str) -> str:
+    """``index.docker.io`` and friends → ``docker.io``; other hosts unchanged."""
+    return DOCKER_HUB if host.lower() in _HUB_ALIASES else host
+
+
+def api_base(registry: str, *, plain_http: bool | None = None) -> str:
+    """Base URL of a registry's API: Docker Hub's real host, http:// for loopback by default."""
+    registry = normalise_registry(registry)
+    if registry == DOCKER_HUB:
+        return DOCKER_HUB_API
+    if plain_http is None:
+        plain_http = is_local_host(registry)
+    return f"{'http' if plain_http else 'https'}://{registry}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A normalised image reference; at least one of ``tag``/``digest`` is set."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def identifier(self) -> str:
+        """What the manifests endpoint takes: the digest when there is one, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def api_base(self) -> str:
+        return api_base(self.registry)
+
+    def with_tag(self, tag: str) -> Reference:
+        """The same repository at ``tag`` (any digest dropped: it would win over the tag)."""
+        _check(_TAG, tag, "tag", tag)
+        return replace(self, tag=tag, digest=None)
+
+    def with_digest(self, digest: str) -> Reference:
+        _check(_DIGEST, digest, "digest", digest)
+        return replace(self, digest=digest)
+
+
+def validate_tag(tag: str) -> str:
+    """``tag`` itself when docker would accept it as a tag, else InvalidReference."""
+    if not _TAG.fullmatch(tag):
+        raise InvalidReference(f"invalid tag {tag!r}: 1-128 letters, digits, '_', '.', '-'")
+    return tag
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``[host[:port]/]path[:tag][@digest]`` the way docker does.
+
+    No host → ``docker.io``; a one-component name on Docker Hub → ``library/NAME``; neither tag
+    nor digest → tag ``latest``.
+    """
+    rest = text.strip()
+    if not rest or any(c.isspace() for c in rest):
+        raise InvalidReference(f"invalid image reference {text!r}: empty or contains spaces")
+    digest = None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        _check(_DIGEST, digest, "digest", text)
+    tag = None
+    last_slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > last_slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        _check(_TAG, tag, "tag", text)
+    first, _, remainder = rest.partition("/")
+    # like docker: the first component is a host when it looks like one (dot, port, localhost)
+    looks_like_host = "." in first or ":" in first or first == "localhost" or first != first.lower()
+    if remainder and looks_like_host:
+        registry, path = first, remainder
+        if not _HOST.fullmatch(registry):
+            raise InvalidReference(f"invalid image reference {text!r}: bad registry {registry!r}")
+        registry = normalise_registry(registry)
+    else:
+        registry, path = DOCKER_HUB, rest
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    for component in path.split("/"):
+        if not _COMPONENT.fullmatch(component):
+            raise InvalidReference(
+                f"invalid image reference {text!r}: repository component {component!r} must be "
+                "lowercase letters and digits separated by '.', '_' or '-'"
+            )
+    if len(path) > 255:
+        raise InvalidReference(f"invalid image reference {text!r}: repository name too long")
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(registry=registry, repository=path, tag=tag, digest=digest)
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str, text: str) -> None:
+    if not pattern.fullmatch(value):
+        raise InvalidReference(f"invalid image reference {text!r}: bad {what} {value!r}")

@@ -1,0 +1,525 @@
+"""The OCI distribution API: blobs (HEAD, mount, upload, get), manifests, tags; push and base fetch.
+
+``push`` writes blobs first (skipping those present, mounting those in a sibling repository),
+then the manifest by digest, then the tags last: a killed run never leaves a tag on partial content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import platform as platform_module
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+
+from hf2oci.errors import AuthError, DigestMismatch, RegistryError
+from hf2oci.oci.image import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST,
+    MT_INDEX,
+    MT_MANIFEST,
+    BaseImage,
+    Descriptor,
+    Image,
+    Layer,
+    sha256_digest,
+)
+from hf2oci.oci.reference import Reference, api_base, normalise_registry, validate_tag
+from hf2oci.oci.transport import (
+    Transport,
+    error_code,
+    error_from_response,
+    load_credentials,
+    registry_scope,
+)
+
+log = logging.getLogger(__name__)
+
+#: what we accept when reading a manifest by tag: images and indexes, OCI and Docker
+MANIFEST_ACCEPT = (MT_MANIFEST, MT_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
+#: blobs up to this size go in one PUT; bigger ones in PATCH chunks of this size
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+_ABSENT_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+Opener = Callable[[], BinaryIO]
+Progress = Callable[[int], None]
+
+
+def host_platform() -> tuple[str, str]:
+    """``("linux", "amd64")`` or ``("linux", "arm64")`` for this machine (OCI names)."""
+    machine = platform_module.machine().lower()
+    return ("linux", _ARCHES.get(machine, machine))
+
+
+@dataclass(frozen=True, eq=False)
+class RemoteLayer:
+    """A layer stored in a registry: a Layer whose ``open()`` streams the blob from there."""
+
+    client: RegistryClient = field(repr=False)
+    repository: str
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+
+    @property
+    def registry(self) -> str:
+        return self.client.registry
+
+    def open(self) -> BinaryIO:
+        return self.client.get_blob(self.repository, self.digest)
+
+
+class RegistryClient:
+    """One registry's distribution API (``/v2/``)."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        transport: Transport | None = None,
+        plain_http: bool | None = None,
+        workers: int = 4,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.registry = normalise_registry(registry)
+        self.transport = transport or Transport(
+            self.registry, credentials=load_credentials(self.registry)
+        )
+        self.base_url = api_base(self.registry, plain_http=plain_http)
+        self.workers = max(1, workers)
+        self.chunk_size = max(1, chunk_size)
+
+    def _url(self, repo: str, kind: str, ref: str = "") -> str:
+        return f"{self.base_url}/v2/{repo}/{kind}/{quote(ref, safe=':')}"
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def blob_exists(self, repo: str, digest: str, *, push: bool = False) -> bool:
+        resp = self.transport.request(
+            "HEAD",
+            self._url(repo, "blobs", digest),
+            scope=registry_scope(repo, push=push),
+            allow_statuses=(404,),
+        )
+        resp.close()
+        return resp.status_code == 200
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount; False when the registry started an upload instead."""
+        query = urlencode({"mount": digest, "from": from_repo})
+        resp = self.transport.request(
+            "POST",
+            f"{self.base_url}/v2/{repo}/blobs/uploads/?{query}",
+            scope=(registry_scope(repo, push=True), registry_scope(from_repo)),
+        )
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        if resp.status_code == 202 and resp.headers.get("Location"):
+            # the blob was not mountable: drop the upload session the registry opened
+            try:
+                self.transport.request(
+                    "DELETE",
+                    _location(resp),
+                    scope=registry_scope(repo, push=True),
+                    allow_statuses=range(400, 600),
+                    retry=False,
+                ).close()
+            except (RegistryError, requests.RequestException) as e:
+                log.debug("cancelling upload in %s: %s", repo, e)
+        return False
+
+    def upload_blob(
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        opener: Opener,
+        *,
+        on_progress: Progress | None = None,
+    ) -> None:
+        """Upload a blob: one streamed PUT, or PATCH chunks then PUT for big blobs.
+
+        The whole upload session is retried (from a fresh POST) by the transport's policy: a
+        registry cannot resume an upload that a cut connection left at an unknown offset.
+        ``on_progress`` gets byte counts, negative when a failed attempt starts over.
+        """
+        sent = 0
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:
+            nonlocal sent
+            with lock:
+                sent += n
+            if on_progress is not None:
+                on_progress(n)
+
+        def attempt() -> None:
+            if sent:
+                progress(-sent)
+            location = self._start_upload(repo)
+            if size <= self.chunk_size:
+                resp = self.transport.request(
+                    "PUT",
+                    _with_digest(location, digest),
+                    headers={"Content-Type": "application/octet-stream"},
+                    body=opener if size else b"",
+                    size=size if size else None,
+                    scope=registry_scope(repo, push=True),
+                    retry=False,
+                    on_sent=progress,
+                )
+            else:
+                resp = self._upload_chunks(repo, location, digest, size, opener, progress)
+            resp.close()
+            _check_digest(resp, digest, f"blob upload to {repo}")
+
+        self.transport.retrying(attempt, what=f"upload of {digest[:19]} to {repo}")
+
+    def _start_upload(self, repo: str) -> str:
+        resp = self.transport.request(
+            "POST",
+            f"{self.base_url}/v2/{repo}/blobs/uploads/",
+            scope=registry_scope(repo, push=True),
+            retry=False,
+        )
+        resp.close()
+        return _location(resp)
+
+    def _upload_chunks(
+        self,
+        repo: str,
+        location: str,
+        digest: str,
+        size: int,
+        opener: Opener,
+        progress: Progress,
+    ) -> requests.Response:
+        # chunks are read into memory so a re-authentication can send one again
+        with opener() as stream:
+            offset = 0
+            while offset < size:
+                chunk = _read_exactly(stream, min(self.chunk_size, size - offset))
+                resp = self.transport.request(
+                    "PATCH",
+                    location,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                    },
+                    body=chunk,
+                    scope=registry_scope(repo, push=True),
+                    retry=False,
+                    on_sent=progress,
+                )
+                resp.close()
+                location = _location(resp)
+                offset += len(chunk)
+        return self.transport.request(
+            "PUT",
+            _with_digest(location, digest),
+            body=b"",
+            scope=registry_scope(repo, push=True),
+            retry=False,
+        )
+
+    def get_blob(self, repo: str, digest: str) -> BinaryIO:
+        """A stream of the blob (redirects followed); reading it to the end checks its digest."""
+        resp = self.transport.request(
+            "GET", self._url(repo, "blobs", digest), scope=registry_scope(repo), stream=True
+        )
+        return io.BufferedReader(_VerifiedBody(resp, digest, self.registry), 1024 * 1024)
+
+    # -- manifests and tags -----------------------------------------------------------------
+
+    def get_manifest(
+        self, repo: str, ref: str, *, accept: Sequence[str] = MANIFEST_ACCEPT
+    ) -> tuple[bytes, str, str] | None:
+        """``(bytes, media type, digest)`` of a manifest by tag or digest; None when absent."""
+        resp = self.transport.request(
+            "GET",
+            self._url(repo, "manifests", ref),
+            headers={"Accept": ", ".join(accept)},
+            scope=registry_scope(repo),
+            allow_statuses=(404,),
+        )
+        if resp.status_code == 404:
+            code = error_code(resp)
+            if code is None or code in _ABSENT_CODES:
+                return None
+            raise error_from_response(resp, registry=self.registry)
+        data = resp.content
+        digest = sha256_digest(data)
+        if ref.startswith("sha256:") and ref != digest:
+            raise DigestMismatch(f"registry {self.registry}: manifest {repo}@{ref} has {digest}")
+        _check_digest(resp, digest, f"manifest {repo}:{ref}")
+        content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        media_type = content_type if content_type in MANIFEST_ACCEPT else ""
+        if not media_type:
+            try:
+                media_type = str(json.loads(data).get("mediaType") or MT_MANIFEST)
+            except (ValueError, AttributeError):
+                media_type = content_type
+        return data, media_type, digest
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        """Store a manifest under a tag or its digest; returns its digest."""
+        resp = self.transport.request(
+            "PUT",
+            self._url(repo, "manifests", ref),
+            headers={"Content-Type": media_type},
+            body=data,
+            scope=registry_scope(repo, push=True),
+        )
+        resp.close()
+        digest = sha256_digest(data)
+        _check_digest(resp, digest, f"manifest {repo}:{ref}")
+        return digest
+
+    def list_tags(self, repo: str, *, page_size: int = 1000) -> list[str]:
+        """Every tag of ``repo`` (following pagination); empty when the repository is unknown."""
+        tags: list[str] = []
+        url: str | None = f"{self.base_url}/v2/{repo}/tags/list?n={page_size}"
+        while url:
+            resp = self.transport.request(
+                "GET", url, scope=registry_scope(repo), allow_statuses=(404,)
+            )
+            if resp.status_code == 404:
+                return tags
+            try:
+                tags.extend(str(t) for t in resp.json().get("tags") or [])
+            except (ValueError, AttributeError) as e:
+                raise RegistryError(f"registry {self.registry}: bad tag list for {repo}") from e
+            link = resp.links.get("next", {}).get("url")
+            url = urljoin(resp.url, link) if link else None
+        return tags
+
+    # -- images -----------------------------------------------------------------------------
+
+    def push(
+        self,
+        image: Image,
+        repo: str,
+        *,
+        tags: Sequence[str],
+        mount_from: Sequence[str] = (),
+        on_progress: Progress | None = None,
+    ) -> str:
+        """Push ``image`` to ``repo`` and point ``tags`` at it; returns the manifest digest.
+
+        Blobs already there are skipped; others are mounted from ``mount_from`` (or, for base
+        layers of this registry, from their own repository) or uploaded, several at a time.
+        """
+        for tag in tags:
+            validate_tag(tag)
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:
+            if on_progress is not None:
+                with lock:
+                    on_progress(n)
+
+        layers: dict[str, Layer] = {}
+        for layer in image.layers:
+            layers.setdefault(layer.digest, layer)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="hf2oci-push") as pool:
+            futures: list[Future[str]] = [
+                pool.submit(
+                    self._ensure_blob,
+                    repo,
+                    layer.digest,
+                    layer.size,
+                    layer.open,
+                    self._mount_sources(layer, repo, mount_from),
+                    progress,
+                )
+                for layer in layers.values()
+            ]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                future.result()  # raises the first failure
+        config = image.config
+        sources = self._mount_sources(None, repo, mount_from)
+        self._ensure_blob(
+            repo, image.config_digest, len(config), lambda: io.BytesIO(config), sources, progress
+        )
+        digest = self.put_manifest(repo, image.digest, image.manifest, image.media_type)
+        for tag in tags:
+            self.put_manifest(repo, tag, image.manifest, image.media_type)
+        log.info("pushed %s/%s@%s (tags: %s)", self.registry, repo, digest, ", ".join(tags))
+        return digest
+
+    def _mount_sources(
+        self, layer: Layer | None, repo: str, mount_from: Sequence[str]
+    ) -> list[str]:
+        sources = list(mount_from)
+        if isinstance(layer, RemoteLayer) and layer.registry == self.registry:
+            sources.insert(0, layer.repository)
+        return [s for i, s in enumerate(sources) if s != repo and s not in sources[:i]]
+
+    def _ensure_blob(
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        opener: Opener,
+        sources: Sequence[str],
+        progress: Progress,
+    ) -> str:
+        """Make the blob present in ``repo``: 'exists', 'mounted' or 'uploaded'."""
+        if self.blob_exists(repo, digest, push=True):
+            progress(size)
+            return "exists"
+        for source in sources:
+            try:
+                if self.mount_blob(repo, digest, source):
+                    log.debug("mounted %s from %s into %s", digest, source, repo)
+                    progress(size)
+                    return "mounted"
+            except (AuthError, RegistryError) as e:
+                log.debug("mount of %s from %s refused: %s", digest, source, e)
+        self.upload_blob(repo, digest, size, opener, on_progress=progress)
+        log.debug("uploaded %s (%d bytes) to %s", digest, size, repo)
+        return "uploaded"
+
+    def fetch_base(self, ref: Reference, *, platform: tuple[str, str] | None = None) -> BaseImage:
+        """The image ``ref`` as a base: its config and RemoteLayers (index → this platform)."""
+        os_name, arch = platform or host_platform()
+        found = self.get_manifest(ref.repository, ref.identifier)
+        if found is None:
+            raise RegistryError(f"image {ref} not found in registry {self.registry}", status=404)
+        data, media_type, digest = found
+        doc = _json(data, f"manifest of {ref}")
+        if media_type in INDEX_TYPES:
+            chosen = _pick_platform(doc, os_name, arch, ref)
+            found = self.get_manifest(ref.repository, chosen)
+            if found is None:
+                raise RegistryError(f"image {ref}: {os_name}/{arch} manifest {chosen} is missing")
+            data, media_type, digest = found
+            doc = _json(data, f"manifest of {ref}")
+        if media_type not in MANIFEST_TYPES:
+            raise RegistryError(f"image {ref}: unsupported manifest type {media_type!r}")
+        try:
+            config_desc = Descriptor.from_json(doc["config"])
+            layer_descs = [Descriptor.from_json(d) for d in doc.get("layers") or []]
+        except (KeyError, TypeError, ValueError) as e:
+            raise RegistryError(f"image {ref}: malformed manifest ({e})") from e
+        with self.get_blob(ref.repository, config_desc.digest) as stream:
+            config = _json(stream.read(), f"config of {ref}")
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        if len(diff_ids) != len(layer_descs):
+            raise RegistryError(
+                f"image {ref}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids in its config"
+            )
+        layers = [
+            RemoteLayer(self, ref.repository, d.digest, d.size, d.media_type, str(diff_id))
+            for d, diff_id in zip(layer_descs, diff_ids, strict=True)
+        ]
+        return BaseImage(layers=layers, config=config, name=str(ref), digest=digest)
+
+
+def _pick_platform(index: dict[str, Any], os_name: str, arch: str, ref: Reference) -> str:
+    seen = []
+    for entry in index.get("manifests") or []:
+        plat = entry.get("platform") or {}
+        seen.append(f"{plat.get('os')}/{plat.get('architecture')}")
+        if plat.get("os") == os_name and plat.get("architecture") == arch:
+            return str(entry["digest"])
+    raise RegistryError(f"image {ref} has no {os_name}/{arch} manifest (it has {', '.join(seen)})")
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise RegistryError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what} is not a JSON object")
+    return doc
+
+
+def _location(resp: requests.Response) -> str:
+    """The absolute upload URL from ``Location`` (relative ones resolve against the request)."""
+    location = resp.headers.get("Location")
+    if not location:
+        raise RegistryError(
+            f"registry answered {resp.request.method} {urlsplit(resp.url).path} without Location",
+            status=resp.status_code,
+        )
+    return urljoin(resp.url, location)
+
+
+def _with_digest(location: str, digest: str) -> str:
+    sep = "&" if urlsplit(location).query else "?"
+    return f"{location}{sep}{urlencode({'digest': digest})}"
+
+
+def _check_digest(resp: requests.Response, digest: str, what: str) -> None:
+    theirs = resp.headers.get("Docker-Content-Digest")
+    if theirs and theirs != digest:
+        raise DigestMismatch(f"{what}: registry says {theirs}, expected {digest}")
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        data = stream.read(n)
+        if not data:
+            raise DigestMismatch(f"blob stream ended {n} bytes short of its stated size")
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
+
+
+class _VerifiedBody(io.RawIOBase):
+    """A response body that hashes what it gives and checks the digest at its end."""
+
+    def __init__(self, resp: requests.Response, digest: str, registry: str) -> None:
+        self._resp = resp
+        self._digest = digest
+        self._registry = registry
+        self._hash = hashlib.sha256()
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._resp.raw.read(len(buffer), decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(
+                f"registry {self._registry}: reading blob {self._digest} failed: {e}",
+                temporary=True,
+            ) from e
+        if not data:
+            if not self._checked:
+                self._checked = True
+                got = "sha256:" + self._hash.hexdigest()
+                if got != self._digest:
+                    raise DigestMismatch(
+                        f"registry {self._registry}: blob {self._digest} hashed to {got}"
+                    )
+            return 0
+        self._hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._resp.close()
+        super().close()

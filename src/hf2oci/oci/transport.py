@@ -1,0 +1,560 @@
+"""HTTP to registries: one session, auth (Basic, Bearer challenge, docker config), one retry policy.
+
+Retrying happens here and only here: ``Transport.request`` retries single requests, and
+``Transport.retrying`` runs a multi-request operation (a blob upload session) under the same policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+import requests.adapters
+import tenacity
+import urllib3.exceptions
+
+from hf2oci.errors import AuthError, DigestMismatch, RegistryError
+from hf2oci.oci.reference import normalise_registry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Body = bytes | Callable[[], BinaryIO] | None
+
+ENV_USERNAME = "HF2OCI_REGISTRY_USERNAME"
+ENV_PASSWORD = "HF2OCI_REGISTRY_PASSWORD"
+_LOGIN_HINT = f"set {ENV_USERNAME}/PASSWORD or docker login"
+#: statuses worth another try: request timeout, rate limit, server-side trouble
+_TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: query parameters that are safe to show; others (upload ``_state``, tokens) are redacted
+_PUBLIC_QUERY_KEYS = frozenset({"digest", "mount", "from", "n", "last", "scope", "service"})
+#: bigger socket writes than urllib3's 16 KiB default: blobs are large
+_SEND_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+def load_credentials(
+    registry: str,
+    *,
+    env: Mapping[str, str] = os.environ,
+    docker_config: Path | None = None,
+) -> Credentials | None:
+    """Credentials for ``registry``: the HF2OCI_REGISTRY_* variables, else docker's config.json."""
+    username, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
+    if username and password:
+        return Credentials(username, password)
+    if docker_config is None:
+        config_dir = env.get("DOCKER_CONFIG")
+        docker_config = (
+            Path(config_dir) if config_dir else Path.home() / ".docker"
+        ) / "config.json"
+    if not docker_config.is_file():
+        return None
+    try:
+        doc = json.loads(docker_config.read_text())
+    except (OSError, ValueError) as e:
+        raise AuthError(f"cannot read docker config {docker_config}: {e}") from e
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    wanted = normalise_registry(registry)
+    for key, entry in auths.items():
+        if _auth_key_host(key) != wanted or not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            try:
+                user, sep, secret = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+                raise AuthError(f"docker config {docker_config}: bad 'auth' for {key}") from e
+            if sep:
+                return Credentials(user, secret)
+        if entry.get("username") and entry.get("password"):
+            return Credentials(str(entry["username"]), str(entry["password"]))
+    log.debug("no credentials for %s in %s", registry, docker_config)
+    return None
+
+
+def _auth_key_host(key: str) -> str:
+    """``https://index.docker.io/v1/`` → ``docker.io``; ``https://host/`` → ``host``."""
+    host = key.split("://", 1)[-1].split("/", 1)[0]
+    return normalise_registry(host)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The retry policy: jittered exponential backoff, bounded in attempts and in time."""
+
+    attempts: int = 6
+    #: first backoff window in seconds (doubles each attempt, random within the window)
+    initial: float = 0.5
+    max_wait: float = 30.0
+    #: no new attempt starts after this many seconds
+    total: float = 300.0
+    #: a server's Retry-After is honoured up to this many seconds
+    max_retry_after: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+
+
+class _TemporaryStatus(RegistryError):
+    """A 408/429/5xx answer; carries the server's Retry-After, if any, for the backoff."""
+
+    def __init__(self, message: str, *, status: int, url: str, retry_after: float | None) -> None:
+        super().__init__(message, status=status, url=url, temporary=True)
+        self.retry_after = retry_after
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Whether trying again may help: cut connections, timeouts, 408/429/5xx."""
+    if isinstance(exc, RegistryError):
+        return exc.temporary
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return isinstance(
+        exc,
+        (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError,
+            ConnectionError,
+        ),
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with query values other than digests and names replaced (upload state, tokens)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [
+        (k, v if k in _PUBLIC_QUERY_KEYS else "REDACTED")
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, safe=":/,")))
+
+
+def error_from_response(resp: requests.Response, *, registry: str) -> RegistryError:
+    """A RegistryError naming the request, the status and the registry's own error code/message."""
+    url = redact_url(resp.url or "")
+    path = urlsplit(url).path + (f"?{urlsplit(url).query}" if urlsplit(url).query else "")
+    detail = _registry_error_detail(resp)
+    message = f"registry {registry}: {resp.request.method} {path} failed ({resp.status_code}"
+    message += f" {detail})" if detail else f" {resp.reason or ''}".rstrip() + ")"
+    temporary = resp.status_code in _TEMPORARY_STATUSES
+    if temporary:
+        return _TemporaryStatus(
+            message, status=resp.status_code, url=url, retry_after=_retry_after(resp)
+        )
+    return RegistryError(message, status=resp.status_code, url=url, temporary=False)
+
+
+def error_code(resp: requests.Response) -> str | None:
+    """``errors[0].code`` of a registry error body, if it has one."""
+    try:
+        errors = resp.json().get("errors") or []
+        return str(errors[0]["code"]) if errors else None
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _registry_error_detail(resp: requests.Response) -> str:
+    try:
+        errors = resp.json().get("errors") or []
+        first = errors[0]
+        text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        return ""
+    return " ".join(text.split())[:300]
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from registries; fall back to our backoff
+
+
+@dataclass(frozen=True)
+class _Challenge:
+    scheme: str  # "basic" or "bearer"
+    params: Mapping[str, str]
+
+
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> _Challenge | None:
+    """``Bearer realm="…",service="…",scope="…"`` → scheme and parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    if not scheme:
+        return None
+    params = {m[1].lower(): m[2] if m[2] is not None else m[3] for m in _PARAM.finditer(rest)}
+    return _Challenge(scheme.lower(), params)
+
+
+class _SizedReader:
+    """A stream of exactly ``size`` bytes with a ``len()``, so requests sends Content-Length."""
+
+    def __init__(self, stream: IO[bytes], size: int, on_read: Callable[[int], None] | None):
+        self._stream = stream
+        self._left = size
+        self._size = size
+        self._on_read = on_read
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._stream.read(want)
+        if not data:
+            raise DigestMismatch(
+                f"blob stream ended {self._left} bytes short of its stated size {self._size}"
+            )
+        self._left -= len(data)
+        if self._on_read is not None:
+            self._on_read(len(data))
+        return data
+
+
+class _BigBlockAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = _SEND_BLOCK
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _keep_headers(r: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth hook that does nothing: stops requests from overriding ours with ~/.netrc."""
+    return r
+
+
+class Transport:
+    """Requests to one registry, authenticated on demand and retried by the one policy."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: Credentials | None = None,
+        session: requests.Session | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.registry = registry
+        self.credentials = credentials
+        self.policy = retry or RetryPolicy()
+        if session is None:
+            session = requests.Session()
+            adapter = _BigBlockAdapter(pool_maxsize=16)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+        self._basic = False  # the registry asked for Basic auth
+        self._bearer: _Challenge | None = None  # the registry's Bearer challenge, once seen
+        self._tokens: dict[str, tuple[str, float]] = {}  # scopes → (token, expiry)
+
+    # -- the retry policy -------------------------------------------------------------------
+
+    def retrying(self, fn: Callable[[], T], *, what: str = "request") -> T:
+        """Run ``fn`` under the retry policy (it raises; temporary errors are tried again)."""
+        policy = self.policy
+        backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.max_wait)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _TemporaryStatus) and exc.retry_after is not None:
+                return min(exc.retry_after, policy.max_retry_after)
+            return float(backoff(state))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "registry %s: %s failed (attempt %d/%d), trying again: %s",
+                self.registry,
+                what,
+                state.attempt_number,
+                policy.attempts,
+                _one_line(exc),
+            )
+
+        retryer = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(policy.attempts)
+            | tenacity.stop_after_delay(policy.total),
+            wait=wait,
+            retry=tenacity.retry_if_exception(is_temporary),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retryer(fn)
+        except RegistryError:
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(
+                f"registry {self.registry}: {what} failed: {_one_line(e)}", temporary=True
+            ) from e
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        size: int | None = None,
+        scope: str | Sequence[str] | None = None,
+        stream: bool = False,
+        allow_statuses: Iterable[int] = (),
+        retry: bool = True,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> requests.Response:
+        """One API request: authenticated, retried (unless ``retry=False``), errors raised.
+
+        A callable ``body`` is opened again for every attempt; ``size`` makes it go with a
+        Content-Length. Statuses in ``allow_statuses`` come back instead of raising.
+        """
+        scopes = _scopes(scope)
+        allowed = frozenset(allow_statuses)
+
+        def once() -> requests.Response:
+            return self._authenticated(method, url, headers, body, size, scopes, stream, on_sent)
+
+        if not retry:
+            return self._check(once(), allowed)
+        what = f"{method} {urlsplit(url).path}"
+        return self.retrying(lambda: self._check(once(), allowed), what=what)
+
+    def _check(self, resp: requests.Response, allowed: frozenset[int]) -> requests.Response:
+        if resp.status_code < 400 or resp.status_code in allowed:
+            return resp
+        with contextlib.suppress(requests.RequestException):
+            resp.content  # noqa: B018 - read the (small) error body before closing
+        resp.close()
+        raise error_from_response(resp, registry=self.registry)
+
+    def _authenticated(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Body,
+        size: int | None,
+        scopes: tuple[str, ...],
+        stream: bool,
+        on_sent: Callable[[int], None] | None,
+    ) -> requests.Response:
+        auth = self._auth_header(scopes, fetch=True)
+        resp = self._send(method, url, headers, body, size, stream, auth, on_sent)
+        if resp.status_code != 401:
+            return resp
+        challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+        resp.close()
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            raise self._auth_error(scopes, 401, refused=False)
+        key = " ".join(scopes)  # cache the token under what callers ask for
+        with self._lock:
+            if challenge.scheme == "basic":
+                self._basic = True
+            else:
+                self._bearer = challenge
+                cached = self._tokens.get(key)
+                if cached is not None and f"Bearer {cached[0]}" == auth:
+                    del self._tokens[key]  # expired or too narrow; another thread's is kept
+        if challenge.scheme == "bearer" and challenge.params.get("scope"):
+            scopes = _merge_scopes(scopes, challenge.params["scope"].split())
+        retry_auth = self._auth_header(scopes, fetch=True, key=key)
+        if retry_auth is None or retry_auth == auth:
+            raise self._auth_error(scopes, 401, refused=self.credentials is not None)
+        resp = self._send(method, url, headers, body, size, stream, retry_auth, on_sent)
+        if resp.status_code == 401:
+            resp.close()
+            raise self._auth_error(scopes, 401, refused=self.credentials is not None)
+        return resp
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Body,
+        size: int | None,
+        stream: bool,
+        auth: str | None,
+        on_sent: Callable[[int], None] | None,
+    ) -> requests.Response:
+        all_headers = dict(headers or {})
+        if auth is not None:
+            all_headers["Authorization"] = auth
+        opened: IO[bytes] | None = None
+        data: Any = body
+        if callable(body):
+            opened = body()
+            data = _SizedReader(opened, size, on_sent) if size is not None else opened
+        elif isinstance(body, bytes) and on_sent is not None:
+            on_sent(len(body))
+        try:
+            return self.session.request(
+                method,
+                url,
+                headers=all_headers,
+                data=data,
+                stream=stream,
+                auth=_keep_headers,
+                allow_redirects=method in ("GET", "HEAD"),
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+        finally:
+            if opened is not None:
+                opened.close()
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def _auth_header(
+        self, scopes: tuple[str, ...], *, fetch: bool, key: str | None = None
+    ) -> str | None:
+        key = " ".join(scopes) if key is None else key
+        with self._lock:
+            basic, bearer = self._basic, self._bearer
+            cached = self._tokens.get(key)
+        if basic:
+            return self._basic_header()
+        if bearer is None:
+            return None
+        if cached is not None and cached[1] > time.monotonic():
+            return f"Bearer {cached[0]}"
+        if not fetch:
+            return None
+        with self._fetch_lock:  # one token request per scope, not one per worker thread
+            with self._lock:
+                cached = self._tokens.get(key)
+            if cached is not None and cached[1] > time.monotonic():
+                return f"Bearer {cached[0]}"
+            token, expires_in = self._fetch_token(bearer, scopes)
+            with self._lock:
+                # renew a little early so a long upload does not start with a dying token
+                self._tokens[key] = (token, time.monotonic() + max(expires_in - 10, 1))
+        return f"Bearer {token}"
+
+    def _basic_header(self) -> str | None:
+        if self.credentials is None:
+            return None
+        pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+    def _fetch_token(self, challenge: _Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise AuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
+        query: list[tuple[str, str]] = []
+        if challenge.params.get("service"):
+            query.append(("service", challenge.params["service"]))
+        query += [("scope", s) for s in scopes]
+        headers = {}
+        basic = self._basic_header()
+        if basic is not None:
+            headers["Authorization"] = basic
+        sep = "&" if urlsplit(realm).query else "?"
+        url = realm + (sep + urlencode(query) if query else "")
+
+        def get() -> requests.Response:
+            resp = self.session.get(
+                url,
+                headers=headers,
+                auth=_keep_headers,
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+            if resp.status_code in _TEMPORARY_STATUSES:
+                raise error_from_response(resp, registry=self.registry)
+            return resp
+
+        resp = self.retrying(get, what="token request")
+        if resp.status_code in (401, 403):
+            resp.close()
+            raise self._auth_error(scopes, resp.status_code, refused=basic is not None)
+        if resp.status_code >= 400:
+            raise error_from_response(resp, registry=self.registry)
+        try:
+            doc = resp.json()
+            token = doc.get("token") or doc.get("access_token")
+            expires_in = float(doc.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise AuthError(f"registry {self.registry}: token service answered no JSON") from e
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"registry {self.registry}: token service answered no token")
+        return token, expires_in
+
+    def _auth_error(self, scopes: tuple[str, ...], status: int, *, refused: bool) -> AuthError:
+        action = _describe_scopes(scopes)
+        if refused:
+            msg = f"registry {self.registry} refused the credentials for {action} ({status})"
+        else:
+            msg = f"registry {self.registry} needs credentials for {action} ({status})"
+        return AuthError(f"{msg}: {_LOGIN_HINT}", status=status)
+
+
+def _scopes(scope: str | Sequence[str] | None) -> tuple[str, ...]:
+    if scope is None:
+        return ()
+    items = scope.split() if isinstance(scope, str) else [s for x in scope for s in x.split()]
+    return tuple(sorted(set(items)))
+
+
+def _merge_scopes(ours: tuple[str, ...], theirs: Iterable[str]) -> tuple[str, ...]:
+    """Our scopes plus those a challenge asks for that ours do not already cover."""
+    merged = list(ours)
+    for scope in theirs:
+        resource, _, actions = scope.rpartition(":")
+        covered = any(
+            mine.rpartition(":")[0] == resource
+            and set(actions.split(",")) <= set(mine.rpartition(":")[2].split(","))
+            for mine in ours
+        )
+        if not covered:
+            merged.append(scope)
+    return tuple(sorted(set(merged)))
+
+
+def _describe_scopes(scopes: tuple[str, ...]) -> str:
+    """``repository:ns/m:pull,push`` → ``push to ns/m`` (a push scope names the action)."""
+    pulls = []
+    for scope in scopes:
+        parts = scope.split(":")
+        if len(parts) >= 3 and parts[0] == "repository":
+            name, actions = ":".join(parts[1:-1]), parts[-1].split(",")
+            if "push" in actions:
+                return f"push to {name}"
+            pulls.append(f"pull from {name}")
+    return pulls[0] if pulls else "access"
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def registry_scope(repository: str, *, push: bool = False) -> str:
+    return f"repository:{repository}:{'pull,push' if push else 'pull'}"
