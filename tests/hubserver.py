@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -181,6 +182,8 @@ class HubServer:
         self.tokens: set[str] = set()  # `Authorization: Bearer <t>` with t here is authorised
         self.requests: list[tuple[str, str]] = []  # (method, url-decoded path with query)
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of 206 answers
+        #: bytes per second for file bodies (None: as fast as possible), to test slow hubs
+        self.throttle: float | None = None
         self._repos: dict[tuple[str, str], Repo] = {}
         self._fails: list[_Fault] = []
         self._cuts: list[_Fault] = []
@@ -567,7 +570,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        cut = self.server.hub._take(self.server.hub._cuts, unquote(self.path))
+        # only file bodies get cut (not the error answers of fail_next)
+        cut = (
+            self.server.hub._take(self.server.hub._cuts, unquote(self.path))
+            if status in (200, 206)
+            else None
+        )
         budget = cut.after_bytes if cut is not None else length
         try:
             for chunk in body:
@@ -575,6 +583,8 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk[:budget])
                 budget -= len(chunk)
+                if self.server.hub.throttle:
+                    time.sleep(len(chunk) / self.server.hub.throttle)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

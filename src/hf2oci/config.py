@@ -65,6 +65,9 @@ class Config:
     builder: Builder = "oci"
     #: HTTP instead of HTTPS (the registry code forces it on for localhost and 127.0.0.1)
     plain_http: bool = False
+    #: stream large files from the hub straight into the image (oci builder, no prepare hook);
+    #: false: download every file to disk first
+    stream: bool = True
     output_dir: str = "oci-images"
     #: repos mirrored at once
     max_workers: int = 4
@@ -237,6 +240,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "base_image": _string,
     "builder": _builder,
     "plain_http": _bool,
+    "stream": _bool,
     "output_dir": _string,
     "max_workers": _count,
     "hub_workers": _count,

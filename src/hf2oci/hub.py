@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, hf_hub_url, snapshot_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import (  # type: ignore[attr-defined]
+    build_hf_headers,
     disable_progress_bars,
     enable_progress_bars,
+    get_session,
+    hf_raise_for_status,
+)
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
 )
 
 from hf2oci.errors import (
+    DigestMismatch,
     GatedRepo,
     HubError,
     HubUnreachable,
@@ -200,7 +213,141 @@ def download(
     except Exception as exc:
         raise _translate(exc, state, state.commit) from exc
     root = Path(folder)
-    missing = [p for p in paths if not (root / p).is_file()]
-    if missing:
-        raise HubError(f"{_what(state)}: download incomplete, missing {missing[0]!r}")
+    for path in paths:
+        verify_file(state, state.file(path), root / path)
     return root
+
+
+def verify_file(state: RepoState, file: HubFile, local: Path) -> None:
+    """Check a downloaded file against the hub's size and hash (one read of the file)."""
+    what = f"{_what(state)}: {file.path}"
+    hasher = _Hasher(file)
+    try:
+        with open(local, "rb") as f:
+            size = 0
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+                hasher.update(chunk)
+    except OSError as e:
+        raise HubError(f"{what}: download incomplete ({e.strerror})") from e
+    if size != file.size:
+        raise DigestMismatch(f"{what}: {size} bytes downloaded, the hub says {file.size}")
+    hasher.check(what)
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+#: how often a cut or failed download is resumed before the repo fails
+STREAM_ATTEMPTS = 6
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class _Transient(Exception):
+    """A download failure worth resuming (connection cut, 5xx, 429)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Hasher:
+    """What the hub says a file hashes to: sha256 (LFS) or the git blob sha1."""
+
+    def __init__(self, file: HubFile) -> None:
+        if file.sha256:
+            self.expected = file.sha256
+            self.h = hashlib.sha256()
+        elif file.blob_id:
+            self.expected = file.blob_id
+            self.h = hashlib.sha1(b"blob %d\0" % file.size, usedforsecurity=False)
+        else:
+            raise HubError(f"the hub gave no hash for {file.path!r}: cannot verify it")
+
+    def update(self, chunk: bytes) -> None:
+        self.h.update(chunk)
+
+    def check(self, what: str) -> None:
+        got = self.h.hexdigest()
+        if got != self.expected:
+            raise DigestMismatch(f"{what}: content hashes to {got}, the hub says {self.expected}")
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Transient) and exc.retry_after is not None:
+        return min(exc.retry_after, 60.0)
+    return float(wait_random_exponential(multiplier=0.5, max=20)(state))
+
+
+def iter_file(
+    state: RepoState, file: HubFile, *, chunk_size: int = 1 << 20, attempts: int = STREAM_ATTEMPTS
+) -> Iterator[bytes]:
+    """Stream one file's bytes from the hub, in one pass and without touching the disk.
+
+    A cut or failed download resumes where it stopped (HTTP Range), with jittered backoff. The
+    bytes are hashed on the way; the last chunk is only given out once the hash matches the hub's
+    (LFS sha256 or git blob sha1), so a consumer never completes a blob with wrong content.
+    """
+    what = f"{_what(state)}: {file.path}"
+    url = hf_hub_url(
+        state.repo_id,
+        file.path,
+        repo_type=state.repo_type,
+        revision=state.commit,
+        endpoint=endpoint(),
+    )
+    hasher = _Hasher(file)
+    offset = 0
+    pending = b""  # held back until the next chunk (or the hash check) says it may go
+
+    def fetch() -> Iterator[bytes]:
+        nonlocal offset
+        headers = build_hf_headers()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            with get_session().stream(
+                "GET", url, headers=headers, follow_redirects=True, timeout=60.0
+            ) as resp:
+                if resp.status_code in _RETRY_STATUSES:
+                    after = resp.headers.get("Retry-After")
+                    raise _Transient(
+                        f"HTTP {resp.status_code}",
+                        float(after) if after and after.isdigit() else None,
+                    )
+                try:
+                    hf_raise_for_status(resp)
+                except Exception as e:
+                    raise _translate(e, state, state.commit) from e
+                if offset and resp.status_code != 206:
+                    raise HubError(f"{what}: the hub ignored a resume request (Range)")
+                for chunk in resp.iter_bytes(chunk_size):
+                    offset += len(chunk)
+                    yield chunk
+        except (httpx2.TransportError, OSError) as e:
+            raise _Transient(f"{type(e).__name__}: {_first_line(e)}") from e
+        if offset < file.size:
+            raise _Transient(f"connection closed at byte {offset} of {file.size}")
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=_wait,
+        retry=retry_if_exception_type(_Transient),
+        reraise=True,
+        sleep=time.sleep,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                for chunk in fetch():
+                    if offset > file.size:
+                        raise HubError(f"{what}: the hub sent more than {file.size} bytes")
+                    hasher.update(chunk)
+                    if pending:
+                        yield pending
+                    pending = chunk
+    except _Transient as e:
+        raise HubUnreachable(f"{what}: download failed after {attempts} tries: {e}") from e
+    hasher.check(what)
+    if pending:
+        yield pending

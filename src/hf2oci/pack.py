@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2oci.errors import PackError
-from hf2oci.hub import RepoState
-from hf2oci.oci.image import BaseImage, Image, assemble
+from hf2oci.hub import HubFile, RepoState
+from hf2oci.oci.image import BaseImage, Image, assemble, canonical_json, sha256_digest
 from hf2oci.oci.layers import TarLayer
 from hf2oci.oci.tarstream import entries_for_files
 from hf2oci.spec import RepoSpec
@@ -22,6 +22,11 @@ MAX_REPO_LAYERS = 64
 DEFAULT_SMALL_FILE_LIMIT = 1 << 20
 
 LABEL_PREFIX = "io.huggingface"
+#: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
+#: layer without downloading the files again (the tar is a pure function of them)
+CONTENT_KEY = "io.hf2oci.content"
+#: bump when the tar bytes for the same files change, so old content keys stop matching
+TAR_FORMAT = "hf2oci-tar-1"
 
 
 @dataclass(frozen=True)
@@ -59,31 +64,62 @@ class RepoFiles:
         return cls(root=root, paths=tuple(paths))
 
 
+def split_files(
+    sized: Sequence[tuple[str, int]],
+    *,
+    small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    max_layers: int = MAX_REPO_LAYERS,
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """``(small files, groups of large files)``: small files share one layer, large files get
+    one each; with more large files than ``max_layers`` allows, neighbours (by path) share."""
+    ordered = sorted(sized)
+    small = tuple(p for p, s in ordered if s < small_limit)
+    large = [p for p, s in ordered if s >= small_limit]
+    room = max(1, max_layers - (1 if small else 0))
+    if len(large) <= room:
+        return small, [(p,) for p in large]
+    per, extra = divmod(len(large), room)
+    groups, start = [], 0
+    for i in range(room):
+        end = start + per + (1 if i < extra else 0)
+        groups.append(tuple(large[start:end]))
+        start = end
+    return small, groups
+
+
 def group_files(
     sized: Sequence[tuple[str, int]],
     *,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
     max_layers: int = MAX_REPO_LAYERS,
 ) -> list[tuple[str, ...]]:
-    """Split files into layers: small files together, each large file alone (deterministic).
+    """The layers' file groups in image order: the small files' layer first (deterministic)."""
+    small, large = split_files(sized, small_limit=small_limit, max_layers=max_layers)
+    return ([small] if small else []) + large
 
-    With more large files than ``max_layers`` allows, neighbouring files (by path) share layers.
-    """
-    ordered = sorted(sized)
-    small = tuple(p for p, s in ordered if s < small_limit)
-    large = [p for p, s in ordered if s >= small_limit]
-    groups: list[tuple[str, ...]] = [small] if small else []
-    room = max(1, max_layers - len(groups))
-    if len(large) <= room:
-        groups.extend((p,) for p in large)
-    else:
-        per, extra = divmod(len(large), room)
-        start = 0
-        for i in range(room):
-            end = start + per + (1 if i < extra else 0)
-            groups.append(tuple(large[start:end]))
-            start = end
-    return groups
+
+def file_hashes(files: Sequence[HubFile]) -> dict[str, str]:
+    """The hub's hash of each file: ``sha256:…`` for LFS files, ``gitsha1:…`` for the others."""
+    out = {}
+    for f in files:
+        if f.sha256:
+            out[f.path] = f"sha256:{f.sha256}"
+        elif f.blob_id:
+            out[f.path] = f"gitsha1:{f.blob_id}"
+    return out
+
+
+def layer_annotations(group: Sequence[str], hashes: Mapping[str, str]) -> dict[str, str]:
+    """Annotations of a layer: its content key, and its file name when it holds one file."""
+    if any(p not in hashes for p in group):
+        return {}
+    key = sha256_digest(
+        canonical_json({"format": TAR_FORMAT, "files": [[p, hashes[p]] for p in group]})
+    )
+    out = {CONTENT_KEY: key}
+    if len(group) == 1:
+        out["org.opencontainers.image.title"] = group[0]
+    return out
 
 
 def image_labels(state: RepoState, spec: RepoSpec, base: BaseImage) -> dict[str, str]:
@@ -113,13 +149,26 @@ def build_image(
     base: BaseImage,
     created: str,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    hashes: Mapping[str, str] | None = None,
 ) -> Image:
-    """Assemble the image: the base's layers, then the repo's files under ``/REPO``."""
+    """Assemble the image: the base's layers, then the repo's files under ``/REPO``.
+
+    ``hashes`` (the hub's, when the files are the hub's unchanged) add content-key annotations.
+    """
     if not files.paths:
         raise PackError("no file to pack: the filters keep nothing")
     sources = {p: files.source(p) for p in files.paths}
     layers = []
+    notes = []
     for group in group_files(files.sizes(), small_limit=small_limit):
         entries = entries_for_files([(p, sources[p]) for p in group], prefix=REPO_DIR)
         layers.append(TarLayer(entries))
-    return assemble(base, layers, labels=labels, annotations=labels, created=created)
+        notes.append(layer_annotations(group, hashes or {}))
+    return assemble(
+        base,
+        layers,
+        labels=labels,
+        annotations=labels,
+        created=created,
+        layer_annotations=notes,
+    )

@@ -13,7 +13,7 @@ from typing import Literal
 from hf2oci import hub
 from hf2oci.builders import Builder, BuildRequest, Destination
 from hf2oci.errors import Hf2ociError
-from hf2oci.pack import RepoFiles, image_labels
+from hf2oci.pack import RepoFiles, file_hashes, image_labels
 from hf2oci.plan import Action, plan
 from hf2oci.prepare import run_prepare
 from hf2oci.spec import Mirrored, RepoSpec
@@ -44,6 +44,8 @@ class RunOptions:
     work_dir: Path | None = None
     dry_run: bool = False
     force: bool = False
+    #: stream large files hub → destination when the builder can (no prepare hook)
+    stream: bool = True
 
 
 @dataclass
@@ -78,30 +80,48 @@ def mirror_action(
     say = progress or (lambda _repo, _msg: None)
     label = action.spec.label
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
-        say(label, f"downloading {len(action.files)} files ({_human(action.size)})")
-        snapshot = hub.download(
-            state, action.files, cache_dir=Path(tmp) / "hub", max_workers=options.hub_workers
+        stream = builder.can_stream and options.stream and options.prepare_script is None
+        streamed = (
+            [
+                f
+                for f in state.files
+                if f.path in action.files and f.size >= builder.small_file_limit
+            ]
+            if stream
+            else []
         )
-        files = RepoFiles(root=snapshot, paths=action.files)
+        local = [p for p in action.files if p not in {f.path for f in streamed}]
+        how = f", streaming {len(streamed)} large files" if streamed else ""
+        say(label, f"fetching {len(action.files)} files ({_human(action.size)}){how}")
+        cache = Path(tmp) / "hub"
+        snapshot = (
+            hub.download(state, local, cache_dir=cache, max_workers=options.hub_workers)
+            if local
+            else cache
+        )
+        files = RepoFiles(root=snapshot, paths=tuple(local))
+        hashes: dict[str, str] | None = file_hashes(state.files)
         if options.prepare_script is not None:
             say(label, f"running {options.prepare_script.name}")
             out = Path(tmp) / "out"
             run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
             files = RepoFiles.scan(out)
+            hashes = None  # the hook may have changed any file
         say(label, f"building with {builder.name} → {options.destination.image(state.repo_type)}")
-        # the base's name and digest are part of the labels, so the builder gives them
-        labels = image_labels(state, action.spec, builder.base())
         published = builder.publish(
             BuildRequest(
                 files=files,
                 repo_type=state.repo_type,
-                labels=labels,
+                labels=image_labels(state, action.spec, builder.base()),
                 created=state.last_modified,
                 tags=action.tags,
+                hashes=hashes,
+                streamed=streamed,
+                state=state,
             )
         )
-        size = files.total_size
-        count = len(files.paths)
+        size = files.total_size + sum(f.size for f in streamed)
+        count = len(files.paths) + len(streamed)
     return Mirrored(
         repo_id=state.repo_id,
         repo_type=state.repo_type,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from hf2oci.hub import HubFile, RepoState
 from hf2oci.oci.image import BaseImage
 from hf2oci.pack import RepoFiles
 from hf2oci.spec import RepoType
@@ -51,13 +52,24 @@ class BuildRequest:
     labels: Mapping[str, str]
     #: image creation time (the hub commit's time, for reproducibility)
     created: str
-    #: moving tag first, then the immutable one; written last, after all content
+    #: written in this order (the immutable tag, then the moving one), after all content
     tags: Sequence[str]
+    #: the hub's hash of each file (path → "sha256:…"/"gitsha1:…") when the files are the hub's
+    #: unchanged: layers get content keys, so later runs can reuse them without downloading
+    hashes: Mapping[str, str] | None = None
+    #: large files to stream from the hub straight into layers (only builders with
+    #: ``can_stream``); ``files`` then holds only the small files, downloaded beforehand
+    streamed: Sequence[HubFile] = ()
+    state: RepoState | None = None
 
 
 class Builder(Protocol):
     name: str
     destination: Destination
+    #: whether ``publish`` accepts ``BuildRequest.streamed`` (hub → destination, no disk)
+    can_stream: bool
+    #: the size from which a file gets a layer of its own
+    small_file_limit: int
 
     def base(self) -> BaseImage:
         """The base image (fetched once): its name and digest go into the labels."""

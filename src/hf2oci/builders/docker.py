@@ -19,7 +19,7 @@ from hf2oci.errors import BuilderError
 from hf2oci.oci.image import BaseImage
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.transport import load_credentials
-from hf2oci.pack import REPO_DIR
+from hf2oci.pack import DEFAULT_SMALL_FILE_LIMIT, REPO_DIR
 from hf2oci.render import render
 from hf2oci.spec import RepoType
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 class DockerBuilder:
     name = "docker"
+    can_stream = False
+    small_file_limit = DEFAULT_SMALL_FILE_LIMIT
 
     def __init__(self, *, destination: Destination, base_image: str) -> None:
         self.destination = destination

@@ -70,6 +70,11 @@ def target_options(func: F) -> F:
             help="Talk HTTP, not HTTPS, to the registry.",
         ),
         click.option("--output-dir", help="Where OCI layouts go when no registry is set."),
+        click.option(
+            "--stream/--staged",
+            default=None,
+            help="Stream large files hub → image (default), or download all to disk first.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)

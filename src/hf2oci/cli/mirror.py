@@ -68,6 +68,7 @@ def mirror(
         destination=builder.destination,
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
+        stream=config.stream,
         force=force,
     )
     report = run([spec], builder, options, progress=progress_printer(not quiet))

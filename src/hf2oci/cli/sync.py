@@ -55,6 +55,7 @@ def sync(
         destination=builder.destination,
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
+        stream=config.stream,
         dry_run=dry_run,
         force=force,
     )

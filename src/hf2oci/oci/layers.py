@@ -201,3 +201,39 @@ class FileBlobLayer:
 
     def __repr__(self) -> str:
         return f"FileBlobLayer({str(self.path)!r})"
+
+
+class UploadedLayer:
+    """A layer already stored at the destination, known by its descriptor (nothing to send).
+
+    Streamed layers end up as these: their bytes went straight from the hub to the sink.
+    """
+
+    def __init__(self, digest: str, size: int, *, media_type: str = MT_LAYER_TAR) -> None:
+        self._digest = check_digest(digest)
+        self._size = size
+        self._media_type = media_type
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    @property
+    def diff_id(self) -> str:
+        if self._media_type != MT_LAYER_TAR:
+            raise PackError(f"diff_id of a compressed uploaded layer {self._digest} is unknown")
+        return self._digest
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def media_type(self) -> str:
+        return self._media_type
+
+    def open(self) -> BinaryIO:
+        raise PackError(f"layer {self._digest} was expected at the destination but is missing")
+
+    def __repr__(self) -> str:
+        return f"UploadedLayer({self._digest[:19]}, {self._size} bytes)"

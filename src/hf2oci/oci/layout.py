@@ -200,6 +200,39 @@ def _write_blob(path: Path, digest: str, size: int, opener: Callable[[], BinaryI
     _fsync_dir(target.parent)
 
 
+def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> str:
+    """Write a blob whose digest is learnt while writing it; returns the digest.
+
+    The bytes go to a temp file in ``blobs/sha256`` and are renamed to their digest only when
+    complete, so a killed run leaves no blob under a wrong name.
+    """
+    folder = path / "blobs" / "sha256"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".stream.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        written = 0
+        with os.fdopen(fd, "wb") as out, opener() as src:
+            while chunk := src.read(DEFAULT_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                written += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if written != size:
+            raise PackError(f"blob stream gave {written} bytes, expected {size}")
+        digest = "sha256:" + h.hexdigest()
+        os.replace(tmp, blob_path(path, digest))
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise PackError(f"cannot write a blob in {str(folder)!r}: {e.strerror}") from e
+        raise
+    _fsync_dir(folder)
+    return digest
+
+
 def _ensure_layout_file(path: Path) -> None:
     layout_file = path / LAYOUT_FILE
     if layout_file.exists():

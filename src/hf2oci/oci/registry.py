@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
@@ -188,6 +188,65 @@ class RegistryClient:
             _check_digest(resp, digest, f"blob upload to {repo}")
 
         self.transport.retrying(attempt, what=f"upload of {digest[:19]} to {repo}")
+
+    def upload_stream(
+        self,
+        repo: str,
+        size: int,
+        opener: Opener,
+        *,
+        on_progress: Progress | None = None,
+    ) -> str:
+        """Upload a blob whose digest is learnt on the way; returns the digest.
+
+        One streamed PATCH (the bytes hashed as they go, nothing buffered), then the closing PUT
+        with the digest. An error from the source (e.g. content that does not match the hub's
+        hash) aborts before the PUT, so no blob appears. Retried as a whole, like upload_blob.
+        """
+        sent = 0
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:
+            nonlocal sent
+            with lock:
+                sent += n
+            if on_progress is not None:
+                on_progress(n)
+
+        def attempt() -> str:
+            if sent:
+                progress(-sent)
+            location = self._start_upload(repo)
+            hashers: list[hashlib._Hash] = []
+
+            def hashing_opener() -> BinaryIO:
+                hashers.append(hashlib.sha256())  # a fresh hash for every (re)send
+                return cast(BinaryIO, _HashingReader(opener(), hashers[-1]))
+
+            resp = self.transport.request(
+                "PATCH",
+                location,
+                headers={"Content-Type": "application/octet-stream"},
+                body=hashing_opener,
+                size=size,
+                scope=registry_scope(repo, push=True),
+                retry=False,
+                on_sent=progress,
+            )
+            resp.close()
+            digest = "sha256:" + hashers[-1].hexdigest()
+            resp = self.transport.request(
+                "PUT",
+                _with_digest(_location(resp), digest),
+                body=b"",
+                scope=registry_scope(repo, push=True),
+                retry=False,
+            )
+            resp.close()
+            _check_digest(resp, digest, f"blob upload to {repo}")
+            return digest
+
+        return self.transport.retrying(attempt, what=f"streamed upload to {repo}")
 
     def _start_upload(self, repo: str) -> str:
         resp = self.transport.request(
@@ -522,4 +581,33 @@ class _VerifiedBody(io.RawIOBase):
 
     def close(self) -> None:
         self._resp.close()
+        super().close()
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads through to ``source``, feeding every byte to ``hasher``."""
+
+    def __init__(self, source: BinaryIO, hasher: hashlib._Hash) -> None:
+        super().__init__()
+        self._source = source
+        self._hasher = hasher
+        self._len = len(source) if hasattr(source, "__len__") else None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            raise TypeError("unknown length")
+        return self._len
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._source.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._hasher.update(memoryview(buffer)[:n])
+        return int(n or 0)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._source.close()
         super().close()

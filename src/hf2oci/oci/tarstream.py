@@ -10,10 +10,10 @@ import logging
 import os
 import stat
 import tarfile
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from hf2oci.errors import PackError
 
@@ -27,12 +27,19 @@ DIR_MODE = 0o755
 DEFAULT_CHUNK = 1 << 20
 
 
+#: a file's bytes as they arrive from elsewhere (the hub): called once per pass over the tar
+ChunkSource = Callable[[], Iterator[bytes]]
+
+
 @dataclass(frozen=True)
 class TarEntry:
-    """One member: ``name`` inside the tar (directories end with "/"), ``source`` None for dirs."""
+    """One member: ``name`` inside the tar (directories end with "/"), ``source`` None for dirs.
+
+    A file's ``source`` is a path on disk, or a callable giving its chunks (streamed from the hub).
+    """
 
     name: str
-    source: Path | None
+    source: Union[Path, ChunkSource, None]  # noqa: UP007 - a runtime alias, not an annotation
     size: int = 0
     mode: int = FILE_MODE
 
@@ -89,23 +96,39 @@ def entries_for_files(files: Sequence[tuple[str, Path]], *, prefix: str = "REPO"
 
     Sizes are taken now (symlinks followed); ``iter_tar`` checks they still hold.
     """
-    base = _parts(prefix, what="prefix") if prefix else []
-    dirs: set[str] = set()
-    files_out: dict[str, TarEntry] = {}
+    sized: list[tuple[str, Path | ChunkSource, int]] = []
     for rel, source in files:
-        parts = base + _parts(rel, what="file path")
-        for i in range(1, len(parts)):
-            dirs.add("/".join(parts[:i]))
-        name = "/".join(parts)
-        if name in files_out:
-            raise PackError(f"file {rel!r} listed twice")
         try:
             st = os.stat(source)
         except OSError as e:
             raise PackError(f"cannot read {str(source)!r}: {e.strerror}") from e
         if not stat.S_ISREG(st.st_mode):
             raise PackError(f"{str(source)!r} is not a regular file")
-        files_out[name] = TarEntry(name=name, source=Path(source), size=st.st_size)
+        sized.append((rel, Path(source), st.st_size))
+    return _entries(sized, prefix=prefix)
+
+
+def entries_for_streams(
+    files: Sequence[tuple[str, ChunkSource, int]], *, prefix: str = "REPO"
+) -> list[TarEntry]:
+    """Like ``entries_for_files`` for ``(path in repo, chunk source, size)``: nothing on disk."""
+    return _entries(files, prefix=prefix)
+
+
+def _entries(
+    files: Sequence[tuple[str, Path | ChunkSource, int]], *, prefix: str
+) -> list[TarEntry]:
+    base = _parts(prefix, what="prefix") if prefix else []
+    dirs: set[str] = set()
+    files_out: dict[str, TarEntry] = {}
+    for rel, source, size in files:
+        parts = base + _parts(rel, what="file path")
+        for i in range(1, len(parts)):
+            dirs.add("/".join(parts[:i]))
+        name = "/".join(parts)
+        if name in files_out:
+            raise PackError(f"file {rel!r} listed twice")
+        files_out[name] = TarEntry(name=name, source=source, size=size)
     clash = dirs & files_out.keys()
     if clash:
         raise PackError(f"{min(clash)!r} is both a file and a directory")
@@ -139,6 +162,9 @@ def iter_tar(
 
 def _iter_file(entry: TarEntry, chunk_size: int) -> Generator[bytes, None, None]:
     assert entry.source is not None
+    if not isinstance(entry.source, Path):
+        yield from _iter_streamed(entry, entry.source)
+        return
     path = entry.source
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, also when the generator is closed
@@ -163,6 +189,27 @@ def _iter_file(entry: TarEntry, chunk_size: int) -> Generator[bytes, None, None]
                 raise PackError(f"{str(path)!r} grew while packing")
         except OSError as e:
             raise PackError(f"cannot read {str(path)!r}: {e.strerror}") from e
+    pad = _padding(entry.size)
+    if pad:
+        yield b"\0" * pad
+
+
+def _iter_streamed(entry: TarEntry, source: ChunkSource) -> Generator[bytes, None, None]:
+    yield entry.header()
+    left = entry.size
+    chunks = source()
+    try:
+        for chunk in chunks:
+            if len(chunk) > left:
+                raise PackError(f"{entry.name!r} has more than its {entry.size} bytes")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if left:
+        raise PackError(f"{entry.name!r} ended {left} bytes short of {entry.size}")
     pad = _padding(entry.size)
     if pad:
         yield b"\0" * pad

@@ -1,0 +1,257 @@
+"""The oci builder's streaming path: hub → registry/layout in one pass, reuse, faults, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect
+from servers import Registry, start_registry
+
+MiB = 1 << 20
+
+
+def _tag(repo_id: str) -> str:
+    return repo_id.replace("/", "--")
+
+
+def _weights(seed: str, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _big_repo(hub, name: str, *, shards: int = 2, size: int = 3 * MiB) -> dict[str, bytes]:
+    files = {
+        "config.json": b'{"model_type": "test"}\n',
+        "tokenizer.json": b'{"vocab": {}}\n',
+        "sub dir/données.txt": "é".encode() * 100,
+    }
+    for i in range(shards):
+        files[f"model-{i + 1:05d}-of-{shards:05d}.safetensors"] = _weights(f"{name}{i}", size)
+    hub.add_repo(name, files)
+    return files
+
+
+def _blobs(reg: Registry) -> set[str]:
+    root = reg.root / "docker" / "registry" / "v2" / "blobs"
+    return {p.parent.name for p in root.rglob("data")}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path):
+    reg = start_registry(tmp_path / "reg")
+    yield reg
+    reg.stop()
+
+
+def test_streamed_image_is_exact_and_identical_to_the_staged_one(
+    hub, registry, busybox_base, project: Path
+) -> None:
+    files = _big_repo(hub, "stream/exact")
+    make_project(project, models=["stream/exact"])
+    common = ["--registry", registry.host, "--base-image", busybox_base, "-q"]
+    hub.reset_log()
+    assert cli("sync", "--namespace", "streamed", *common).exit_code == 0
+    # the large files were fetched once each, straight from the hub (no snapshot on disk)
+    for name in files:
+        if name.endswith(".safetensors"):
+            assert hub.count("GET", "/resolve/") and hub.count("GET", name) == 1
+    staged = cli("sync", "--namespace", "staged", "--staged", *common)
+    assert staged.exit_code == 0, staged.output
+    a = skopeo_inspect(f"docker://{registry.host}/streamed/models:stream--exact")
+    b = skopeo_inspect(f"docker://{registry.host}/staged/models:stream--exact")
+    assert a["Digest"] == b["Digest"]
+    # one layer per large file, small files together, annotated with what they hold
+    manifest = skopeo_inspect(f"docker://{registry.host}/streamed/models:stream--exact", raw=True)
+    titles = [
+        layer.get("annotations", {}).get("org.opencontainers.image.title")
+        for layer in manifest["layers"]
+    ]
+    assert titles[-2:] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert all(
+        layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+        for layer in manifest["layers"][1:]
+    )
+    assert docker_files(f"{registry.host}/streamed/models:stream--exact", project / "o") == files
+
+
+def test_streaming_into_a_layout(hub, project: Path) -> None:
+    files = _big_repo(hub, "stream/layout", shards=1)
+    make_project(project, models=["stream/layout"], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    layout = project / "oci-images" / "hgfkeep" / "models"
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:stream--layout", str(project / "b")],
+        check=True,
+        capture_output=True,
+    )
+    assert read_tree(project / "b" / "REPO") == files
+    leftovers = [p for p in (layout / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_new_revision_uploads_and_downloads_only_the_changed_file(
+    hub, own_registry: Registry, project: Path
+) -> None:
+    files = _big_repo(hub, "stream/delta", shards=3)
+    make_project(
+        project,
+        models=["stream/delta"],
+        config={"registry": own_registry.host, "base_image": "scratch"},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    before = _blobs(own_registry)
+    # a new revision that changes one shard; the layer cache is gone (another machine)
+    changed = _weights("changed", 3 * MiB)
+    hub.commit("stream/delta", {"model-00002-of-00003.safetensors": changed})
+    os.environ["HF2OCI_CACHE"] = str(project / "other-cache")
+    hub.reset_log()
+    assert cli("sync", "-q").exit_code == 0
+    new = _blobs(own_registry) - before
+    # the changed shard's layer, the config and the manifest: nothing else was uploaded
+    assert len(new) == 3
+    downloaded = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+    assert not any("00001-of" in p or "00003-of" in p for p in downloaded)
+    assert any("00002-of" in p for p in downloaded)
+    got = docker_free_read(own_registry, "hgfkeep/models", "stream--delta", project / "x")
+    assert got == {**files, "model-00002-of-00003.safetensors": changed}
+
+
+def docker_free_read(reg: Registry, repo: str, tag: str, dest: Path) -> dict[str, bytes]:
+    """Copy the image with skopeo into a layout and unpack it with umoci (no engine)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://{reg.host}/{repo}:{tag}",
+            f"oci:{dest / 'layout'}:{tag}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{dest / 'layout'}:{tag}", str(dest / "root")],
+        check=True,
+        capture_output=True,
+    )
+    return read_tree(dest / "root" / "REPO")
+
+
+def test_hub_faults_mid_stream_are_resumed(hub, own_registry: Registry, project: Path) -> None:
+    files = _big_repo(hub, "stream/faults", shards=2)
+    hub.fail_next("model-00001-of-00002", status=503, times=2)
+    hub.fail_next("model-00002-of-00002", status=429, retry_after=1)
+    hub.cut_next("model-00002-of-00002", after_bytes=MiB + 123)
+    make_project(
+        project,
+        models=["stream/faults"],
+        config={"registry": own_registry.host, "base_image": "scratch"},
+    )
+    result = cli("sync", "-q")
+    assert result.exit_code == 0, result.output
+    assert any("model-00002" in path for path, _ in hub.ranges), "\n".join(map(str, hub.requests))
+    assert (
+        docker_free_read(own_registry, "hgfkeep/models", "stream--faults", project / "x") == files
+    )
+
+
+def test_content_that_does_not_match_the_hub_hash_is_never_published(
+    hub, own_registry: Registry, project: Path, tmp_path: Path
+) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(_weights("good", 2 * MiB))
+    hub.add_repo("stream/corrupt", {"config.json": b"{}", "model.safetensors": weights})
+    # same size and mtime, other bytes: the hub still announces the old sha256
+    st = weights.stat()
+    weights.write_bytes(_weights("evil", 2 * MiB))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    make_project(
+        project,
+        models=["stream/corrupt"],
+        config={"registry": own_registry.host, "base_image": "scratch"},
+    )
+    result = cli("sync", "-q")
+    assert result.exit_code == 1
+    assert "hashes to" in result.stderr and "Traceback" not in result.output
+    listed = subprocess.run(
+        [
+            "skopeo",
+            "list-tags",
+            "--tls-verify=false",
+            f"docker://{own_registry.host}/hgfkeep/models",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "stream--corrupt" not in listed.stdout
+    # at most the small files' layer got in: no blob holds the bad weights, no manifest exists
+    assert len(_blobs(own_registry)) <= 1
+
+
+def test_sigkill_mid_push_never_leaves_a_tag_and_the_rerun_completes(
+    hub, own_registry: Registry, project: Path
+) -> None:
+    files = _big_repo(hub, "stream/killed", shards=3, size=4 * MiB)
+    make_project(
+        project,
+        models=["stream/killed"],
+        config={"registry": own_registry.host, "base_image": "scratch"},
+    )
+    env = {**os.environ, "HF2OCI_CACHE": str(project / "cache")}
+    hub.throttle = 8 * MiB  # slow enough to be killed in the middle
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf2oci", "sync", "-q"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while hub.count("GET", "model-00003-of-00003") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL  # killed, not finished
+    finally:
+        hub.throttle = None
+    tags = subprocess.run(
+        [
+            "skopeo",
+            "list-tags",
+            "--tls-verify=false",
+            f"docker://{own_registry.host}/hgfkeep/models",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "stream--killed" not in tags.stdout
+    hub.reset_log()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "hf2oci", "sync", "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["mirrored"] == 1
+    assert (
+        docker_free_read(own_registry, "hgfkeep/models", "stream--killed", project / "x") == files
+    )
