@@ -17,6 +17,7 @@ from hf2oci.pack import RepoFiles, file_hashes, image_labels
 from hf2oci.plan import Action, plan
 from hf2oci.prepare import run_prepare
 from hf2oci.spec import Mirrored, RepoSpec
+from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class RunOptions:
     force: bool = False
     #: stream large files hub → destination when the builder can (no prepare hook)
     stream: bool = True
+    #: makes a byte counter for a repo: ``meter(label, total_bytes)`` → ``count(n)``
+    meter: Callable[[str, int], Callable[[int], None]] | None = None
 
 
 @dataclass
@@ -92,7 +95,7 @@ def mirror_action(
         )
         local = [p for p in action.files if p not in {f.path for f in streamed}]
         how = f", streaming {len(streamed)} large files" if streamed else ""
-        say(label, f"fetching {len(action.files)} files ({_human(action.size)}){how}")
+        say(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
         cache = Path(tmp) / "hub"
         snapshot = (
             hub.download(state, local, cache_dir=cache, max_workers=options.hub_workers)
@@ -118,6 +121,7 @@ def mirror_action(
                 hashes=hashes,
                 streamed=streamed,
                 state=state,
+                on_bytes=options.meter(label, action.size) if options.meter else None,
             )
         )
         size = files.total_size + sum(f.size for f in streamed)
@@ -160,7 +164,8 @@ def run(
             report.outcomes.append(Outcome("skipped", action.reason, spec))
             continue
         if options.dry_run:
-            msg = f"would mirror {len(action.files)} files ({_human(action.size)}): {action.reason}"
+            size = human_size(action.size)
+            msg = f"would mirror {len(action.files)} files ({size}): {action.reason}"
             say(spec.label, msg)
             report.outcomes.append(Outcome("planned", msg, spec))
             continue
@@ -173,12 +178,3 @@ def run(
         say(spec.label, f"mirrored {mirrored.image}:{mirrored.tags[0]} ({mirrored.digest})")
         report.outcomes.append(Outcome("mirrored", action.reason, spec, mirrored))
     return report
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

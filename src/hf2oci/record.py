@@ -29,6 +29,7 @@ from tenacity import (
 from hf2oci.errors import RecordError
 from hf2oci.render import render
 from hf2oci.spec import REPO_TYPES, Mirrored, RepoType
+from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +228,6 @@ class _Row:
     file_count: int
     date: str
     pull: str
-
-
-def human_size(size: int) -> str:
-    """``1288490189`` → ``"1.2 GiB"``; bytes below 1 KiB are exact."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def hub_url(repo_id: str, repo_type: RepoType) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +61,8 @@ class BuildRequest:
     #: ``can_stream``); ``files`` then holds only the small files, downloaded beforehand
     streamed: Sequence[HubFile] = ()
     state: RepoState | None = None
+    #: called with each count of bytes moved (downloaded while streaming, or uploaded)
+    on_bytes: Callable[[int], None] | None = None
 
 
 class Builder(Protocol):

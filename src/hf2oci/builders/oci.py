@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -99,7 +99,13 @@ class OciBuilder:
                 ref = parse_reference(base.name)
                 if ref.registry == self.destination.registry:
                     mount_from.append(ref.repository)
-            self._client.push(image, repo, tags=list(request.tags), mount_from=mount_from)
+            self._client.push(
+                image,
+                repo,
+                tags=list(request.tags),
+                mount_from=mount_from,
+                on_progress=request.on_bytes,
+            )
         return Published(
             digest=image.digest,
             image=self.destination.image(request.repo_type),
@@ -144,7 +150,15 @@ class OciBuilder:
         group_notes = [layer_annotations(g, request.hashes) for g in groups]
         with ThreadPoolExecutor(self.stream_workers, thread_name_prefix="stream") as pool:
             futures = [
-                pool.submit(self._layer_for, [by_path[p] for p in group], note, state, known, sink)
+                pool.submit(
+                    self._layer_for,
+                    [by_path[p] for p in group],
+                    note,
+                    state,
+                    known,
+                    sink,
+                    request.on_bytes,
+                )
                 for group, note in zip(groups, group_notes, strict=True)
             ]
             try:
@@ -194,6 +208,7 @@ class OciBuilder:
         state: RepoState,
         known: Mapping[str, tuple[str, int]],
         sink: _Sink,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> Layer:
         """Reuse the layer when the destination has it; else stream its files from the hub."""
         key = note.get(CONTENT_KEY)
@@ -203,7 +218,7 @@ class OciBuilder:
                 log.info("%s: reusing layer %s", files[0].path, digest[:19])
                 return UploadedLayer(digest, size)
         entries = entries_for_streams(
-            [(f.path, _source(state, f), f.size) for f in files], prefix=REPO_DIR
+            [(f.path, _source(state, f, on_bytes), f.size) for f in files], prefix=REPO_DIR
         )
         size = len(TarStream(entries))
         digest = sink.write(size, lambda: cast(BinaryIO, TarStream(entries)))
@@ -217,8 +232,16 @@ class OciBuilder:
         return _RegistrySink(self._client, self.destination.repository(repo_type))
 
 
-def _source(state: RepoState, file: HubFile) -> Callable[[], Any]:
-    return lambda: hub.iter_file(state, file)
+def _source(
+    state: RepoState, file: HubFile, on_bytes: Callable[[int], None] | None
+) -> Callable[[], Iterator[bytes]]:
+    def chunks() -> Iterator[bytes]:
+        for chunk in hub.iter_file(state, file):
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            yield chunk
+
+    return chunks
 
 
 class _Sink:

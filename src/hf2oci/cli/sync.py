@@ -9,6 +9,7 @@ import click
 
 from hf2oci.cli._common import (
     build,
+    byte_meter,
     handle_errors,
     load,
     progress_printer,
@@ -56,6 +57,7 @@ def sync(
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
         stream=config.stream,
+        meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,
         force=force,
     )
