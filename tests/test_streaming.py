@@ -255,3 +255,62 @@ def test_sigkill_mid_push_never_leaves_a_tag_and_the_rerun_completes(
     assert (
         docker_free_read(own_registry, "hgfkeep/models", "stream--killed", project / "x") == files
     )
+
+
+def test_registry_faults_during_streamed_uploads_end_with_exact_content(
+    hub, own_registry: Registry, project: Path
+) -> None:
+    from faultproxy import FaultProxy
+
+    files = _big_repo(hub, "stream/regfaults", shards=2)
+    proxy = FaultProxy(own_registry.host)
+    try:
+        cut = proxy.fault("PATCH", r"/blobs/uploads/", "cut")
+        fail = proxy.fault("PUT", r"/blobs/uploads/.*digest=", "500")
+        busy = proxy.fault("PUT", r"/manifests/", "503")
+        make_project(
+            project,
+            models=["stream/regfaults"],
+            config={"registry": proxy.host, "base_image": "scratch"},
+        )
+        hub.reset_log()
+        result = cli("sync", "-q")
+        assert result.exit_code == 0, result.output
+        assert cut.hits == fail.hits == busy.hits == 1
+        # a failed upload session is started over, streaming the file from the hub again
+        shard_gets = [p for m, p in hub.requests if m == "GET" and "safetensors" in p]
+        assert len(shard_gets) >= 3
+    finally:
+        proxy.server.shutdown()
+    got = docker_free_read(own_registry, "hgfkeep/models", "stream--regfaults", project / "x")
+    assert got == files
+
+
+def test_wrong_registry_credentials_are_one_line_without_the_password(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bcrypt
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(b"ci:" + bcrypt.hashpw(b"right-password", bcrypt.gensalt(4)) + b"\n")
+    reg = start_registry(
+        tmp_path / "authreg",
+        extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
+    )
+    try:
+        model, _, _ = random_repo()
+        make_project(
+            project, models=[model], config={"registry": reg.host, "base_image": "scratch"}
+        )
+        monkeypatch.setenv("HF2OCI_REGISTRY_USERNAME", "ci")
+        monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "wrong-password-123")
+        bad = cli("sync", "-q")
+        assert bad.exit_code == 1
+        assert "wrong-password-123" not in bad.output and "Traceback" not in bad.output
+        assert "refused the credentials" in bad.stderr
+        monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "right-password")
+        good = cli("sync", "-q")
+        assert good.exit_code == 0, good.output
+        assert "right-password" not in good.output
+    finally:
+        reg.stop()

@@ -369,3 +369,21 @@ def test_docker_builder_gives_the_same_files_and_labels_as_oci(
         busybox_base,
     )
     assert json.loads(again.stdout)["skipped"] == 1
+
+
+def test_long_repo_ids_get_short_tags_recorded_in_the_ledger(hub, project: Path) -> None:
+    from hf2oci.naming import is_shortened, repo_tag
+    from hf2oci.record import load_ledger
+
+    repo_id = "an-organisation-with-a-long-name-0123456/" + "m" * 90 + "-v1.5"
+    hub.add_repo(repo_id, {"config.json": b"{}"})
+    make_project(project, models=[repo_id], config={"base_image": "scratch"})
+    result = cli("sync", "-q")
+    assert result.exit_code == 0, result.output
+    tag = repo_tag(repo_id)
+    assert len(tag) <= 128 and is_shortened(tag)
+    info = skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/models'}:{tag}")
+    assert info["Labels"]["io.huggingface.repo_id"] == repo_id
+    found = load_ledger(project / "get_hf" / "mirrored.json").lookup_tag(tag)
+    assert found is not None and found.repo_id == repo_id
+    assert cli("tag", repo_id).stdout.strip() == tag

@@ -1,0 +1,132 @@
+"""A proxy in front of a real registry that injects faults (5xx, 429, cut connections)."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str  # regex searched in the request path
+    action: str  # a status code ("503"), "429:<retry-after>", or "cut"
+    times: int
+    hits: int = 0
+
+
+class FaultProxy:
+    """A proxy to a registry that answers with faults for the first N matching requests."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str]] = []
+        self.page_tags = 0  # > 0: serve tags/list in pages of this size, with Link headers
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def handle_any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                proxy.seen.append((self.command, self.path))
+                for fault in proxy.faults:
+                    if (
+                        fault.method == self.command
+                        and re.search(fault.path, self.path)
+                        and fault.hits < fault.times
+                    ):
+                        fault.hits += 1
+                        return self.fail(fault.action)
+                if proxy.page_tags and "/tags/list" in self.path:
+                    return self.tags_page()
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            def fail(self, action: str) -> None:
+                if action == "cut":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status, _, retry_after = action.partition(":")
+                body = json.dumps(
+                    {
+                        "errors": [
+                            {
+                                "code": "DENIED" if status == "403" else "UNAVAILABLE",
+                                "message": f"injected {status}",
+                            }
+                        ]
+                    }
+                ).encode()
+                self.send_response(int(status))
+                if retry_after:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def tags_page(self) -> None:
+                parts = urlsplit(self.path)
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                conn.request("GET", parts.path)
+                tags = sorted(json.loads(conn.getresponse().read())["tags"])
+                conn.close()
+                last = parse_qs(parts.query).get("last", [""])[0]
+                rest = [t for t in tags if t > last]
+                page, more = rest[: proxy.page_tags], rest[proxy.page_tags :]
+                body = json.dumps({"name": "x", "tags": page}).encode()
+                self.send_response(200)
+                if more:
+                    query = urlencode({"n": proxy.page_tags, "last": page[-1]})
+                    self.send_header("Link", f'<{parts.path}?{query}>; rel="next"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+        self.server = serve(Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def fault(self, method: str, path: str, action: str, times: int = 1) -> Fault:
+        fault = Fault(method, path, action, times)
+        self.faults.append(fault)
+        return fault
+
+    def attempts(self, method: str, path: str) -> int:
+        return sum(1 for m, p in self.seen if m == method and re.search(path, p))
