@@ -213,7 +213,8 @@ def test_sigkill_mid_push_never_leaves_a_tag_and_the_rerun_completes(
         models=["stream/killed"],
         config={"registry": own_registry.host, "base_image": "scratch"},
     )
-    env = {**os.environ, "HF2OCI_CACHE": str(project / "cache")}
+    (project / "tmp").mkdir()  # a killed run cannot clean its scratch: keep it in the test's dir
+    env = {**os.environ, "HF2OCI_CACHE": str(project / "cache"), "TMPDIR": str(project / "tmp")}
     hub.throttle = 8 * MiB  # slow enough to be killed in the middle
     proc = subprocess.Popen(
         [sys.executable, "-m", "hf2oci", "sync", "-q"],

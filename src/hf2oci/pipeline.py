@@ -94,7 +94,12 @@ def mirror_action(
             else []
         )
         local = [p for p in action.files if p not in {f.path for f in streamed}]
-        how = f", streaming {len(streamed)} large files" if streamed else ""
+        if streamed:
+            how = f", streaming {len(streamed)} large files"
+        elif builder.can_stream and options.prepare_script is not None:
+            how = f", all to disk first ({options.prepare_script.name} needs them there)"
+        else:
+            how = ""
         say(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
         cache = Path(tmp) / "hub"
         snapshot = (
