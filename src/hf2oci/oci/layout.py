@@ -171,33 +171,16 @@ def _write_blob(path: Path, digest: str, size: int, opener: Callable[[], BinaryI
     except OSError as e:
         raise PackError(f"cannot read blob {str(target)!r}: {e.strerror}") from e
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name[:16]}.", suffix=".tmp"
-    )
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        written = 0
-        with os.fdopen(fd, "wb") as out, opener() as src:
-            while chunk := src.read(DEFAULT_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                written += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        actual = "sha256:" + h.hexdigest()
+
+    def place(tmp: Path, actual: str, written: int) -> None:
         if actual != digest or written != size:
             raise DigestMismatch(
                 f"blob for {str(target)!r} hashed to {actual} ({written} bytes), "
                 f"expected {digest} ({size} bytes)"
             )
         os.replace(tmp, target)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise PackError(f"cannot write blob {str(target)!r}: {e.strerror}") from e
-        raise
-    _fsync_dir(target.parent)
+
+    _write_hashed(target.parent, opener, place, prefix=f".{target.name[:16]}.")
 
 
 def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> str:
@@ -208,7 +191,28 @@ def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> 
     """
     folder = path / "blobs" / "sha256"
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".stream.", suffix=".tmp")
+    digests = []
+
+    def place(tmp: Path, actual: str, written: int) -> None:
+        if written != size:
+            raise PackError(f"blob stream gave {written} bytes, expected {size}")
+        os.replace(tmp, blob_path(path, actual))
+        digests.append(actual)
+
+    _write_hashed(folder, opener, place, prefix=".stream.")
+    return digests[0]
+
+
+def _write_hashed(
+    folder: Path,
+    opener: Callable[[], BinaryIO],
+    place: Callable[[Path, str, int], None],
+    *,
+    prefix: str,
+) -> None:
+    """Copy ``opener()`` into a temp file in ``folder`` while hashing it, fsync, then let
+    ``place(tmp, digest, size)`` check and rename it; nothing is left behind on failure."""
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
@@ -220,17 +224,13 @@ def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> 
                 written += len(chunk)
             out.flush()
             os.fsync(out.fileno())
-        if written != size:
-            raise PackError(f"blob stream gave {written} bytes, expected {size}")
-        digest = "sha256:" + h.hexdigest()
-        os.replace(tmp, blob_path(path, digest))
+        place(tmp, "sha256:" + h.hexdigest(), written)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise PackError(f"cannot write a blob in {str(folder)!r}: {e.strerror}") from e
         raise
     _fsync_dir(folder)
-    return digest
 
 
 def _ensure_layout_file(path: Path) -> None:

@@ -157,19 +157,10 @@ class RegistryClient:
         registry cannot resume an upload that a cut connection left at an unknown offset.
         ``on_progress`` gets byte counts, negative when a failed attempt starts over.
         """
-        sent = 0
-        lock = threading.Lock()
-
-        def progress(n: int) -> None:
-            nonlocal sent
-            with lock:
-                sent += n
-            if on_progress is not None:
-                on_progress(n)
+        progress = _SentBytes(on_progress)
 
         def attempt() -> None:
-            if sent:
-                progress(-sent)
+            progress.restart()
             location = self._start_upload(repo)
             if size <= self.chunk_size:
                 resp = self.transport.request(
@@ -203,19 +194,10 @@ class RegistryClient:
         with the digest. An error from the source (e.g. content that does not match the hub's
         hash) aborts before the PUT, so no blob appears. Retried as a whole, like upload_blob.
         """
-        sent = 0
-        lock = threading.Lock()
-
-        def progress(n: int) -> None:
-            nonlocal sent
-            with lock:
-                sent += n
-            if on_progress is not None:
-                on_progress(n)
+        progress = _SentBytes(on_progress)
 
         def attempt() -> str:
-            if sent:
-                progress(-sent)
+            progress.restart()
             location = self._start_upload(repo)
             hashers: list[hashlib._Hash] = []
 
@@ -582,6 +564,25 @@ class _VerifiedBody(io.RawIOBase):
     def close(self) -> None:
         self._resp.close()
         super().close()
+
+
+class _SentBytes:
+    """Counts an upload session's bytes for ``on_progress``; taken back when it starts over."""
+
+    def __init__(self, on_progress: Progress | None) -> None:
+        self.on_progress = on_progress
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+        if self.on_progress is not None:
+            self.on_progress(n)
+
+    def restart(self) -> None:
+        if self.total:
+            self(-self.total)
 
 
 class _HashingReader(io.RawIOBase):
