@@ -8,6 +8,8 @@ import click
 
 from hf2oci import __version__
 from hf2oci.cli.mirror import mirror
+from hf2oci.cli.plan import plan_command
+from hf2oci.cli.record import record_command
 from hf2oci.cli.sync import sync
 from hf2oci.cli.tag import tag
 
@@ -24,3 +26,5 @@ def main(verbose: int) -> None:
 main.add_command(sync)
 main.add_command(mirror)
 main.add_command(tag)
+main.add_command(plan_command)
+main.add_command(record_command)

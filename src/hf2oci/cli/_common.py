@@ -18,7 +18,8 @@ from hf2oci import hub
 from hf2oci.builders import Builder, Destination, make_builder
 from hf2oci.config import Config, load_config
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.pipeline import Outcome, Report
+from hf2oci.pipeline import Outcome, Report, RunOptions, run
+from hf2oci.spec import RepoSpec
 from hf2oci.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -199,3 +200,28 @@ def _failure_line(o: Outcome) -> str:
     if o.spec is not None and o.spec.repo_id not in o.message:
         parts.append(o.spec.label)
     return ": ".join([*parts, o.message])
+
+
+def run_specs(
+    specs: list[RepoSpec],
+    config: Config,
+    *,
+    get_hf: Path,
+    quiet: bool,
+    as_json: bool,
+    dry_run: bool = False,
+    force: bool = False,
+) -> Report:
+    """Build the builder and options from ``config`` and ``get_hf/`` and run the pipeline."""
+    builder = build(config)
+    prepare = get_hf / "prepare.sh"
+    options = RunOptions(
+        destination=builder.destination,
+        prepare_script=prepare if prepare.is_file() else None,
+        hub_workers=config.hub_workers,
+        stream=config.stream,
+        meter=byte_meter(not quiet and not as_json),
+        dry_run=dry_run,
+        force=force,
+    )
+    return run(specs, builder, options, progress=progress_printer(not quiet))

@@ -8,17 +8,15 @@ from pathlib import Path
 import click
 
 from hf2oci.cli._common import (
-    build,
-    byte_meter,
     handle_errors,
     load,
-    progress_printer,
+    run_specs,
     summarize,
     target_options,
 )
 from hf2oci.errors import ConfigError
 from hf2oci.lists import read_lists
-from hf2oci.pipeline import Outcome, RunOptions, run
+from hf2oci.pipeline import Outcome
 from hf2oci.record import record_results
 
 
@@ -50,18 +48,9 @@ def sync(
         raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
     config = load(get_hf / "config.yaml", **overrides)
     specs, list_errors = read_lists(get_hf)
-    builder = build(config)
-    prepare = get_hf / "prepare.sh"
-    options = RunOptions(
-        destination=builder.destination,
-        prepare_script=prepare if prepare.is_file() else None,
-        hub_workers=config.hub_workers,
-        stream=config.stream,
-        meter=byte_meter(not quiet and not as_json),
-        dry_run=dry_run,
-        force=force,
+    report = run_specs(
+        specs, config, get_hf=get_hf, quiet=quiet, as_json=as_json, dry_run=dry_run, force=force
     )
-    report = run(specs, builder, options, progress=progress_printer(not quiet))
     if not dry_run:
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
     bad_lines = [Outcome("failed", str(e), origin=f"{e.path}:{e.line}") for e in list_errors]

@@ -1,0 +1,116 @@
+"""``hf2oci plan``: what sync would mirror, as a GitHub Actions matrix (metadata calls only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hf2oci import gha
+from hf2oci.cli._common import build, echo, handle_errors, load, progress_printer, target_options
+from hf2oci.errors import ConfigError
+from hf2oci.lists import format_line, read_lists
+from hf2oci.plan import plan
+
+
+@click.command("plan")
+@click.option(
+    "--get-hf",
+    "get_hf",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("get_hf"),
+    show_default=True,
+    help="Folder with the list files and config.yaml.",
+)
+@target_options
+@click.option("--only", help="Plan just this repo id (it must be listed).")
+@click.option("--force", is_flag=True, help="Plan repos even when they look up to date.")
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(1, gha.MAX_MATRIX_JOBS),
+    default=gha.MAX_MATRIX_JOBS,
+    show_default=True,
+    help="Batch repos so the matrix has at most this many jobs.",
+)
+@click.option(
+    "--github-output", is_flag=True, help="Write matrix/count/has_work to $GITHUB_OUTPUT."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@handle_errors
+def plan_command(
+    get_hf: Path,
+    only: str | None,
+    force: bool,
+    max_jobs: int,
+    github_output: bool,
+    as_json: bool,
+    quiet: bool,
+    **overrides: str | bool | None,
+) -> None:
+    """Say which listed repos need mirroring; bad list lines fail the plan (exit 1)."""
+    if not get_hf.is_dir():
+        raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
+    config = load(get_hf / "config.yaml", **overrides)
+    specs, list_errors = read_lists(get_hf)
+    if only:
+        specs = [s for s in specs if s.repo_id == only]
+        if not specs and not list_errors:
+            raise ConfigError(f"{only} is not listed in {get_hf}/to_get_*.txt")
+    for e in list_errors:
+        echo(f"error: {e}")
+        if github_output:
+            click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
+    say = progress_printer(not quiet)
+    actions = plan(specs, build(config), force=force)
+    pending = [a for a in actions if a.kind == "mirror"]
+    failed = [a for a in actions if a.kind == "fail"]
+    for a in actions:
+        say(a.spec.label, f"{'up to date' if a.kind == 'skip' else a.kind}: {a.reason}")
+    # a repo the hub refuses now (missing, bad revision) is shown, not sent to a mirror job
+    for a in failed:
+        path, _, line = a.spec.origin.rpartition(":")
+        if github_output:
+            click.echo(
+                gha.annotation(
+                    f"{a.spec.repo_id}: {a.reason}",
+                    file=path,
+                    line=int(line) if line.isdigit() else None,
+                )
+            )
+    if failed:
+        gha.append_summary(
+            "### hf2oci plan: repos that cannot be mirrored now\n\n"
+            + "\n".join(f"- ❌ `{a.spec.origin or a.spec.repo_id}`: {a.reason}" for a in failed)
+        )
+    entries = [gha.entry(a.spec, format_line(a.spec)) for a in pending]
+    matrix = gha.matrix(entries, max_jobs=max_jobs)
+    if github_output:
+        gha.set_output("matrix", json.dumps(matrix, separators=(",", ":")))
+        gha.set_output("count", str(len(pending)))
+        gha.set_output("has_work", "true" if pending and not list_errors else "false")
+    if as_json:
+        doc = {
+            "ok": not list_errors,
+            "count": len(pending),
+            "matrix": matrix,
+            "actions": [
+                {
+                    "repo_id": a.spec.repo_id,
+                    "repo_type": a.spec.repo_type,
+                    "action": a.kind,
+                    "reason": a.reason,
+                    "origin": a.spec.origin,
+                }
+                for a in actions
+            ],
+            "errors": [str(e) for e in list_errors],
+        }
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    echo(
+        f"{len(pending)} to mirror, {len(actions) - len(pending)} up to date"
+        + (f", {len(list_errors)} bad lines" if list_errors else "")
+    )
+    sys.exit(1 if list_errors else 0)
