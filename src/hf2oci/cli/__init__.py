@@ -7,6 +7,7 @@ import logging
 import click
 
 from hf2oci import __version__
+from hf2oci.cli.extract import extract
 from hf2oci.cli.mirror import mirror
 from hf2oci.cli.plan import plan_command
 from hf2oci.cli.record import record_command
@@ -28,3 +29,4 @@ main.add_command(mirror)
 main.add_command(tag)
 main.add_command(plan_command)
 main.add_command(record_command)
+main.add_command(extract)

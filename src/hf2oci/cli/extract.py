@@ -1,0 +1,49 @@
+"""``hf2oci extract``: an image's /REPO into a folder or the HF cache, with no Docker engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hf2oci.cli._common import echo, handle_errors
+from hf2oci.extract import extract as do_extract
+from hf2oci.units import human_size
+
+
+@click.command("extract")
+@click.argument("image")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--hf-cache", is_flag=True, help="DEST is a Hugging Face hub cache (HF_HUB_CACHE).")
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty DEST.")
+@click.option("--plain-http", is_flag=True, default=None, help="HTTP, not HTTPS, to the registry.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+@handle_errors
+def extract(
+    image: str,
+    dest: Path,
+    hf_cache: bool,
+    include: tuple[str, ...],
+    workers: int,
+    force: bool,
+    plain_http: bool | None,
+    as_json: bool,
+) -> None:
+    """Unpack /REPO of IMAGE (registry reference, or oci:LAYOUT:TAG) into DEST."""
+    result = do_extract(
+        image,
+        dest,
+        hf_cache=hf_cache,
+        include=include,
+        workers=workers,
+        force=force,
+        plain_http=plain_http,
+    )
+    if as_json:
+        doc = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    where = result.snapshot or result.dest
+    echo(f"{result.files} files ({human_size(result.bytes)}) from {result.digest[:19]} → {where}")

@@ -1,0 +1,190 @@
+"""`hf2oci extract`: registry and layout sources, digests, --hf-cache, hostile images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, make_project, read_tree
+from hf2oci.oci import layout
+from hf2oci.oci.image import SCRATCH, assemble
+from hf2oci.oci.layers import BytesLayer
+from hf2oci.oci.registry import RegistryClient
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _tag(repo_id: str) -> str:
+    return repo_id.replace("/", "--")
+
+
+def _big(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {**files, "model-00002.safetensors": os.urandom(3 << 20)}  # a streamed layer too
+
+
+def test_extract_from_registry_and_layout_gives_the_hub_bytes(
+    hub, random_repo, registry, busybox_base, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _, files = random_repo()
+    files = _big(files)
+    hub.commit(model, {"model-00002.safetensors": files["model-00002.safetensors"]})
+    make_project(
+        project,
+        models=[model],
+        config={"registry": registry.host, "namespace": "ex", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    make_project(project / "l", models=[model], config={"base_image": busybox_base})
+    monkeypatch.chdir(project / "l")
+    assert cli("sync", "-q").exit_code == 0
+    monkeypatch.chdir(project)
+
+    ref = f"{registry.host}/ex/models:{_tag(model)}"
+    r = cli("extract", ref, str(project / "from-registry"), "--json")
+    assert r.exit_code == 0, r.output
+    assert read_tree(project / "from-registry") == files
+    assert json.loads(r.stdout)["files"] == len(files)
+
+    lay = f"oci:{project / 'l/oci-images/hgfkeep/models'}:{_tag(model)}"
+    assert cli("extract", lay, str(project / "from-layout")).exit_code == 0
+    assert read_tree(project / "from-layout") == files
+
+    r = cli("extract", ref, str(project / "only-json"), "--include", "*.json")
+    assert r.exit_code == 0
+    assert set(read_tree(project / "only-json")) == {p for p in files if p.endswith(".json")}
+
+    refused = cli("extract", ref, str(project / "from-registry"))
+    assert refused.exit_code == 2 and "--force" in refused.stderr
+    assert cli("extract", ref, str(project / "from-registry"), "--force").exit_code == 0
+    assert not list(project.glob(".from-registry*"))  # no partial or old copies left
+
+
+def test_a_corrupt_blob_fails_and_leaves_no_dest(hub, random_repo, project: Path) -> None:
+    model, _, files = random_repo()
+    make_project(project, models=[model], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    path = project / "oci-images/hgfkeep/models"
+    image = layout.read_image(path, _tag(model))
+    blob = layout.blob_path(path, image.layers[-1].digest)
+    data = bytearray(blob.read_bytes())
+    data[-2000] ^= 0xFF  # inside a file's bytes: the tar still parses
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    r = cli("extract", f"oci:{path}:{_tag(model)}", str(project / "dest"))
+    assert r.exit_code == 1 and "hashed to" in r.stderr and "Traceback" not in r.output
+    assert not (project / "dest").exists()
+    assert not list(project.glob(".dest.partial-*"))
+
+
+def test_hf_cache_is_what_huggingface_hub_reads_offline(
+    hub, random_repo, registry, busybox_base, project: Path
+) -> None:
+    model, sha, files = random_repo()
+    make_project(
+        project,
+        models=[model],
+        config={"registry": registry.host, "namespace": "hfc", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    cache = project / "hf-cache"
+    r = cli("extract", f"{registry.host}/hfc/models:{_tag(model)}", str(cache), "--hf-cache")
+    assert r.exit_code == 0, r.output
+    assert (cache / f"models--{_tag(model)}" / "refs" / "main").read_text() == sha
+    code = f"""
+import json, sys
+from pathlib import Path
+from huggingface_hub import snapshot_download, hf_hub_download
+folder = snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=True)
+one = hf_hub_download({model!r}, "config.json", cache_dir=sys.argv[1], local_files_only=True)
+files = {{p.relative_to(folder).as_posix(): p.read_bytes().hex()
+         for p in Path(folder).rglob("*") if p.is_file()}}
+print(json.dumps({{"folder": folder, "one": Path(one).read_bytes().hex(), "files": files}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_ENDPOINT", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cache)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    doc = json.loads(out)
+    assert sha in doc["folder"]
+    assert {k: bytes.fromhex(v) for k, v in doc["files"].items()} == files
+    assert bytes.fromhex(doc["one"]) == files["config.json"]
+
+
+def _hostile_layer(kind: str) -> BytesLayer:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add(name: str, *, data: bytes = b"pwned", **attrs: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data) if attrs.get("type", tarfile.REGTYPE) == tarfile.REGTYPE else 0
+            for k, v in attrs.items():
+                setattr(info, k, v)
+            tar.addfile(info, io.BytesIO(data) if info.size else None)
+
+        add("REPO/ok.txt", data=b"fine")
+        if kind == "traversal":
+            add("REPO/../../outside/evil.txt")
+        elif kind == "absolute":
+            add("/tmp/evil.txt")
+        elif kind == "symlink":
+            add("REPO/etc", type=tarfile.SYMTYPE, linkname="/etc")
+            add("REPO/etc/evil.txt")
+        elif kind == "hardlink":
+            add("REPO/passwd", type=tarfile.LNKTYPE, linkname="/etc/passwd")
+        elif kind == "device":
+            add("REPO/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        elif kind == "whiteout":
+            add("REPO/.wh.config.json")
+    return BytesLayer(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("traversal", "'..'"),
+        ("absolute", "absolute"),
+        ("symlink", "links"),
+        ("hardlink", "links"),
+        ("device", "not a regular file"),
+        ("whiteout", "whiteout"),
+    ],
+)
+@pytest.mark.parametrize("where", ["layout", "registry"])
+def test_hostile_images_are_refused_and_nothing_escapes(
+    kind: str, words: str, where: str, tmp_path: Path, registry
+) -> None:
+    image = assemble(
+        SCRATCH, [_hostile_layer(kind)], labels={}, annotations={}, created="2026-01-01T00:00:00Z"
+    )
+    if where == "layout":
+        layout.write_layout(image, tmp_path / "lay", tags=["bad"])
+        ref = f"oci:{tmp_path / 'lay'}:bad"
+    else:
+        RegistryClient(registry.host).push(image, f"hostile/{kind}", tags=["bad"])
+        ref = f"{registry.host}/hostile/{kind}:bad"
+    sentinel = tmp_path / "outside"
+    sentinel.mkdir()
+    dest = tmp_path / "work" / "dest"
+    r = cli("extract", ref, str(dest))
+    assert r.exit_code == 1, r.output
+    assert words in r.stderr and "Traceback" not in r.output
+    assert not dest.exists() and list(sentinel.iterdir()) == []
+    assert not Path("/tmp/evil.txt").exists()
+    assert list((tmp_path / "work").iterdir()) == []  # no partial folder left
