@@ -72,7 +72,7 @@ def test_extract_from_registry_and_layout_gives_the_hub_bytes(
 
 
 def test_a_corrupt_blob_fails_and_leaves_no_dest(hub, random_repo, project: Path) -> None:
-    model, _, files = random_repo()
+    model, _, _ = random_repo()
     make_project(project, models=[model], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
     path = project / "oci-images/hgfkeep/models"
