@@ -80,8 +80,9 @@ def dir_size(path: Path) -> int:
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
     """Run a command; returns its peak RSS in bytes (raises on failure)."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -93,15 +94,20 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None =
 def push_base(reg: Registry, rootfs: Path) -> str:
     ref = f"{reg.host}/library/busybox:latest"
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["docker", "import", "--change", 'CMD ["sh"]', "-", ref], stdin=tar.stdout,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "import", "--change", 'CMD ["sh"]', "-", ref],
+        stdin=tar.stdout,
+        check=True,
+        capture_output=True,
+    )
     tar.wait()
     subprocess.run(["docker", "push", ref], check=True, capture_output=True)
     return ref
 
 
-def measure(name: str, work: Path, fn: Callable[[Registry, str, Path], tuple[int, dict]],
-            rootfs: Path) -> Result:
+def measure(
+    name: str, work: Path, fn: Callable[[Registry, str, Path], tuple[int, dict]], rootfs: Path
+) -> Result:
     regdir = work / f"reg-{name}"
     reg = start_registry(regdir)
     try:
@@ -133,16 +139,27 @@ def main() -> None:
     hf2oci = [sys.executable, "-m", "hf2oci"]
     report: dict[str, object] = {}
     with HubServer() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF2OCI_CACHE": str(work / "l-cache")}
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF2OCI_CACHE": str(work / "l-cache"),
+        }
         for size_mib in (int(s) for s in args.sizes.split(",")):
             weights = work / f"weights-{size_mib}.safetensors"
             with open(weights, "wb") as f:
                 for _ in range(size_mib):
                     f.write(os.urandom(MiB))
             repo = f"bench/m{size_mib}"
-            hub.add_repo(repo, {"config.json": b'{"a": 1}\n', "README.md": b"# bench\n",
-                                "model.safetensors": weights})
+            hub.add_repo(
+                repo,
+                {
+                    "config.json": b'{"a": 1}\n',
+                    "README.md": b"# bench\n",
+                    "model.safetensors": weights,
+                },
+            )
             project = work / f"project-{size_mib}"
             (project / "get_hf").mkdir(parents=True)
             (project / "get_hf" / "to_get_models.txt").write_text(f"{repo}\n")
@@ -150,8 +167,10 @@ def main() -> None:
             def common(reg: Registry, base: str, scratch: Path) -> tuple[int, dict]:
                 parts = {}
                 t = time.perf_counter()
-                code = ("import sys; from huggingface_hub import snapshot_download as s; "
-                        f"s({repo!r}, local_dir=sys.argv[1], endpoint={hub.url!r})")
+                code = (
+                    "import sys; from huggingface_hub import snapshot_download as s; "
+                    f"s({repo!r}, local_dir=sys.argv[1], endpoint={hub.url!r})"
+                )
                 rss = run([sys.executable, "-c", code, str(scratch / "ctx" / "REPO")], env=env)
                 shutil.rmtree(scratch / "ctx" / "REPO" / ".cache", ignore_errors=True)
                 parts["download"] = time.perf_counter() - t
@@ -169,9 +188,24 @@ def main() -> None:
             def builder(kind: str) -> Callable[[Registry, str, Path], tuple[int, dict]]:
                 def go(reg: Registry, base: str, scratch: Path) -> tuple[int, dict]:
                     e = {**env, "TMPDIR": str(scratch)}
-                    rss = run([*hf2oci, "sync", "-q", "--force", "--registry", reg.host,
-                               "--base-image", base, "--builder", kind], env=e, cwd=project)
+                    rss = run(
+                        [
+                            *hf2oci,
+                            "sync",
+                            "-q",
+                            "--force",
+                            "--registry",
+                            reg.host,
+                            "--base-image",
+                            base,
+                            "--builder",
+                            kind,
+                        ],
+                        env=e,
+                        cwd=project,
+                    )
                     return rss, {}
+
                 return go
 
             def limit(reg: Registry, base: str, scratch: Path) -> tuple[int, dict]:
@@ -188,8 +222,11 @@ def main() -> None:
                 loc = loc if loc.startswith("http") else reg.url + loc
                 sep = "&" if "?" in loc else "?"
                 with open(weights, "rb") as f:
-                    r = requests.put(f"{loc}{sep}digest={digest}", data=f,
-                                     headers={"Content-Length": str(weights.stat().st_size)})
+                    r = requests.put(
+                        f"{loc}{sep}digest={digest}",
+                        data=f,
+                        headers={"Content-Length": str(weights.stat().st_size)},
+                    )
                 r.raise_for_status()
                 parts["put"] = time.perf_counter() - t
                 return 0, parts
