@@ -8,9 +8,11 @@ import click
 
 from hf2oci import __version__
 from hf2oci.cli.extract import extract
+from hf2oci.cli.k8s import k8s
 from hf2oci.cli.mirror import mirror
 from hf2oci.cli.plan import plan_command
 from hf2oci.cli.record import record_command
+from hf2oci.cli.runtime import runtime
 from hf2oci.cli.sync import sync
 from hf2oci.cli.tag import tag
 
@@ -30,3 +32,5 @@ main.add_command(tag)
 main.add_command(plan_command)
 main.add_command(record_command)
 main.add_command(extract)
+main.add_command(k8s)
+main.add_command(runtime)

@@ -26,6 +26,7 @@ from hf2oci.plan import plan
 )
 @target_options
 @click.option("--only", help="Plan just this repo id (it must be listed).")
+@click.option("--dataset", is_flag=True, help="With --only: the repo id names a dataset.")
 @click.option("--force", is_flag=True, help="Plan repos even when they look up to date.")
 @click.option(
     "--max-jobs",
@@ -35,16 +36,25 @@ from hf2oci.plan import plan
     help="Batch repos so the matrix has at most this many jobs.",
 )
 @click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Repos per mirror job (batches grow further when the jobs would pass --max-jobs).",
+)
+@click.option(
     "--github-output", is_flag=True, help="Write matrix/count/has_work to $GITHUB_OUTPUT."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix (for fromJSON) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @handle_errors
 def plan_command(
     get_hf: Path,
     only: str | None,
+    dataset: bool,
     force: bool,
     max_jobs: int,
+    batch_size: int,
     github_output: bool,
     as_json: bool,
     quiet: bool,
@@ -56,12 +66,14 @@ def plan_command(
     config = load(get_hf / "config.yaml", **overrides)
     specs, list_errors = read_lists(get_hf)
     if only:
-        specs = [s for s in specs if s.repo_id == only]
+        specs = [s for s in specs if s.repo_id == only and (s.repo_type == "dataset") == dataset]
         if not specs and not list_errors:
-            raise ConfigError(f"{only} is not listed in {get_hf}/to_get_*.txt")
+            listed = "to_get_datasets.txt" if dataset else "to_get_models.txt"
+            raise ConfigError(f"{only} is not listed in {get_hf / listed}")
+    annotate = github_output or gha.in_actions()
     for e in list_errors:
         echo(f"error: {e}")
-        if github_output:
+        if annotate:
             click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
     say = progress_printer(not quiet)
     actions = plan(specs, build(config), force=force)
@@ -72,7 +84,7 @@ def plan_command(
     # a repo the hub refuses now (missing, bad revision) is shown, not sent to a mirror job
     for a in failed:
         path, _, line = a.spec.origin.rpartition(":")
-        if github_output:
+        if annotate:
             click.echo(
                 gha.annotation(
                     f"{a.spec.repo_id}: {a.reason}",
@@ -85,30 +97,15 @@ def plan_command(
             "### hf2oci plan: repos that cannot be mirrored now\n\n"
             + "\n".join(f"- ❌ `{a.spec.origin or a.spec.repo_id}`: {a.reason}" for a in failed)
         )
-    entries = [gha.entry(a.spec, format_line(a.spec)) for a in pending]
-    matrix = gha.matrix(entries, max_jobs=max_jobs)
+    entries = [gha.entry(a.spec, format_line(a.spec), size=a.size) for a in pending]
+    matrix = gha.matrix(entries, max_jobs=max_jobs, batch_size=batch_size)
     if github_output:
         gha.set_output("matrix", json.dumps(matrix, separators=(",", ":")))
         gha.set_output("count", str(len(pending)))
         gha.set_output("has_work", "true" if pending and not list_errors else "false")
     if as_json:
-        doc = {
-            "ok": not list_errors,
-            "count": len(pending),
-            "matrix": matrix,
-            "actions": [
-                {
-                    "repo_id": a.spec.repo_id,
-                    "repo_type": a.spec.repo_type,
-                    "action": a.kind,
-                    "reason": a.reason,
-                    "origin": a.spec.origin,
-                }
-                for a in actions
-            ],
-            "errors": [str(e) for e in list_errors],
-        }
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        # exactly the matrix: any other top-level key would become a matrix dimension
+        click.echo(json.dumps(matrix, indent=2, sort_keys=True))
     echo(
         f"{len(pending)} to mirror, {len(actions) - len(pending)} up to date"
         + (f", {len(list_errors)} bad lines" if list_errors else "")

@@ -1,0 +1,79 @@
+"""``hf2oci runtime``: build folders for the llama.cpp and vLLM server images, and compose."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from hf2oci import runtime as entrypoint
+from hf2oci.cli._common import echo, handle_errors
+from hf2oci.errors import UsageError
+from hf2oci.k8s import DEFAULT_RUNTIME_IMAGE, served_model_name
+from hf2oci.oci.reference import parse_reference
+from hf2oci.render import render
+
+LLAMA_CPP_VERSION = "0.3.36"
+
+
+@click.group("runtime")
+def runtime() -> None:
+    """Runtime images that serve a model image offline (OpenAI API on port 8000)."""
+
+
+@runtime.command("dockerfile")
+@click.argument("server", type=click.Choice(["llamacpp", "vllm"]))
+@click.option("--model-image", required=True, help="The model image made by hf2oci.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--runtime-image", help="Tag to build (shown in the Dockerfile's comments).")
+@click.option("--python-image", default="python:3.11-slim", show_default=True)
+@click.option("--vllm-image", default="vllm/vllm-openai:latest", show_default=True)
+@handle_errors
+def dockerfile(
+    server: str,
+    model_image: str,
+    output: Path,
+    runtime_image: str | None,
+    python_image: str,
+    vllm_image: str,
+) -> None:
+    """Write a build folder (Dockerfile + entrypoint.py) for SERVER serving --model-image."""
+    for ref in (model_image, python_image, vllm_image):
+        parse_reference(ref)
+    if output.exists() and any(output.iterdir()):
+        raise UsageError(f"{output} is not empty")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "Dockerfile").write_text(
+        render(
+            f"runtime/{server}.Dockerfile.j2",
+            model_image=model_image,
+            runtime_image=runtime_image or DEFAULT_RUNTIME_IMAGE[server],
+            served_model_name=served_model_name(model_image),
+            python_image=python_image,
+            vllm_image=vllm_image,
+            llama_cpp_version=LLAMA_CPP_VERSION,
+        )
+    )
+    shutil.copyfile(entrypoint.__file__, output / "entrypoint.py")
+    echo(f"wrote {output}/Dockerfile and entrypoint.py: docker build -t NAME {output}")
+
+
+@runtime.command("compose")
+@click.argument("server", type=click.Choice(["llamacpp", "vllm"]))
+@click.option("--model-image", required=True)
+@click.option("--runtime-image", help="Server image (default: hf2oci/<server>-server:latest).")
+@handle_errors
+def compose(server: str, model_image: str, runtime_image: str | None) -> None:
+    """Print a docker compose file: the model image fills a volume, the server serves it."""
+    parse_reference(model_image)
+    click.echo(
+        render(
+            "compose/compose.yaml.j2",
+            runtime=server,
+            model_image=model_image,
+            runtime_image=runtime_image or DEFAULT_RUNTIME_IMAGE[server],
+            served_model_name=served_model_name(model_image),
+        ),
+        nl=False,
+    )

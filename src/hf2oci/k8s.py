@@ -1,0 +1,85 @@
+"""Kubernetes manifests (Deployment + Service) that serve a model image with a runtime."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from hf2oci import naming
+from hf2oci.errors import InvalidRepoId, UsageError
+from hf2oci.oci.reference import parse_reference
+from hf2oci.render import render
+
+Runtime = Literal["llamacpp", "vllm"]
+Mode = Literal["init", "image-volume"]
+
+#: readiness endpoints: llama-cpp-python's server lists models at /v1/models; vLLM has /health
+HEALTH = {"llamacpp": "/v1/models", "vllm": "/health"}
+DEFAULT_RUNTIME_IMAGE = {
+    "llamacpp": "hf2oci/llamacpp-server:latest",
+    "vllm": "hf2oci/vllm-server:latest",
+}
+DEFAULT_MEMORY = {"llamacpp": "4Gi", "vllm": "16Gi"}
+_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    model_image: str
+    runtime: Runtime
+    mode: Mode = "init"
+    name: str | None = None
+    runtime_image: str | None = None
+    cpu: str = "2"
+    memory: str | None = None
+    gpu: int = 0
+
+
+def served_model_name(model_image: str) -> str:
+    """The repo id, read back from the image tag (``org--name`` → ``org/name``) when it can be."""
+    ref = parse_reference(model_image)
+    try:
+        return naming.repo_id_from_tag(ref.tag or "")
+    except InvalidRepoId:
+        return ref.repository.rsplit("/", 1)[-1]
+
+
+def default_name(model_image: str, runtime: str) -> str:
+    ref = parse_reference(model_image)
+    base = (ref.tag or ref.repository.rsplit("/", 1)[-1]).lower()
+    base = re.sub(r"[^a-z0-9-]+", "-", base)
+    base = re.sub(r"-+", "-", base).strip("-")
+    return f"{base[: 62 - len(runtime)].rstrip('-')}-{runtime}"
+
+
+def manifests(spec: ServeSpec) -> str:
+    """kubectl-ready YAML for ``spec``; UsageError for names, references or sizes k8s refuses."""
+    parse_reference(spec.model_image)
+    runtime_image = spec.runtime_image or DEFAULT_RUNTIME_IMAGE[spec.runtime]
+    parse_reference(runtime_image)
+    name = spec.name or default_name(spec.model_image, spec.runtime)
+    if len(name) > 63 or not _DNS1123.fullmatch(name):
+        raise UsageError(
+            f"invalid name {name!r}: lower-case letters, digits and '-', at most 63 characters"
+        )
+    memory = spec.memory or DEFAULT_MEMORY[spec.runtime]
+    for what, value in (("--cpu", spec.cpu), ("--memory", memory)):
+        if not _QUANTITY.fullmatch(value):
+            raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    return render(
+        "k8s/deployment.yaml.j2",
+        app=name,
+        runtime=spec.runtime,
+        mode=spec.mode,
+        model_image=spec.model_image,
+        runtime_image=runtime_image,
+        # an image volume mounts the model image's root, where the files are under REPO/
+        model_dir="/models" if spec.mode == "init" else "/models/REPO",
+        served_model_name=served_model_name(spec.model_image),
+        health_path=HEALTH[spec.runtime],
+        cpu=spec.cpu,
+        memory=memory,
+        gpu=spec.gpu,
+    )

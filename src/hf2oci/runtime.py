@@ -1,0 +1,157 @@
+"""Entrypoint of the runtime images: find the model, go offline, exec the server.
+
+Standard library only: the runtime image templates copy this file in as their entrypoint
+(``hf2oci runtime dockerfile``), so it runs where hf2oci itself is not installed.
+
+    python runtime.py llamacpp [EXTRA SERVER ARGS...]
+    python runtime.py vllm [EXTRA SERVER ARGS...]
+
+Settings (environment): MODEL_DIR (default /REPO, else /models), MODEL_FILE, LLAMA_QUANT
+(preferred quantizations, comma-separated), SERVED_MODEL_NAME, HOST, PORT (8000), CTX_SIZE,
+N_GPU_LAYERS, THREADS, GPUS (vLLM tensor parallel size), LLAMA_SERVER / VLLM_BIN (the server
+command, for tests or custom builds).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q4_K_S", "IQ4_XS", "BF16", "F16")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+class RuntimeSetupError(Exception):
+    """Nothing to serve, or settings that cannot work; the message is the whole story."""
+
+
+def model_dir(env: Mapping[str, str]) -> Path:
+    """MODEL_DIR, else /REPO (the model image's files), else /models (a copied volume)."""
+    if env.get("MODEL_DIR"):
+        folder = Path(env["MODEL_DIR"])
+        # an image volume mounts the model image's root: its files are under REPO/
+        if (folder / "REPO").is_dir() and not any(folder.glob("*.gguf")):
+            folder = folder / "REPO"
+    else:
+        folder = next((p for p in (Path("/REPO"), Path("/models")) if p.is_dir()), Path("/REPO"))
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise RuntimeSetupError(f"no model found: {folder} is missing or empty (set MODEL_DIR)")
+    return folder
+
+
+def _has_quant(name: str, quant: str) -> bool:
+    return re.search(rf"(^|[-._/]){re.escape(quant)}($|[-._/])", name, re.IGNORECASE) is not None
+
+
+def pick_gguf(
+    folder: Path, *, quants: Sequence[str] = DEFAULT_QUANTS, model_file: str = ""
+) -> Path:
+    """The GGUF to serve: MODEL_FILE, else the largest of the first preferred quantization
+    present, else the largest GGUF; projector files (mmproj) are never picked; a sharded model
+    is served from its first shard."""
+    if model_file:
+        chosen = Path(model_file) if Path(model_file).is_absolute() else folder / model_file
+        if not chosen.is_file():
+            raise RuntimeSetupError(f"MODEL_FILE {model_file} not found under {folder}")
+        return chosen
+    candidates = []
+    for p in sorted(folder.rglob("*")):
+        name = p.relative_to(folder).as_posix()
+        if not p.is_file() or not name.lower().endswith(".gguf") or "mmproj" in p.name.lower():
+            continue
+        shard = _SHARD.search(p.name)
+        if shard and int(shard.group(1)) != 1:
+            continue
+        candidates.append((name, p))
+    if not candidates:
+        raise RuntimeSetupError(f"no .gguf file under {folder}")
+
+    def size(p: Path) -> int:
+        shard = _SHARD.search(p.name)
+        if not shard:
+            return p.stat().st_size
+        stem = p.name[: shard.start()]
+        return sum(q.stat().st_size for q in p.parent.glob(f"{stem}-*-of-{shard.group(2)}.gguf"))
+
+    for quant in quants:
+        matching = [p for name, p in candidates if _has_quant(name, quant)]
+        if matching:
+            return max(matching, key=size)
+    return max((p for _, p in candidates), key=size)
+
+
+def served_name(env: Mapping[str, str], folder: Path) -> str:
+    return env.get("SERVED_MODEL_NAME") or folder.name
+
+
+def llamacpp_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
+    folder = model_dir(env)
+    quants = [q.strip() for q in env.get("LLAMA_QUANT", "").split(",") if q.strip()]
+    gguf = pick_gguf(folder, quants=quants or DEFAULT_QUANTS, model_file=env.get("MODEL_FILE", ""))
+    server = shlex.split(env.get("LLAMA_SERVER") or f"{sys.executable} -m llama_cpp.server")
+    cmd = [
+        *server,
+        "--model",
+        str(gguf),
+        "--model_alias",
+        served_name(env, folder),
+        "--host",
+        env.get("HOST", "0.0.0.0"),
+        "--port",
+        env.get("PORT", "8000"),
+    ]
+    for var, flag in (
+        ("CTX_SIZE", "--n_ctx"),
+        ("N_GPU_LAYERS", "--n_gpu_layers"),
+        ("THREADS", "--n_threads"),
+    ):
+        if env.get(var):
+            cmd += [flag, env[var]]
+    return cmd + list(extra)
+
+
+def vllm_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
+    folder = model_dir(env)
+    if not (folder / "config.json").is_file():
+        raise RuntimeSetupError(f"{folder} has no config.json: not a transformers model for vLLM")
+    cmd = [
+        *shlex.split(env.get("VLLM_BIN") or "vllm"),
+        "serve",
+        str(folder),
+        "--served-model-name",
+        served_name(env, folder),
+        "--host",
+        env.get("HOST", "0.0.0.0"),
+        "--port",
+        env.get("PORT", "8000"),
+    ]
+    for var, flag in (("CTX_SIZE", "--max-model-len"), ("GPUS", "--tensor-parallel-size")):
+        if env.get(var):
+            cmd += [flag, env[var]]
+    return cmd + list(extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("llamacpp", "vllm"):
+        print("usage: runtime.py llamacpp|vllm [server args...]", file=sys.stderr)
+        return 2
+    env = {**os.environ, **OFFLINE}
+    try:
+        build = llamacpp_command if args[0] == "llamacpp" else vllm_command
+        cmd = build(env, args[1:])
+    except RuntimeSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("serving: " + shlex.join(cmd), file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
