@@ -28,7 +28,16 @@ fi
 VENV=${HF2OCI_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-"$VENV/bin/pip" install -q -e '.[test]'
+# llama-cpp-python has no wheel on PyPI: build it once (~6 min on 2 cores) into a cache that
+# later runs reuse; a portable build (no -march=native) so the cached wheel runs anywhere here.
+WHEELS=${HF2OCI_WHEELS:-/var/cache/hf2oci/wheels}
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python once into $WHEELS (several minutes)..."
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "$VENV/bin/pip" wheel -q --no-deps -w "$WHEELS" llama-cpp-python
+fi
+"$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
 
 "$VENV/bin/ruff" check src tests
 exec "$VENV/bin/python" -m pytest "$@"

@@ -8,8 +8,9 @@ Standard library only: the runtime image templates copy this file in as their en
 
 Settings (environment): MODEL_DIR (default /REPO, else /models), MODEL_FILE, LLAMA_QUANT
 (preferred quantizations, comma-separated), SERVED_MODEL_NAME, HOST, PORT (8000), CTX_SIZE,
-N_GPU_LAYERS, THREADS, GPUS (vLLM tensor parallel size), LLAMA_SERVER / VLLM_BIN (the server
-command, for tests or custom builds).
+N_GPU_LAYERS, THREADS, CHAT_FORMAT (llama.cpp, for a GGUF without a chat template), GPUS
+(vLLM tensor parallel size), LLAMA_SERVER / VLLM_BIN (the server command, for tests or custom
+builds).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def llamacpp_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
         ("CTX_SIZE", "--n_ctx"),
         ("N_GPU_LAYERS", "--n_gpu_layers"),
         ("THREADS", "--n_threads"),
+        ("CHAT_FORMAT", "--chat_format"),
     ):
         if env.get(var):
             cmd += [flag, env[var]]
