@@ -15,6 +15,8 @@ import git
 import pytest
 import yaml
 
+from helpers import cli, make_project
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
@@ -29,11 +31,11 @@ def test_actionlint_passes_on_every_workflow() -> None:
 
 
 def evaluate(expr: str, ctx: dict[str, Any]) -> str:
-    """A tiny evaluator for the expressions the workflow uses: paths, '==', '&&', '||'."""
-    tokens = re.findall(r"'[^']*'|&&|\|\||==|!=|[A-Za-z_][\w.-]*", expr)
+    """A tiny evaluator for the expressions the workflow uses: paths, '==', '&&', '||', ()."""
+    tokens = re.findall(r"'[^']*'|&&|\|\||==|!=|[()]|[A-Za-z_][\w.-]*", expr)
     py = []
     for t in tokens:
-        if t.startswith("'") or t in ("==", "!="):
+        if t.startswith("'") or t in ("==", "!=", "(", ")"):
             py.append(t)
         elif t == "&&":
             py.append(" and ")
@@ -87,10 +89,19 @@ def read_outputs(path: Path) -> dict[str, str]:
 
 
 def run_chain(
-    workflow: dict[str, Any], remote: Path, work: Path, secrets: dict[str, str]
+    workflow: dict[str, Any],
+    remote: Path,
+    work: Path,
+    secrets: dict[str, str],
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """plan, then one mirror job per matrix entry (own clones), then record."""
-    ctx: dict[str, Any] = {"secrets": secrets, "inputs": {}, "env": {}}
+    ctx: dict[str, Any] = {
+        "secrets": secrets,
+        "inputs": inputs or {},
+        "env": {},
+        "github": {"actor": "tester"},
+    }
     plan_dir = work / "plan"
     git.Repo.clone_from(remote, plan_dir).close()
     outputs = plan_dir.parent / "plan-output"
@@ -103,6 +114,7 @@ def run_chain(
     if planned.get("has_work") != "true":
         return result
     matrix = json.loads(planned["matrix"])
+    ctx["needs"] = {"plan": {"outputs": planned}}
     artifacts = work / "artifacts"
     for index, entry in enumerate(matrix["include"]):
         job_dir = work / f"mirror-{index}"
@@ -163,7 +175,9 @@ def test_plan_mirror_record_chain_as_the_workflow_runs_it(
     check = git.Repo.clone_from(bare, tmp_path / "check1")
     ledger = json.loads((tmp_path / "check1" / "get_hf" / "mirrored.json").read_text())
     assert set(ledger["models"]) == {model} and set(ledger["datasets"]) == {dataset}
-    assert gated not in (tmp_path / "check1" / "models.md").read_text()
+    models_md = (tmp_path / "check1" / "models.md").read_text()
+    assert model in models_md and gated not in models_md
+    assert dataset in (tmp_path / "check1" / "datasets.md").read_text()
     assert "Mirror 1 model, 1 dataset" in check.head.commit.message
     check.close()
 
@@ -193,3 +207,88 @@ def test_bad_list_lines_fail_the_plan_with_annotations(tmp_path: Path, hub) -> N
     assert proc.returncode == 1
     assert "::error file=get_hf/to_get_models.txt,line=2::invalid repo id" in proc.stdout
     assert read_outputs(out)["has_work"] == "false"
+
+
+def test_dispatch_for_one_repo_plans_just_that_repo(
+    remote: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "mirror.yml").read_text())
+    bare, (_, dataset, _) = remote
+    clone = tmp_path / "dispatch"
+    git.Repo.clone_from(bare, clone).close()
+    out = tmp_path / "out"
+    as_dataset, as_model = {"repo_id": dataset, "dataset": True}, {"repo_id": dataset}
+    for inputs, listed in [(as_dataset, True), (as_model, False)]:
+        out.write_text("")
+        ctx = {"secrets": {}, "inputs": inputs, "github": {}}
+        proc = run_step(step(workflow, "plan", "plan"), ctx, clone, {"GITHUB_OUTPUT": str(out)})
+        if listed:
+            assert proc.returncode == 0
+            jobs = json.loads(read_outputs(out)["matrix"])["include"]
+            assert [(j["type"], j["lines"]) for j in jobs] == [("dataset", dataset)]
+        else:  # listed as a dataset, not as a model
+            assert proc.returncode != 0 and "is not listed in" in proc.stderr
+
+
+def test_plan_json_is_exactly_a_matrix_and_batches(
+    tmp_path: Path, hub, random_repo, registry, busybox_base, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repos = [random_repo()[0] for _ in range(3)]
+    lines = [f"{repos[0]} include=*.json", repos[1], f"{repos[2]} preset=safetensors"]
+    make_project(
+        tmp_path,
+        models=lines,
+        config={"registry": registry.host, "namespace": "planjson", "base_image": busybox_base},
+    )
+    monkeypatch.chdir(tmp_path)
+    result = cli("plan", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    matrix = json.loads(result.stdout)
+    assert set(matrix) == {"include"}
+    assert [j["lines"] for j in matrix["include"]] == lines
+    assert [j["name"] for j in matrix["include"]] == repos
+    assert {j["type"] for j in matrix["include"]} == {"model"} and not any(
+        j["large"] for j in matrix["include"]
+    )
+    batched = json.loads(cli("plan", "--json", "-q", "--batch-size", "2").stdout)["include"]
+    assert [j["lines"].split("\n") for j in batched] == [lines[:2], lines[2:]]
+    capped = json.loads(cli("plan", "--json", "-q", "--max-jobs", "1").stdout)["include"]
+    assert len(capped) == 1 and capped[0]["lines"].split("\n") == lines
+
+
+def test_bad_lines_annotate_whenever_running_in_actions(
+    tmp_path: Path, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_project(tmp_path, models=["ok/repo", "not a repo"], datasets=["x/y preset=nope"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    result = cli("plan", "--json")
+    assert result.exit_code == 1
+    assert "::error file=get_hf/to_get_models.txt,line=2::invalid repo id" in result.stdout
+    assert "::error file=get_hf/to_get_datasets.txt,line=1::" in result.stdout
+    assert "get_hf/to_get_models.txt:2: invalid repo id" in result.stderr
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    assert "::error" not in cli("plan", "--json").stdout
+
+
+def test_a_job_that_fails_before_mirroring_still_reports(
+    tmp_path: Path, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad option or config writes a failed result; a job with no result at all is a failure."""
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = cli("mirror", "--lines", "org/a\norg b", "--result", "r/0.json", "--no-record")
+    assert result.exit_code != 0
+    doc = json.loads((tmp_path / "r" / "0.json").read_text())
+    assert doc["outcomes"][0]["status"] == "failed"
+    assert doc["outcomes"][0]["origin"] == "org/a / org b"
+    summary = tmp_path / "summary.md"
+    result = cli("record", "--results", "r", "--expect", "3", "--summary", str(summary))
+    assert result.exit_code == 1
+    text = summary.read_text()
+    assert "0 mirrored, 2 failed" in text
+    assert "org/a / org b" in text and "2 of 3 planned repos have no result" in text
+    assert (
+        not (tmp_path / "get_hf" / "mirrored.json").exists()
+        or "org/a" not in (tmp_path / "get_hf" / "mirrored.json").read_text()
+    )

@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hf2oci.errors import RecordError
 from hf2oci.spec import Mirrored, RepoSpec
@@ -19,49 +19,77 @@ MAX_MATRIX_JOBS = 256
 RESULT_VERSION = 1
 
 
-def matrix(
-    entries: Sequence[Mapping[str, str]], *, max_jobs: int = MAX_MATRIX_JOBS
-) -> dict[str, Any]:
-    """``{"include": [...]}`` for ``fromJSON``: one job per entry, or batches past ``max_jobs``.
+#: a repo at least this large gets a runner with its preinstalled toolchains removed first
+LARGE_REPO_BYTES = 10 * 1024**3
 
-    Each entry has ``type`` and ``lines`` (list lines, newline-joined); a batch joins the lines
-    of several entries of the same type. Deterministic: same entries, same matrix.
+
+def in_actions() -> bool:
+    """Whether this process runs as a GitHub Actions step."""
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def matrix(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    max_jobs: int = MAX_MATRIX_JOBS,
+    batch_size: int = 1,
+) -> dict[str, Any]:
+    """``{"include": [...]}`` for ``fromJSON``: one job per ``batch_size`` entries, and never
+    more than ``max_jobs`` jobs (larger batches past that).
+
+    Each entry has ``name``, ``type``, ``lines`` (list lines, newline-joined) and ``large``; a
+    batch joins the lines of several entries of one type (one ``hf2oci mirror`` takes one type)
+    and is large when any of them is. Deterministic: same entries, same matrix.
     """
-    if max_jobs < 1:
-        raise ValueError("max_jobs must be at least 1")
-    by_type: dict[str, list[Mapping[str, str]]] = {}
+    if max_jobs < 1 or batch_size < 1:
+        raise ValueError("max_jobs and batch_size must be at least 1")
+    if not entries:
+        return {"include": []}
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
     for e in entries:
-        by_type.setdefault(e["type"], []).append(e)
-    if len(entries) <= max_jobs:
-        return {"include": [dict(e) for e in entries]}
-    # share the jobs between types in proportion, at least one each
-    jobs: list[dict[str, str]] = []
+        by_type.setdefault(str(e["type"]), []).append(e)
     types = sorted(by_type)
-    budget = {t: max(1, max_jobs * len(by_type[t]) // len(entries)) for t in types}
-    while sum(budget.values()) > max_jobs:
-        biggest = max(types, key=lambda t: budget[t])
-        budget[biggest] -= 1
+    # jobs per type: what batch_size asks for, then shrunk in proportion to fit max_jobs
+    wanted = {t: -(-len(by_type[t]) // batch_size) for t in types}
+    if batch_size == 1 and len(entries) <= max_jobs:
+        return {"include": [dict(e) for e in entries]}
+    budget = dict(wanted)
+    if sum(wanted.values()) > max_jobs:
+        total = len(entries)
+        budget = {t: min(wanted[t], max(1, max_jobs * len(by_type[t]) // total)) for t in types}
+        while sum(budget.values()) > max_jobs:
+            biggest = max(types, key=lambda t: (budget[t], t))
+            budget[biggest] -= 1
+    jobs: list[dict[str, Any]] = []
     for t in types:
         items = by_type[t]
-        n = min(budget[t], len(items))
-        per, extra = divmod(len(items), n)
+        per, extra = divmod(len(items), budget[t])
         start = 0
-        for i in range(n):
+        for i in range(budget[t]):
             end = start + per + (1 if i < extra else 0)
             chunk = items[start:end]
             jobs.append(
                 {
-                    "name": f"{t}s {start + 1}-{end} of {len(items)}",
+                    "name": str(chunk[0]["name"])
+                    if len(chunk) == 1
+                    else f"{t}s {start + 1}-{end} of {len(items)}",
                     "type": t,
-                    "lines": "\n".join(e["lines"] for e in chunk),
+                    "lines": "\n".join(str(e["lines"]) for e in chunk),
+                    "large": any(bool(e.get("large")) for e in chunk),
                 }
             )
             start = end
     return {"include": jobs}
 
 
-def entry(spec: RepoSpec, line: str) -> dict[str, str]:
-    return {"name": spec.repo_id, "type": spec.repo_type, "lines": line}
+def entry(spec: RepoSpec, line: str, *, size: int = 0) -> dict[str, Any]:
+    """One matrix entry: the repo as a list line, and whether it needs a roomier runner."""
+    return {
+        "name": spec.label,
+        "type": spec.repo_type,
+        "lines": line,
+        "large": size >= LARGE_REPO_BYTES,
+    }
 
 
 def set_output(name: str, value: str, *, path: str | None = None) -> None:
@@ -94,6 +122,7 @@ def _escape_property(text: str) -> str:
 
 
 def append_summary(markdown: str, *, path: str | None = None) -> None:
+    """Append Markdown to ``path`` or ``$GITHUB_STEP_SUMMARY`` (nothing when neither is set)."""
     target = path or os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with open(target, "a", encoding="utf-8") as f:
@@ -117,10 +146,23 @@ def mirrored_json(m: Mirrored) -> dict[str, Any]:
     return doc
 
 
-def read_results(folder: Path) -> tuple[list[Mirrored], list[dict[str, Any]]]:
-    """Every ``*.json`` result under ``folder`` → (successes, failures)."""
+def failed_outcome(message: str, *, origin: str) -> dict[str, Any]:
+    """The outcome of a job that failed before any repo was tried (bad options, config)."""
+    return {"status": "failed", "message": message, "origin": origin, "mirrored": None}
+
+
+class Results(NamedTuple):
+    mirrored: list[Mirrored]
+    failed: list[dict[str, Any]]
+    #: every outcome read, skipped ones (up to date by the time the job ran) included
+    total: int
+
+
+def read_results(folder: Path) -> Results:
+    """Every ``*.json`` result under ``folder`` → successes, failures and the outcome count."""
     ok: list[Mirrored] = []
     failed: list[dict[str, Any]] = []
+    total = 0
     if not folder.is_dir():
         raise RecordError(f"{folder}: no such folder of results")
     for path in sorted(folder.rglob("*.json")):
@@ -129,6 +171,7 @@ def read_results(folder: Path) -> tuple[list[Mirrored], list[dict[str, Any]]]:
             if doc.get("version") != RESULT_VERSION:
                 raise ValueError(f"unknown version {doc.get('version')!r}")
             for o in doc["outcomes"]:
+                total += 1
                 if o.get("status") == "failed":
                     failed.append(o)
                 elif o.get("mirrored"):
@@ -137,4 +180,4 @@ def read_results(folder: Path) -> tuple[list[Mirrored], list[dict[str, Any]]]:
                     ok.append(Mirrored(**m))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise RecordError(f"{path}: not a hf2oci result file ({e})") from e
-    return ok, failed
+    return Results(ok, failed, total)

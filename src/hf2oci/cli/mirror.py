@@ -12,11 +12,12 @@ from hf2oci.cli._common import (
     handle_errors,
     load,
     outcome_json,
+    redact,
     run_specs,
     summarize,
     target_options,
 )
-from hf2oci.errors import UsageError
+from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.lists import parse_list
 from hf2oci.record import record_results
 from hf2oci.spec import RepoSpec
@@ -69,20 +70,29 @@ def mirror(
     **overrides: str | bool | None,
 ) -> None:
     """Mirror one repo (REPO_ID like org/name), or those given with --lines."""
-    repo_type = "dataset" if dataset else "model"
-    if lines is not None:
-        if repo_id or revision or include or exclude or preset:
-            raise UsageError("give either REPO_ID (with its options) or --lines, not both")
-        specs = parse_specs(lines, repo_type=repo_type)
-    elif repo_id:
-        specs = parse_specs(
-            spec_line(repo_id, revision=revision, include=include, exclude=exclude, preset=preset),
-            repo_type=repo_type,
-        )
-    else:
-        raise UsageError("give a REPO_ID or --lines")
-    config = load(get_hf / "config.yaml", **overrides)
-    report = run_specs(specs, config, get_hf=get_hf, quiet=quiet, as_json=as_json, force=force)
+    try:
+        repo_type = "dataset" if dataset else "model"
+        if lines is not None:
+            if repo_id or revision or include or exclude or preset:
+                raise UsageError("give either REPO_ID (with its options) or --lines, not both")
+            specs = parse_specs(lines, repo_type=repo_type)
+        elif repo_id:
+            specs = parse_specs(
+                spec_line(
+                    repo_id, revision=revision, include=include, exclude=exclude, preset=preset
+                ),
+                repo_type=repo_type,
+            )
+        else:
+            raise UsageError("give a REPO_ID or --lines")
+        config = load(get_hf / "config.yaml", **overrides)
+        report = run_specs(specs, config, get_hf=get_hf, quiet=quiet, as_json=as_json, force=force)
+    except Hf2ociError as e:
+        # the record job learns of a job that failed before trying any repo from its result
+        if result is not None:
+            where = " / ".join((lines or repo_id or "").splitlines()) or "hf2oci mirror"
+            gha.write_result(result, [gha.failed_outcome(redact(str(e)), origin=where)])
+        raise
     if result is not None:
         gha.write_result(
             result,

@@ -103,11 +103,15 @@ def plan_command(
         gha.set_output("matrix", json.dumps(matrix, separators=(",", ":")))
         gha.set_output("count", str(len(pending)))
         gha.set_output("has_work", "true" if pending and not list_errors else "false")
+        # the workflow hands GITHUB_TOKEN to the registry only when it is GHCR
+        gha.set_output("registry", config.registry or "")
     if as_json:
         # exactly the matrix: any other top-level key would become a matrix dimension
         click.echo(json.dumps(matrix, indent=2, sort_keys=True))
     echo(
-        f"{len(pending)} to mirror, {len(actions) - len(pending)} up to date"
+        f"{len(pending)} to mirror in {len(matrix['include'])} jobs,"
+        f" {len(actions) - len(pending) - len(failed)} up to date"
+        + (f", {len(failed)} cannot be mirrored now" if failed else "")
         + (f", {len(list_errors)} bad lines" if list_errors else "")
     )
     sys.exit(1 if list_errors else 0)

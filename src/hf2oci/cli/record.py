@@ -26,6 +26,11 @@ from hf2oci.record import commit_message, commit_records, record_results
     default=Path("get_hf"),
     show_default=True,
 )
+@click.option(
+    "--expect",
+    type=click.IntRange(min=0),
+    help="How many repos were planned: fewer results means some jobs never finished (failure).",
+)
 @click.option("--commit", is_flag=True, help="Commit the changed records with git.")
 @click.option("--push", is_flag=True, help="Push the commit (rebasing when the remote moved).")
 @click.option(
@@ -35,11 +40,26 @@ from hf2oci.record import commit_message, commit_records, record_results
 )
 @handle_errors
 def record_command(
-    results: Path, get_hf: Path, commit: bool, push: bool, summary: Path | None
+    results: Path,
+    get_hf: Path,
+    expect: int | None,
+    commit: bool,
+    push: bool,
+    summary: Path | None,
 ) -> None:
     """Record the successes (ledger, models.md, datasets.md); list failures in the summary."""
     config = load(get_hf / "config.yaml")
-    ok, failed = gha.read_results(results)
+    found = gha.read_results(results) if results.is_dir() or not expect else gha.Results([], [], 0)
+    ok, failed = found.mirrored, found.failed
+    missing = (expect or 0) - found.total
+    if missing > 0:
+        # a cancelled or crashed job uploads no result: say so rather than look all green
+        failed.append(
+            gha.failed_outcome(
+                f"{missing} of {expect} planned repos have no result (their job did not finish)",
+                origin="mirror jobs",
+            )
+        )
     changed = record_results(ok, get_hf=get_hf, ledger_name=config.record)
     sha = None
     if commit or push:
