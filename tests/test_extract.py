@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -9,12 +11,15 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zstandard
 
-from helpers import cli, make_project, read_tree
+from helpers import cli, make_project, read_tree, skopeo_inspect
+from hf2oci.extract import extract
 from hf2oci.oci import layout
-from hf2oci.oci.image import SCRATCH, assemble
+from hf2oci.oci.image import MT_LAYER_GZIP, MT_LAYER_ZSTD, SCRATCH, assemble
 from hf2oci.oci.layers import BytesLayer
 from hf2oci.oci.registry import RegistryClient
 
@@ -60,6 +65,9 @@ def test_extract_from_registry_and_layout_gives_the_hub_bytes(
     lay = f"oci:{project / 'l/oci-images/hgfkeep/models'}:{_tag(model)}"
     assert cli("extract", lay, str(project / "from-layout")).exit_code == 0
     assert read_tree(project / "from-layout") == files
+    bare = lay.removeprefix("oci:")  # PATH:TAG, PATH holding an oci-layout file
+    assert cli("extract", bare, str(project / "bare"), "--workers", "1").exit_code == 0
+    assert read_tree(project / "bare") == files
 
     r = cli("extract", ref, str(project / "only-json"), "--include", "*.json")
     assert r.exit_code == 0
@@ -88,20 +96,107 @@ def test_a_corrupt_blob_fails_and_leaves_no_dest(hub, random_repo, project: Path
     assert not list(project.glob(".dest.partial-*"))
 
 
+def test_a_corrupt_blob_in_the_registry_fails_and_leaves_no_dest(
+    hub, random_repo, registry, busybox_base, project: Path
+) -> None:
+    model, _, _ = random_repo()
+    make_project(
+        project,
+        models=[model],
+        config={"registry": registry.host, "namespace": "bad", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    ref = f"{registry.host}/bad/models:{_tag(model)}"
+    manifest = skopeo_inspect(f"docker://{ref}", raw=True)
+    digest = manifest["layers"][-1]["digest"].removeprefix("sha256:")
+    data_file = registry.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    data = bytearray(data_file.read_bytes())
+    data[-2000] ^= 0xFF
+    data_file.write_bytes(bytes(data))
+    for extra in ([], ["--hf-cache"]):
+        r = cli("extract", ref, str(project / "dest"), *extra)
+        assert r.exit_code == 1, r.output
+        assert "hashed to" in r.stderr and "Traceback" not in r.output
+        assert not (project / "dest").exists()
+    assert not list(project.glob(".dest*"))  # no partial folder left either
+
+
+def test_leftovers_of_a_killed_run_are_removed(project: Path) -> None:
+    image = assemble(SCRATCH, [BytesLayer(_layer({"REPO/a.txt": b"a"}))], **_META)
+    layout.write_layout(image, project / "lay", tags=["t"])
+    leftover = project / ".dest.partial-abc123"
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "half.bin").write_bytes(b"half")
+    assert cli("extract", f"oci:{project / 'lay'}:t", str(project / "dest")).exit_code == 0
+    assert read_tree(project / "dest") == {"a.txt": b"a"}
+    assert not leftover.exists()
+    assert sorted(p.name for p in project.iterdir()) == ["dest", "lay"]
+
+
+_META: dict[str, Any] = {"labels": {}, "annotations": {}, "created": "2026-01-01T00:00:00Z"}
+
+
+def _layer(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_compressed_layers_are_unpacked_and_their_diff_id_checked(
+    compression: str, project: Path
+) -> None:
+    files = {"REPO/w.bin": os.urandom(300_000), "REPO/sub/c.json": b"{}", "etc/skip": b"x"}
+    tar = _layer(files)
+    if compression == "gzip":
+        packed, media_type = gzip.compress(tar), MT_LAYER_GZIP
+    else:
+        packed, media_type = zstandard.ZstdCompressor().compress(tar), MT_LAYER_ZSTD
+    good = BytesLayer(packed, media_type, diff_id=_sha(tar))
+    layout.write_layout(assemble(SCRATCH, [good], **_META), project / "lay", tags=["ok"])
+    assert cli("extract", f"oci:{project / 'lay'}:ok", str(project / "out")).exit_code == 0
+    assert read_tree(project / "out") == {"w.bin": files["REPO/w.bin"], "sub/c.json": b"{}"}
+
+    lying = BytesLayer(packed, media_type, diff_id=_sha(b"something else"))
+    layout.write_layout(assemble(SCRATCH, [lying], **_META), project / "lay", tags=["bad"])
+    r = cli("extract", f"oci:{project / 'lay'}:bad", str(project / "bad"))
+    assert r.exit_code == 1 and "uncompressed layer" in r.stderr, r.output
+    assert not (project / "bad").exists()
+
+
 def test_hf_cache_is_what_huggingface_hub_reads_offline(
     hub, random_repo, registry, busybox_base, project: Path
 ) -> None:
     model, sha, files = random_repo()
+    dataset, dsha, dfiles = random_repo(repo_type="dataset", n_files=2)
     make_project(
         project,
         models=[model],
+        datasets=[dataset],
         config={"registry": registry.host, "namespace": "hfc", "base_image": busybox_base},
     )
     assert cli("sync", "-q").exit_code == 0
     cache = project / "hf-cache"
-    r = cli("extract", f"{registry.host}/hfc/models:{_tag(model)}", str(cache), "--hf-cache")
-    assert r.exit_code == 0, r.output
-    assert (cache / f"models--{_tag(model)}" / "refs" / "main").read_text() == sha
+    for kind, repo in (("models", model), ("datasets", dataset), ("models", model)):
+        r = cli("extract", f"{registry.host}/hfc/{kind}:{_tag(repo)}", str(cache), "--hf-cache")
+        assert r.exit_code == 0, r.output  # into an existing cache, and again: idempotent
+    repo_dir = cache / f"models--{_tag(model)}"
+    assert (repo_dir / "refs" / "main").read_text() == sha
+    assert (cache / f"datasets--{_tag(dataset)}" / "refs" / "main").read_text() == dsha
+    link = repo_dir / "snapshots" / sha / "sub" / "dir" / "part-0.txt"
+    assert link.is_symlink() and not os.readlink(link).startswith("/")
+    assert sorted(p.name for p in cache.iterdir()) == [
+        f"datasets--{_tag(dataset)}",
+        f"models--{_tag(model)}",
+    ]  # no staging folder left
     code = f"""
 import json, sys
 from pathlib import Path
@@ -110,7 +205,12 @@ folder = snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=Tr
 one = hf_hub_download({model!r}, "config.json", cache_dir=sys.argv[1], local_files_only=True)
 files = {{p.relative_to(folder).as_posix(): p.read_bytes().hex()
          for p in Path(folder).rglob("*") if p.is_file()}}
-print(json.dumps({{"folder": folder, "one": Path(one).read_bytes().hex(), "files": files}}))
+ds = snapshot_download({dataset!r}, repo_type="dataset", cache_dir=sys.argv[1],
+                       local_files_only=True)
+dfiles = {{p.relative_to(ds).as_posix(): p.read_bytes().hex()
+          for p in Path(ds).rglob("*") if p.is_file()}}
+print(json.dumps({{"folder": folder, "one": Path(one).read_bytes().hex(), "files": files,
+                  "dfiles": dfiles}}))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HF_ENDPOINT", None)
@@ -125,6 +225,7 @@ print(json.dumps({{"folder": folder, "one": Path(one).read_bytes().hex(), "files
     assert sha in doc["folder"]
     assert {k: bytes.fromhex(v) for k, v in doc["files"].items()} == files
     assert bytes.fromhex(doc["one"]) == files["config.json"]
+    assert {k: bytes.fromhex(v) for k, v in doc["dfiles"].items()} == dfiles
 
 
 def _hostile_layer(kind: str) -> BytesLayer:
@@ -152,6 +253,14 @@ def _hostile_layer(kind: str) -> BytesLayer:
             add("REPO/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
         elif kind == "whiteout":
             add("REPO/.wh.config.json")
+        elif kind == "fifo":
+            add("REPO/pipe", type=tarfile.FIFOTYPE)
+        elif kind == "repo-symlink":
+            add("REPO", type=tarfile.SYMTYPE, linkname="/etc")
+        elif kind == "twice":
+            add("REPO/ok.txt", data=b"other")
+        elif kind == "file-then-folder":
+            add("REPO/ok.txt/inner.txt")
     return BytesLayer(buf.getvalue())
 
 
@@ -164,6 +273,10 @@ def _hostile_layer(kind: str) -> BytesLayer:
         ("hardlink", "links"),
         ("device", "not a regular file"),
         ("whiteout", "whiteout"),
+        ("fifo", "not a regular file"),
+        ("repo-symlink", "links"),
+        ("twice", "appears twice"),
+        ("file-then-folder", "share its path"),
     ],
 )
 @pytest.mark.parametrize("where", ["layout", "registry"])
@@ -188,3 +301,19 @@ def test_hostile_images_are_refused_and_nothing_escapes(
     assert not dest.exists() and list(sentinel.iterdir()) == []
     assert not Path("/tmp/evil.txt").exists()
     assert list((tmp_path / "work").iterdir()) == []  # no partial folder left
+
+
+def test_an_interrupted_extract_leaves_nothing_that_looks_complete(project: Path) -> None:
+    layers = [BytesLayer(_layer({f"REPO/part{i}.bin": os.urandom(100_000)})) for i in range(3)]
+    layout.write_layout(assemble(SCRATCH, layers, **_META), project / "lay", tags=["t"])
+
+    def interrupt(digest: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(f"oci:{project / 'lay'}:t", project / "dest", on_layer=interrupt)
+    assert sorted(p.name for p in project.iterdir()) == ["lay"]
+
+    result = extract(f"oci:{project / 'lay'}:t", project / "dest", workers=3)
+    assert (result.files, result.bytes, result.dest) == (3, 300_000, project / "dest")
+    assert result.repo_id is None and result.snapshot is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +33,12 @@ def extract(
     plain_http: bool | None,
     as_json: bool,
 ) -> None:
-    """Unpack /REPO of IMAGE (registry reference, or oci:LAYOUT:TAG) into DEST."""
+    """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
+
+    IMAGE is a registry reference (host/ns/models:org--name) or an OCI layout written by sync
+    (oci:PATH:TAG, or PATH:TAG when PATH holds an oci-layout file). With --hf-cache, DEST is a
+    Hugging Face hub cache (HF_HUB_CACHE) and the files land under models--org--name/.
+    """
     result = do_extract(
         image,
         dest,
@@ -43,7 +49,9 @@ def extract(
         plain_http=plain_http,
     )
     if as_json:
-        doc = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+        doc = {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(result).items()
+        }
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     where = result.snapshot or result.dest
     echo(f"{result.files} files ({human_size(result.bytes)}) from {result.digest[:19]} → {where}")
