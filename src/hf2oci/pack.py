@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hf2oci.errors import PackError
-from hf2oci.hub import HubFile, RepoState
 from hf2oci.oci.image import BaseImage, Image, assemble, canonical_json, sha256_digest
 from hf2oci.oci.layers import TarLayer
 from hf2oci.oci.tarstream import entries_for_files
 from hf2oci.spec import RepoSpec
+
+if TYPE_CHECKING:  # the hub module loads huggingface_hub: not needed to read images
+    from hf2oci.hub import HubFile, RepoState
 
 #: where the repo's files live inside the image
 REPO_DIR = "REPO"

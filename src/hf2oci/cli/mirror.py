@@ -8,15 +8,8 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import (
-    handle_errors,
-    load,
-    outcome_json,
-    redact,
-    run_specs,
-    summarize,
-    target_options,
-)
+from hf2oci.cli._common import handle_errors, load, redact
+from hf2oci.cli._run import outcome_json, run_specs, summarize, target_options
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.lists import parse_list
 from hf2oci.record import record_results

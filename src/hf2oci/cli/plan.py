@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import build, echo, handle_errors, load, progress_printer, target_options
+from hf2oci.cli._common import echo, handle_errors, load
+from hf2oci.cli._run import build, progress_printer, target_options
 from hf2oci.errors import ConfigError
 from hf2oci.lists import format_line, read_lists
 from hf2oci.plan import plan

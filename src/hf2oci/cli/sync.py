@@ -7,13 +7,8 @@ from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import (
-    handle_errors,
-    load,
-    run_specs,
-    summarize,
-    target_options,
-)
+from hf2oci.cli._common import handle_errors, load
+from hf2oci.cli._run import run_specs, summarize, target_options
 from hf2oci.errors import ConfigError
 from hf2oci.lists import read_lists
 from hf2oci.pipeline import Outcome
