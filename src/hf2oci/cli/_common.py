@@ -12,7 +12,9 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from hf2oci.config import Config, load_config
-from hf2oci.errors import Hf2ociError
+from hf2oci.errors import ConfigError, Hf2ociError, ListError
+from hf2oci.lists import read_lists
+from hf2oci.spec import RepoSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,3 +65,25 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def get_hf_option(func: F) -> F:
+    """``--get-hf DIR``: where the lists, config.yaml, prepare.sh and the record are."""
+    return click.option(
+        "--get-hf",
+        "get_hf",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("get_hf"),
+        show_default=True,
+        help="Folder with to_get_models.txt, to_get_datasets.txt, config.yaml, prepare.sh and "
+        "the record.",
+    )(func)
+
+
+def read_project(get_hf: Path, **overrides: Any) -> tuple[Config, list[RepoSpec], list[ListError]]:
+    """The config (flags win) and the lists of ``get_hf/``, which must exist."""
+    if not get_hf.is_dir():
+        raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
+    config = load(get_hf / "config.yaml", **overrides)
+    specs, errors = read_lists(get_hf)
+    return config, specs, errors

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import handle_errors, load, redact
+from hf2oci.cli._common import get_hf_option, handle_errors, load, redact
 from hf2oci.cli._run import outcome_json, run_specs, summarize, target_options
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.lists import parse_list
@@ -28,14 +28,7 @@ from hf2oci.spec import RepoSpec
     help="Repos as list lines (the list files' syntax), one per line, instead of REPO_ID.",
 )
 @target_options
-@click.option(
-    "--get-hf",
-    "get_hf",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("get_hf"),
-    show_default=True,
-    help="Where config.yaml, prepare.sh and the record are, when the folder exists.",
-)
+@get_hf_option
 @click.option("--no-record", is_flag=True, help="Do not update the record in get_hf/.")
 @click.option(
     "--result",

@@ -9,22 +9,15 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import echo, handle_errors, load
+from hf2oci.cli._common import echo, get_hf_option, handle_errors, read_project
 from hf2oci.cli._run import build, progress_printer, target_options
 from hf2oci.errors import ConfigError
-from hf2oci.lists import format_line, read_lists
+from hf2oci.lists import format_line
 from hf2oci.plan import plan
 
 
 @click.command("plan")
-@click.option(
-    "--get-hf",
-    "get_hf",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("get_hf"),
-    show_default=True,
-    help="Folder with the list files and config.yaml.",
-)
+@get_hf_option
 @target_options
 @click.option("--only", help="Plan just this repo id (it must be listed).")
 @click.option("--dataset", is_flag=True, help="With --only: the repo id names a dataset.")
@@ -62,10 +55,7 @@ def plan_command(
     **overrides: str | bool | None,
 ) -> None:
     """Say which listed repos need mirroring; bad list lines fail the plan (exit 1)."""
-    if not get_hf.is_dir():
-        raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
-    config = load(get_hf / "config.yaml", **overrides)
-    specs, list_errors = read_lists(get_hf)
+    config, specs, list_errors = read_project(get_hf, **overrides)
     if only:
         specs = [s for s in specs if s.repo_id == only and (s.repo_type == "dataset") == dataset]
         if not specs and not list_errors:

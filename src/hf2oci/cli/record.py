@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import echo, handle_errors, load, redact
+from hf2oci.cli._common import echo, get_hf_option, handle_errors, load, redact
 from hf2oci.record import commit_message, commit_records, record_results
 
 
@@ -19,13 +19,7 @@ from hf2oci.record import commit_message, commit_records, record_results
     required=True,
     help="Folder of result files written by `hf2oci mirror --result` (searched recursively).",
 )
-@click.option(
-    "--get-hf",
-    "get_hf",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("get_hf"),
-    show_default=True,
-)
+@get_hf_option
 @click.option(
     "--expect",
     type=click.IntRange(min=0),

@@ -7,23 +7,14 @@ from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import handle_errors, load
+from hf2oci.cli._common import get_hf_option, handle_errors, read_project
 from hf2oci.cli._run import run_specs, summarize, target_options
-from hf2oci.errors import ConfigError
-from hf2oci.lists import read_lists
 from hf2oci.pipeline import Outcome
 from hf2oci.record import record_results
 
 
 @click.command()
-@click.option(
-    "--get-hf",
-    "get_hf",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("get_hf"),
-    show_default=True,
-    help="Folder with to_get_models.txt, to_get_datasets.txt, config.yaml, prepare.sh.",
-)
+@get_hf_option
 @target_options
 @click.option("--dry-run", is_flag=True, help="Plan only: say what would be mirrored.")
 @click.option("--force", is_flag=True, help="Mirror even repos that look up to date.")
@@ -39,10 +30,7 @@ def sync(
     **overrides: str | bool | None,
 ) -> None:
     """Mirror every repo listed in get_hf/ and write models.md / datasets.md."""
-    if not get_hf.is_dir():
-        raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
-    config = load(get_hf / "config.yaml", **overrides)
-    specs, list_errors = read_lists(get_hf)
+    config, specs, list_errors = read_project(get_hf, **overrides)
     report = run_specs(
         specs, config, get_hf=get_hf, quiet=quiet, as_json=as_json, dry_run=dry_run, force=force
     )
