@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kubernetes_validate.utils
 import pytest
 import yaml
 
 from helpers import cli
+
+#: image volumes are in the schemas from 1.31 on; validate against the newest shipped
+NEWEST = str(max(kubernetes_validate.utils.all_versions(), key=kubernetes_validate.utils.Version))
 
 GOLDEN = Path(__file__).parent / "golden" / "k8s"
 IMAGE = "registry.example.com/hgfkeep/models:ggml-org--gemma-3-270m-GGUF"
@@ -33,11 +37,14 @@ def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: 
     out.write_text(r.stdout)
     # the newest Kubernetes schemas the package ships (image volumes need ≥ 1.31), strict
     v = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", str(out)],
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
         capture_output=True,
         text=True,
     )
     assert v.returncode == 0, v.stdout + v.stderr
+    if mode == "image-volume":  # the schema check is real: 1.30 has no image volumes
+        old = [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", str(out)]
+        assert subprocess.run(old, capture_output=True).returncode != 0
     docs = list(yaml.safe_load_all(r.stdout))
     assert [d["kind"] for d in docs] == ["Deployment", "Service"]
     pod = docs[0]["spec"]["template"]["spec"]

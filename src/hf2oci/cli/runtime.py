@@ -24,7 +24,11 @@ def runtime() -> None:
 
 @runtime.command("dockerfile")
 @click.argument("server", type=click.Choice(["llamacpp", "vllm"]))
-@click.option("--model-image", required=True, help="The model image made by hf2oci.")
+@click.option(
+    "--model-image",
+    help="The model image made by hf2oci, baked in under /REPO (default: none, the server "
+    "serves what is mounted at /models, as the compose and k8s examples do).",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--runtime-image", help="Tag to build (shown in the Dockerfile's comments).")
 @click.option("--python-image", default="python:3.11-slim", show_default=True)
@@ -32,24 +36,25 @@ def runtime() -> None:
 @handle_errors
 def dockerfile(
     server: str,
-    model_image: str,
+    model_image: str | None,
     output: Path,
     runtime_image: str | None,
     python_image: str,
     vllm_image: str,
 ) -> None:
-    """Write a build folder (Dockerfile + entrypoint.py) for SERVER serving --model-image."""
-    for ref in (model_image, python_image, vllm_image):
-        parse_reference(ref)
+    """Write a build folder (Dockerfile + entrypoint.py) for a SERVER image."""
+    for ref in (model_image, python_image, vllm_image, runtime_image):
+        if ref:
+            parse_reference(ref)
     if output.exists() and any(output.iterdir()):
         raise UsageError(f"{output} is not empty")
     output.mkdir(parents=True, exist_ok=True)
     (output / "Dockerfile").write_text(
         render(
-            f"runtime/{server}.Dockerfile.j2",
+            f"runtime/{server}/Dockerfile.j2",
             model_image=model_image,
             runtime_image=runtime_image or DEFAULT_RUNTIME_IMAGE[server],
-            served_model_name=served_model_name(model_image),
+            served_model_name=served_model_name(model_image) if model_image else None,
             python_image=python_image,
             vllm_image=vllm_image,
             llama_cpp_version=LLAMA_CPP_VERSION,
