@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hubserver import HubServer  # noqa: E402
-from images import busybox_rootfs  # noqa: E402
+from images import busybox_rootfs, push_busybox  # noqa: E402
 from servers import Registry, ensure_dockerd, start_registry  # noqa: E402
 
 MiB = 1 << 20
@@ -91,27 +91,13 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None =
     return int(usage.ru_maxrss) * 1024
 
 
-def push_base(reg: Registry, rootfs: Path) -> str:
-    ref = f"{reg.host}/library/busybox:latest"
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(
-        ["docker", "import", "--change", 'CMD ["sh"]', "-", ref],
-        stdin=tar.stdout,
-        check=True,
-        capture_output=True,
-    )
-    tar.wait()
-    subprocess.run(["docker", "push", ref], check=True, capture_output=True)
-    return ref
-
-
 def measure(
     name: str, work: Path, fn: Callable[[Registry, str, Path], tuple[int, dict]], rootfs: Path
 ) -> Result:
     regdir = work / f"reg-{name}"
     reg = start_registry(regdir)
     try:
-        base = push_base(reg, rootfs)
+        base = push_busybox(reg.host, rootfs)
         before = dir_size(reg.root)
         scratch = work / f"scratch-{name}"
         scratch.mkdir()
@@ -249,7 +235,7 @@ def main() -> None:
 
         if args.resync:
             reg = start_registry(work / "reg-resync")
-            base = push_base(reg, rootfs)
+            base = push_busybox(reg.host, rootfs)
             project = work / "project-resync"
             (project / "get_hf").mkdir(parents=True)
             names = []

@@ -30,20 +30,27 @@ def busybox_rootfs(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def busybox_base(
-    registry: Registry, docker_engine: None, tmp_path_factory: pytest.TempPathFactory
-) -> str:
-    """``127.0.0.1:PORT/library/busybox:latest``, imported from busybox-static and pushed."""
-    ref = f"{registry.host}/library/busybox:latest"
-    root = busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
-    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+def push_busybox(registry_host: str, rootfs: Path) -> str:
+    """Import ``rootfs`` with the engine and push it as ``HOST/library/busybox:latest``."""
+    ref = f"{registry_host}/library/busybox:latest"
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(
         ["docker", "import", "--change", 'CMD ["sh"]', "-", ref],
         stdin=tar.stdout,
         check=True,
         capture_output=True,
     )
-    assert tar.wait() == 0
+    if tar.wait() != 0:
+        raise RuntimeError(f"tar of {rootfs} failed")
     subprocess.run(["docker", "push", ref], check=True, capture_output=True)
     return ref
+
+
+@pytest.fixture(scope="session")
+def busybox_base(
+    registry: Registry, docker_engine: None, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """``127.0.0.1:PORT/library/busybox:latest``, imported from busybox-static and pushed."""
+    return push_busybox(
+        registry.host, busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+    )

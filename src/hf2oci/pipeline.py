@@ -93,7 +93,8 @@ def mirror_action(
             if stream
             else []
         )
-        local = [p for p in action.files if p not in {f.path for f in streamed}]
+        streamed_paths = {f.path for f in streamed}
+        local = [p for p in action.files if p not in streamed_paths]
         if streamed:
             how = f", streaming {len(streamed)} large files"
         elif builder.can_stream and options.prepare_script is not None:
