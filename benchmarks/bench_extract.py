@@ -91,6 +91,17 @@ def main() -> None:
             same = filecmp.cmp(
                 docker_dest / "model.safetensors", ours / "model.safetensors", shallow=False
             )
+            # the same through the page cache, and into an HF cache (hashing every file too)
+            buffered = work / f"buffered-{i}"
+            subprocess.run(["sync"], check=True)
+            t_buffered = timed(
+                [sys.executable, "-m", "hf2oci", "extract", "--no-direct", ref, str(buffered)]
+            )
+            hf_cache = work / f"hf-cache-{i}"
+            subprocess.run(["sync"], check=True)
+            t_cache = timed(
+                [sys.executable, "-m", "hf2oci", "extract", "--hf-cache", ref, str(hf_cache)]
+            )
             docker_total = t_pull + t_cp
             rows.append(
                 {
@@ -99,12 +110,15 @@ def main() -> None:
                     "docker_total_s": docker_total,
                     "hf2oci_extract_s": t_ours,
                     "ratio": docker_total / t_ours,
+                    "hf2oci_extract_no_direct_s": t_buffered,
+                    "ratio_no_direct": docker_total / t_buffered,
+                    "hf2oci_extract_hf_cache_s": t_cache,
                     "same_bytes": same,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-            shutil.rmtree(docker_dest)
-            shutil.rmtree(ours)
+            for folder in (docker_dest, ours, buffered, hf_cache):
+                shutil.rmtree(folder)
         ratios = sorted(r["ratio"] for r in rows)
         out = {"size_mib": args.size_mib, "median_ratio": ratios[len(ratios) // 2], "rounds": rows}
         print(f"median ratio (docker pull+create+cp / hf2oci extract): {out['median_ratio']:.2f}")

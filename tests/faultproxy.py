@@ -24,7 +24,9 @@ def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.Thre
 class Fault:
     method: str
     path: str  # regex searched in the request path
-    action: str  # a status code ("503"), "429:<retry-after>", or "cut"
+    #: a status code ("503"), "429:<retry-after>", "cut" (no answer), or "cut-after:N"
+    #: (the real answer's headers and its first N bytes, then the connection dies)
+    action: str
     times: int
     hits: int = 0
 
@@ -37,6 +39,7 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.seen: list[tuple[str, str]] = []
         self.page_tags = 0  # > 0: serve tags/list in pages of this size, with Link headers
+        self.ignore_range = False  # True: Range headers are not passed on (a full 200 answer)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,6 +52,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.seen.append((self.command, self.path))
+                cut_after = None
                 for fault in proxy.faults:
                     if (
                         fault.method == self.command
@@ -56,11 +60,15 @@ class FaultProxy:
                         and fault.hits < fault.times
                     ):
                         fault.hits += 1
-                        return self.fail(fault.action)
+                        if not fault.action.startswith("cut-after:"):
+                            return self.fail(fault.action)
+                        cut_after = int(fault.action.partition(":")[2])
+                        break
                 if proxy.page_tags and "/tags/list" in self.path:
                     return self.tags_page()
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                dropped = {"connection"} | ({"range"} if proxy.ignore_range else set())
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -70,7 +78,12 @@ class FaultProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if cut_after is not None:
+                    self.wfile.write(data[:cut_after])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 

@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +319,108 @@ def test_an_interrupted_extract_leaves_nothing_that_looks_complete(project: Path
     result = extract(f"oci:{project / 'lay'}:t", project / "dest", workers=3)
     assert (result.files, result.bytes, result.dest) == (3, 300_000, project / "dest")
     assert result.repo_id is None and result.snapshot is None
+
+
+# -- reading from a registry that cuts connections, and writing with O_DIRECT --------------------
+
+
+def _pushed(registry: Any, files: dict[str, bytes], repo: str) -> str:
+    """An image with one layer of ``files`` (under REPO/) pushed straight to ``registry``."""
+    layer = BytesLayer(_layer({f"REPO/{k}": v for k, v in files.items()}))
+    image = assemble(SCRATCH, [layer], **_META)
+    RegistryClient(registry.host).push(image, repo, tags=["t"])
+    return layer.digest
+
+
+@pytest.mark.parametrize("ignore_range", [False, True])
+def test_a_blob_cut_part_way_is_resumed_where_it_stopped(
+    registry, project: Path, ignore_range: bool
+) -> None:
+    from faultproxy import FaultProxy
+
+    files = {"w.bin": os.urandom(5 << 20), "c.json": b"{}"}
+    repo = f"cut/resume-{int(ignore_range)}"
+    digest = _pushed(registry, files, repo)
+    proxy = FaultProxy(registry.host)
+    proxy.ignore_range = ignore_range  # a registry that answers a Range request in full
+    try:
+        cuts = proxy.fault("GET", f"/blobs/{digest}", "cut-after:1500000", times=2)
+        result = extract(f"{proxy.host}/{repo}:t", project / "dest")
+        assert cuts.hits == 2 and proxy.attempts("GET", f"/blobs/{digest}") == 3
+    finally:
+        proxy.server.shutdown()
+    assert read_tree(project / "dest") == files
+    assert result.bytes == len(files["w.bin"]) + 2
+
+
+def test_a_blob_that_keeps_being_cut_fails_cleanly(registry, project: Path) -> None:
+    from faultproxy import FaultProxy
+
+    digest = _pushed(registry, {"w.bin": os.urandom(2 << 20)}, "cut/always")
+    proxy = FaultProxy(registry.host)
+    try:
+        proxy.fault("GET", f"/blobs/{digest}", "cut-after:100000", times=10)
+        r = cli("extract", f"{proxy.host}/cut/always:t", str(project / "dest"))
+    finally:
+        proxy.server.shutdown()
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"reading blob {digest} failed after" in r.stderr
+    assert not (project / "dest").exists() and not list(project.glob(".dest*"))
+
+
+def _resident_bytes(path: Path) -> int:
+    """How much of ``path`` is in the page cache (util-linux's fincore)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.parametrize("size", [(16 << 20) + 1, 17 << 20])
+def test_big_files_go_to_the_disk_directly_unless_asked_not_to(
+    registry, project: Path, size: int
+) -> None:
+    files = {"big.bin": os.urandom(size), "small.json": b'{"a": 1}'}
+    repo = f"direct/s{size}"
+    _pushed(registry, files, repo)
+    ref = f"{registry.host}/{repo}:t"
+    assert cli("extract", ref, str(project / "direct")).exit_code == 0
+    # O_DIRECT left (almost) nothing in the page cache: at most the pages of the short tail
+    assert _resident_bytes(project / "direct/big.bin") <= 8192
+    assert read_tree(project / "direct") == files
+    assert cli("extract", "--no-direct", ref, str(project / "cached")).exit_code == 0
+    assert _resident_bytes(project / "cached/big.bin") >= size - 4096
+    assert read_tree(project / "cached") == files
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
+def test_a_filesystem_without_o_direct_is_written_through_the_page_cache(
+    registry, tmp_path: Path
+) -> None:
+    files = {"big.bin": os.urandom(17 << 20)}
+    _pushed(registry, files, "direct/tmpfs")
+    dest = Path(tempfile.mkdtemp(dir="/dev/shm")) / "dest"
+    try:
+        # tmpfs refuses O_DIRECT: the extract notices and writes the usual way
+        assert extract(f"{registry.host}/direct/tmpfs:t", dest).files == 1
+        assert read_tree(dest) == files
+    finally:
+        shutil.rmtree(dest.parent)
+
+
+@pytest.mark.parametrize("blocks_before_boundary", [1, 2, 3])
+def test_tar_headers_that_straddle_read_buffers_are_read_whole(
+    project: Path, blocks_before_boundary: int
+) -> None:
+    # the first file ends so that the next one's PAX header (a long name) sits across the
+    # 1 MiB boundary between two read-ahead buffers
+    first = os.urandom((1 << 20) - 512 * blocks_before_boundary - 512)
+    long_name = "/".join(c * 200 for c in "def") + ".json"
+    files = {"REPO/a.bin": first, f"REPO/{long_name}": b"{}", "REPO/z.txt": b"z"}
+    layer = BytesLayer(_layer(files))
+    layout.write_layout(assemble(SCRATCH, [layer], **_META), project / "lay", tags=["t"])
+    assert extract(f"oci:{project / 'lay'}:t", project / "dest").files == 3
+    assert read_tree(project / "dest") == {"a.bin": first, long_name: b"{}", "z.txt": b"z"}

@@ -7,12 +7,11 @@ renamed into place only when everything checked out.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
-import io
 import logging
 import os
-import queue
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +26,7 @@ from hf2oci.errors import DigestMismatch, Hf2ociError, UsageError
 from hf2oci.filters import match_patterns
 from hf2oci.oci import layout
 from hf2oci.oci.image import Layer
+from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.pack import LABEL_PREFIX, REPO_DIR
@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 LABEL_REPO_ID = f"{LABEL_PREFIX}.repo_id"
 LABEL_REPO_TYPE = f"{LABEL_PREFIX}.repo_type"
 LABEL_REVISION = f"{LABEL_PREFIX}.revision"
-CHUNK = 1 << 20
+#: files this big are written with O_DIRECT (when ``direct``): straight to the disk, not
+#: through the page cache, which a model would otherwise fill (and, in a container, count
+#: against its memory limit) as fast as it arrives
+DIRECT_MIN_SIZE = 16 << 20
 
 
 class ExtractError(Hf2ociError):
@@ -96,98 +99,6 @@ def open_image(image: str, *, plain_http: bool | None = None) -> ImageSource:
     return ImageSource(list(base.layers), dict(base.config), base.digest or "")
 
 
-class _Hashing(io.RawIOBase):
-    """Hashes what is read through it; ``finish()`` drains the rest and checks the digest.
-
-    With ``digest=None`` it only passes the bytes through (the source checks them itself).
-    """
-
-    def __init__(self, raw: BinaryIO, digest: str | None, what: str) -> None:
-        self.raw, self.digest, self.what = raw, digest, what
-        self.h = hashlib.sha256() if digest else None
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
-        if self.h is not None:
-            self.h.update(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def finish(self) -> None:
-        while self.read(CHUNK):
-            pass
-        if self.h is None:
-            return
-        got = "sha256:" + self.h.hexdigest()
-        if got != self.digest:
-            raise DigestMismatch(f"{self.what} {self.digest} hashed to {got}: refusing the image")
-
-
-class _ReadAhead(io.RawIOBase):
-    """Reads ``raw`` ahead in a thread, a few MiB at most, so that receiving and hashing a
-    layer overlaps with unpacking and writing it (both release the GIL)."""
-
-    def __init__(self, raw: _Hashing, *, depth: int = 8) -> None:
-        self.raw = raw
-        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
-        self.stopped = threading.Event()
-        self.pending = memoryview(b"")
-        self.eof = False
-        self.thread = threading.Thread(target=self._run, name="extract-read", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.stopped.is_set():
-                data = self.raw.read(CHUNK) or b""
-                self._put(data)
-                if not data:
-                    return
-        except BaseException as e:  # handed to the reading side, which raises it
-            self._put(e)
-
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self.pending:
-            if self.eof:
-                return 0
-            item = self.queue.get()
-            if isinstance(item, BaseException):
-                self.eof = True
-                raise item
-            if not item:
-                self.eof = True
-                return 0
-            self.pending = memoryview(item)
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.raw.close()
-        super().close()
-
-
 def _repo_path(member: tarfile.TarInfo) -> str | None:
     """The path under /REPO a tar member writes ("" for /REPO itself), None when outside.
 
@@ -210,7 +121,7 @@ def _repo_path(member: tarfile.TarInfo) -> str | None:
             f"refusing entry {name!r}: links are not expected under /REPO"
             f" (it points to {member.linkname!r})"
         )
-    if not (member.isdir() or member.isfile()):
+    if not (member.isdir() or member.isfile()) or member.issparse():
         raise ExtractError(f"refusing entry {name!r}: not a regular file or folder")
     if len(parts) == 1 and not member.isdir():
         raise ExtractError(f"refusing entry {name!r}: /REPO is not a folder")
@@ -237,8 +148,11 @@ def _decompressor(layer: Layer, stream: BinaryIO) -> BinaryIO:
 class _Unpacker:
     """Unpacks layers into one staging folder; shared by the worker threads."""
 
-    def __init__(self, staging: Path, include: Sequence[str], *, hash_files: bool) -> None:
+    def __init__(
+        self, staging: Path, include: Sequence[str], *, hash_files: bool, direct: bool
+    ) -> None:
         self.staging = staging
+        self.direct = direct and bool(O_DIRECT)
         self.real_staging = os.path.realpath(staging)
         self.include = include
         self.hash_files = hash_files
@@ -247,40 +161,61 @@ class _Unpacker:
         self.stop = threading.Event()
 
     def layer(self, layer: Layer) -> None:
-        # a registry blob stream checks its own digest when read to its end (finish() does),
-        # so it is hashed once, not twice; a layout's blob file is hashed here
-        check = not isinstance(layer, RemoteLayer)
-        hashing = _Hashing(layer.open(), layer.digest if check else None, "layer")
-        stream = _ReadAhead(hashing)
+        """Unpack one layer, reading, hashing and writing at once; its digest (and a compressed
+        layer's diff_id) is checked when it ends, before the extract can succeed."""
+        plain = layer.media_type.endswith(".tar")
+        if plain and layer.diff_id != layer.digest:
+            raise DigestMismatch(
+                f"layer {layer.digest} is uncompressed but its diff_id is {layer.diff_id}"
+            )
+        source = layer.open_raw() if isinstance(layer, RemoteLayer) else layer.open()
+        blob = ChunkReader(
+            ReadAhead(source.readinto, digest=layer.digest, size=layer.size, what="layer")
+        )
+        tar_bytes = blob
         try:
-            compressed = _decompressor(layer, io.BufferedReader(stream, CHUNK))
-            plain = layer.media_type.endswith(".tar")
-            if plain and layer.diff_id != layer.digest:
-                raise DigestMismatch(
-                    f"layer {layer.digest} is uncompressed but its diff_id is {layer.diff_id}"
+            if not plain:
+                compressed = _decompressor(layer, blob)
+                tar_bytes = ChunkReader(
+                    ReadAhead(
+                        _decompressing(compressed, layer.digest),
+                        digest=layer.diff_id,
+                        size=None,
+                        what="uncompressed layer",
+                    )
                 )
-            # a compressed layer's content is checked a second time, against its diff_id
-            inner = None if plain else _Hashing(compressed, layer.diff_id, "uncompressed layer")
-            source = compressed if inner is None else io.BufferedReader(inner, CHUNK)
-            # bufsize: the stream is read in 1 MiB blocks, not tarfile's default 10 KiB
-            with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
+            # tarfile's random-access mode reads headers only: file contents go from the
+            # read-ahead buffers to the files with no copy (a forward seek skips the rest)
+            with tarfile.open(fileobj=tar_bytes, mode="r:") as tar:
                 for member in tar:
                     if self.stop.is_set():
                         return
-                    self._member(tar, member)
-            if inner is not None:
-                inner.finish()
-            while stream.read(CHUNK):  # the tar's padding: the digest covers it too
-                pass
-            hashing.finish()
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
+                    self._member(tar_bytes, member)
+            tar_bytes.drain()
+            blob.drain()
+        except (tarfile.TarError, EOFError) as e:
             raise ExtractError(f"layer {layer.digest} is not a valid tar: {e}") from e
         except OSError as e:
             raise ExtractError(f"layer {layer.digest}: {e}") from e
         finally:
-            stream.close()
+            tar_bytes.close()
+            blob.close()
+            source.close()
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _create(self, target: Path, size: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        if not (self.direct and size >= DIRECT_MIN_SIZE):
+            return os.open(target, flags, 0o644)
+        try:
+            return os.open(target, flags | O_DIRECT, 0o644)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.debug("%s: no O_DIRECT on this filesystem; writing through the page cache", target)
+            self.direct = False
+            return os.open(target, flags, 0o644)
+
+    def _member(self, data: ChunkReader, member: tarfile.TarInfo) -> None:
         rel = _repo_path(member)
         if not rel or member.isdir():
             return  # folders come with their files: an excluded file leaves no empty folder
@@ -298,22 +233,35 @@ class _Unpacker:
             parent = os.path.realpath(target.parent)
             if os.path.commonpath([parent, self.real_staging]) != self.real_staging:
                 raise ExtractError(f"refusing {what}: its folder resolves outside DEST")
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = self._create(target, member.size)
         except FileExistsError as e:
             raise ExtractError(f"refusing {what}: the path appears twice in the image") from e
         except (NotADirectoryError, IsADirectoryError) as e:
             raise ExtractError(f"refusing {what}: a file and a folder share its path") from e
-        data = tar.extractfile(member)
-        if data is None:
-            raise ExtractError(f"refusing {what}: no content")
         h = hashlib.sha256() if self.hash_files else None
-        with os.fdopen(fd, "wb") as out:
-            while chunk := data.read(CHUNK):
-                out.write(chunk)
-                if h is not None:
-                    h.update(chunk)
+        try:
+            data.seek(member.offset_data)
+            copied = data.copy_to(fd, member.size, h.update if h is not None else None)
+        finally:
+            os.close(fd)
+        if copied != member.size:
+            raise ExtractError(f"refusing {what}: the layer ends inside it")
         with self.lock:
             self.files[rel] = _File(member.size, h.hexdigest() if h else None)
+
+
+def _decompressing(stream: BinaryIO, digest: str) -> Callable[[memoryview], int]:
+    """``readinto`` of a decompressor, its errors (not those of the blob below) as ExtractError."""
+
+    def readinto(buffer: memoryview) -> int:
+        try:
+            return stream.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+        except Hf2ociError:
+            raise
+        except Exception as e:  # gzip, zlib and zstd each have their own
+            raise ExtractError(f"layer {digest} does not decompress: {e}") from e
+
+    return readinto
 
 
 def _staging_for(dest: Path) -> Path:
@@ -357,13 +305,15 @@ def extract(
     include: Sequence[str] = (),
     workers: int = 4,
     force: bool = False,
+    direct: bool = True,
     plain_http: bool | None = None,
     on_layer: Callable[[str], None] | None = None,
 ) -> ExtractResult:
     """Unpack ``/REPO`` of ``image`` into ``dest`` (or into the HF hub cache at ``dest``).
 
     DEST appears only once every layer has been read and checked; a non-empty DEST is replaced
-    only with ``force``. In cache mode other repos in the cache are left alone.
+    only with ``force``. In cache mode other repos in the cache are left alone. ``direct``
+    writes big files with O_DIRECT where the filesystem allows it.
     """
     dest = Path(dest).absolute()
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
@@ -374,7 +324,7 @@ def extract(
         raise ExtractError(f"{image}: no {LABEL_REPO_ID}/{LABEL_REVISION} labels for --hf-cache")
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
-    unpacker = _Unpacker(staging, include, hash_files=hf_cache)
+    unpacker = _Unpacker(staging, include, hash_files=hf_cache, direct=direct)
     snapshot = None
     try:
         _unpack_all(source, unpacker, workers, on_layer)

@@ -20,6 +20,12 @@ from hf2oci.units import human_size
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a non-empty DEST.")
+@click.option(
+    "--direct/--no-direct",
+    default=True,
+    show_default=True,
+    help="Write files of 16 MiB and more with O_DIRECT, not through the page cache.",
+)
 @click.option("--plain-http", is_flag=True, default=None, help="HTTP, not HTTPS, to the registry.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @handle_errors
@@ -30,6 +36,7 @@ def extract(
     include: tuple[str, ...],
     workers: int,
     force: bool,
+    direct: bool,
     plain_http: bool | None,
     as_json: bool,
 ) -> None:
@@ -46,6 +53,7 @@ def extract(
         include=include,
         workers=workers,
         force=force,
+        direct=direct,
         plain_http=plain_http,
     )
     if as_json:

@@ -7,6 +7,7 @@ then the manifest by digest, then the tags last: a killed run never leaves a tag
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -80,6 +81,10 @@ class RemoteLayer:
 
     def open(self) -> BinaryIO:
         return self.client.get_blob(self.repository, self.digest)
+
+    def open_raw(self) -> BlobBody:
+        """The blob's bytes unchecked (the reader hashes them), resumed if the connection is cut."""
+        return BlobBody(self.client, self.repository, self.digest, self.size)
 
 
 class RegistryClient:
@@ -563,6 +568,95 @@ class _VerifiedBody(io.RawIOBase):
 
     def close(self) -> None:
         self._resp.close()
+        super().close()
+
+
+class BlobBody(io.RawIOBase):
+    """A blob's bytes as the registry sends them, for a reader that checks the digest itself.
+
+    ``readinto`` goes straight from the socket into the caller's buffer (no copy on the way).
+    A connection cut before ``size`` bytes is picked up where it stopped, with a Range request,
+    a few times at most; a registry that ignores Range is read past what was already given.
+    """
+
+    RESUMES = 3
+
+    def __init__(self, client: RegistryClient, repo: str, digest: str, size: int) -> None:
+        self._client, self._repo, self._digest, self._size = client, repo, digest, size
+        self._url = client._url(repo, "blobs", digest)
+        self._got = 0
+        self._resumes = 0
+        self._resp: requests.Response | None = None
+        self._readinto: Callable[[Any], int] = self._decoded_readinto
+        self._open()
+
+    def readable(self) -> bool:
+        return True
+
+    def _open(self) -> None:
+        headers = {"Accept-Encoding": "identity"}  # a blob is sent as stored
+        if self._got:
+            headers["Range"] = f"bytes={self._got}-"
+        resp = self._client.transport.request(
+            "GET", self._url, headers=headers, scope=registry_scope(self._repo), stream=True
+        )
+        self._resp = resp
+        # urllib3 reads into a new bytes object and copies it; http.client's response (what
+        # urllib3 wraps) reads into the caller's buffer. Used when nothing needs decoding.
+        inner = getattr(resp.raw, "_fp", None)
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        if isinstance(inner, http.client.HTTPResponse) and encoding in ("", "identity"):
+            self._readinto = inner.readinto
+        else:
+            self._readinto = self._decoded_readinto
+        if self._got and resp.status_code != 206:
+            skip, buf = self._got, memoryview(bytearray(1 << 20))
+            while skip:
+                n = self._readinto(buf[: min(skip, len(buf))])
+                if not n:
+                    raise self._cut(None)
+                skip -= n
+
+    def _decoded_readinto(self, buffer: Any) -> int:
+        assert self._resp is not None
+        data = self._resp.raw.read(len(buffer), decode_content=True)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _cut(self, error: BaseException | None) -> RegistryError:
+        why = f": {error}" if error else ""
+        return RegistryError(
+            f"registry {self._client.registry}: reading blob {self._digest} failed after"
+            f" {self._got} of {self._size} bytes{why}",
+            temporary=True,
+        )
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            error: BaseException | None = None
+            try:
+                n = self._readinto(buffer)
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+                n, error = 0, e
+            if n:
+                self._got += n
+                return int(n)
+            if error is None and self._got >= self._size:
+                return 0
+            if self._resumes >= self.RESUMES:
+                raise self._cut(error)
+            self._resumes += 1
+            log.info("blob %s cut after %d bytes; resuming", self._digest[:19], self._got)
+            self.close_response()
+            self._open()
+
+    def close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def close(self) -> None:
+        self.close_response()
         super().close()
 
 
