@@ -230,6 +230,93 @@ print(json.dumps({{"folder": folder, "one": Path(one).read_bytes().hex(), "files
     assert {k: bytes.fromhex(v) for k, v in doc["dfiles"].items()} == dfiles
 
 
+def test_hf_cache_refs_name_the_revision_the_image_was_made_from(
+    hub, random_repo, registry, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, main_sha, files = random_repo()
+    v1_sha = hub.commit(model, {"config.json": b'{"v": 1}'}, branch="v1")
+    cache = project / "hf-cache"
+    for ns, line in (("onbranch", f"{model}@v1"), ("pinned", f"{model}@{main_sha}")):
+        make_project(
+            project / ns,
+            models=[line],
+            config={"registry": registry.host, "namespace": ns, "base_image": "scratch"},
+        )
+        monkeypatch.chdir(project / ns)
+        assert cli("sync", "-q").exit_code == 0
+        ref = f"{registry.host}/{ns}/models:{_tag(model)}"
+        r = cli("extract", ref, str(cache), "--hf-cache", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["ref"] == line.partition("@")[2]
+    repo_dir = cache / f"models--{_tag(model)}"
+    # like huggingface_hub: refs/<branch> for a branch, none for a commit asked for by its sha
+    assert sorted(p.name for p in (repo_dir / "refs").iterdir()) == ["v1"]
+    assert (repo_dir / "refs" / "v1").read_text() == v1_sha
+    assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == sorted([main_sha, v1_sha])
+    code = f"""
+import json, sys
+from pathlib import Path
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+def config(**kw):
+    folder = snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=True, **kw)
+    return (Path(folder) / "config.json").read_bytes().hex()
+try:
+    snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=True)
+    main = "found"
+except LocalEntryNotFoundError:
+    main = "not found"
+print(json.dumps({{"v1": config(revision="v1"), "sha": config(revision={main_sha!r}),
+                  "main": main}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_ENDPOINT", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cache)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert bytes.fromhex(doc["v1"]) == b'{"v": 1}'
+    assert bytes.fromhex(doc["sha"]) == files["config.json"]
+    assert doc["main"] == "not found"  # no image was made from main: the cache does not say so
+
+
+@pytest.mark.parametrize(
+    ("label", "value"),
+    [
+        ("io.huggingface.revision", "../../../../victim"),
+        ("io.huggingface.revision", "/abs/victim"),
+        ("io.huggingface.repo_id", "../victim"),
+        ("io.huggingface.repo_type", "../victim"),
+        ("io.huggingface.ref", "../../../../victim"),
+        ("io.huggingface.ref", "/victim"),
+    ],
+)
+def test_hostile_labels_never_become_paths_in_the_hf_cache(
+    tmp_path: Path, label: str, value: str
+) -> None:
+    labels = {
+        "io.huggingface.repo_id": "org/name",
+        "io.huggingface.repo_type": "model",
+        "io.huggingface.revision": "a" * 40,
+        "io.huggingface.ref": "main",
+    }
+    labels[label] = value
+    meta = {**_META, "labels": labels}
+    image = assemble(SCRATCH, [BytesLayer(_layer({"REPO/a.txt": b"a"}))], **meta)
+    layout.write_layout(image, tmp_path / "lay", tags=["t"])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    cache = tmp_path / "work" / "cache"
+    cache.mkdir(parents=True)
+    r = cli("extract", f"oci:{tmp_path / 'lay'}:t", str(cache), "--hf-cache")
+    assert r.exit_code == 1 and label in r.stderr and "Traceback" not in r.output, r.output
+    assert list(victim.iterdir()) == [victim / "keep.txt"]
+    assert list(cache.iterdir()) == []  # nothing written, not even a staging folder
+    assert not Path("/abs/victim").exists()
+
+
 def _hostile_layer(kind: str) -> BytesLayer:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -111,6 +111,16 @@ def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
     old = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}--{sha[:12]}")
     assert old["Digest"] == first["Digest"]
 
+    # the same commit asked for by its sha: same files, but the image now says so (ref label)
+    (project / "get_hf/to_get_models.txt").write_text(f"{model}@{new_sha}\n")
+    pinned = cli("plan")
+    assert pinned.exit_code == 0, pinned.output
+    assert "revision asked for changed: main →" in pinned.output
+    assert json.loads(cli("sync", "--json").stdout)["mirrored"] == 1
+    third = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+    assert third["Labels"]["io.huggingface.ref"] == new_sha
+    assert json.loads(cli("sync", "--json").stdout)["skipped"] == 1
+
 
 def test_same_input_gives_the_same_digest(
     hub,

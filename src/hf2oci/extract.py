@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -24,12 +25,13 @@ from typing import Any, BinaryIO
 
 from hf2oci.errors import DigestMismatch, Hf2ociError, UsageError
 from hf2oci.filters import match_patterns
+from hf2oci.naming import InvalidRepoId, validate_repo_id
 from hf2oci.oci import layout
 from hf2oci.oci.image import Layer
 from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
-from hf2oci.pack import LABEL_PREFIX, REPO_DIR
+from hf2oci.pack import DEFAULT_REF, LABEL_PREFIX, LABEL_REF, REPO_DIR
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ LABEL_REVISION = f"{LABEL_PREFIX}.revision"
 #: through the page cache, which a model would otherwise fill (and, in a container, count
 #: against its memory limit) as fast as it arrives
 DIRECT_MIN_SIZE = 16 << 20
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+#: a branch or tag name (or refs/pr/N), as a relative path with no empty or dot-only part
+_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 
 
 class ExtractError(Hf2ociError):
@@ -58,6 +63,8 @@ class ExtractResult:
     revision: str | None
     #: in --hf-cache mode: the snapshot folder inside the cache
     snapshot: Path | None = None
+    #: the revision the image was made from as asked for (refs/<ref> in the cache)
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,8 +327,7 @@ def extract(
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
     source = open_image(image, plain_http=plain_http)
     labels = source.labels
-    if hf_cache and not (labels.get(LABEL_REPO_ID) and labels.get(LABEL_REVISION)):
-        raise ExtractError(f"{image}: no {LABEL_REPO_ID}/{LABEL_REVISION} labels for --hf-cache")
+    cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
     unpacker = _Unpacker(staging, include, hash_files=hf_cache, direct=direct)
@@ -329,7 +335,8 @@ def extract(
     try:
         _unpack_all(source, unpacker, workers, on_layer)
         if hf_cache:
-            snapshot = _into_hf_cache(unpacker, dest, labels)
+            assert cache_place is not None
+            snapshot = _into_hf_cache(unpacker, dest, cache_place)
         else:
             _replace(staging, dest)
     except BaseException:
@@ -350,6 +357,7 @@ def extract(
         repo_type=labels.get(LABEL_REPO_TYPE),
         revision=labels.get(LABEL_REVISION),
         snapshot=snapshot,
+        ref=labels.get(LABEL_REF),
     )
 
 
@@ -368,17 +376,51 @@ def _replace(staging: Path, dest: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _into_hf_cache(unpacker: _Unpacker, cache: Path, labels: dict[str, str]) -> Path:
-    """Lay the files out as huggingface_hub's cache: blobs, snapshots/<commit>, refs/main.
+@dataclass(frozen=True)
+class _CachePlace:
+    """Where an image goes in the hub cache, from its labels (checked: they name paths)."""
+
+    folder: str  # models--org--name
+    commit: str
+    ref: str | None  # refs/<ref> to write; None for an image of a pinned commit
+
+
+def _cache_place(image: str, labels: dict[str, str]) -> _CachePlace:
+    """The labels that --hf-cache turns into paths, refused unless they are what hf2oci writes:
+    an image's labels are as untrusted as its files."""
+    repo_id, commit = labels.get(LABEL_REPO_ID), labels.get(LABEL_REVISION)
+    if not (repo_id and commit):
+        raise ExtractError(f"{image}: no {LABEL_REPO_ID}/{LABEL_REVISION} labels for --hf-cache")
+    try:
+        validate_repo_id(repo_id)
+    except InvalidRepoId as e:
+        raise ExtractError(f"{image}: label {LABEL_REPO_ID}: {e}") from e
+    if not _COMMIT.fullmatch(commit):
+        raise ExtractError(f"{image}: label {LABEL_REVISION} {commit!r} is not a commit sha")
+    repo_type = labels.get(LABEL_REPO_TYPE, "model")
+    if repo_type not in ("model", "dataset"):
+        raise ExtractError(f"{image}: label {LABEL_REPO_TYPE} {repo_type!r} is not model/dataset")
+    ref = labels.get(LABEL_REF, DEFAULT_REF)  # images made before the label: main
+    if not _REF.fullmatch(ref) or ".." in ref or len(ref) > 255:
+        raise ExtractError(f"{image}: label {LABEL_REF} {ref!r} is not a revision name")
+    return _CachePlace(
+        folder=f"{repo_type}s--{repo_id.replace('/', '--')}",
+        commit=commit,
+        # like huggingface_hub: a revision asked for by its sha gets no ref
+        ref=None if _COMMIT.fullmatch(ref) else ref,
+    )
+
+
+def _into_hf_cache(unpacker: _Unpacker, cache: Path, place: _CachePlace) -> Path:
+    """Lay the files out as huggingface_hub's cache: blobs, snapshots/<commit>, refs/<ref>.
 
     The hub names a blob by its ETag (sha256 for LFS files, git sha1 for others); readers with
     ``local_files_only`` only follow ``refs/`` and the snapshot links, so every blob is named by
     its sha256 here (an image does not say which files were LFS). The snapshot is built aside
     and renamed in, and the ref is written last: a reader never sees a partial snapshot.
     """
-    repo_id, commit = labels[LABEL_REPO_ID], labels[LABEL_REVISION]
-    kind = "datasets" if labels.get(LABEL_REPO_TYPE) == "dataset" else "models"
-    repo_dir = cache / f"{kind}--{repo_id.replace('/', '--')}"
+    commit = place.commit
+    repo_dir = cache / place.folder
     blobs = repo_dir / "blobs"
     try:
         blobs.mkdir(parents=True, exist_ok=True)
@@ -402,11 +444,12 @@ def _into_hf_cache(unpacker: _Unpacker, cache: Path, labels: dict[str, str]) -> 
         except BaseException:
             shutil.rmtree(snap_tmp, ignore_errors=True)
             raise
-        refs = repo_dir / "refs"
-        refs.mkdir(exist_ok=True)
-        tmp = refs / ".main.tmp"
-        tmp.write_text(commit)
-        os.replace(tmp, refs / "main")
+        if place.ref is not None:
+            ref_file = repo_dir.joinpath("refs", *place.ref.split("/"))
+            ref_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ref_file.with_name(f".{ref_file.name}.tmp")
+            tmp.write_text(commit)
+            os.replace(tmp, ref_file)
     except OSError as e:
         raise ExtractError(f"cannot write the HF cache at {cache}: {e}") from e
     return final

@@ -25,6 +25,9 @@ MAX_REPO_LAYERS = 64
 DEFAULT_SMALL_FILE_LIMIT = 1 << 20
 
 LABEL_PREFIX = "io.huggingface"
+#: the revision asked for (a branch, a tag or a commit sha), as the hub cache's refs/ names it
+LABEL_REF = f"{LABEL_PREFIX}.ref"
+DEFAULT_REF = "main"
 #: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
 #: layer without downloading the files again (the tar is a pure function of them)
 CONTENT_KEY = "io.hf2oci.content"
@@ -136,6 +139,7 @@ def image_labels(state: RepoState, spec: RepoSpec, base: BaseImage) -> dict[str,
         f"{LABEL_PREFIX}.repo_id": state.repo_id,
         f"{LABEL_PREFIX}.repo_type": state.repo_type,
         f"{LABEL_PREFIX}.revision": state.commit,
+        LABEL_REF: spec.revision or DEFAULT_REF,
         f"{LABEL_PREFIX}.filter": spec.filter_key,
     }
     if base.digest:

@@ -12,6 +12,7 @@ from hf2oci.builders import Builder
 from hf2oci.errors import Hf2ociError
 from hf2oci.filters import select
 from hf2oci.hub import RepoState
+from hf2oci.pack import DEFAULT_REF, LABEL_REF
 from hf2oci.spec import RepoSpec
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def plan_repo(spec: RepoSpec, builder: Builder, *, force: bool = False) -> Actio
         return _with(action, f"revision moved {old} → {state.commit[:12]}")
     if current.get("io.huggingface.filter") != spec.filter_key:
         return _with(action, "file selection changed")
+    ref = current.get(LABEL_REF)  # images made before the label existed keep theirs
+    if ref is not None and ref != (spec.revision or DEFAULT_REF):
+        return _with(action, f"revision asked for changed: {ref} → {spec.revision or DEFAULT_REF}")
     return Action(
         spec,
         "skip",
