@@ -31,12 +31,25 @@ VENV=${HF2OCI_VENV:-.venv}
 # llama-cpp-python has no wheel on PyPI: build it once (~6 min on 2 cores) into a cache that
 # later runs reuse; a portable build (no -march=native) so the cached wheel runs anywhere here.
 WHEELS=${HF2OCI_WHEELS:-/var/cache/hf2oci/wheels}
+LLAMA=$(sed -n 's/^LLAMA_CPP_VERSION = "\(.*\)"$/\1/p' src/hf2oci/cli/runtime.py)
+# No OpenMP: the wheel then needs only what python:3.11-slim has (no libgomp1), so the
+# llama.cpp runtime image can be built from it with no network.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
 mkdir -p "$WHEELS"
-if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python once into $WHEELS (several minutes)..."
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$VENV/bin/pip" wheel -q --no-deps -w "$WHEELS" llama-cpp-python
+stamp="$WHEELS/llama_cpp_python-$LLAMA.cmake-args"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl >/dev/null 2>&1 \
+   || [ "$(cat "$stamp" 2>/dev/null)" != "$LLAMA_CMAKE_ARGS" ]; then
+  echo "building llama-cpp-python $LLAMA once into $WHEELS (several minutes)..."
+  rm -f "$WHEELS"/llama_cpp_python-*.whl
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "$VENV/bin/pip" wheel -q --no-deps --no-cache-dir -w "$WHEELS" "llama-cpp-python==$LLAMA"
+  echo "$LLAMA_CMAKE_ARGS" > "$stamp"
+  "$VENV/bin/pip" uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true
 fi
+# ... and the server's dependencies beside it: the wheelhouse the llama.cpp runtime image is
+# built from with no network (hf2oci runtime dockerfile llamacpp --wheels)
+"$VENV/bin/pip" download -q -d "$WHEELS" --find-links "$WHEELS" --only-binary=:all: \
+  "llama-cpp-python[server]==$LLAMA"
 "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
 
 "$VENV/bin/ruff" check src tests

