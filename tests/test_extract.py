@@ -236,7 +236,9 @@ def test_hf_cache_refs_name_the_revision_the_image_was_made_from(
     model, main_sha, files = random_repo()
     v1_sha = hub.commit(model, {"config.json": b'{"v": 1}'}, branch="v1")
     cache = project / "hf-cache"
-    for ns, line in (("onbranch", f"{model}@v1"), ("pinned", f"{model}@{main_sha}")):
+    repo_dir = cache / f"models--{_tag(model)}"
+
+    def mirror_and_extract(ns: str, line: str) -> None:
         make_project(
             project / ns,
             models=[line],
@@ -247,27 +249,28 @@ def test_hf_cache_refs_name_the_revision_the_image_was_made_from(
         ref = f"{registry.host}/{ns}/models:{_tag(model)}"
         r = cli("extract", ref, str(cache), "--hf-cache", "--json")
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["ref"] == line.partition("@")[2]
-    repo_dir = cache / f"models--{_tag(model)}"
-    # like huggingface_hub: refs/<branch> for a branch, none for a commit asked for by its sha
-    assert sorted(p.name for p in (repo_dir / "refs").iterdir()) == ["v1"]
-    assert (repo_dir / "refs" / "v1").read_text() == v1_sha
+        assert json.loads(r.stdout)["ref"] == (line.partition("@")[2] or "main")
+
+    def refs() -> dict[str, str]:
+        return {p.name: p.read_text() for p in (repo_dir / "refs").iterdir()}
+
+    # a commit asked for by its sha gets no ref of its own (as in huggingface_hub), but the
+    # cache's only copy answers code that names no revision
+    mirror_and_extract("pinned", f"{model}@{main_sha}")
+    assert refs() == {"main": main_sha}
+    # a branch: refs/<branch>; an existing refs/main is never moved by another revision
+    mirror_and_extract("onbranch", f"{model}@v1")
+    assert refs() == {"main": main_sha, "v1": v1_sha}
     assert sorted(p.name for p in (repo_dir / "snapshots").iterdir()) == sorted([main_sha, v1_sha])
     code = f"""
 import json, sys
 from pathlib import Path
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
 def config(**kw):
     folder = snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=True, **kw)
     return (Path(folder) / "config.json").read_bytes().hex()
-try:
-    snapshot_download({model!r}, cache_dir=sys.argv[1], local_files_only=True)
-    main = "found"
-except LocalEntryNotFoundError:
-    main = "not found"
 print(json.dumps({{"v1": config(revision="v1"), "sha": config(revision={main_sha!r}),
-                  "main": main}}))
+                  "unnamed": config()}}))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HF_ENDPOINT", None)
@@ -277,8 +280,12 @@ print(json.dumps({{"v1": config(revision="v1"), "sha": config(revision={main_sha
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert bytes.fromhex(doc["v1"]) == b'{"v": 1}'
-    assert bytes.fromhex(doc["sha"]) == files["config.json"]
-    assert doc["main"] == "not found"  # no image was made from main: the cache does not say so
+    assert bytes.fromhex(doc["sha"]) == bytes.fromhex(doc["unnamed"]) == files["config.json"]
+
+    # the branch moves: a new image of v1 moves refs/v1, still not refs/main
+    v1_new = hub.commit(model, {"config.json": b'{"v": 2}'}, branch="v1")
+    mirror_and_extract("onbranch", f"{model}@v1")
+    assert refs() == {"main": main_sha, "v1": v1_new}
 
 
 @pytest.mark.parametrize(

@@ -382,7 +382,7 @@ class _CachePlace:
 
     folder: str  # models--org--name
     commit: str
-    ref: str | None  # refs/<ref> to write; None for an image of a pinned commit
+    ref: str | None  # refs/<ref> to write; None for an image of a commit asked for by its sha
 
 
 def _cache_place(image: str, labels: dict[str, str]) -> _CachePlace:
@@ -406,7 +406,7 @@ def _cache_place(image: str, labels: dict[str, str]) -> _CachePlace:
     return _CachePlace(
         folder=f"{repo_type}s--{repo_id.replace('/', '--')}",
         commit=commit,
-        # like huggingface_hub: a revision asked for by its sha gets no ref
+        # like huggingface_hub: a revision asked for by its sha gets no ref of its own
         ref=None if _COMMIT.fullmatch(ref) else ref,
     )
 
@@ -444,8 +444,13 @@ def _into_hf_cache(unpacker: _Unpacker, cache: Path, place: _CachePlace) -> Path
         except BaseException:
             shutil.rmtree(snap_tmp, ignore_errors=True)
             raise
-        if place.ref is not None:
-            ref_file = repo_dir.joinpath("refs", *place.ref.split("/"))
+        refs = [place.ref] if place.ref is not None else []
+        if place.ref != DEFAULT_REF and not (repo_dir / "refs" / DEFAULT_REF).exists():
+            # the only copy this cache has: code that names no revision finds it; an image made
+            # from main replaces it later, an image of another revision never moves it
+            refs.append(DEFAULT_REF)
+        for ref in refs:
+            ref_file = repo_dir.joinpath("refs", *ref.split("/"))
             ref_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = ref_file.with_name(f".{ref_file.name}.tmp")
             tmp.write_text(commit)
