@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import http.server
 import json
@@ -40,6 +41,7 @@ class FaultProxy:
         self.seen: list[tuple[str, str]] = []
         self.page_tags = 0  # > 0: serve tags/list in pages of this size, with Link headers
         self.ignore_range = False  # True: Range headers are not passed on (a full 200 answer)
+        self.gzip_bodies = False  # True: GET answers are sent gzip-encoded
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,10 +74,15 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                encode = proxy.gzip_bodies and self.command == "GET" and resp.status < 300
+                if encode:  # a proxy that compresses what it passes on (Content-Encoding)
+                    data = gzip.compress(data)
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):
                         self.send_header(key, value)
+                if encode:
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if cut_after is not None:

@@ -447,6 +447,22 @@ def test_a_blob_cut_part_way_is_resumed_where_it_stopped(
     assert result.bytes == len(files["w.bin"]) + 2
 
 
+def test_a_proxy_that_gzips_what_it_passes_on_still_gives_the_exact_bytes(
+    registry, project: Path
+) -> None:
+    from faultproxy import FaultProxy
+
+    files = {"w.bin": os.urandom(3 << 20), "c.json": b'{"a": 1}'}
+    _pushed(registry, files, "proxy/gzip")
+    proxy = FaultProxy(registry.host)
+    proxy.gzip_bodies = True  # Content-Encoding: gzip: the blob is decoded, then checked
+    try:
+        assert extract(f"{proxy.host}/proxy/gzip:t", project / "dest").files == 2
+    finally:
+        proxy.server.shutdown()
+    assert read_tree(project / "dest") == files
+
+
 def test_a_blob_that_keeps_being_cut_fails_cleanly(registry, project: Path) -> None:
     from faultproxy import FaultProxy
 
