@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +535,18 @@ def test_tar_headers_that_straddle_read_buffers_are_read_whole(
     layout.write_layout(assemble(SCRATCH, [layer], **_META), project / "lay", tags=["t"])
     assert extract(f"oci:{project / 'lay'}:t", project / "dest").files == 3
     assert read_tree(project / "dest") == {"a.bin": first, long_name: b"{}", "z.txt": b"z"}
+
+
+def test_the_meter_is_told_every_byte_read(project: Path) -> None:
+    layers = [BytesLayer(_layer({f"REPO/p{i}.bin": os.urandom(1_500_000 + i)})) for i in range(3)]
+    layout.write_layout(assemble(SCRATCH, layers, **_META), project / "lay", tags=["t"])
+    totals: list[int] = []
+    seen: list[int] = []
+
+    def meter(total: int) -> Callable[[int], None]:
+        totals.append(total)
+        return seen.append
+
+    extract(f"oci:{project / 'lay'}:t", project / "dest", meter=meter)
+    assert totals == [sum(layer.size for layer in layers)]
+    assert sum(seen) == totals[0] and len(seen) > 3  # several parts a layer, not one at the end

@@ -156,9 +156,16 @@ class _Unpacker:
     """Unpacks layers into one staging folder; shared by the worker threads."""
 
     def __init__(
-        self, staging: Path, include: Sequence[str], *, hash_files: bool, direct: bool
+        self,
+        staging: Path,
+        include: Sequence[str],
+        *,
+        hash_files: bool,
+        direct: bool,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.staging = staging
+        self.on_bytes = on_bytes
         self.direct = direct and bool(O_DIRECT)
         self.real_staging = os.path.realpath(staging)
         self.include = include
@@ -177,7 +184,13 @@ class _Unpacker:
             )
         source = layer.open_raw() if isinstance(layer, RemoteLayer) else layer.open()
         blob = ChunkReader(
-            ReadAhead(source.readinto, digest=layer.digest, size=layer.size, what="layer")
+            ReadAhead(
+                source.readinto,
+                digest=layer.digest,
+                size=layer.size,
+                what="layer",
+                on_bytes=self.on_bytes,
+            )
         )
         tar_bytes = blob
         try:
@@ -315,12 +328,14 @@ def extract(
     direct: bool = True,
     plain_http: bool | None = None,
     on_layer: Callable[[str], None] | None = None,
+    meter: Callable[[int], Callable[[int], None]] | None = None,
 ) -> ExtractResult:
     """Unpack ``/REPO`` of ``image`` into ``dest`` (or into the HF hub cache at ``dest``).
 
     DEST appears only once every layer has been read and checked; a non-empty DEST is replaced
     only with ``force``. In cache mode other repos in the cache are left alone. ``direct``
-    writes big files with O_DIRECT where the filesystem allows it.
+    writes big files with O_DIRECT where the filesystem allows it. ``meter``, given the bytes
+    to read, returns what to tell of each part read (progress).
     """
     dest = Path(dest).absolute()
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
@@ -330,7 +345,8 @@ def extract(
     cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
-    unpacker = _Unpacker(staging, include, hash_files=hf_cache, direct=direct)
+    on_bytes = meter(sum(layer.size for layer in source.layers)) if meter else None
+    unpacker = _Unpacker(staging, include, hash_files=hf_cache, direct=direct, on_bytes=on_bytes)
     snapshot = None
     try:
         _unpack_all(source, unpacker, workers, on_layer)

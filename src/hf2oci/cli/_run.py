@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,12 +13,11 @@ import click
 
 from hf2oci import hub
 from hf2oci.builders import Builder, Destination, make_builder
-from hf2oci.cli._common import echo, redact
+from hf2oci.cli._common import byte_meter, echo, redact
 from hf2oci.config import Config
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.pipeline import Outcome, Report, RunOptions, run
 from hf2oci.spec import RepoSpec
-from hf2oci.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,34 +65,6 @@ def build(config: Config) -> Builder:
         )
     except Hf2ociError as e:
         raise UsageError(str(e)) from e
-
-
-class ByteMeter:
-    """One self-rewriting terminal line of bytes moved for a repo (only on a terminal)."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total = label, total
-        self.done = 0
-        self.start = self.last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def __call__(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self.last < 0.5 and self.done < self.total:
-                return
-            self.last = now
-            rate = int(self.done / max(now - self.start, 1e-6))
-            line = (
-                f"{self.label}: {human_size(self.done)} / {human_size(self.total)}"
-                f" ({human_size(rate)}/s)"
-            )
-            click.echo(f"\r{line}\x1b[K", err=True, nl=self.done >= self.total)
-
-
-def byte_meter(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | None:
-    return ByteMeter if enabled and sys.stderr.isatty() else None
 
 
 def progress_printer(enabled: bool) -> Callable[[str, str], None]:

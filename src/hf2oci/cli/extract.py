@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import echo, handle_errors
+from hf2oci.cli._common import byte_meter, echo, handle_errors
 from hf2oci.extract import extract as do_extract
 from hf2oci.units import human_size
 
@@ -28,6 +29,7 @@ from hf2oci.units import human_size
 )
 @click.option("--plain-http", is_flag=True, default=None, help="HTTP, not HTTPS, to the registry.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 @handle_errors
 def extract(
     image: str,
@@ -39,6 +41,7 @@ def extract(
     direct: bool,
     plain_http: bool | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
 
@@ -55,6 +58,7 @@ def extract(
         force=force,
         direct=direct,
         plain_http=plain_http,
+        meter=_meter(image, quiet),
     )
     if as_json:
         doc = {
@@ -63,3 +67,9 @@ def extract(
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     where = result.snapshot or result.dest
     echo(f"{result.files} files ({human_size(result.bytes)}) from {result.digest[:19]} → {where}")
+
+
+def _meter(image: str, quiet: bool) -> Callable[[int], Callable[[int], None]] | None:
+    """A progress line of the bytes read, on a terminal."""
+    make = byte_meter(not quiet)
+    return (lambda total: make(image, total)) if make else None

@@ -46,6 +46,7 @@ class ReadAhead:
     previous one back; at the end it checks ``digest`` (``sha256:…``, or None for no check) and
     ``size`` (None: any) and raises ``DigestMismatch`` instead of ending when they differ. Errors
     of the source are raised by ``get()`` too. ``close()`` stops the threads early.
+    ``on_bytes`` is told of every buffer hashed (progress).
     """
 
     def __init__(
@@ -57,8 +58,10 @@ class ReadAhead:
         what: str,
         buffers: int = BUFFERS,
         buffer_size: int = BUFFER_SIZE,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self._readinto = readinto
+        self._on_bytes = on_bytes
         self.digest, self.size, self.what = digest, size, what
         self._free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(max(2, buffers)):
@@ -113,6 +116,8 @@ class ReadAhead:
             if h is not None:
                 h.update(buf[:n])  # releases the GIL: runs beside the reader and the consumer
             total += n
+            if self._on_bytes is not None:
+                self._on_bytes(n)
             self._ready.put(item)
 
     def _check(self, h: Any, total: int) -> BaseException | None:
