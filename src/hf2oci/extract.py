@@ -31,13 +31,17 @@ from hf2oci.oci.image import Layer
 from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
-from hf2oci.pack import DEFAULT_REF, LABEL_PREFIX, LABEL_REF, REPO_DIR
+from hf2oci.pack import (
+    DEFAULT_REF,
+    LABEL_REF,
+    LABEL_REPO_ID,
+    LABEL_REPO_TYPE,
+    LABEL_REVISION,
+    REPO_DIR,
+)
 
 log = logging.getLogger(__name__)
 
-LABEL_REPO_ID = f"{LABEL_PREFIX}.repo_id"
-LABEL_REPO_TYPE = f"{LABEL_PREFIX}.repo_type"
-LABEL_REVISION = f"{LABEL_PREFIX}.revision"
 #: files this big are written with O_DIRECT (when ``direct``): straight to the disk, not
 #: through the page cache, which a model would otherwise fill (and, in a container, count
 #: against its memory limit) as fast as it arrives
@@ -350,8 +354,7 @@ def extract(
     snapshot = None
     try:
         _unpack_all(source, unpacker, workers, on_layer)
-        if hf_cache:
-            assert cache_place is not None
+        if cache_place is not None:
             snapshot = _into_hf_cache(unpacker, dest, cache_place)
         else:
             _replace(staging, dest)

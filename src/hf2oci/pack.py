@@ -25,8 +25,13 @@ MAX_REPO_LAYERS = 64
 DEFAULT_SMALL_FILE_LIMIT = 1 << 20
 
 LABEL_PREFIX = "io.huggingface"
+LABEL_REPO_ID = f"{LABEL_PREFIX}.repo_id"
+LABEL_REPO_TYPE = f"{LABEL_PREFIX}.repo_type"
+#: the hub commit the image holds
+LABEL_REVISION = f"{LABEL_PREFIX}.revision"
 #: the revision asked for (a branch, a tag or a commit sha), as the hub cache's refs/ names it
 LABEL_REF = f"{LABEL_PREFIX}.ref"
+LABEL_FILTER = f"{LABEL_PREFIX}.filter"
 DEFAULT_REF = "main"
 #: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
 #: layer without downloading the files again (the tar is a pure function of them)
@@ -136,11 +141,11 @@ def image_labels(state: RepoState, spec: RepoSpec, base: BaseImage) -> dict[str,
         "org.opencontainers.image.title": state.repo_id,
         "org.opencontainers.image.created": state.last_modified,
         "org.opencontainers.image.base.name": base.name,
-        f"{LABEL_PREFIX}.repo_id": state.repo_id,
-        f"{LABEL_PREFIX}.repo_type": state.repo_type,
-        f"{LABEL_PREFIX}.revision": state.commit,
-        LABEL_REF: spec.revision or DEFAULT_REF,
-        f"{LABEL_PREFIX}.filter": spec.filter_key,
+        LABEL_REPO_ID: state.repo_id,
+        LABEL_REPO_TYPE: state.repo_type,
+        LABEL_REVISION: state.commit,
+        LABEL_REF: state.requested,
+        LABEL_FILTER: spec.filter_key,
     }
     if base.digest:
         labels["org.opencontainers.image.base.digest"] = base.digest

@@ -12,7 +12,7 @@ from hf2oci.builders import Builder
 from hf2oci.errors import Hf2ociError
 from hf2oci.filters import select
 from hf2oci.hub import RepoState
-from hf2oci.pack import DEFAULT_REF, LABEL_REF
+from hf2oci.pack import LABEL_FILTER, LABEL_REF, LABEL_REVISION
 from hf2oci.spec import RepoSpec
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,14 @@ def plan_repo(spec: RepoSpec, builder: Builder, *, force: bool = False) -> Actio
     action = Action(spec, "mirror", "", state=state, files=tuple(selection.kept), tags=tags)
     if current is None:
         return _with(action, "not mirrored yet")
-    if current.get("io.huggingface.revision") != state.commit:
-        old = (current.get("io.huggingface.revision") or "?")[:12]
+    if current.get(LABEL_REVISION) != state.commit:
+        old = (current.get(LABEL_REVISION) or "?")[:12]
         return _with(action, f"revision moved {old} → {state.commit[:12]}")
-    if current.get("io.huggingface.filter") != spec.filter_key:
+    if current.get(LABEL_FILTER) != spec.filter_key:
         return _with(action, "file selection changed")
     ref = current.get(LABEL_REF)  # images made before the label existed keep theirs
-    if ref is not None and ref != (spec.revision or DEFAULT_REF):
-        return _with(action, f"revision asked for changed: {ref} → {spec.revision or DEFAULT_REF}")
+    if ref is not None and ref != state.requested:
+        return _with(action, f"revision asked for changed: {ref} → {state.requested}")
     return Action(
         spec,
         "skip",

@@ -19,7 +19,7 @@ from hf2oci.errors import BuilderError
 from hf2oci.oci.image import BaseImage
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.transport import load_credentials
-from hf2oci.pack import DEFAULT_SMALL_FILE_LIMIT, REPO_DIR
+from hf2oci.pack import DEFAULT_SMALL_FILE_LIMIT, LABEL_REPO_ID, REPO_DIR
 from hf2oci.render import render
 from hf2oci.spec import RepoType
 
@@ -73,7 +73,7 @@ class DockerBuilder:
             (context / "Dockerfile").write_text(
                 render(
                     "Dockerfile.j2",
-                    repo_id=request.labels.get("io.huggingface.repo_id", ""),
+                    repo_id=request.labels.get(LABEL_REPO_ID, ""),
                     repo_type=request.repo_type,
                     base_image=self.base_image,
                     labels=request.labels,

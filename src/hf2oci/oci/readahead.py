@@ -167,7 +167,6 @@ class ChunkReader(io.RawIOBase):
         self._ahead = ahead
         self._view = memoryview(b"")
         self._pos = 0
-        self._eof = False
 
     def readable(self) -> bool:
         return True
@@ -179,13 +178,10 @@ class ChunkReader(io.RawIOBase):
         return self._pos
 
     def _chunk(self) -> memoryview:
-        """What is left of the current buffer, the next one when it is used up (empty at end)."""
-        if not self._view and not self._eof:
-            view = self._ahead.get()
-            if view is None:
-                self._eof = True
-            else:
-                self._view = view
+        """What is left of the current buffer, the next one when it is used up (empty at end:
+        the read-ahead keeps answering None once it has ended)."""
+        if not self._view and (view := self._ahead.get()) is not None:
+            self._view = view
         return self._view
 
     def _advance(self, n: int) -> None:
