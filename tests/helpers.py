@@ -48,6 +48,16 @@ def skopeo_inspect(ref: str, *, raw: bool = False, config: bool = False) -> Any:
     return json.loads(out)
 
 
+def skopeo_tags(repository: str) -> list[str]:
+    """The tags skopeo lists for ``repository`` (``host/ns/name``); none when it is absent."""
+    out = subprocess.run(
+        ["skopeo", "list-tags", "--tls-verify=false", f"docker://{repository}"],
+        capture_output=True,
+        text=True,
+    )
+    return list(json.loads(out.stdout)["Tags"]) if out.returncode == 0 else []
+
+
 def docker_files(image: str, dest: Path) -> dict[str, bytes]:
     """docker pull + create + cp /REPO → {relative path: bytes}."""
     subprocess.run(["docker", "pull", "-q", image], check=True, capture_output=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import subprocess
 import tarfile
@@ -20,6 +19,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import skopeo_inspect
 from hf2oci.errors import DigestMismatch, InvalidReference, RegistryError
 from hf2oci.oci.image import (
     MT_CONFIG,
@@ -238,17 +238,6 @@ def test_reference_helpers() -> None:
 # -- push ------------------------------------------------------------------------------------
 
 
-def skopeo_inspect(ref: str) -> dict[str, Any]:
-    out = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    doc: dict[str, Any] = json.loads(out)
-    return doc
-
-
 def test_push_is_what_skopeo_pulls(registry: Registry, tmp_path: Path) -> None:
     client, log = logged_client(registry.host)
     image = random_image()
@@ -263,7 +252,7 @@ def test_push_is_what_skopeo_pulls(registry: Registry, tmp_path: Path) -> None:
     assert manifest_puts[0].endswith(image.digest) and len(manifest_puts) == 3
 
     for tag in ("org--m", "latest"):
-        info = skopeo_inspect(f"{registry.host}/{repo}:{tag}")
+        info = skopeo_inspect(f"docker://{registry.host}/{repo}:{tag}")
         assert info["Digest"] == image.digest
         assert info["Layers"] == [layer.digest for layer in image.layers]
     dest = tmp_path / "copy"
@@ -307,7 +296,7 @@ def test_cross_repo_mount_does_not_upload_again(registry: Registry) -> None:
     mounts = [(u, s) for m, u, s, _ in log.entries if m == "POST" and "mount=" in u]
     assert len(mounts) == 3 and all(status == 201 for _, status in mounts)
     assert uploads(log) == 0
-    assert skopeo_inspect(f"{registry.host}/{second}:t")["Digest"] == image.digest
+    assert skopeo_inspect(f"docker://{registry.host}/{second}:t")["Digest"] == image.digest
 
 
 def test_mount_of_an_absent_blob_falls_back_to_upload(registry: Registry) -> None:
@@ -470,4 +459,4 @@ def test_base_from_docker_push_is_mounted_or_copied(
     assert other_log.count("PUT", hexpart(layer.digest)) == 1
     with other.get_blob(repo, layer.digest) as stream:
         assert stream.read() == blob
-    assert skopeo_inspect(f"{second_registry.host}/{repo}:t")["Digest"] == image.digest
+    assert skopeo_inspect(f"docker://{second_registry.host}/{repo}:t")["Digest"] == image.digest
