@@ -178,7 +178,8 @@ def _iso(when: datetime) -> str:
 class HubServer:
     """An in-process hub on 127.0.0.1 (random port); use as a context manager or start()/stop()."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        self.address = address
         self.tokens: set[str] = set()  # `Authorization: Bearer <t>` with t here is authorised
         self.requests: list[tuple[str, str]] = []  # (method, url-decoded path with query)
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of 206 answers
@@ -197,11 +198,12 @@ class HubServer:
     def url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("HubServer is not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
 
     def start(self) -> HubServer:
         if self._httpd is None:
-            self._httpd = _Server(("127.0.0.1", 0), _Handler)
+            self._httpd = _Server(self.address, _Handler)
             self._httpd.hub = self
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -241,12 +243,15 @@ class HubServer:
         private: bool = False,
         card_data: dict[str, Any] | None = None,
         branch: str = "main",
+        date: datetime | None = None,
     ) -> str:
-        """Create (or replace) a repo whose `branch` holds `files`; returns the commit sha."""
-        repo = Repo(repo_id, repo_type, gated, private, card_data, datetime.now(timezone.utc))
+        """Create (or replace) a repo whose `branch` holds `files`; returns the commit sha.
+
+        ``date`` fixes the commit (and repo creation) time, for reproducible images."""
+        repo = Repo(repo_id, repo_type, gated, private, card_data, date or datetime.now(timezone.utc))
         blobs = {name: Blob.make(name, content) for name, content in files.items()}
         with self._lock:
-            commit = self._new_commit(repo, None, blobs)
+            commit = self._new_commit(repo, None, blobs, date=date)
             repo.refs[branch] = commit.sha
             self._repos[(repo_type, repo_id)] = repo
         return commit.sha
@@ -289,14 +294,17 @@ class HubServer:
         except KeyError:
             raise KeyError(f"no {repo_type} repo {repo_id!r} on the test hub") from None
 
-    def _new_commit(self, repo: Repo, parent: str | None, files: dict[str, Blob]) -> Commit:
+    def _new_commit(
+        self, repo: Repo, parent: str | None, files: dict[str, Blob], *, date: datetime | None = None
+    ) -> Commit:
         manifest = {
             "repo": f"{repo.repo_type}s/{repo.repo_id}",
             "parent": parent,
             "files": sorted((name, blob.oid) for name, blob in files.items()),
         }
         sha = hashlib.sha1(json.dumps(manifest).encode()).hexdigest()
-        commit = Commit(sha, parent, dict(sorted(files.items())), datetime.now(timezone.utc))
+        when = date or datetime.now(timezone.utc)
+        commit = Commit(sha, parent, dict(sorted(files.items())), when)
         repo.commits[sha] = commit
         return commit
 

@@ -51,12 +51,13 @@ class Registry:
             self.proc.kill()
 
 
-def start_registry(workdir: Path, *, extra_config: str = "") -> Registry:
-    """Start Debian's ``docker-registry`` with filesystem storage under ``workdir``."""
+def start_registry(workdir: Path, *, extra_config: str = "", host: str | None = None) -> Registry:
+    """Start Debian's ``docker-registry`` with filesystem storage under ``workdir``, on ``host``
+    (``127.x.y.z:PORT``) or a free port of 127.0.0.1."""
     exe = shutil.which("docker-registry")
     if exe is None:
         raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
-    port = free_port()
+    host = host or f"127.0.0.1:{free_port()}"
     root = workdir / "storage"
     root.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yml"
@@ -64,11 +65,11 @@ def start_registry(workdir: Path, *, extra_config: str = "") -> Registry:
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + extra_config
+        f"http:\n  addr: {host}\n" + extra_config
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    reg = Registry(host=f"127.0.0.1:{port}", root=root, proc=proc)
+    reg = Registry(host=host, root=root, proc=proc)
     try:
         wait_http(f"{reg.url}/v2/")
     except Exception as e:
