@@ -75,4 +75,5 @@ fi
 export HF2OCI_VLLM_VENV="$VLLM_VENV"
 
 "$VENV/bin/ruff" check src tests
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -188,6 +188,8 @@ class HubServer:
         self._repos: dict[tuple[str, str], Repo] = {}
         self._fails: list[_Fault] = []
         self._cuts: list[_Fault] = []
+        self._flaky: tuple[int, str] = (0, "")
+        self._flaky_seen = 0
         self._lock = threading.RLock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -248,7 +250,8 @@ class HubServer:
         """Create (or replace) a repo whose `branch` holds `files`; returns the commit sha.
 
         ``date`` fixes the commit (and repo creation) time, for reproducible images."""
-        repo = Repo(repo_id, repo_type, gated, private, card_data, date or datetime.now(timezone.utc))
+        when = date or datetime.now(timezone.utc)
+        repo = Repo(repo_id, repo_type, gated, private, card_data, when)
         blobs = {name: Blob.make(name, content) for name, content in files.items()}
         with self._lock:
             commit = self._new_commit(repo, None, blobs, date=date)
@@ -295,7 +298,12 @@ class HubServer:
             raise KeyError(f"no {repo_type} repo {repo_id!r} on the test hub") from None
 
     def _new_commit(
-        self, repo: Repo, parent: str | None, files: dict[str, Blob], *, date: datetime | None = None
+        self,
+        repo: Repo,
+        parent: str | None,
+        files: dict[str, Blob],
+        *,
+        date: datetime | None = None,
     ) -> Commit:
         manifest = {
             "repo": f"{repo.repo_type}s/{repo.repo_id}",
@@ -337,10 +345,29 @@ class HubServer:
         with self._lock:
             self._cuts.append(_Fault(path_substring, times, after_bytes=after_bytes))
 
+    def flaky(self, every: int, path_substring: str = "/resolve/") -> None:
+        """Fail every ``every``-th GET whose path has the substring: a 503, then (the next time)
+        a body cut in the middle, and so on; ``every=0`` stops it."""
+        with self._lock:
+            self._flaky = (every, path_substring)
+            self._flaky_seen = 0
+
+    def _flaky_fault(self, method: str, path: str) -> str | None:
+        """ "503", "cut" or None for this request, by the flaky setting."""
+        with self._lock:
+            every, substring = self._flaky
+            if not every or method != "GET" or substring not in path:
+                return None
+            self._flaky_seen += 1
+            if self._flaky_seen % every:
+                return None
+            return "503" if (self._flaky_seen // every) % 2 else "cut"
+
     def clear_faults(self) -> None:
         with self._lock:
             self._fails.clear()
             self._cuts.clear()
+            self._flaky = (0, "")
 
     def _take(self, faults: list[_Fault], path: str) -> _Fault | None:
         with self._lock:
@@ -478,6 +505,12 @@ class _Handler(BaseHTTPRequestHandler):
         shown = unquote(self.path)
         with hub._lock:
             hub.requests.append((self.command, shown))
+        self._flaky_cut = False
+        flaky = hub._flaky_fault(self.command, shown)
+        if flaky == "503":
+            self._json(503, {"error": "injected flaky failure"}, {})
+            return
+        self._flaky_cut = flaky == "cut"
         fault = hub._take(hub._fails, shown)
         if fault is not None:
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
@@ -584,6 +617,8 @@ class _Handler(BaseHTTPRequestHandler):
             if status in (200, 206)
             else None
         )
+        if cut is None and self._flaky_cut and status in (200, 206):
+            cut = _Fault("", 1, after_bytes=length // 2)
         budget = cut.after_bytes if cut is not None else length
         try:
             for chunk in body:

@@ -33,9 +33,9 @@ def test_defaults() -> None:
     assert config.namespace == "hgfkeep"
     assert config.base_image == "docker.io/library/busybox:latest"
     assert config.builder == "oci"
-    assert config.plain_http is False
+    assert config.plain_http is None and config.platform is None  # HTTP only for loopback
     assert config.output_dir == "oci-images"
-    assert (config.max_workers, config.hub_workers) == (4, 8)
+    assert (config.max_workers, config.hub_workers) == (2, 8)
     assert config.small_file_limit == 1024 * 1024
     assert config.record == "mirrored.json"
 

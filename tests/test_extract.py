@@ -23,8 +23,10 @@ from helpers import cli, make_project, read_tree, skopeo_inspect
 from hf2oci.extract import extract
 from hf2oci.oci import layout
 from hf2oci.oci.image import MT_LAYER_GZIP, MT_LAYER_ZSTD, SCRATCH, assemble
-from hf2oci.oci.layers import BytesLayer
+from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.source import open_image
+from layers import BytesLayer
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_a_corrupt_blob_fails_and_leaves_no_dest(hub, random_repo, project: Path
     make_project(project, models=[model], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
     path = project / "oci-images/hgfkeep/models"
-    image = layout.read_image(path, _tag(model))
+    image = open_image(f"oci:{path}:{_tag(model)}")
     blob = layout.blob_path(path, image.layers[-1].digest)
     data = bytearray(blob.read_bytes())
     data[-2000] ^= 0xFF  # inside a file's bytes: the tar still parses
@@ -387,7 +389,7 @@ def test_hostile_images_are_refused_and_nothing_escapes(
         layout.write_layout(image, tmp_path / "lay", tags=["bad"])
         ref = f"oci:{tmp_path / 'lay'}:bad"
     else:
-        RegistryClient(registry.host).push(image, f"hostile/{kind}", tags=["bad"])
+        push(RegistryClient(registry.host), image, f"hostile/{kind}", tags=["bad"])
         ref = f"{registry.host}/hostile/{kind}:bad"
     sentinel = tmp_path / "outside"
     sentinel.mkdir()
@@ -423,7 +425,7 @@ def _pushed(registry: Any, files: dict[str, bytes], repo: str) -> str:
     """An image with one layer of ``files`` (under REPO/) pushed straight to ``registry``."""
     layer = BytesLayer(_layer({f"REPO/{k}": v for k, v in files.items()}))
     image = assemble(SCRATCH, [layer], **_META)
-    RegistryClient(registry.host).push(image, repo, tags=["t"])
+    push(RegistryClient(registry.host), image, repo, tags=["t"])
     return layer.digest
 
 

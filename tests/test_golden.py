@@ -18,6 +18,7 @@ import pytest
 
 from helpers import cli, make_project
 from hf2oci.oci.image import MT_LAYER_TAR, SCRATCH, assemble, sha256_digest
+from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
 from hubserver import HubServer
 from servers import Registry, start_registry
@@ -85,9 +86,7 @@ def golden_hub() -> Iterator[HubServer]:
 
 
 @pytest.fixture
-def golden_env(
-    golden_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> HubServer:
+def golden_env(golden_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubServer:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_ENDPOINT", golden_hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -111,7 +110,7 @@ def golden_base(registry: Registry) -> str:
     image = assemble(
         SCRATCH, [_Bytes(_base_tar())], labels={}, annotations={}, created="2020-01-01T00:00:00Z"
     )
-    RegistryClient(registry.host).push(image, "golden/base", tags=["v1"])
+    push(RegistryClient(registry.host), image, "golden/base", tags=["v1"])
     return f"{registry.host}/golden/base:v1"
 
 

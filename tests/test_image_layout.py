@@ -23,13 +23,14 @@ from hf2oci.oci.image import (
     MT_LAYER_TAR,
     MT_MANIFEST,
     SCRATCH,
-    BaseImage,
     Image,
     assemble,
     sha256_digest,
 )
-from hf2oci.oci.layers import BytesLayer, FileBlobLayer, TarLayer
+from hf2oci.oci.layers import FileBlobLayer, TarLayer
+from hf2oci.oci.source import open_image
 from hf2oci.oci.tarstream import entries_for_files
+from layers import BytesLayer, base_image
 
 CREATED = "2024-05-01T12:00:00Z"
 BIG = "w" * 120 + "/" + "model-00001-of-00002 " * 5 + ".safetensors"
@@ -63,7 +64,7 @@ def busybox_tar() -> bytes:
     return buf.getvalue()
 
 
-def busybox_base(*, docker_gzip: bool = False) -> BaseImage:
+def busybox_base(*, docker_gzip: bool = False) -> Image:
     raw = busybox_tar()
     layer = (
         BytesLayer(gzip.compress(raw, mtime=0), MT_DOCKER_LAYER) if docker_gzip else BytesLayer(raw)
@@ -76,7 +77,7 @@ def busybox_base(*, docker_gzip: bool = False) -> BaseImage:
         "rootfs": {"type": "layers", "diff_ids": [sha256_digest(raw)]},
         "history": [{"created": "2020-01-01T00:00:00Z", "created_by": "busybox"}],
     }
-    return BaseImage(layers=[layer], config=config, name="local/busybox:1", digest=None)
+    return base_image([layer], config, name="local/busybox:1")
 
 
 def write_files(root: Path, files: dict[str, bytes] = FILES) -> list[tuple[str, Path]]:
@@ -90,7 +91,7 @@ def write_files(root: Path, files: dict[str, bytes] = FILES) -> list[tuple[str, 
 
 
 def build(
-    root: Path, base: BaseImage = SCRATCH, files: dict[str, bytes] = FILES, **labels: str
+    root: Path, base: Image = SCRATCH, files: dict[str, bytes] = FILES, **labels: str
 ) -> Image:
     """Two layers, as the packer does: the small files together, the big one alone."""
     pairs = write_files(root, files)
@@ -145,7 +146,7 @@ def test_assemble_config_and_manifest(tmp_path: Path) -> None:
     assert labels["base"] == "yes" and labels["shared"] == "ours"
     diff_ids = config["rootfs"]["diff_ids"]
     assert diff_ids == [layer.diff_id for layer in image.layers]
-    assert diff_ids[0] == base.config["rootfs"]["diff_ids"][0]
+    assert diff_ids[0] == base.config_doc["rootfs"]["diff_ids"][0]
     assert [h["created_by"] for h in config["history"]] == ["busybox", "hf2oci", "hf2oci"]
     assert config["history"][1]["created"] == CREATED
 
@@ -192,7 +193,7 @@ def test_assemble_layer_annotations_and_errors(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="layer annotations"):
         assemble(SCRATCH, [layer], labels={}, annotations={}, created=CREATED,
                  layer_annotations=[])  # fmt: skip
-    broken = BaseImage(layers=[layer], config=SCRATCH.config, name="broken")
+    broken = base_image([layer], SCRATCH.config_doc, name="broken")
     with pytest.raises(PackError, match="broken"):
         assemble(broken, [], labels={}, annotations={}, created=CREATED)
 
@@ -298,7 +299,7 @@ def test_read_image_round_trip(tmp_path: Path) -> None:
     image = build(tmp_path / "src", busybox_base())
     first = tmp_path / "first"
     layout.write_layout(image, first, tags=["t"])
-    back = layout.read_image(first, "t")
+    back = open_image(f"oci:{first}:t")
     assert (back.manifest, back.config, back.digest) == (image.manifest, image.config, image.digest)
     assert all(isinstance(layer, FileBlobLayer) for layer in back.layers)
     assert [(la.digest, la.diff_id, la.size, la.media_type) for la in back.layers] == [
@@ -307,7 +308,7 @@ def test_read_image_round_trip(tmp_path: Path) -> None:
     # a read image is a source like any other: copy it into a second layout
     second = tmp_path / "second"
     layout.write_layout(back, second, tags=["copy"])
-    assert layout.read_image(second, "copy").digest == image.digest
+    assert open_image(f"oci:{second}:copy").digest == image.digest
     assert tree_of(second / "blobs") == tree_of(first / "blobs")
 
 
@@ -315,6 +316,7 @@ def test_corrupt_source_raises_and_leaves_no_blob(tmp_path: Path) -> None:
     pairs = write_files(tmp_path / "src")
     layer = TarLayer(entries_for_files(pairs))
     image = assemble(SCRATCH, [layer], labels={}, annotations={}, created=CREATED)
+    assert image.digest  # the manifest is made now: the layer is hashed
     # the file changes after hashing, keeping its size: the bytes no longer match the digest
     dict(pairs)[BIG].write_bytes(os.urandom(len(FILES[BIG])))
     oci = tmp_path / "layout"
@@ -354,12 +356,12 @@ def test_layout_errors(tmp_path: Path) -> None:
         layout.read_index(tmp_path / "nowhere")
     layout.write_layout(image, oci, tags=["ok"])
     with pytest.raises(PackError, match="no image tagged 'other'"):
-        layout.read_image(oci, "other")
+        open_image(f"oci:{oci}:other")
     with pytest.raises(PackError, match="invalid digest"):
         layout.blob_path(oci, "sha256:../../etc")
     layout.blob_path(oci, image.digest).write_bytes(b"{}")
     with pytest.raises(DigestMismatch, match="corrupt"):
-        layout.read_image(oci, "ok")
+        open_image(f"oci:{oci}:ok")
     (oci / "index.json").write_text("not json")
     with pytest.raises(PackError, match=r"index\.json.*not valid JSON"):
         layout.resolve_tag(oci, "ok")

@@ -31,8 +31,10 @@ from hf2oci.oci.image import (
     canonical_json,
     sha256_digest,
 )
+from hf2oci.oci.push import push
 from hf2oci.oci.reference import Reference, is_local_host, parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
+from hf2oci.oci.source import Platform, host_platform, open_remote
 from hf2oci.oci.transport import Transport
 from servers import Registry, start_registry
 
@@ -196,6 +198,12 @@ def test_parse_reference_normalises_like_docker(text: str, expected: Reference) 
         "reg.io//a",
         "reg.io/a_/b",
         "bad_host.io:x/a",
+        # ASCII only, as naming and layouts say (\w once let these through)
+        "example.com/ns/models:modèle",
+        "example.com/ns/models:tag٣",
+        "example.com/ns/models:ｔａｇ",
+        "exämple.com/ns/models:t",
+        "example.com:５０００/ns/models:t",
     ],
 )
 def test_invalid_references_raise_one_line(text: str) -> None:
@@ -216,6 +224,22 @@ _component = st.from_regex(r"[a-z0-9]{1,5}(?:[._-][a-z0-9]{1,5}){0,2}", fullmatc
 def test_reference_str_round_trips(host: str, path: str, tag: str, digest: str | None) -> None:
     ref = Reference(host, path, tag, digest)
     assert parse_reference(str(ref)) == ref
+
+
+@given(tag=st.text(min_size=1, max_size=20))
+def test_one_tag_grammar_for_references_naming_and_layouts(tag: str) -> None:
+    from hf2oci.oci.reference import TAG
+
+    ok = TAG.fullmatch(tag) is not None
+    assert ok == (
+        tag.isascii() and tag[0] not in ".-" and all(c.isalnum() or c in "_.-" for c in tag)
+    )
+    try:
+        parse_reference(f"example.com/ns/models:{tag}")
+        parsed = True
+    except InvalidReference:
+        parsed = False
+    assert parsed == ok
 
 
 def test_reference_helpers() -> None:
@@ -243,7 +267,7 @@ def test_push_is_what_skopeo_pulls(registry: Registry, tmp_path: Path) -> None:
     image = random_image()
     repo = unique_repo()
     progress: list[int] = []
-    digest = client.push(image, repo, tags=["org--m", "latest"], on_progress=progress.append)
+    digest = push(client, image, repo, tags=["org--m", "latest"], on_progress=progress.append)
     assert digest == image.digest
     assert sum(progress) == sum(layer.size for layer in image.layers) + len(image.config)
     assert uploads(log) == 3  # two layers and the config
@@ -278,9 +302,9 @@ def test_push_is_what_skopeo_pulls(registry: Registry, tmp_path: Path) -> None:
 def test_repush_uploads_nothing(registry: Registry) -> None:
     client, log = logged_client(registry.host)
     image, repo = random_image(), unique_repo()
-    client.push(image, repo, tags=["v1"])
+    push(client, image, repo, tags=["v1"])
     log.clear()
-    assert client.push(image, repo, tags=["v1", "v2"]) == image.digest
+    assert push(client, image, repo, tags=["v1", "v2"]) == image.digest
     assert uploads(log) == 0 and log.count("POST") == 0
     assert log.count("HEAD", "/blobs/") == 3
     assert sorted(client.list_tags(repo)) == ["v1", "v2"]
@@ -290,9 +314,9 @@ def test_cross_repo_mount_does_not_upload_again(registry: Registry) -> None:
     client, log = logged_client(registry.host)
     image = random_image()
     first, second = unique_repo(), unique_repo()
-    client.push(image, first, tags=["t"])
+    push(client, image, first, tags=["t"])
     log.clear()
-    client.push(image, second, tags=["t"], mount_from=[first])
+    push(client, image, second, tags=["t"], mount_from=[first])
     mounts = [(u, s) for m, u, s, _ in log.entries if m == "POST" and "mount=" in u]
     assert len(mounts) == 3 and all(status == 201 for _, status in mounts)
     assert uploads(log) == 0
@@ -307,7 +331,7 @@ def test_mount_of_an_absent_blob_falls_back_to_upload(registry: Registry) -> Non
     assert log.count("DELETE", "/blobs/uploads/") == 1  # the session it opened was cancelled
     assert not client.blob_exists(repo, missing)
     image = random_image()
-    client.push(image, repo, tags=["t"], mount_from=[elsewhere])
+    push(client, image, repo, tags=["t"], mount_from=[elsewhere])
     assert uploads(log) == 3
 
 
@@ -329,7 +353,7 @@ def test_relative_locations(tmp_path: Path) -> None:
         client, log = logged_client(other.host, chunk_size=2000)
         image = random_image()
         repo = unique_repo()
-        client.push(image, repo, tags=["t"])
+        push(client, image, repo, tags=["t"])
         locations = [h["Location"] for m, _, _, h in log.entries if "Location" in h]
         assert locations and all(loc.startswith("/v2/") for loc in locations)
         assert log.count("PATCH") > 0  # chunked uploads followed relative locations too
@@ -344,7 +368,7 @@ def test_broken_layer_never_gets_a_tag(registry: Registry) -> None:
     bad = BlobLayer(os.urandom(100), lie=os.urandom(100))
     repo = unique_repo()
     with pytest.raises(RegistryError) as exc:
-        client.push(make_image([good, bad]), repo, tags=["t"])
+        push(client, make_image([good, bad]), repo, tags=["t"])
     assert "DIGEST_INVALID" in str(exc.value) and exc.value.status == 400
     assert log.count("PUT", hexpart(bad.digest)) == 1  # not retried: it cannot get better
     assert client.get_manifest(repo, "t") is None
@@ -355,7 +379,7 @@ def test_short_layer_stream_is_a_digest_error(registry: Registry) -> None:
     client, _ = logged_client(registry.host)
     short = BlobLayer(os.urandom(100), lie=b"only this")
     with pytest.raises(DigestMismatch, match="short"):
-        client.push(make_image([short]), unique_repo(), tags=["t"])
+        push(client, make_image([short]), unique_repo(), tags=["t"])
 
 
 def test_absent_things(registry: Registry) -> None:
@@ -365,7 +389,7 @@ def test_absent_things(registry: Registry) -> None:
     assert client.list_tags(repo) == []
     assert not client.blob_exists(repo, sha256_digest(b"x"))
     with pytest.raises(RegistryError) as exc:
-        client.fetch_base(parse_reference(f"{registry.host}/{repo}:nope"))
+        open_remote(client, parse_reference(f"{registry.host}/{repo}:nope"), host_platform())
     assert exc.value.status == 404 and "not found" in str(exc.value)
     with pytest.raises(RegistryError) as blob_exc:
         client.get_blob(repo, sha256_digest(b"x"))
@@ -378,18 +402,18 @@ def test_absent_things(registry: Registry) -> None:
 def test_fetch_base_of_an_oci_image(registry: Registry) -> None:
     client, _ = logged_client(registry.host)
     image, repo = random_image(), unique_repo()
-    client.push(image, repo, tags=["base"])
+    push(client, image, repo, tags=["base"])
     ref = parse_reference(f"{registry.host}/{repo}:base")
-    base = client.fetch_base(ref)
+    base = open_remote(client, ref, host_platform())
     assert base.name == str(ref) and base.digest == image.digest
-    assert base.config == image.config_doc
+    assert base.config_doc == image.config_doc
     assert [(x.digest, x.diff_id, x.size, x.media_type) for x in base.layers] == [
         (x.digest, x.diff_id, x.size, x.media_type) for x in image.layers
     ]
     for remote, local in zip(base.layers, image.layers, strict=True):
         with remote.open() as stream:
             assert stream.read() == local.open().read()
-    by_digest = client.fetch_base(ref.with_digest(image.digest))
+    by_digest = open_remote(client, ref.with_digest(image.digest), host_platform())
     assert by_digest.digest == image.digest
 
 
@@ -402,7 +426,7 @@ def test_fetch_base_picks_the_platform_from_an_index(registry: Registry) -> None
     }
     entries = []
     for arch, image in images.items():
-        client.push(image, repo, tags=[])
+        push(client, image, repo, tags=[])
         entries.append(
             {
                 "mediaType": MT_MANIFEST,
@@ -415,11 +439,11 @@ def test_fetch_base_picks_the_platform_from_an_index(registry: Registry) -> None
     client.put_manifest(repo, "multi", index, MT_INDEX)
     ref = parse_reference(f"{registry.host}/{repo}:multi")
     for arch, image in images.items():
-        base = client.fetch_base(ref, platform=("linux", arch))
-        assert base.config["architecture"] == arch and base.digest == image.digest
+        base = open_remote(client, ref, Platform("linux", arch))
+        assert base.config_doc["architecture"] == arch and base.digest == image.digest
         assert [layer.digest for layer in base.layers] == [layer.digest for layer in image.layers]
     with pytest.raises(RegistryError, match="no linux/s390x manifest"):
-        client.fetch_base(ref, platform=("linux", "s390x"))
+        open_remote(client, ref, Platform("linux", "s390x"))
 
 
 @pytest.fixture
@@ -435,7 +459,7 @@ def test_base_from_docker_push_is_mounted_or_copied(
 ) -> None:
     client, log = logged_client(registry.host)
     ref = parse_reference(busybox_base)
-    base = client.fetch_base(ref)
+    base = open_remote(client, ref, host_platform())
     assert len(base.layers) == 1
     (layer,) = base.layers
     assert isinstance(layer, RemoteLayer) and layer.media_type == MT_DOCKER_LAYER
@@ -443,19 +467,19 @@ def test_base_from_docker_push_is_mounted_or_copied(
         blob = stream.read()
     assert len(blob) == layer.size
     assert "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest() == layer.diff_id
-    assert base.config["rootfs"]["diff_ids"] == [layer.diff_id]
+    assert base.config_doc["rootfs"]["diff_ids"] == [layer.diff_id]
 
     extra = tar_layer({"REPO/config.json": b"{}"})
     image = make_image([*base.layers, extra])
     repo = unique_repo()
     log.clear()
-    client.push(image, repo, tags=["t"])  # same registry: the base layer is mounted
+    push(client, image, repo, tags=["t"])  # same registry: the base layer is mounted
     mounts = [(u, s) for m, u, s, _ in log.entries if m == "POST" and "mount=" in u]
     assert [(hexpart(layer.digest) in u, s) for u, s in mounts] == [(True, 201)]
     assert log.count("PUT", hexpart(layer.digest)) == 0
 
     other, other_log = logged_client(second_registry.host)
-    other.push(image, repo, tags=["t"])  # another registry: streamed across
+    push(other, image, repo, tags=["t"])  # another registry: streamed across
     assert other_log.count("PUT", hexpart(layer.digest)) == 1
     with other.get_blob(repo, layer.digest) as stream:
         assert stream.read() == blob

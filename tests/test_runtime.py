@@ -92,6 +92,56 @@ def test_llamacpp_picks_the_preferred_quant_and_passes_settings(
     assert argv[argv.index("--model") + 1] == str(model / "m-Q4_K.gguf")
 
 
+NAMES = [
+    "model-Q4_K_M.gguf", "model-Q4_K_S.gguf", "model-Q4_K.gguf", "model-Q8_0.gguf",
+    "model-IQ4_XS.gguf", "model.BF16.gguf", "model-F16.gguf", "Q4_K_M/part-00001-of-00002.gguf",
+    "model-q4_k_m.gguf", "sub/model-Q5_K_M.gguf",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("quant", ["Q4_K", "Q4_K_M", "q4_k_m", "F16", "BF16", "Q8_0", "IQ4_XS"])
+def test_the_server_picks_what_the_preset_would_have_kept(
+    tmp_path: Path, recorder: Path, quant: str
+) -> None:
+    """LLAMA_QUANT and preset=gguf:QUANT are one rule: the server never serves a file the preset
+    would have dropped (LLAMA_QUANT=Q4_K used to serve model-Q4_K_M.gguf)."""
+    from hf2oci.errors import PresetError
+    from hf2oci.filters import select
+
+    try:
+        kept = set(select(NAMES, preset=f"gguf:{quant}").kept)
+    except PresetError:
+        kept = set()
+    model = tmp_path / "REPO"
+    for i, name in enumerate(NAMES):
+        _gguf(model, name, 100 + i)
+    _gguf(model, "zz-largest-Q6_K.gguf", 10_000)  # the fallback when nothing matches
+    record = tmp_path / "rec.json"
+    env = {"MODEL_DIR": str(model), "LLAMA_SERVER": str(recorder), "RECORD_TO": str(record),
+           "LLAMA_QUANT": quant}  # fmt: skip
+    rc, err = run_entrypoint("llamacpp", env)
+    assert rc == 0, err
+    argv = json.loads(record.read_text())["argv"]
+    served = Path(argv[argv.index("--model") + 1]).relative_to(model).as_posix()
+    if kept:
+        assert served in kept
+    else:
+        assert served == "zz-largest-Q6_K.gguf"
+
+
+def test_llama_quant_q4_k_never_serves_q4_k_m(tmp_path: Path, recorder: Path) -> None:
+    model = tmp_path / "REPO"
+    _gguf(model, "model-Q4_K_M.gguf", 400)
+    _gguf(model, "model-Q8_0.gguf", 800)
+    record = tmp_path / "rec.json"
+    env = {"MODEL_DIR": str(model), "LLAMA_SERVER": str(recorder), "RECORD_TO": str(record),
+           "LLAMA_QUANT": "Q4_K"}  # fmt: skip
+    assert run_entrypoint("llamacpp", env)[0] == 0
+    argv = json.loads(record.read_text())["argv"]
+    # no Q4_K file: the largest GGUF, as when no preferred quant is present
+    assert argv[argv.index("--model") + 1] == str(model / "model-Q8_0.gguf")
+
+
 def test_sharded_gguf_starts_from_the_first_shard_and_image_volume_layout(
     tmp_path: Path, recorder: Path
 ) -> None:

@@ -297,3 +297,29 @@ def test_wrong_registry_credentials_are_one_line_without_the_password(
         assert "right-password" not in good.output
     finally:
         reg.stop()
+
+
+@pytest.mark.parametrize("mode", ["--stream", "--staged"])
+def test_a_hub_that_fails_every_fourth_download_still_mirrors_exactly(
+    hub, project: Path, mode: str
+) -> None:
+    """Every hub request goes through the retry policy, small files too: one transient 503 or
+    cut body used to fail the whole repo (3 runs out of 3)."""
+    files = {f"small/file-{i}.json": f'{{"i": {i}}}\n'.encode() for i in range(7)}
+    files.update(
+        {f"model-{i}.safetensors": _weights(f"flaky{i}", MiB + 1000 * i) for i in range(5)}
+    )
+    name = f"acme/tiny-bert-{mode.strip('-')}"
+    hub.add_repo(name, files)
+    make_project(project)
+    hub.flaky(4)
+    result = cli("mirror", name, "--base-image", "scratch", mode, "--no-record")
+    hub.flaky(0)
+    assert result.exit_code == 0, result.output
+    assert hub.count("GET", "/resolve/") > len(files)  # faults happened and were retried
+    out = project / "out"
+    extracted = cli(
+        "extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(name)}", str(out)
+    )
+    assert extracted.exit_code == 0, extracted.output
+    assert read_tree(out) == files

@@ -305,6 +305,33 @@ rm "$OUT_DIR/config.json"
     assert set(got) == (set(files) - {"config.json"}) | {"PREPARED"}
 
 
+@pytest.mark.parametrize(
+    ("base", "why"),
+    [
+        ("registry.invalid/library/busybox:latest", "does not resolve"),
+        ("127.0.0.1:1/library/busybox:latest", "refused"),
+    ],
+)
+def test_an_unreachable_base_fails_first_in_one_line(
+    hub, random_repo, project: Path, base: str, why: str
+) -> None:
+    """The base is read before any file is fetched, once per run, and its failure says which
+    registry, why, and what to do (it once came after the download, as urllib3's text)."""
+    models = [random_repo()[0], random_repo()[0]]
+    make_project(project, models=models, config={"base_image": base})
+    hub.reset_log()
+    result = cli("sync")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    line = errors[0]
+    host = base.split("/")[0]
+    assert host in line and why in line and "base_image" in line and "scratch" in line
+    assert len(line) < 400 and "HTTPConnectionPool" not in line and "Traceback" not in result.output
+    assert hub.count("GET", "/resolve/") == 0  # nothing was downloaded
+    assert not (project / "oci-images").exists()
+
+
 def test_config_errors_exit_2(project: Path) -> None:
     make_project(project, models=["a/b"])
     (project / "get_hf" / "config.yaml").write_text("namespace: x\nregistri: oops\n")

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from hf2oci.errors import PackError
 from hf2oci.oci.image import MT_DOCKER_LAYER, MT_LAYER_GZIP, MT_LAYER_TAR, Layer
-from hf2oci.oci.layers import BytesLayer, FileBlobLayer, TarLayer
+from hf2oci.oci.layers import FileBlobLayer, TarLayer
 from hf2oci.oci.tarstream import TarEntry, TarStream, entries_for_files, iter_tar, tar_size
+from layers import BytesLayer
 
 LONG = "d" * 90 + "/" + "sous dossier é" * 5 + "/" + "f" * 130 + ".safetensors"
 CONTENTS: dict[str, bytes] = {

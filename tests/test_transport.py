@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from faultproxy import FaultProxy, serve
 from hf2oci.errors import AuthError, RegistryError
+from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.transport import (
     Credentials,
@@ -111,7 +112,7 @@ def client_for(host: str, creds: Credentials | None, **kwargs: Any) -> RegistryC
 def test_basic_auth_push_and_pull(basic_registry: Registry) -> None:
     client = client_for(basic_registry.host, Credentials(USER, PASSWORD))
     image, repo = random_image(), unique_repo()
-    assert client.push(image, repo, tags=["t"]) == image.digest
+    assert push(client, image, repo, tags=["t"]) == image.digest
     assert client.get_manifest(repo, "t") is not None
     with client.get_blob(repo, image.layers[0].digest) as stream:
         assert stream.read() == image.layers[0].open().read()
@@ -121,7 +122,7 @@ def test_basic_auth_wrong_or_missing_credentials(basic_registry: Registry) -> No
     repo = unique_repo()
     wrong = client_for(basic_registry.host, Credentials(USER, "wrong-password"))
     with pytest.raises(AuthError) as exc:
-        wrong.push(random_image(), repo, tags=["t"])
+        push(wrong, random_image(), repo, tags=["t"])
     message = str(exc.value)
     assert "wrong-password" not in message and "\n" not in message
     assert f"registry {basic_registry.host} refused the credentials for push to {repo}" in message
@@ -138,7 +139,7 @@ def test_basic_auth_from_docker_config(basic_registry: Registry, tmp_path: Path)
     creds = load_credentials(basic_registry.host, env={}, docker_config=cfg)
     client = client_for(basic_registry.host, creds)
     image = random_image()
-    assert client.push(image, unique_repo(), tags=["t"]) == image.digest
+    assert push(client, image, unique_repo(), tags=["t"]) == image.digest
 
 
 # -- Bearer tokens --------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_bearer_token_push_and_pull(token_registry: tuple[Registry, TokenService
     service.requests.clear()
     client = client_for(reg.host, Credentials(USER, PASSWORD))
     image, repo = random_image(), unique_repo()
-    assert client.push(image, repo, tags=["t"]) == image.digest
+    assert push(client, image, repo, tags=["t"]) == image.digest
     # tokens are cached per scope: one for the push, not one per request
     push_scope = f"repository:{repo}:pull,push"
     assert [q["scope"] for q in service.requests] == [[push_scope]]
@@ -266,7 +267,7 @@ def test_bearer_token_push_and_pull(token_registry: tuple[Registry, TokenService
     # a mount asks for pull on the source repository too
     service.requests.clear()
     other = unique_repo()
-    client.push(image, other, tags=["t"], mount_from=[repo])
+    push(client, image, other, tags=["t"], mount_from=[repo])
     scopes = {s for q in service.requests for s in q["scope"]}
     assert f"repository:{repo}:pull" in scopes and f"repository:{other}:pull,push" in scopes
 
@@ -276,7 +277,7 @@ def test_bearer_token_refused(token_registry: tuple[Registry, TokenService]) -> 
     repo = unique_repo()
     wrong = client_for(reg.host, Credentials(USER, "not-it"))
     with pytest.raises(AuthError) as exc:
-        wrong.push(random_image(), repo, tags=["t"])
+        push(wrong, random_image(), repo, tags=["t"])
     assert "not-it" not in str(exc.value)
     assert f"refused the credentials for push to {repo}" in str(exc.value)
 
@@ -315,7 +316,7 @@ def test_push_survives_temporary_failures(proxy: FaultProxy, registry: Registry)
     policy = RetryPolicy(attempts=6, initial=0.01, max_wait=0.05)
     client, _ = logged_client(proxy.host, retry=policy, workers=1)
     image, repo = random_image(), unique_repo()
-    assert client.push(image, repo, tags=["t"]) == image.digest
+    assert push(client, image, repo, tags=["t"]) == image.digest
     assert all(f.hits == f.times for f in faults)
     direct, _ = logged_client(registry.host)
     assert direct.get_manifest(repo, "t") == (image.manifest, image.media_type, image.digest)
@@ -329,7 +330,7 @@ def test_chunked_upload_restarts_after_a_failure(proxy: FaultProxy, registry: Re
     client, _ = logged_client(proxy.host, retry=FAST, chunk_size=1000)
     image, repo = random_image(), unique_repo()
     progress: list[int] = []
-    client.push(image, repo, tags=["t"], on_progress=progress.append)
+    push(client, image, repo, tags=["t"], on_progress=progress.append)
     assert fault.hits == 1
     assert sum(progress) == sum(x.size for x in image.layers) + len(image.config)
     assert skopeo_digest(registry, f"{repo}:t") == image.digest
@@ -391,7 +392,7 @@ def test_errors_redact_upload_state(proxy: FaultProxy) -> None:
     proxy.fault("PUT", r"/blobs/uploads/", "400", times=10)
     client, _ = logged_client(proxy.host, retry=FAST)
     with pytest.raises(RegistryError) as exc:
-        client.push(random_image(), unique_repo(), tags=["t"])
+        push(client, random_image(), unique_repo(), tags=["t"])
     assert "_state=REDACTED" in str(exc.value) and "digest=sha256" in str(exc.value)
     assert exc.value.url is not None and "_state=REDACTED" in exc.value.url
     assert redact_url("http://h/x?_state=abc&digest=sha256:1") == (
@@ -402,7 +403,7 @@ def test_errors_redact_upload_state(proxy: FaultProxy) -> None:
 def test_list_tags_follows_link_pages(proxy: FaultProxy, registry: Registry) -> None:
     direct, _ = logged_client(registry.host)
     repo, tags = unique_repo(), [f"t{i}" for i in range(5)]
-    direct.push(random_image(), repo, tags=tags)
+    push(direct, random_image(), repo, tags=tags)
     proxy.page_tags = 2
     client, log = logged_client(proxy.host, retry=FAST)
     assert sorted(client.list_tags(repo, page_size=2)) == tags
@@ -414,3 +415,22 @@ def test_a_retried_head_still_answers(proxy: FaultProxy) -> None:
     proxy.fault("HEAD", r"/blobs/", "503", times=1)
     assert not client.blob_exists(unique_repo(), "sha256:" + "0" * 64)
     assert [status for m, _, status, _ in log.entries if m == "HEAD"] == [503, 404]
+
+
+@pytest.mark.parametrize("fault", ["503", "429:0", "500"])
+def test_a_base_registry_that_keeps_failing_is_one_line(
+    proxy: FaultProxy, registry: Registry, fault: str
+) -> None:
+    """It once crashed with a TypeError (``raise type(e)(...)`` on an error that needs more)."""
+    from hf2oci.errors import BaseImageError
+    from hf2oci.oci.source import open_base
+
+    image, repo = random_image(), unique_repo()
+    push(RegistryClient(registry.host), image, repo, tags=["base"])
+    proxy.fault("GET", r"/manifests/", fault, times=100)
+    client, _ = logged_client(proxy.host, retry=FAST)
+    with pytest.raises(BaseImageError) as exc:
+        open_base(f"{proxy.host}/{repo}:base", client=client)
+    text = str(exc.value)
+    assert "\n" not in text and proxy.host in text and "scratch" in text
+    assert f"({fault.split(':')[0]}" in text

@@ -12,19 +12,13 @@ from typing import Any, Literal
 
 import yaml
 
-from hf2oci.errors import ConfigError
+from hf2oci.errors import ConfigError, Hf2ociError
+from hf2oci.oci.reference import COMPONENT, HOST
 
 Builder = Literal["oci", "docker"]
 BUILDERS: tuple[Builder, ...] = ("oci", "docker")
 MiB = 1024 * 1024
 
-# the distribution spec's path component; a namespace is one or more of them joined by '/'
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_HOST = re.compile(
-    r"(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])"
-    r"(?::(\d{1,5}))?"
-)
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -63,14 +57,17 @@ class Config:
     namespace: str = "hgfkeep"
     base_image: str = "docker.io/library/busybox:latest"
     builder: Builder = "oci"
-    #: HTTP instead of HTTPS (the registry code forces it on for localhost and 127.0.0.1)
-    plain_http: bool = False
+    #: HTTP instead of HTTPS; None: HTTP for localhost and 127.x only
+    plain_http: bool | None = None
+    #: the base image's platform ("linux/arm64"); None: this host's. Set it so the image digest
+    #: does not depend on the runner
+    platform: str | None = None
     #: stream large files from the hub straight into the image (oci builder, no prepare hook);
     #: false: download every file to disk first
     stream: bool = True
     output_dir: str = "oci-images"
-    #: repos mirrored at once
-    max_workers: int = 4
+    #: repos mirrored at once by sync (each streams up to 4 files at once)
+    max_workers: int = 2
     #: concurrent file downloads from the hub, per repo
     hub_workers: int = 8
     #: files smaller than this many bytes share one layer
@@ -180,7 +177,7 @@ def _registry(value: object) -> str | None:
         raise _Invalid("write the host (e.g. 'ghcr.io'), not a URL")
     if "/" in text:
         raise _Invalid("write only the host; put the path in namespace")
-    match = _HOST.fullmatch(text)
+    match = HOST.fullmatch(text)
     if not match:
         raise _Invalid("not a host[:port]")
     port = match.group(1)
@@ -191,7 +188,7 @@ def _registry(value: object) -> str | None:
 
 def _namespace(value: object) -> str:
     text = _string(value)
-    if not all(_COMPONENT.fullmatch(part) for part in text.split("/")):
+    if not all(COMPONENT.fullmatch(part) for part in text.split("/")):
         hint = "it must be lower case; " if text.lower() != text else ""
         raise _Invalid(
             f"{hint}use lower-case letters, digits and '.', '_', '-' between them, "
@@ -210,6 +207,21 @@ def _bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Invalid("expected true or false")
     return value
+
+
+def _optional_bool(value: object) -> bool | None:
+    return None if value is None else _bool(value)
+
+
+def _platform(value: object) -> str | None:
+    if value is None:
+        return None
+    from hf2oci.oci.source import parse_platform
+
+    try:
+        return str(parse_platform(_string(value)))
+    except Hf2ociError as e:
+        raise _Invalid(str(e).split(": ", 1)[-1]) from e
 
 
 def _string(value: object) -> str:
@@ -239,7 +251,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "namespace": _namespace,
     "base_image": _string,
     "builder": _builder,
-    "plain_http": _bool,
+    "plain_http": _optional_bool,
+    "platform": _platform,
     "stream": _bool,
     "output_dir": _string,
     "max_workers": _count,

@@ -98,6 +98,14 @@ class AuthError(RegistryError):
     """Credentials are missing or refused."""
 
 
+class BaseImageError(Hf2ociError):
+    """The base image cannot be had: nothing can be built this run."""
+
+
+class ExtractError(Hf2ociError):
+    """An image cannot be extracted safely (hostile or broken content), or DEST not written."""
+
+
 class BuilderError(Hf2ociError):
     """The docker builder (engine) failed."""
 

@@ -21,24 +21,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import BinaryIO, cast
 
-from hf2oci.errors import DigestMismatch, Hf2ociError, UsageError
+from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, UsageError
 from hf2oci.filters import match_patterns
+from hf2oci.formats.image import REPO_DIR
+from hf2oci.fsutil import atomic_write
+from hf2oci.labels import DEFAULT_REF
+from hf2oci.labels import REF as LABEL_REF
+from hf2oci.labels import REPO_ID as LABEL_REPO_ID
+from hf2oci.labels import REPO_TYPE as LABEL_REPO_TYPE
+from hf2oci.labels import REVISION as LABEL_REVISION
 from hf2oci.naming import InvalidRepoId, validate_repo_id
-from hf2oci.oci import layout
-from hf2oci.oci.image import Layer
+from hf2oci.oci.image import Image, Layer
 from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
-from hf2oci.oci.reference import parse_reference
-from hf2oci.oci.registry import RegistryClient, RemoteLayer
-from hf2oci.pack import (
-    DEFAULT_REF,
-    LABEL_REF,
-    LABEL_REPO_ID,
-    LABEL_REPO_TYPE,
-    LABEL_REVISION,
-    REPO_DIR,
-)
+from hf2oci.oci.source import StoredLayer, open_image
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +46,6 @@ DIRECT_MIN_SIZE = 16 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 #: a branch or tag name (or refs/pr/N), as a relative path with no empty or dot-only part
 _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
-
-
-class ExtractError(Hf2ociError):
-    """The image cannot be extracted safely (hostile or broken content) or DEST not written."""
 
 
 @dataclass(frozen=True)
@@ -72,42 +65,10 @@ class ExtractResult:
 
 
 @dataclass(frozen=True)
-class ImageSource:
-    """What extract needs of an image: its layers, config document and manifest digest."""
-
-    layers: Sequence[Layer]
-    config: dict[str, Any]
-    digest: str
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict((self.config.get("config") or {}).get("Labels") or {})
-
-
-@dataclass(frozen=True)
 class _File:
     size: int
     #: hex sha256 of the content, when asked for (the HF cache names blobs by it)
     sha256: str | None
-
-
-def open_image(image: str, *, plain_http: bool | None = None) -> ImageSource:
-    """``oci:PATH:TAG``, ``PATH:TAG`` (a folder holding ``oci-layout``), or a registry reference.
-
-    Manifest and config are checked against their digests here; layers when they are read.
-    """
-    text = image.removeprefix("oci:")
-    path, sep, tag = text.rpartition(":")
-    if image.startswith("oci:") and not (sep and path and tag):
-        raise UsageError(f"{image}: expected oci:PATH:TAG")
-    if image.startswith("oci:") or (Path(path) / "oci-layout").is_file():
-        if not (Path(path) / "oci-layout").is_file():
-            raise UsageError(f"{image}: {path} is not an OCI image layout (no oci-layout file)")
-        img = layout.read_image(Path(path), tag)
-        return ImageSource(list(img.layers), img.config_doc, img.digest)
-    ref = parse_reference(image)
-    base = RegistryClient(ref.registry, plain_http=plain_http).fetch_base(ref)
-    return ImageSource(list(base.layers), dict(base.config), base.digest or "")
 
 
 def _repo_path(member: tarfile.TarInfo) -> str | None:
@@ -139,7 +100,7 @@ def _repo_path(member: tarfile.TarInfo) -> str | None:
     return "/".join(parts[1:])
 
 
-def _decompressor(layer: Layer, stream: BinaryIO) -> BinaryIO:
+def _decompressor(layer: Layer, stream: ChunkReader) -> BinaryIO:
     """The uncompressed tar stream of a layer, by its media type (tar, gzip, zstd)."""
     mt = layer.media_type
     if mt.endswith("+zstd") or mt.endswith(".zstd"):
@@ -149,11 +110,11 @@ def _decompressor(layer: Layer, stream: BinaryIO) -> BinaryIO:
             raise ExtractError(
                 f"layer {layer.digest} is zstd-compressed: install the zstandard package"
             ) from e
-        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(stream)
+        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, stream))
         return reader
     if mt.endswith("gzip"):
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    return stream
+    return cast(BinaryIO, stream)
 
 
 class _Unpacker:
@@ -178,7 +139,7 @@ class _Unpacker:
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
-    def layer(self, layer: Layer) -> None:
+    def layer(self, layer: StoredLayer) -> None:
         """Unpack one layer, reading, hashing and writing at once; its digest (and a compressed
         layer's diff_id) is checked when it ends, before the extract can succeed."""
         plain = layer.media_type.endswith(".tar")
@@ -186,7 +147,7 @@ class _Unpacker:
             raise DigestMismatch(
                 f"layer {layer.digest} is uncompressed but its diff_id is {layer.diff_id}"
             )
-        source = layer.open_raw() if isinstance(layer, RemoteLayer) else layer.open()
+        source = layer.open_raw()
         blob = ChunkReader(
             ReadAhead(
                 source.readinto,
@@ -301,14 +262,15 @@ def _staging_for(dest: Path) -> Path:
 
 
 def _unpack_all(
-    source: ImageSource,
+    source: Image,
     unpacker: _Unpacker,
     workers: int,
     on_layer: Callable[[str], None] | None,
 ) -> None:
     """Every layer at once (up to ``workers``); the first failure stops the others."""
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="extract") as pool:
-        futures: list[Future[None]] = [pool.submit(unpacker.layer, ly) for ly in source.layers]
+        layers = [cast(StoredLayer, ly) for ly in source.layers]  # open_image gives stored ones
+        futures: list[Future[None]] = [pool.submit(unpacker.layer, ly) for ly in layers]
         try:
             for layer, fut in zip(source.layers, futures, strict=True):
                 fut.result()
@@ -471,9 +433,7 @@ def _into_hf_cache(unpacker: _Unpacker, cache: Path, place: _CachePlace) -> Path
         for ref in refs:
             ref_file = repo_dir.joinpath("refs", *ref.split("/"))
             ref_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ref_file.with_name(f".{ref_file.name}.tmp")
-            tmp.write_text(commit)
-            os.replace(tmp, ref_file)
+            atomic_write(ref_file, commit)
     except OSError as e:
         raise ExtractError(f"cannot write the HF cache at {cache}: {e}") from e
     return final

@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from functools import lru_cache
 
 from hf2oci.errors import PresetError
+from hf2oci.runtime import KNOWN_QUANT, has_quant
 
 PRESET_HELP = "safetensors, gguf:QUANT (e.g. gguf:Q4_K_M) or none"
 
@@ -36,11 +36,6 @@ WEIGHT_SUFFIXES = (
 FORMAT_DIRS = frozenset({"onnx", "openvino", "coreml", "tf", "flax", "tflite"})
 
 _QUANT = re.compile(r"[A-Za-z0-9_]+")
-# quantization names as llama.cpp and the usual uploaders write them, for the error message
-_KNOWN_QUANT = re.compile(
-    r"(?<![A-Za-z0-9])((?:I?Q|TQ)\d+(?:_[A-Za-z0-9]+)*|BF16|FP?16|FP?32|MXFP4(?:_MOE)?)(?=[-./]|$)",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -156,29 +151,14 @@ def _safetensors(paths: list[str]) -> tuple[list[str], str | None]:
     return kept, None
 
 
-@lru_cache(maxsize=64)
-def _quant_pattern(quant: str) -> re.Pattern[str]:
-    # delimited on both sides, so Q4_K never matches Q4_K_M and F16 never matches BF16
-    return re.compile(rf"(?:^|(?<=[-._/])){re.escape(quant)}(?=[-./]|$)", re.IGNORECASE)
-
-
-def _has_quant(path: str, quant: str) -> bool:
-    # a match that starts inside a longer quant name (K_M in Q4_K_M) is no match
-    inside = [m.span(1) for m in _KNOWN_QUANT.finditer(path)]
-    return any(
-        not any(start < m.start() < end for start, end in inside)
-        for m in _quant_pattern(quant).finditer(path)
-    )
-
-
 def _gguf(paths: list[str], preset: str) -> list[str]:
     quant = preset.removeprefix("gguf:")
     ggufs = [p for p in paths if p.lower().endswith(".gguf")]
-    wanted = [p for p in ggufs if _has_quant(p, quant)]
+    wanted = [p for p in ggufs if has_quant(p, quant)]
     if not wanted:
         if not ggufs:
             raise PresetError(f"preset {preset} matches no file: the repo has no .gguf file")
-        found = sorted({m.group(1).upper() for p in ggufs for m in _KNOWN_QUANT.finditer(p)})
+        found = sorted({m.group(1).upper() for p in ggufs for m in KNOWN_QUANT.finditer(p)})
         available = ", ".join(found) if found else "none recognised in " + ", ".join(ggufs[:5])
         raise PresetError(f"preset {preset} matches no file; available: {available}")
     # an importance matrix only matters for making quants, not for running one

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hf2oci.errors import RecordError
+from hf2oci.fsutil import atomic_write
 from hf2oci.spec import Mirrored, RepoSpec
 
 #: GitHub refuses a matrix of more jobs than this
@@ -135,9 +136,7 @@ def append_summary(markdown: str, *, path: str | None = None) -> None:
 def write_result(path: Path, outcomes: Sequence[Mapping[str, Any]]) -> None:
     doc = {"version": RESULT_VERSION, "outcomes": list(outcomes)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def mirrored_json(m: Mirrored) -> dict[str, Any]:

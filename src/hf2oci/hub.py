@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
+import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_url, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import (  # type: ignore[attr-defined]
     build_hf_headers,
@@ -23,38 +24,36 @@ from huggingface_hub.utils import (  # type: ignore[attr-defined]
     get_session,
     hf_raise_for_status,
 )
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from hf2oci import naming
 from hf2oci.errors import (
     DigestMismatch,
     GatedRepo,
+    Hf2ociError,
     HubError,
     HubUnreachable,
     RepoNotFound,
     RevisionNotFound,
 )
+from hf2oci.oci.retry import (
+    RetryPolicy,
+    Temporary,
+    backoff,
+    name_not_resolved,
+    parse_retry_after,
+    retrying,
+)
 from hf2oci.spec import RepoSpec, RepoType
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
+#: every hub request (metadata, small files, streamed files) is retried by this policy
+HUB_POLICY = RetryPolicy()
 T = TypeVar("T")
 
 
 def endpoint() -> str:
-    """The hub URL, read from ``HF_ENDPOINT`` at call time (huggingface_hub reads it at import)."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def repo_url(repo_id: str, repo_type: RepoType, *, base: str | None = None) -> str:
-    prefix = "datasets/" if repo_type == "dataset" else ""
-    return f"{base or endpoint()}/{prefix}{repo_id}"
+    return naming.hub_endpoint()
 
 
 def set_progress_bars(enabled: bool) -> None:
@@ -95,7 +94,7 @@ class RepoState:
 
     @property
     def url(self) -> str:
-        return repo_url(self.repo_id, self.repo_type)
+        return naming.hub_url(self.repo_id, self.repo_type)
 
     def file(self, path: str) -> HubFile:
         for f in self.files:
@@ -163,12 +162,14 @@ def fetch_state(spec: RepoSpec) -> RepoState:
     """Ask the hub what ``spec`` resolves to now: commit sha and files (metadata calls only)."""
     revision = spec.revision or "main"
     api = HfApi(endpoint=endpoint())
-    try:
-        info = api.repo_info(
+    info = _call(
+        lambda: api.repo_info(
             spec.repo_id, repo_type=spec.repo_type, revision=revision, files_metadata=True
-        )
-    except Exception as exc:
-        raise _translate(exc, spec, revision) from exc
+        ),
+        spec,
+        revision,
+        what=f"{_what(spec)}: repo info",
+    )
     if not info.sha:
         raise HubError(f"{_what(spec)}: the hub gave no commit for revision {revision!r}")
     files = []
@@ -197,25 +198,39 @@ def fetch_state(spec: RepoSpec) -> RepoState:
 def download(
     state: RepoState, paths: Sequence[str], *, cache_dir: Path, max_workers: int = 8
 ) -> Path:
-    """Download ``paths`` at ``state.commit`` into an HF cache; returns the snapshot folder."""
-    # Exact names, escaped: a file called "a[1].txt" must not be read as a glob.
-    patterns = [glob.escape(p) for p in paths]
-    try:
-        folder = snapshot_download(
-            state.repo_id,
-            repo_type=state.repo_type,
-            revision=state.commit,
-            cache_dir=cache_dir,
-            allow_patterns=patterns,
-            max_workers=max_workers,
-            endpoint=endpoint(),
-        )
-    except Exception as exc:
-        raise _translate(exc, state, state.commit) from exc
-    root = Path(folder)
-    for path in paths:
-        verify_file(state, state.file(path), root / path)
-    return root
+    """Download ``paths`` at ``state.commit`` into an HF cache, each file checked against the
+    hub's hash and retried on its own by the retry policy; returns the snapshot folder."""
+
+    def one(path: str) -> Path:
+        def get() -> str:
+            return str(
+                hf_hub_download(
+                    state.repo_id,
+                    path,
+                    repo_type=state.repo_type,
+                    revision=state.commit,
+                    cache_dir=cache_dir,
+                    endpoint=endpoint(),
+                )
+            )
+
+        local = Path(_call(get, state, state.commit, what=f"{_what(state)}: {path}"))
+        verify_file(state, state.file(path), local)
+        return local
+
+    if not paths:
+        return cache_dir
+    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hub") as pool:
+        futures = [pool.submit(one, p) for p in paths]
+        try:
+            locals_ = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    # hf_hub_download gives snapshots/<commit>/<path>: the snapshot folder is above the first
+    first = locals_[0]
+    return Path(str(first)[: -len(paths[0])].rstrip("/"))
 
 
 def verify_file(state: RepoState, file: HubFile, local: Path) -> None:
@@ -235,19 +250,57 @@ def verify_file(state: RepoState, file: HubFile, local: Path) -> None:
     hasher.check(what)
 
 
-# -- streaming -------------------------------------------------------------------------------
+# -- retries ---------------------------------------------------------------------------------
 
-#: how often a cut or failed download is resumed before the repo fails
-STREAM_ATTEMPTS = 6
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class _Transient(Exception):
-    """A download failure worth resuming (connection cut, 5xx, 429)."""
+def _transient(exc: BaseException) -> Temporary | None:
+    """``exc`` as a Temporary (with the hub's Retry-After) when another try may help."""
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        resp = exc.response
+        status = resp.status_code if resp is not None else None
+        if status in _RETRY_STATUSES:
+            after = parse_retry_after(resp.headers.get("Retry-After") if resp is not None else None)
+            return Temporary(f"HTTP {status}", retry_after=after)
+        return None
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return None
+    if name_not_resolved(exc):
+        return None  # no retry makes a name resolve (an offline machine fails at once)
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        return Temporary(f"{type(exc).__name__}: {_first_line(exc)}")
+    if isinstance(exc, OSError) and "consistency check" in str(exc).lower():
+        return Temporary(_first_line(exc))  # a download cut short, as huggingface_hub says it
+    return None
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+
+def _call(fn: Callable[[], T], spec: RepoSpec | RepoState, revision: str, *, what: str) -> T:
+    """Run one hub request (through huggingface_hub) under the retry policy; errors translated."""
+
+    def once() -> T:
+        try:
+            return fn()
+        except Exception as e:
+            temporary = _transient(e)
+            if temporary is not None:
+                raise temporary from e
+            raise
+
+    try:
+        return retrying(
+            once, is_temporary=lambda e: isinstance(e, Temporary), what=what, policy=HUB_POLICY
+        )
+    except Temporary as e:
+        cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+        raise _translate(cause, spec, revision) from cause
+    except Hf2ociError:
+        raise
+    except Exception as e:
+        raise _translate(e, spec, revision) from e
+
+
+# -- streaming -------------------------------------------------------------------------------
 
 
 class _Hasher:
@@ -272,15 +325,8 @@ class _Hasher:
             raise DigestMismatch(f"{what}: content hashes to {got}, the hub says {self.expected}")
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Transient) and exc.retry_after is not None:
-        return min(exc.retry_after, 60.0)
-    return float(wait_random_exponential(multiplier=0.5, max=20)(state))
-
-
 def iter_file(
-    state: RepoState, file: HubFile, *, chunk_size: int = 1 << 20, attempts: int = STREAM_ATTEMPTS
+    state: RepoState, file: HubFile, *, chunk_size: int = 1 << 20, policy: RetryPolicy = HUB_POLICY
 ) -> Iterator[bytes]:
     """Stream one file's bytes from the hub, in one pass and without touching the disk.
 
@@ -310,11 +356,8 @@ def iter_file(
                 "GET", url, headers=headers, follow_redirects=True, timeout=60.0
             ) as resp:
                 if resp.status_code in _RETRY_STATUSES:
-                    after = resp.headers.get("Retry-After")
-                    raise _Transient(
-                        f"HTTP {resp.status_code}",
-                        float(after) if after and after.isdigit() else None,
-                    )
+                    after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise Temporary(f"HTTP {resp.status_code}", retry_after=after)
                 try:
                     hf_raise_for_status(resp)
                 except Exception as e:
@@ -325,29 +368,43 @@ def iter_file(
                     offset += len(chunk)
                     yield chunk
         except (httpx2.TransportError, OSError) as e:
-            raise _Transient(f"{type(e).__name__}: {_first_line(e)}") from e
+            raise Temporary(f"{type(e).__name__}: {_first_line(e)}") from e
         if offset < file.size:
-            raise _Transient(f"connection closed at byte {offset} of {file.size}")
+            raise Temporary(f"connection closed at byte {offset} of {file.size}")
 
-    retrying = Retrying(
-        stop=stop_after_attempt(attempts),
-        wait=_wait,
-        retry=retry_if_exception_type(_Transient),
-        reraise=True,
-        sleep=time.sleep,
-    )
-    try:
-        for attempt in retrying:
-            with attempt:
-                for chunk in fetch():
-                    if offset > file.size:
-                        raise HubError(f"{what}: the hub sent more than {file.size} bytes")
-                    hasher.update(chunk)
-                    if pending:
-                        yield pending
-                    pending = chunk
-    except _Transient as e:
-        raise HubUnreachable(f"{what}: download failed after {attempts} tries: {e}") from e
+    # a generator cannot be re-run by a retry wrapper: each attempt resumes from ``offset``
+    for attempt in itertools.count(1):
+        try:
+            for chunk in fetch():
+                if offset > file.size:
+                    raise HubError(f"{what}: the hub sent more than {file.size} bytes")
+                hasher.update(chunk)
+                if pending:
+                    yield pending
+                pending = chunk
+            break
+        except Temporary as e:
+            if attempt >= policy.attempts:
+                raise HubUnreachable(f"{what}: download failed after {attempt} tries: {e}") from e
+            delay = backoff(policy, attempt, e.retry_after)
+            log.info("%s: %s; resuming at byte %d in %.1fs", what, e, offset, delay)
+            time.sleep(delay)
     hasher.check(what)
     if pending:
         yield pending
+
+
+def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:
+    """A chunk source for a tar entry: each call streams the file anew from the hub."""
+    return lambda: iter_file(state, file)
+
+
+def file_hashes(files: Sequence[HubFile]) -> dict[str, str]:
+    """The hub's hash of each file: ``sha256:…`` for LFS files, ``gitsha1:…`` for the others."""
+    out = {}
+    for f in files:
+        if f.sha256:
+            out[f.path] = f"sha256:{f.sha256}"
+        elif f.blob_id:
+            out[f.path] = f"gitsha1:{f.blob_id}"
+    return out

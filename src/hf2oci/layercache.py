@@ -12,11 +12,12 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from hf2oci.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,4 @@ class LayerCache:
             yield
 
     def _write(self, entries: dict[str, tuple[str, int]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".layers.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({k: list(v) for k, v in sorted(entries.items())}, f)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, json.dumps({k: list(v) for k, v in sorted(entries.items())}))

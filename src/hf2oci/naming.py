@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from urllib.parse import quote
 
 from hf2oci.errors import InvalidRepoId, UsageError
+from hf2oci.oci.reference import TAG
 from hf2oci.spec import RepoType
 
 __all__ = [
@@ -33,7 +36,6 @@ SEP = "--"
 _WORD = re.compile(r"[A-Za-z0-9_]")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9_./-]")
 _SHA = re.compile(r"[0-9a-fA-F]{12,64}")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHORT_SUFFIX = re.compile(rf"-h[0-9a-f]{{{HASH_DIGITS}}}")
 _URL = re.compile(r"^(?:https?://)?(?:www\.)?(?:hf\.co|huggingface\.co)/(.*)$", re.IGNORECASE)
 
@@ -118,7 +120,7 @@ def _looks_short(tag: str) -> bool:
 
 def is_shortened(tag: str) -> bool:
     """True for tags made by the long-tag rule (their repo id is only in the record)."""
-    return _looks_short(tag) and _TAG.fullmatch(tag) is not None
+    return _looks_short(tag) and TAG.fullmatch(tag) is not None
 
 
 def repo_id_from_tag(tag: str) -> str:
@@ -126,7 +128,7 @@ def repo_id_from_tag(tag: str) -> str:
 
     A shortened tag cannot be reversed: the caller looks it up in the record.
     """
-    if not _TAG.fullmatch(tag):
+    if not TAG.fullmatch(tag):
         raise InvalidRepoId(f"invalid tag {tag!r}: not a docker tag")
     if is_shortened(tag):
         raise InvalidRepoId(f"tag {tag!r} was shortened; find its repo id in the record")
@@ -145,3 +147,17 @@ def repo_id_from_tag(tag: str) -> str:
 def image_repository(namespace: str, repo_type: RepoType) -> str:
     """The image repository (without registry) for a repo type: ``ns/models``, ``ns/datasets``."""
     return f"{namespace}/{repo_type}s"
+
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """The hub URL, read from ``HF_ENDPOINT`` at call time (huggingface_hub reads it at import)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hub_url(repo_id: str, repo_type: RepoType) -> str:
+    """The repo's page on the hub in use: the same URL in labels and in models.md."""
+    prefix = "datasets/" if repo_type == "dataset" else ""
+    return f"{hub_endpoint()}/{prefix}{quote(repo_id, safe='/')}"

@@ -1,21 +1,23 @@
-"""Composes the stages for one run: plan → fetch (+ hook) → pack/publish → record."""
+"""Composes the stages for one run: plan → base → fetch (+ hook) → format → write → outcome."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from hf2oci import hub
-from hf2oci.builders import Builder, BuildRequest, Destination
+from hf2oci import labels as L
+from hf2oci.destination import Destination, Target, Targets
 from hf2oci.errors import Hf2ociError
-from hf2oci.pack import RepoFiles, file_hashes, image_labels
+from hf2oci.formats.image import DEFAULT_SMALL_FILE_LIMIT, PackFile, Reuse, build_image, scan
+from hf2oci.oci.image import Image, is_scratch
+from hf2oci.oci.source import Platform, open_base
 from hf2oci.plan import Action, plan
-from hf2oci.prepare import run_prepare
 from hf2oci.spec import Mirrored, RepoSpec
 from hf2oci.units import human_size
 
@@ -39,16 +41,26 @@ class Outcome:
 @dataclass(frozen=True)
 class RunOptions:
     destination: Destination
+    base_image: str = "scratch"
+    #: the base's platform (None: this host's)
+    platform: Platform | None = None
     prepare_script: Path | None = None
     hub_workers: int = 8
+    #: repos mirrored at once
+    max_workers: int = 1
+    small_file_limit: int = DEFAULT_SMALL_FILE_LIMIT
     #: scratch space for downloads (system temp when None)
     work_dir: Path | None = None
     dry_run: bool = False
     force: bool = False
-    #: stream large files hub → destination when the builder can (no prepare hook)
+    #: stream large files hub → destination (not with a prepare hook, which needs them on disk)
     stream: bool = True
     #: makes a byte counter for a repo: ``meter(label, total_bytes)`` → ``count(n)``
     meter: Callable[[str, int], Callable[[int], None]] | None = None
+
+    @property
+    def builder(self) -> str:
+        return "docker" if self.destination.engine else "oci"
 
 
 @dataclass
@@ -74,113 +86,156 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _quiet(_repo: str, _msg: str) -> None:
+    pass
+
+
+def streamed_paths(action: Action, options: RunOptions) -> frozenset[str]:
+    """The files that go hub → destination without touching the disk: decided here, once."""
+    if not options.stream or options.prepare_script is not None or action.state is None:
+        return frozenset()
+    keep = set(action.files)
+    return frozenset(
+        f.path for f in action.state.files if f.path in keep and f.size >= options.small_file_limit
+    )
+
+
 def mirror_action(
-    action: Action, builder: Builder, options: RunOptions, progress: Progress | None = None
+    action: Action,
+    *,
+    base: Image,
+    target: Target,
+    options: RunOptions,
+    progress: Progress = _quiet,
 ) -> Mirrored:
-    """Fetch, (prepare), pack and publish one planned repo. Raises Hf2ociError on failure."""
+    """Fetch, (prepare), format and write one planned repo. Raises Hf2ociError on failure."""
+    from hf2oci import hub
+    from hf2oci.prepare import run_prepare
+
     state = action.state
     assert state is not None and action.kind == "mirror"
-    say = progress or (lambda _repo, _msg: None)
     label = action.spec.label
+    streamed = streamed_paths(action, options)
+    local = [p for p in action.files if p not in streamed]
+    progress(
+        label,
+        f"fetching {len(action.files)} files ({human_size(action.size)}){_how(streamed, options)}",
+    )
+    hashes = hub.file_hashes(state.files)
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
-        stream = builder.can_stream and options.stream and options.prepare_script is None
-        streamed = (
-            [
-                f
-                for f in state.files
-                if f.path in action.files and f.size >= builder.small_file_limit
-            ]
-            if stream
-            else []
+        snapshot = hub.download(
+            state, local, cache_dir=Path(tmp) / "hub", max_workers=options.hub_workers
         )
-        streamed_paths = {f.path for f in streamed}
-        local = [p for p in action.files if p not in streamed_paths]
-        if streamed:
-            how = f", streaming {len(streamed)} large files"
-        elif builder.can_stream and options.prepare_script is not None:
-            how = f", all to disk first ({options.prepare_script.name} needs them there)"
-        else:
-            how = ""
-        say(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
-        cache = Path(tmp) / "hub"
-        snapshot = (
-            hub.download(state, local, cache_dir=cache, max_workers=options.hub_workers)
-            if local
-            else cache
-        )
-        files = RepoFiles(root=snapshot, paths=tuple(local))
-        hashes: dict[str, str] | None = file_hashes(state.files)
         if options.prepare_script is not None:
-            say(label, f"running {options.prepare_script.name}")
+            progress(label, f"running {options.prepare_script.name}")
             out = Path(tmp) / "out"
             run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
-            files = RepoFiles.scan(out)
-            hashes = None  # the hook may have changed any file
-        say(label, f"building with {builder.name} → {options.destination.image(state.repo_type)}")
-        published = builder.publish(
-            BuildRequest(
-                files=files,
-                repo_type=state.repo_type,
-                labels=image_labels(state, action.spec, builder.base()),
-                created=state.last_modified,
-                tags=action.tags,
-                hashes=hashes,
-                streamed=streamed,
-                state=state,
-                on_bytes=options.meter(label, action.size) if options.meter else None,
-            )
+            files = scan(out)  # no hub hashes: the hook may have changed any file
+        else:
+            files = [
+                PackFile(p, state.file(p).size, (snapshot / p).resolve(), hashes.get(p))
+                for p in local
+            ] + [
+                PackFile(p, state.file(p).size, hub.file_source(state, state.file(p)), hashes[p])
+                for p in sorted(streamed)
+            ]
+        reuse = Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
+        labels = L.image_labels(
+            state,
+            action.spec,
+            base_name=base.name,
+            base_digest=None if is_scratch(base) else base.digest,
         )
-        size = files.total_size + sum(f.size for f in streamed)
-        count = len(files.paths) + len(streamed)
+        image = build_image(
+            files,
+            base=base,
+            labels=labels,
+            created=state.last_modified,
+            small_limit=options.small_file_limit,
+            reuse=reuse,
+        )
+        where = options.destination.image(state.repo_type)
+        progress(label, f"writing {where} ({options.destination.kind})")
+        meter = options.meter(label, action.size) if options.meter else None
+        digest = target.write(image, action.tags, on_progress=meter)
     return Mirrored(
         repo_id=state.repo_id,
         repo_type=state.repo_type,
         revision=state.commit,
         requested_revision=state.requested,
-        image=published.image,
-        tags=tuple(reversed(published.tags)),
-        digest=published.digest,
-        size=size,
-        file_count=count,
+        image=where,
+        tags=tuple(reversed(action.tags)),
+        digest=digest,
+        size=sum(f.size for f in files),
+        file_count=len(files),
         mirrored_at=_now(),
         destination=options.destination.kind,
-        builder=builder.name,
+        builder=options.builder,
         license=state.license,
     )
 
 
-def run(
-    specs: Sequence[RepoSpec],
-    builder: Builder,
-    options: RunOptions,
-    *,
-    progress: Progress | None = None,
-) -> Report:
-    """Plan every spec, then mirror what needs it. One failing repo never stops the others."""
+def _how(streamed: frozenset[str], options: RunOptions) -> str:
+    if streamed:
+        return f", streaming {len(streamed)} large files"
+    if options.prepare_script is not None and options.stream:
+        return f", all to disk first ({options.prepare_script.name} needs them there)"
+    return ""
+
+
+def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = _quiet) -> Report:
+    """Plan every spec, then mirror what needs it. One failing repo never stops the others.
+
+    The base image is read once, after planning and before any download: when it cannot be
+    had, nothing is fetched and BaseImageError says why.
+    """
     report = Report()
-    say = progress or (lambda _repo, _msg: None)
-    for action in plan(specs, builder, force=options.force):
+    targets = Targets(options.destination, base_name=options.base_image)
+    actions = plan(specs, targets.labels, force=options.force)
+    outcomes: dict[int, Outcome] = {}
+    todo = []
+    for i, action in enumerate(actions):
         spec = action.spec
         if action.kind == "fail":
-            say(spec.label, f"failed: {action.reason}")
-            report.outcomes.append(Outcome("failed", action.reason, spec, origin=spec.origin))
-            continue
-        if action.kind == "skip":
-            say(spec.label, action.reason)
-            report.outcomes.append(Outcome("skipped", action.reason, spec))
-            continue
-        if options.dry_run:
+            progress(spec.label, f"failed: {action.reason}")
+            outcomes[i] = Outcome("failed", action.reason, spec, origin=spec.origin)
+        elif action.kind == "skip":
+            progress(spec.label, action.reason)
+            outcomes[i] = Outcome("skipped", action.reason, spec)
+        elif options.dry_run:
             size = human_size(action.size)
             msg = f"would mirror {len(action.files)} files ({size}): {action.reason}"
-            say(spec.label, msg)
-            report.outcomes.append(Outcome("planned", msg, spec))
-            continue
-        try:
-            mirrored = mirror_action(action, builder, options, progress)
-        except Hf2ociError as e:
-            say(spec.label, f"failed: {e}")
-            report.outcomes.append(Outcome("failed", str(e), spec, origin=spec.origin))
-            continue
-        say(spec.label, f"mirrored {mirrored.image}:{mirrored.tags[0]} ({mirrored.digest})")
-        report.outcomes.append(Outcome("mirrored", action.reason, spec, mirrored))
+            progress(spec.label, msg)
+            outcomes[i] = Outcome("planned", msg, spec)
+        else:
+            todo.append(i)
+    if todo:
+        base = open_base(options.base_image, platform=options.platform, client=targets.client)
+
+        def one(i: int) -> Outcome:
+            action = actions[i]
+            spec = action.spec
+            try:
+                target = targets.for_type(spec.repo_type)
+                mirrored = mirror_action(
+                    action, base=base, target=target, options=options, progress=progress
+                )
+            except Hf2ociError as e:
+                progress(spec.label, f"failed: {e}")
+                return Outcome("failed", str(e), spec, origin=spec.origin)
+            progress(
+                spec.label, f"mirrored {mirrored.image}:{mirrored.tags[0]} ({mirrored.digest})"
+            )
+            return Outcome("mirrored", action.reason, spec, mirrored)
+
+        with ThreadPoolExecutor(max(1, options.max_workers), thread_name_prefix="repo") as pool:
+            for i, outcome in zip(todo, pool.map(one, todo), strict=True):
+                outcomes[i] = outcome
+    report.outcomes.extend(outcomes[i] for i in range(len(actions)))
     return report
+
+
+def iter_mirrored(report: Report) -> Iterator[str]:
+    """``image:tag@digest`` for each image written, as ``crane push`` prints it."""
+    for m in report.mirrored:
+        yield f"{m.image}:{m.tags[0]}@{m.digest}"

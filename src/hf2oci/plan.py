@@ -1,19 +1,24 @@
-"""Specs + hub + destination state → actions (mirror, skip or fail), so --dry-run is free."""
+"""Specs + hub state + what the destination holds → actions (mirror, skip or fail).
+
+``decide`` is the whole decision, pure; ``plan`` gathers its inputs (hub metadata, the image now at
+the moving tag: metadata calls only), so ``--dry-run`` and the workflow's plan job are free.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
-from hf2oci import hub, naming
-from hf2oci.builders import Builder
+from hf2oci import labels as L
+from hf2oci import naming
 from hf2oci.errors import Hf2ociError
 from hf2oci.filters import select
-from hf2oci.hub import RepoState
-from hf2oci.pack import LABEL_FILTER, LABEL_REF, LABEL_REVISION
-from hf2oci.spec import RepoSpec
+from hf2oci.spec import RepoSpec, RepoType
+
+if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
+    from hf2oci.hub import RepoState
 
 log = logging.getLogger(__name__)
 
@@ -44,59 +49,70 @@ def tags_for(repo_id: str, commit: str) -> tuple[str, ...]:
     return (naming.revision_tag(repo_id, commit), naming.repo_tag(repo_id))
 
 
-def plan_repo(spec: RepoSpec, builder: Builder, *, force: bool = False) -> Action:
-    """Decide what to do for one repo, with metadata calls only (hub info, destination labels)."""
+def decide(
+    spec: RepoSpec,
+    state: RepoState,
+    current: Mapping[str, str] | None,
+    *,
+    force: bool = False,
+) -> Action:
+    """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
+    moving tag (None: there is none). Pure: no I/O."""
     try:
-        state = hub.fetch_state(spec)
         selection = select(
             [f.path for f in state.files],
             include=spec.include,
             exclude=spec.exclude,
             preset=spec.preset,
         )
-        if not selection.kept:
-            return Action(spec, "fail", "the filters keep no file", state=state)
-        tags = tags_for(spec.repo_id, state.commit)
-        current = None if force else builder.current_labels(spec.repo_type, tags[-1])
+    except Hf2ociError as e:
+        return Action(spec, "fail", str(e), state=state, error=e)
+    if not selection.kept:
+        return Action(spec, "fail", "the filters keep no file", state=state)
+    tags = tags_for(spec.repo_id, state.commit)
+    mirror = Action(spec, "mirror", "", state=state, files=tuple(selection.kept), tags=tags)
+    if force:
+        return replace(mirror, reason="forced")
+    if current is None:
+        return replace(mirror, reason="not mirrored yet")
+    if current.get(L.REVISION) != state.commit:
+        old = (current.get(L.REVISION) or "?")[:12]
+        return replace(mirror, reason=f"revision moved {old} → {state.commit[:12]}")
+    if current.get(L.FILTER) != spec.filter_key:
+        return replace(mirror, reason="file selection changed")
+    ref = current.get(L.REF)  # images made before the label existed keep theirs
+    if ref is not None and ref != state.requested:
+        return replace(mirror, reason=f"revision asked for changed: {ref} → {state.requested}")
+    return replace(mirror, kind="skip", reason=f"up to date at {state.commit[:12]}")
+
+
+#: the labels of the image at ``tag`` in the destination's repository for a repo type
+CurrentLabels = Callable[[RepoType, str], Mapping[str, str] | None]
+
+
+def plan_repo(spec: RepoSpec, current_labels: CurrentLabels, *, force: bool = False) -> Action:
+    """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
+    from hf2oci import hub
+
+    try:
+        state = hub.fetch_state(spec)
+        tag = naming.repo_tag(spec.repo_id)
+        current = None if force else current_labels(spec.repo_type, tag)
     except Hf2ociError as e:
         return Action(spec, "fail", str(e), error=e)
-    action = Action(spec, "mirror", "", state=state, files=tuple(selection.kept), tags=tags)
-    if current is None:
-        return _with(action, "not mirrored yet")
-    if current.get(LABEL_REVISION) != state.commit:
-        old = (current.get(LABEL_REVISION) or "?")[:12]
-        return _with(action, f"revision moved {old} → {state.commit[:12]}")
-    if current.get(LABEL_FILTER) != spec.filter_key:
-        return _with(action, "file selection changed")
-    ref = current.get(LABEL_REF)  # images made before the label existed keep theirs
-    if ref is not None and ref != state.requested:
-        return _with(action, f"revision asked for changed: {ref} → {state.requested}")
-    return Action(
-        spec,
-        "skip",
-        f"up to date at {state.commit[:12]}",
-        state=state,
-        files=action.files,
-        tags=tags,
-    )
-
-
-def _with(action: Action, reason: str) -> Action:
-    return Action(
-        action.spec, action.kind, reason, state=action.state, files=action.files, tags=action.tags
-    )
+    return decide(spec, state, current, force=force)
 
 
 def plan(
     specs: Sequence[RepoSpec],
-    builder: Builder,
+    current_labels: CurrentLabels,
     *,
     force: bool = False,
     on_action: Callable[[Action], None] | None = None,
 ) -> list[Action]:
     actions = []
     for spec in specs:
-        action = plan_repo(spec, builder, force=force)
+        action = plan_repo(spec, current_labels, force=force)
         log.debug("plan %s: %s (%s)", spec.label, action.kind, action.reason)
         if on_action:
             on_action(action)

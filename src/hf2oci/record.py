@@ -8,14 +8,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote
 
 import git
 from tenacity import (
@@ -27,6 +25,8 @@ from tenacity import (
 )
 
 from hf2oci.errors import RecordError
+from hf2oci.fsutil import atomic_write
+from hf2oci.naming import hub_url
 from hf2oci.render import render
 from hf2oci.spec import REPO_TYPES, Mirrored, RepoType
 from hf2oci.units import human_size
@@ -171,47 +171,16 @@ def save_ledger(ledger: Ledger, path: Path) -> None:
     _atomic_write(path, ledger.to_json())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, ``os.replace`` (huggingface_hub does the same)."""
-    data = text.encode("utf-8")
-    tmp: str | None = None
+def _atomic_write(path: Path, text: str, *, skip_if_same: bool = False) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644  # mkstemp makes 0600; records are meant to be read by everyone
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
+        return atomic_write(path, text, skip_if_same=skip_if_same)
     except OSError as e:
         raise RecordError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    # make the rename itself durable; not every platform can open a folder
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass  # missing or unreadable: (re)write it
-    _atomic_write(path, text)
-    return True
+    return _atomic_write(path, text, skip_if_same=True)
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -230,11 +199,6 @@ class _Row:
     pull: str
 
 
-def hub_url(repo_id: str, repo_type: RepoType) -> str:
-    prefix = "datasets/" if repo_type == "dataset" else ""
-    return f"https://huggingface.co/{prefix}{quote(repo_id, safe='/')}"
-
-
 def _daemon_name(entry: Mirrored) -> str:
     """The Docker name of a layout image: its last two path parts (``ns/models``)."""
     return "/".join(PurePosixPath(entry.image).parts[-2:]).lower()
@@ -245,6 +209,8 @@ def pull_command(entry: Mirrored) -> str:
     tag = entry.tags[0]
     if entry.destination == "oci-layout":
         return f"skopeo copy oci:{entry.image}:{tag} docker-daemon:{_daemon_name(entry)}:{tag}"
+    if entry.destination == "docker-engine":  # loaded into the mirroring machine's engine
+        return f"docker image inspect {entry.image}:{tag}"
     return f"docker pull {entry.image}:{tag}"
 
 

@@ -15,6 +15,7 @@ builds).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -45,8 +46,28 @@ def model_dir(env: Mapping[str, str]) -> Path:
     return folder
 
 
-def _has_quant(name: str, quant: str) -> bool:
-    return re.search(rf"(^|[-._/]){re.escape(quant)}($|[-._/])", name, re.IGNORECASE) is not None
+#: quantization names as llama.cpp and the usual uploaders write them
+KNOWN_QUANT = re.compile(
+    r"(?<![A-Za-z0-9])((?:I?Q|TQ)\d+(?:_[A-Za-z0-9]+)*|BF16|FP?16|FP?32|MXFP4(?:_MOE)?)(?=[-./]|$)",
+    re.IGNORECASE,
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _quant_pattern(quant: str) -> re.Pattern[str]:
+    # delimited on both sides, so Q4_K never matches Q4_K_M and F16 never matches BF16
+    return re.compile(rf"(?:^|(?<=[-._/])){re.escape(quant)}(?=[-./]|$)", re.IGNORECASE)
+
+
+def has_quant(path: str, quant: str) -> bool:
+    """Whether a file name is of quantization ``quant``: the one rule for ``preset=gguf:QUANT``
+    (what the mirror keeps) and ``LLAMA_QUANT`` (what the server picks)."""
+    # a match that starts inside a longer quant name (K_M in Q4_K_M) is no match
+    inside = [m.span(1) for m in KNOWN_QUANT.finditer(path)]
+    return any(
+        not any(start < m.start() < end for start, end in inside)
+        for m in _quant_pattern(quant).finditer(path)
+    )
 
 
 def pick_gguf(
@@ -80,7 +101,7 @@ def pick_gguf(
         return sum(q.stat().st_size for q in p.parent.glob(f"{stem}-*-of-{shard.group(2)}.gguf"))
 
     for quant in quants:
-        matching = [p for name, p in candidates if _has_quant(name, quant)]
+        matching = [p for name, p in candidates if has_quant(name, quant)]
         if matching:
             return max(matching, key=size)
     return max((p for _, p in candidates), key=size)

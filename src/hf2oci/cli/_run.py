@@ -12,32 +12,47 @@ from typing import Any, TypeVar
 import click
 
 from hf2oci import hub
-from hf2oci.builders import Builder, Destination, make_builder
 from hf2oci.cli._common import byte_meter, echo, redact
 from hf2oci.config import Config
-from hf2oci.errors import Hf2ociError, UsageError
+from hf2oci.destination import Destination, Targets
+from hf2oci.oci.source import parse_platform
 from hf2oci.pipeline import Outcome, Report, RunOptions, run
-from hf2oci.spec import RepoSpec
+from hf2oci.spec import RepoSpec, RepoType
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def target_options(func: F) -> F:
-    """--registry, --namespace, --base-image, --builder, --plain-http."""
+def destination_options(func: F) -> F:
+    """--registry, --namespace, --builder, --plain-http/--no-plain-http, --output-dir."""
     options = [
         click.option("--registry", help="Registry host (e.g. ghcr.io); none: OCI layouts on disk."),
         click.option("--namespace", help="Namespace under the registry (e.g. hgfkeep)."),
-        click.option("--base-image", help="Base image reference, or 'scratch'."),
         click.option(
-            "--builder", type=click.Choice(["oci", "docker"]), help="How images are built."
+            "--builder",
+            type=click.Choice(["oci", "docker"]),
+            help="oci: write images directly; docker: load them into the Docker engine (and "
+            "push from there).",
         ),
         click.option(
-            "--plain-http",
-            is_flag=True,
+            "--plain-http/--no-plain-http",
             default=None,
-            help="Talk HTTP, not HTTPS, to the registry.",
+            help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
         ),
         click.option("--output-dir", help="Where OCI layouts go when no registry is set."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_options(func: F) -> F:
+    """--base-image, --platform, --stream/--staged: how images are built."""
+    options = [
+        click.option("--base-image", help="Base image reference, or 'scratch'."),
+        click.option(
+            "--platform",
+            help="The base image's platform, e.g. linux/arm64 (default: this machine's).",
+        ),
         click.option(
             "--stream/--staged",
             default=None,
@@ -49,22 +64,24 @@ def target_options(func: F) -> F:
     return func
 
 
-def build(config: Config) -> Builder:
-    destination = Destination(
+def target_options(func: F) -> F:
+    """Every option of where and how images are made (sync, mirror)."""
+    return destination_options(build_options(func))
+
+
+def labels_lookup(config: Config) -> Callable[[RepoType, str], dict[str, str] | None]:
+    """What plan asks the destination: the labels of the image now at a tag."""
+    return Targets(destination(config), base_name=config.base_image).labels
+
+
+def destination(config: Config) -> Destination:
+    return Destination(
         namespace=config.namespace,
         registry=config.registry,
         layout_root=Path(config.output_dir),
-        plain_http=True if config.plain_http else None,
+        plain_http=config.plain_http,
+        engine=config.builder == "docker",
     )
-    try:
-        return make_builder(
-            config.builder,
-            destination=destination,
-            base_image=config.base_image,
-            small_file_limit=config.small_file_limit,
-        )
-    except Hf2ociError as e:
-        raise UsageError(str(e)) from e
 
 
 def progress_printer(enabled: bool) -> Callable[[str, str], None]:
@@ -133,16 +150,19 @@ def run_specs(
     dry_run: bool = False,
     force: bool = False,
 ) -> Report:
-    """Build the builder and options from ``config`` and ``get_hf/`` and run the pipeline."""
-    builder = build(config)
+    """Run the pipeline over ``specs`` with ``config`` and ``get_hf/``'s hook."""
     prepare = get_hf / "prepare.sh"
     options = RunOptions(
-        destination=builder.destination,
+        destination=destination(config),
+        base_image=config.base_image,
+        platform=parse_platform(config.platform) if config.platform else None,
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
+        max_workers=config.max_workers,
+        small_file_limit=config.small_file_limit,
         stream=config.stream,
         meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,
         force=force,
     )
-    return run(specs, builder, options, progress=progress_printer(not quiet))
+    return run(specs, options, progress=progress_printer(not quiet))

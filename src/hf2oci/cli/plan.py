@@ -10,7 +10,7 @@ import click
 
 from hf2oci import gha
 from hf2oci.cli._common import echo, get_hf_option, handle_errors, read_project
-from hf2oci.cli._run import build, progress_printer, target_options
+from hf2oci.cli._run import destination_options, labels_lookup, progress_printer
 from hf2oci.errors import ConfigError
 from hf2oci.lists import format_line
 from hf2oci.plan import plan
@@ -18,7 +18,7 @@ from hf2oci.plan import plan
 
 @click.command("plan")
 @get_hf_option
-@target_options
+@destination_options
 @click.option("--only", help="Plan just this repo id (it must be listed).")
 @click.option("--dataset", is_flag=True, help="With --only: the repo id names a dataset.")
 @click.option("--force", is_flag=True, help="Plan repos even when they look up to date.")
@@ -67,7 +67,7 @@ def plan_command(
         if annotate:
             click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
     say = progress_printer(not quiet)
-    actions = plan(specs, build(config), force=force)
+    actions = plan(specs, labels_lookup(config), force=force)
     pending = [a for a in actions if a.kind == "mirror"]
     failed = [a for a in actions if a.kind == "fail"]
     for a in actions:

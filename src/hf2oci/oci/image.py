@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -106,14 +107,49 @@ class Descriptor:
         )
 
 
-@dataclass(frozen=True)
 class Image:
-    """A complete image: its layers, config blob and manifest blob (all bytes final)."""
+    """An image: its layers, config blob and manifest blob.
 
-    layers: Sequence[Layer]
-    config: bytes
-    manifest: bytes
-    media_type: str = MT_MANIFEST
+    Read images have all their bytes; an assembled image makes its config and manifest when
+    first asked for, which a sink does only after writing the layers: a streamed layer learns
+    its digest by being written (see ``layers.StreamLayer``). ``name`` says where it came from
+    (``docker.io/library/busybox:latest``, ``scratch``…).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        config: bytes | None = None,
+        manifest: bytes | None = None,
+        *,
+        render: Callable[[], tuple[bytes, bytes]] | None = None,
+        media_type: str = MT_MANIFEST,
+        name: str = "",
+    ) -> None:
+        if (config is None or manifest is None) and render is None:
+            raise PackError("an image needs its config and manifest, or a way to make them")
+        self.layers = tuple(layers)
+        self.media_type = media_type
+        self.name = name
+        self._blobs = (config, manifest) if config is not None and manifest is not None else None
+        self._render = render
+        self._lock = threading.Lock()
+
+    def _rendered(self) -> tuple[bytes, bytes]:
+        if self._blobs is None:
+            with self._lock:
+                if self._blobs is None:
+                    assert self._render is not None
+                    self._blobs = self._render()
+        return self._blobs
+
+    @property
+    def config(self) -> bytes:
+        return self._rendered()[0]
+
+    @property
+    def manifest(self) -> bytes:
+        return self._rendered()[1]
 
     @property
     def digest(self) -> str:
@@ -134,6 +170,18 @@ class Image:
         return doc
 
     @property
+    def annotations(self) -> dict[str, str]:
+        """The manifest's annotations."""
+        found = self.manifest_doc.get("annotations") or {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The config's labels."""
+        found = (self.config_doc.get("config") or {}).get("Labels") or {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    @property
     def config_descriptor(self) -> Descriptor:
         return Descriptor(MT_CONFIG, self.config_digest, len(self.config))
 
@@ -151,28 +199,27 @@ class Image:
         """Bytes of all blobs (manifest, config, layers)."""
         return len(self.manifest) + len(self.config) + sum(layer.size for layer in self.layers)
 
-
-@dataclass(frozen=True)
-class BaseImage:
-    """What a new image is built on: the base's layers (in order) and its config document."""
-
-    layers: Sequence[Layer]
-    config: Mapping[str, Any]
-    #: where it came from, e.g. "docker.io/library/busybox:latest" or "scratch"
-    name: str = "scratch"
-    #: manifest digest of the base, when it has one (recorded in annotations)
-    digest: str | None = None
+    def __repr__(self) -> str:
+        return f"Image({self.name or '?'}, {len(self.layers)} layers)"
 
 
-SCRATCH = BaseImage(
-    layers=(),
-    config={
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    },
+_SCRATCH_CONFIG = {
+    "architecture": "amd64",
+    "os": "linux",
+    "config": {},
+    "rootfs": {"type": "layers", "diff_ids": []},
+}
+#: the empty base: no layers (its manifest is never published)
+SCRATCH = Image(
+    (),
+    canonical_json(_SCRATCH_CONFIG),
+    canonical_json({"schemaVersion": 2, "mediaType": MT_MANIFEST, "layers": []}),
+    name="scratch",
 )
+
+
+def is_scratch(image: Image) -> bool:
+    return image.name == "scratch" and not image.layers
 
 
 #: config keys of the OCI image config spec carried over from the base
@@ -180,7 +227,7 @@ _PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant")
 
 
 def assemble(
-    base: BaseImage,
+    base: Image,
     layers: Sequence[Layer],
     *,
     labels: Mapping[str, str],
@@ -189,11 +236,12 @@ def assemble(
     layer_annotations: Sequence[Mapping[str, str]] | None = None,
     history_comment: str = "hf2oci",
 ) -> Image:
-    """The image made of ``base`` plus ``layers``: config and manifest as canonical JSON.
+    """The image made of ``base`` plus ``layers``: config and manifest as canonical JSON, made
+    when first asked for (so after streamed layers were written and know their digests).
 
-    Same inputs ⇒ same bytes ⇒ same digest. Reads every new layer's digest (hashing lazy layers).
+    Same inputs ⇒ same bytes ⇒ same digest.
     """
-    base_config = base.config
+    base_config = base.config_doc
     base_diff_ids = list((base_config.get("rootfs") or {}).get("diff_ids") or [])
     if len(base_diff_ids) != len(base.layers):
         raise PackError(
@@ -204,44 +252,44 @@ def assemble(
         raise PackError(
             f"{len(layer_annotations)} layer annotations given for {len(layers)} layers"
         )
-    config: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
-    config.setdefault("architecture", "amd64")
-    config.setdefault("os", "linux")
-    run_config = dict(base_config.get("config") or {})
-    merged_labels = {**(run_config.get("Labels") or {}), **labels}
-    if merged_labels:
-        run_config["Labels"] = merged_labels
-    config["config"] = run_config
-    config["rootfs"] = {
-        "type": "layers",
-        "diff_ids": base_diff_ids + [layer.diff_id for layer in layers],
-    }
-    config["history"] = list(base_config.get("history") or []) + [
-        {"created": created, "created_by": history_comment} for _ in layers
-    ]
-    config["created"] = created
-    config_bytes = canonical_json(config)
+    notes = list(layer_annotations) if layer_annotations is not None else [{} for _ in layers]
 
-    descriptors = [
-        Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size)
-        for layer in base.layers
-    ]
-    for i, layer in enumerate(layers):
-        notes = layer_annotations[i] if layer_annotations is not None else {}
-        descriptors.append(
-            Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size, notes)
-        )
-    manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": MT_MANIFEST,
-        "config": Descriptor(MT_CONFIG, sha256_digest(config_bytes), len(config_bytes)).to_json(),
-        "layers": [d.to_json() for d in descriptors],
-    }
-    if annotations:
-        manifest["annotations"] = dict(annotations)
-    return Image(
-        layers=(*base.layers, *layers),
-        config=config_bytes,
-        manifest=canonical_json(manifest),
-        media_type=MT_MANIFEST,
-    )
+    def render() -> tuple[bytes, bytes]:
+        config: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
+        config.setdefault("architecture", "amd64")
+        config.setdefault("os", "linux")
+        run_config = dict(base_config.get("config") or {})
+        merged_labels = {**(run_config.get("Labels") or {}), **labels}
+        if merged_labels:
+            run_config["Labels"] = merged_labels
+        config["config"] = run_config
+        config["rootfs"] = {
+            "type": "layers",
+            "diff_ids": base_diff_ids + [layer.diff_id for layer in layers],
+        }
+        config["history"] = list(base_config.get("history") or []) + [
+            {"created": created, "created_by": history_comment} for _ in layers
+        ]
+        config["created"] = created
+        config_bytes = canonical_json(config)
+        descriptors = [
+            Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size)
+            for layer in base.layers
+        ]
+        descriptors += [
+            Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size, note)
+            for layer, note in zip(layers, notes, strict=True)
+        ]
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": MT_MANIFEST,
+            "config": Descriptor(
+                MT_CONFIG, sha256_digest(config_bytes), len(config_bytes)
+            ).to_json(),
+            "layers": [d.to_json() for d in descriptors],
+        }
+        if annotations:
+            manifest["annotations"] = dict(annotations)
+        return config_bytes, canonical_json(manifest)
+
+    return Image((*base.layers, *layers), render=render, media_type=MT_MANIFEST)

@@ -1,30 +1,28 @@
-"""Layer sources: a deterministic tar of files, bytes in memory, a blob already on disk."""
+"""Layer sources: a deterministic tar of files, a tar streamed from the hub, a blob on disk."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
-from hf2oci.errors import PackError
-from hf2oci.oci.image import MT_DOCKER_LAYER, MT_LAYER_GZIP, MT_LAYER_TAR, sha256_digest
+from hf2oci.errors import DigestMismatch, PackError
+from hf2oci.oci.image import MT_LAYER_TAR
+from hf2oci.oci.reference import DIGEST
 from hf2oci.oci.tarstream import DEFAULT_CHUNK, TarEntry, TarStream, iter_tar, tar_size
 
 log = logging.getLogger(__name__)
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def check_digest(digest: str) -> str:
     """``digest`` if it is a well-formed sha256 digest, else PackError."""
-    if not _DIGEST.fullmatch(digest):
+    if not DIGEST.fullmatch(digest):
         raise PackError(f"invalid digest {digest!r}")
     return digest
 
@@ -96,57 +94,6 @@ class TarLayer:
         return f"TarLayer({len(self.entries)} entries, {self._size} bytes)"
 
 
-class BytesLayer:
-    """A small blob held in memory (tests, tiny base layers).
-
-    Without ``diff_id``, it is derived: the digest for a tar, the digest of the gunzipped bytes
-    for a gzip layer.
-    """
-
-    def __init__(
-        self, data: bytes, media_type: str = MT_LAYER_TAR, diff_id: str | None = None
-    ) -> None:
-        self.data = bytes(data)
-        self._media_type = media_type
-        self._digest = sha256_digest(self.data)
-        if diff_id is None:
-            diff_id = _derive_diff_id(self.data, media_type, self._digest)
-        self._diff_id = check_digest(diff_id)
-
-    @property
-    def digest(self) -> str:
-        return self._digest
-
-    @property
-    def diff_id(self) -> str:
-        return self._diff_id
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @property
-    def media_type(self) -> str:
-        return self._media_type
-
-    def open(self) -> BinaryIO:
-        return io.BytesIO(self.data)
-
-    def __repr__(self) -> str:
-        return f"BytesLayer({self._digest}, {len(self.data)} bytes)"
-
-
-def _derive_diff_id(data: bytes, media_type: str, digest: str) -> str:
-    if media_type == MT_LAYER_TAR:
-        return digest
-    if media_type in (MT_LAYER_GZIP, MT_DOCKER_LAYER):
-        try:
-            return sha256_digest(gzip.decompress(data))
-        except (OSError, EOFError) as e:
-            raise PackError(f"layer {digest} is not valid gzip") from e
-    raise PackError(f"diff_id needed for a layer of type {media_type}")
-
-
 class FileBlobLayer:
     """A blob already on disk (e.g. in a layout's ``blobs/``); digest and size found lazily."""
 
@@ -199,30 +146,55 @@ class FileBlobLayer:
         except OSError as e:
             raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
 
+    def open_raw(self) -> io.BufferedReader:
+        try:
+            return open(self.path, "rb")
+        except OSError as e:
+            raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
+
+    def read_range(self, start: int, length: int) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except OSError as e:
+            raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
+
     def __repr__(self) -> str:
         return f"FileBlobLayer({str(self.path)!r})"
 
 
-class UploadedLayer:
-    """A layer already stored at the destination, known by its descriptor (nothing to send).
+class StreamLayer:
+    """A tar layer of files read once from their source (a hub download), as go-containerregistry's
+    ``stream.Layer``: its size is known at once, its digest only once it has been read to the end.
 
-    Streamed layers end up as these: their bytes went straight from the hub to the sink.
+    A sink writes it like any other layer, learning the digest by writing it: nothing is hashed
+    twice and nothing touches the disk. ``open()`` starts a fresh pass (and a fresh hash) each
+    time, so a failed upload can be tried again.
     """
 
-    def __init__(self, digest: str, size: int, *, media_type: str = MT_LAYER_TAR) -> None:
-        self._digest = check_digest(digest)
-        self._size = size
-        self._media_type = media_type
+    def __init__(self, entries: Sequence[TarEntry], *, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self.entries = tuple(entries)
+        self._chunk_size = chunk_size
+        self._size = tar_size(self.entries)
+        self._digest: str | None = None
+        #: told the digest once a full read has found it (e.g. to remember the layer)
+        self.on_digest: Callable[[str], None] | None = None
+
+    @property
+    def consumed(self) -> bool:
+        """Whether a full read has set the digest."""
+        return self._digest is not None
 
     @property
     def digest(self) -> str:
+        if self._digest is None:
+            raise PackError(f"{self!r}: the digest is known only once the layer was written")
         return self._digest
 
     @property
     def diff_id(self) -> str:
-        if self._media_type != MT_LAYER_TAR:
-            raise PackError(f"diff_id of a compressed uploaded layer {self._digest} is unknown")
-        return self._digest
+        return self.digest
 
     @property
     def size(self) -> int:
@@ -230,10 +202,51 @@ class UploadedLayer:
 
     @property
     def media_type(self) -> str:
-        return self._media_type
+        return MT_LAYER_TAR
 
     def open(self) -> BinaryIO:
-        raise PackError(f"layer {self._digest} was expected at the destination but is missing")
+        stream = TarStream(self.entries, chunk_size=self._chunk_size)
+        return cast(BinaryIO, _Hashing(stream, self._size, self._set_digest))
+
+    def _set_digest(self, digest: str) -> None:
+        if self._digest is not None and self._digest != digest:
+            raise DigestMismatch(f"{self!r} gave {digest}, then {self._digest}: not deterministic")
+        self._digest = digest
+        if self.on_digest is not None:
+            self.on_digest(digest)
 
     def __repr__(self) -> str:
-        return f"UploadedLayer({self._digest[:19]}, {self._size} bytes)"
+        first = self.entries[-1].name if self.entries else "-"
+        return f"StreamLayer({first}…, {len(self.entries)} entries, {self._size} bytes)"
+
+
+class _Hashing(io.RawIOBase):
+    """Reads through to a stream, hashing every byte; at its end hands the digest over."""
+
+    def __init__(self, source: TarStream, size: int, done: Callable[[str], None]) -> None:
+        super().__init__()
+        self._source = source
+        self._size = size
+        self._done = done
+        self._hash = hashlib.sha256()
+        self._read = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = int(self._source.readinto(buffer) or 0)
+        if n:
+            self._hash.update(memoryview(buffer)[:n])
+            self._read += n
+            if self._read == self._size:  # the last byte: a reader may never ask for EOF
+                self._done("sha256:" + self._hash.hexdigest())
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._source.close()
+        super().close()

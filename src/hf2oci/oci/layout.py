@@ -12,23 +12,25 @@ import io
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from hf2oci.errors import DigestMismatch, PackError
+from hf2oci.fsutil import atomic_write, fsync_dir
 from hf2oci.oci.image import (
     ANNOTATION_REF_NAME,
-    INDEX_TYPES,
     MT_INDEX,
     MT_MANIFEST,
     Descriptor,
     Image,
+    Layer,
     canonical_json,
 )
-from hf2oci.oci.layers import FileBlobLayer, check_digest
+from hf2oci.oci.layers import StreamLayer, check_digest
+from hf2oci.oci.reference import TAG
 from hf2oci.oci.tarstream import DEFAULT_CHUNK
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 LAYOUT_VERSION = "1.0.0"
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def blob_path(path: Path, digest: str) -> Path:
@@ -45,7 +46,7 @@ def blob_path(path: Path, digest: str) -> Path:
     return Path(path) / "blobs" / algorithm / hexpart
 
 
-def write_layout(image: Image, path: Path, *, tags: Sequence[str]) -> None:
+def write_layout(image: Image, path: Path, *, tags: Sequence[str], workers: int = 4) -> str:
     """Add ``image`` to the layout at ``path`` (created if needed) under each of ``tags``.
 
     Blobs already present are kept as they are; tags pointing elsewhere are moved; other tags
@@ -54,7 +55,7 @@ def write_layout(image: Image, path: Path, *, tags: Sequence[str]) -> None:
     if not tags:
         raise PackError(f"{path}: no tag to write the image under")
     for tag in tags:
-        if not _TAG.fullmatch(tag):
+        if not TAG.fullmatch(tag):
             raise PackError(f"{path}: invalid tag {tag!r}")
     path = Path(path)
     try:
@@ -65,8 +66,15 @@ def write_layout(image: Image, path: Path, *, tags: Sequence[str]) -> None:
         _ensure_layout_file(path)
     # blobs are immutable and content-addressed: no lock needed; the manifest goes last so an
     # index never names a manifest whose blobs are missing
-    for layer in image.layers:
-        _write_blob(path, layer.digest, layer.size, layer.open)
+    with ThreadPoolExecutor(workers, thread_name_prefix="hf2oci-layout") as pool:
+        futures = [pool.submit(_write_layer, path, layer) for layer in image.layers]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     _write_blob(path, image.config_digest, len(image.config), lambda: io.BytesIO(image.config))
     _write_blob(path, image.digest, len(image.manifest), lambda: io.BytesIO(image.manifest))
     with _locked(path):
@@ -74,6 +82,16 @@ def write_layout(image: Image, path: Path, *, tags: Sequence[str]) -> None:
         _set_tags(index, image.manifest_descriptor, tags)
         _write_file_atomic(path / INDEX_FILE, canonical_json(index), skip_if_same=True)
     log.debug("wrote %s to %s as %s", image.digest, path, ", ".join(tags))
+    return image.digest
+
+
+def _write_layer(path: Path, layer: Layer) -> None:
+    if isinstance(layer, StreamLayer) and not layer.consumed:
+        digest = write_blob_stream(path, layer.size, layer.open)
+        if digest != layer.digest:
+            raise DigestMismatch(f"streamed layer written as {digest}, hashed to {layer.digest}")
+    else:
+        _write_blob(path, layer.digest, layer.size, layer.open)
 
 
 def read_index(path: Path) -> dict[str, Any]:
@@ -106,47 +124,7 @@ def resolve_tag(path: Path, tag: str) -> Descriptor | None:
         raise PackError(f"{path}: malformed descriptor for tag {tag!r}") from e
 
 
-def read_image(path: Path, tag: str) -> Image:
-    """The image tagged ``tag``, its layers read from the layout's blobs (verified lazily)."""
-    path = Path(path)
-    desc = resolve_tag(path, tag)
-    if desc is None:
-        raise PackError(f"{path}: no image tagged {tag!r}")
-    if desc.media_type in INDEX_TYPES:
-        raise PackError(f"{path}:{tag} is a multi-platform index, not an image")
-    manifest = _read_blob(path, desc.digest)
-    try:
-        manifest_doc = json.loads(manifest)
-        config_desc = Descriptor.from_json(manifest_doc["config"])
-        layer_descs = [Descriptor.from_json(d) for d in manifest_doc["layers"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise PackError(f"{path}:{tag}: malformed manifest {desc.digest}") from e
-    config = _read_blob(path, config_desc.digest)
-    try:
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise PackError(f"{path}:{tag}: malformed config {config_desc.digest}") from e
-    if len(diff_ids) != len(layer_descs):
-        raise PackError(f"{path}:{tag}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids")
-    layers = [
-        FileBlobLayer(
-            blob_path(path, d.digest),
-            media_type=d.media_type,
-            diff_id=diff_id,
-            digest=d.digest,
-            size=d.size,
-        )
-        for d, diff_id in zip(layer_descs, diff_ids, strict=True)
-    ]
-    return Image(
-        layers=layers,
-        config=config,
-        manifest=manifest,
-        media_type=manifest_doc.get("mediaType", desc.media_type),
-    )
-
-
-def _read_blob(path: Path, digest: str) -> bytes:
+def read_blob(path: Path, digest: str) -> bytes:
     """A small blob (manifest, config), checked against its digest."""
     blob = blob_path(path, digest)
     try:
@@ -230,7 +208,7 @@ def _write_hashed(
         if isinstance(e, OSError):
             raise PackError(f"cannot write a blob in {str(folder)!r}: {e.strerror}") from e
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _ensure_layout_file(path: Path) -> None:
@@ -284,38 +262,9 @@ def _tagged(desc: Descriptor, tag: str) -> dict[str, Any]:
 
 def _write_file_atomic(target: Path, data: bytes, *, skip_if_same: bool = False) -> None:
     try:
-        if skip_if_same and target.read_bytes() == data:
-            return
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise PackError(f"cannot read {str(target)!r}: {e.strerror}") from e
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        atomic_write(target, data, skip_if_same=skip_if_same)
     except OSError as e:
         raise PackError(f"cannot write {str(target)!r}: {e.strerror}") from e
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, target)
-    except BaseException as e:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise PackError(f"cannot write {str(target)!r}: {e.strerror}") from e
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # makes the rename durable; best effort (not every filesystem allows it)
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

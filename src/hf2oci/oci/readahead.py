@@ -144,7 +144,8 @@ class ReadAhead:
             return None
         buf, n = item
         self._held = buf
-        return buf[:n].toreadonly()
+        view: memoryview = buf[:n].toreadonly()
+        return view
 
     def _give_back(self) -> None:
         if self._held is not None:

@@ -12,11 +12,16 @@ DOCKER_HUB_API = "https://registry-1.docker.io"
 #: names docker accepts for Docker Hub, all normalised to ``docker.io``
 _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The one grammar for names, tags, digests and hosts (ASCII only, as the distribution spec says);
+# naming, layouts and config.yaml import these.
+#: a path component of a repository name
+COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+#: a tag: 1-128 ASCII letters, digits, '_', '.', '-', not starting with '.' or '-'
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
+#: ``host[:port]`` (the port is group 1)
+HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::([0-9]{{1,5}}))?")
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -79,17 +84,17 @@ class Reference:
 
     def with_tag(self, tag: str) -> Reference:
         """The same repository at ``tag`` (any digest dropped: it would win over the tag)."""
-        _check(_TAG, tag, "tag", tag)
+        _check(TAG, tag, "tag", tag)
         return replace(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> Reference:
-        _check(_DIGEST, digest, "digest", digest)
+        _check(DIGEST, digest, "digest", digest)
         return replace(self, digest=digest)
 
 
 def validate_tag(tag: str) -> str:
     """``tag`` itself when docker would accept it as a tag, else InvalidReference."""
-    if not _TAG.fullmatch(tag):
+    if not TAG.fullmatch(tag):
         raise InvalidReference(f"invalid tag {tag!r}: 1-128 letters, digits, '_', '.', '-'")
     return tag
 
@@ -106,19 +111,19 @@ def parse_reference(text: str) -> Reference:
     digest = None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        _check(_DIGEST, digest, "digest", text)
+        _check(DIGEST, digest, "digest", text)
     tag = None
     last_slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > last_slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
-        _check(_TAG, tag, "tag", text)
+        _check(TAG, tag, "tag", text)
     first, _, remainder = rest.partition("/")
     # like docker: the first component is a host when it looks like one (dot, port, localhost)
     looks_like_host = "." in first or ":" in first or first == "localhost" or first != first.lower()
     if remainder and looks_like_host:
         registry, path = first, remainder
-        if not _HOST.fullmatch(registry):
+        if not HOST.fullmatch(registry):
             raise InvalidReference(f"invalid image reference {text!r}: bad registry {registry!r}")
         registry = normalise_registry(registry)
     else:
@@ -126,7 +131,7 @@ def parse_reference(text: str) -> Reference:
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     for component in path.split("/"):
-        if not _COMPONENT.fullmatch(component):
+        if not COMPONENT.fullmatch(component):
             raise InvalidReference(
                 f"invalid image reference {text!r}: repository component {component!r} must be "
                 "lowercase letters and digits separated by '.', '_' or '-'"

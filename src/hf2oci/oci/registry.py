@@ -1,8 +1,5 @@
-"""The OCI distribution API: blobs (HEAD, mount, upload, get), manifests, tags; push and base fetch.
-
-``push`` writes blobs first (skipping those present, mounting those in a sibling repository),
-then the manifest by digest, then the tags last: a killed run never leaves a tag on partial content.
-"""
+"""The OCI distribution API of one registry: blobs (HEAD, mount, upload, get, ranges),
+manifests, tags. Pushing a whole image is ``push.py``; reading one is ``source.py``."""
 
 from __future__ import annotations
 
@@ -11,32 +8,24 @@ import http.client
 import io
 import json
 import logging
-import platform as platform_module
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
 
-from hf2oci.errors import AuthError, DigestMismatch, RegistryError
+from hf2oci.errors import DigestMismatch, RegistryError
 from hf2oci.oci.image import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
     MT_INDEX,
     MT_MANIFEST,
-    BaseImage,
-    Descriptor,
-    Image,
-    Layer,
     sha256_digest,
 )
-from hf2oci.oci.reference import Reference, api_base, normalise_registry, validate_tag
+from hf2oci.oci.reference import api_base, normalise_registry
 from hf2oci.oci.transport import (
     Transport,
     error_code,
@@ -52,16 +41,9 @@ MANIFEST_ACCEPT = (MT_MANIFEST, MT_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
 #: blobs up to this size go in one PUT; bigger ones in PATCH chunks of this size
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 _ABSENT_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 Opener = Callable[[], BinaryIO]
 Progress = Callable[[int], None]
-
-
-def host_platform() -> tuple[str, str]:
-    """``("linux", "amd64")`` or ``("linux", "arm64")`` for this machine (OCI names)."""
-    machine = platform_module.machine().lower()
-    return ("linux", _ARCHES.get(machine, machine))
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +67,9 @@ class RemoteLayer:
     def open_raw(self) -> BlobBody:
         """The blob's bytes unchecked (the reader hashes them), resumed if the connection is cut."""
         return BlobBody(self.client, self.repository, self.digest, self.size)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return self.client.get_blob_range(self.repository, self.digest, start, length)
 
 
 class RegistryClient:
@@ -191,12 +176,13 @@ class RegistryClient:
         size: int,
         opener: Opener,
         *,
+        digest: Callable[[], str],
         on_progress: Progress | None = None,
     ) -> str:
-        """Upload a blob whose digest is learnt on the way; returns the digest.
+        """Upload a blob whose digest is learnt on the way (a ``StreamLayer``); returns it.
 
-        One streamed PATCH (the bytes hashed as they go, nothing buffered), then the closing PUT
-        with the digest. An error from the source (e.g. content that does not match the hub's
+        One streamed PATCH, then the closing PUT with ``digest()``, which the source knows once
+        read to its end. An error from the source (e.g. content that does not match the hub's
         hash) aborts before the PUT, so no blob appears. Retried as a whole, like upload_blob.
         """
         progress = _SentBytes(on_progress)
@@ -204,34 +190,28 @@ class RegistryClient:
         def attempt() -> str:
             progress.restart()
             location = self._start_upload(repo)
-            hashers: list[hashlib._Hash] = []
-
-            def hashing_opener() -> BinaryIO:
-                hashers.append(hashlib.sha256())  # a fresh hash for every (re)send
-                return cast(BinaryIO, _HashingReader(opener(), hashers[-1]))
-
             resp = self.transport.request(
                 "PATCH",
                 location,
                 headers={"Content-Type": "application/octet-stream"},
-                body=hashing_opener,
+                body=opener,
                 size=size,
                 scope=registry_scope(repo, push=True),
                 retry=False,
                 on_sent=progress,
             )
             resp.close()
-            digest = "sha256:" + hashers[-1].hexdigest()
+            learnt = digest()
             resp = self.transport.request(
                 "PUT",
-                _with_digest(_location(resp), digest),
+                _with_digest(_location(resp), learnt),
                 body=b"",
                 scope=registry_scope(repo, push=True),
                 retry=False,
             )
             resp.close()
-            _check_digest(resp, digest, f"blob upload to {repo}")
-            return digest
+            _check_digest(resp, learnt, f"blob upload to {repo}")
+            return learnt
 
         return self.transport.retrying(attempt, what=f"streamed upload to {repo}")
 
@@ -288,6 +268,39 @@ class RegistryClient:
             "GET", self._url(repo, "blobs", digest), scope=registry_scope(repo), stream=True
         )
         return io.BufferedReader(_VerifiedBody(resp, digest, self.registry), 1024 * 1024)
+
+    def get_blob_range(self, repo: str, digest: str, start: int, length: int) -> bytes:
+        """``length`` bytes of a blob from ``start`` (fewer at its end), by a Range request;
+        a registry that ignores Range is read past the bytes before ``start``."""
+        if length <= 0:
+            return b""
+        resp = self.transport.request(
+            "GET",
+            self._url(repo, "blobs", digest),
+            headers={"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"},
+            scope=registry_scope(repo),
+            stream=True,
+            allow_statuses=(416,),
+        )
+        try:
+            if resp.status_code == 416:
+                return b""
+            raw = resp.raw
+            if resp.status_code != 206 and start:
+                skip = start
+                while skip:
+                    got = raw.read(min(skip, 1 << 20))
+                    if not got:
+                        return b""
+                    skip -= len(got)
+            return _read_upto(raw, length)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(
+                f"registry {self.registry}: reading blob {digest} at {start} failed: {e}",
+                temporary=True,
+            ) from e
+        finally:
+            resp.close()
 
     # -- manifests and tags -----------------------------------------------------------------
 
@@ -353,141 +366,6 @@ class RegistryClient:
             url = urljoin(resp.url, link) if link else None
         return tags
 
-    # -- images -----------------------------------------------------------------------------
-
-    def push(
-        self,
-        image: Image,
-        repo: str,
-        *,
-        tags: Sequence[str],
-        mount_from: Sequence[str] = (),
-        on_progress: Progress | None = None,
-    ) -> str:
-        """Push ``image`` to ``repo`` and point ``tags`` at it; returns the manifest digest.
-
-        Blobs already there are skipped; others are mounted from ``mount_from`` (or, for base
-        layers of this registry, from their own repository) or uploaded, several at a time.
-        """
-        for tag in tags:
-            validate_tag(tag)
-        lock = threading.Lock()
-
-        def progress(n: int) -> None:
-            if on_progress is not None:
-                with lock:
-                    on_progress(n)
-
-        layers: dict[str, Layer] = {}
-        for layer in image.layers:
-            layers.setdefault(layer.digest, layer)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="hf2oci-push") as pool:
-            futures: list[Future[str]] = [
-                pool.submit(
-                    self._ensure_blob,
-                    repo,
-                    layer.digest,
-                    layer.size,
-                    layer.open,
-                    self._mount_sources(layer, repo, mount_from),
-                    progress,
-                )
-                for layer in layers.values()
-            ]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                future.result()  # raises the first failure
-        config = image.config
-        sources = self._mount_sources(None, repo, mount_from)
-        self._ensure_blob(
-            repo, image.config_digest, len(config), lambda: io.BytesIO(config), sources, progress
-        )
-        digest = self.put_manifest(repo, image.digest, image.manifest, image.media_type)
-        for tag in tags:
-            self.put_manifest(repo, tag, image.manifest, image.media_type)
-        log.info("pushed %s/%s@%s (tags: %s)", self.registry, repo, digest, ", ".join(tags))
-        return digest
-
-    def _mount_sources(
-        self, layer: Layer | None, repo: str, mount_from: Sequence[str]
-    ) -> list[str]:
-        sources = list(mount_from)
-        if isinstance(layer, RemoteLayer) and layer.registry == self.registry:
-            sources.insert(0, layer.repository)
-        return [s for i, s in enumerate(sources) if s != repo and s not in sources[:i]]
-
-    def _ensure_blob(
-        self,
-        repo: str,
-        digest: str,
-        size: int,
-        opener: Opener,
-        sources: Sequence[str],
-        progress: Progress,
-    ) -> str:
-        """Make the blob present in ``repo``: 'exists', 'mounted' or 'uploaded'."""
-        if self.blob_exists(repo, digest, push=True):
-            progress(size)
-            return "exists"
-        for source in sources:
-            try:
-                if self.mount_blob(repo, digest, source):
-                    log.debug("mounted %s from %s into %s", digest, source, repo)
-                    progress(size)
-                    return "mounted"
-            except (AuthError, RegistryError) as e:
-                log.debug("mount of %s from %s refused: %s", digest, source, e)
-        self.upload_blob(repo, digest, size, opener, on_progress=progress)
-        log.debug("uploaded %s (%d bytes) to %s", digest, size, repo)
-        return "uploaded"
-
-    def fetch_base(self, ref: Reference, *, platform: tuple[str, str] | None = None) -> BaseImage:
-        """The image ``ref`` as a base: its config and RemoteLayers (index → this platform)."""
-        os_name, arch = platform or host_platform()
-        found = self.get_manifest(ref.repository, ref.identifier)
-        if found is None:
-            raise RegistryError(f"image {ref} not found in registry {self.registry}", status=404)
-        data, media_type, digest = found
-        doc = _json(data, f"manifest of {ref}")
-        if media_type in INDEX_TYPES:
-            chosen = _pick_platform(doc, os_name, arch, ref)
-            found = self.get_manifest(ref.repository, chosen)
-            if found is None:
-                raise RegistryError(f"image {ref}: {os_name}/{arch} manifest {chosen} is missing")
-            data, media_type, digest = found
-            doc = _json(data, f"manifest of {ref}")
-        if media_type not in MANIFEST_TYPES:
-            raise RegistryError(f"image {ref}: unsupported manifest type {media_type!r}")
-        try:
-            config_desc = Descriptor.from_json(doc["config"])
-            layer_descs = [Descriptor.from_json(d) for d in doc.get("layers") or []]
-        except (KeyError, TypeError, ValueError) as e:
-            raise RegistryError(f"image {ref}: malformed manifest ({e})") from e
-        with self.get_blob(ref.repository, config_desc.digest) as stream:
-            config = _json(stream.read(), f"config of {ref}")
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        if len(diff_ids) != len(layer_descs):
-            raise RegistryError(
-                f"image {ref}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids in its config"
-            )
-        layers = [
-            RemoteLayer(self, ref.repository, d.digest, d.size, d.media_type, str(diff_id))
-            for d, diff_id in zip(layer_descs, diff_ids, strict=True)
-        ]
-        return BaseImage(layers=layers, config=config, name=str(ref), digest=digest)
-
-
-def _pick_platform(index: dict[str, Any], os_name: str, arch: str, ref: Reference) -> str:
-    seen = []
-    for entry in index.get("manifests") or []:
-        plat = entry.get("platform") or {}
-        seen.append(f"{plat.get('os')}/{plat.get('architecture')}")
-        if plat.get("os") == os_name and plat.get("architecture") == arch:
-            return str(entry["digest"])
-    raise RegistryError(f"image {ref} has no {os_name}/{arch} manifest (it has {', '.join(seen)})")
-
 
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
@@ -519,6 +397,17 @@ def _check_digest(resp: requests.Response, digest: str, what: str) -> None:
     theirs = resp.headers.get("Docker-Content-Digest")
     if theirs and theirs != digest:
         raise DigestMismatch(f"{what}: registry says {theirs}, expected {digest}")
+
+
+def _read_upto(raw: Any, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        data = raw.read(n)
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
@@ -677,32 +566,3 @@ class _SentBytes:
     def restart(self) -> None:
         if self.total:
             self(-self.total)
-
-
-class _HashingReader(io.RawIOBase):
-    """Reads through to ``source``, feeding every byte to ``hasher``."""
-
-    def __init__(self, source: BinaryIO, hasher: hashlib._Hash) -> None:
-        super().__init__()
-        self._source = source
-        self._hasher = hasher
-        self._len = len(source) if hasattr(source, "__len__") else None
-
-    def __len__(self) -> int:
-        if self._len is None:
-            raise TypeError("unknown length")
-        return self._len
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._source.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self._hasher.update(memoryview(buffer)[:n])
-        return int(n or 0)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._source.close()
-        super().close()

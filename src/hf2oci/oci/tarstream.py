@@ -109,9 +109,10 @@ def entries_for_files(files: Sequence[tuple[str, Path]], *, prefix: str = "REPO"
 
 
 def entries_for_streams(
-    files: Sequence[tuple[str, ChunkSource, int]], *, prefix: str = "REPO"
+    files: Sequence[tuple[str, Path | ChunkSource, int]], *, prefix: str = "REPO"
 ) -> list[TarEntry]:
-    """Like ``entries_for_files`` for ``(path in repo, chunk source, size)``: nothing on disk."""
+    """Like ``entries_for_files`` for ``(path in repo, source, size)``: a source is a chunk
+    source (streamed from the hub, nothing on disk) or a file whose size is already known."""
     return _entries(files, prefix=prefix)
 
 

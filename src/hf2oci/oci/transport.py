@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,11 +25,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
-import tenacity
 import urllib3.exceptions
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
 from hf2oci.oci.reference import normalise_registry
+from hf2oci.oci.retry import (
+    RetryPolicy,
+    causes,
+    name_not_resolved,
+    parse_retry_after,
+    retrying,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +106,6 @@ def _auth_key_host(key: str) -> str:
     return normalise_registry(host)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """The retry policy: jittered exponential backoff, bounded in attempts and in time."""
-
-    attempts: int = 6
-    #: first backoff window in seconds (doubles each attempt, random within the window)
-    initial: float = 0.5
-    max_wait: float = 30.0
-    #: no new attempt starts after this many seconds
-    total: float = 300.0
-    #: a server's Retry-After is honoured up to this many seconds
-    max_retry_after: float = 60.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 120.0
-
-
 class _TemporaryStatus(RegistryError):
     """A 408/429/5xx answer; carries the server's Retry-After, if any, for the backoff."""
 
@@ -126,8 +118,8 @@ def is_temporary(exc: BaseException) -> bool:
     """Whether trying again may help: cut connections, timeouts, 408/429/5xx."""
     if isinstance(exc, RegistryError):
         return exc.temporary
-    if isinstance(exc, requests.exceptions.SSLError):
-        return False
+    if isinstance(exc, requests.exceptions.SSLError) or name_not_resolved(exc):
+        return False  # no retry makes a name resolve or a certificate valid
     return isinstance(
         exc,
         (
@@ -161,9 +153,8 @@ def error_from_response(resp: requests.Response, *, registry: str) -> RegistryEr
     message += f" {detail})" if detail else f" {resp.reason or ''}".rstrip() + ")"
     temporary = resp.status_code in _TEMPORARY_STATUSES
     if temporary:
-        return _TemporaryStatus(
-            message, status=resp.status_code, url=url, retry_after=_retry_after(resp)
-        )
+        after = parse_retry_after(resp.headers.get("Retry-After"))
+        return _TemporaryStatus(message, status=resp.status_code, url=url, retry_after=after)
     return RegistryError(message, status=resp.status_code, url=url, temporary=False)
 
 
@@ -184,14 +175,6 @@ def _registry_error_detail(resp: requests.Response) -> str:
     except (ValueError, AttributeError, KeyError, IndexError, TypeError):
         return ""
     return " ".join(text.split())[:300]
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from registries; fall back to our backoff
 
 
 @dataclass(frozen=True)
@@ -280,41 +263,17 @@ class Transport:
 
     def retrying(self, fn: Callable[[], T], *, what: str = "request") -> T:
         """Run ``fn`` under the retry policy (it raises; temporary errors are tried again)."""
-        policy = self.policy
-        backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.max_wait)
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _TemporaryStatus) and exc.retry_after is not None:
-                return min(exc.retry_after, policy.max_retry_after)
-            return float(backoff(state))
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.info(
-                "registry %s: %s failed (attempt %d/%d), trying again: %s",
-                self.registry,
-                what,
-                state.attempt_number,
-                policy.attempts,
-                _one_line(exc),
-            )
-
-        retryer = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts)
-            | tenacity.stop_after_delay(policy.total),
-            wait=wait,
-            retry=tenacity.retry_if_exception(is_temporary),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            return retryer(fn)
+            return retrying(
+                fn, is_temporary=is_temporary, what=f"registry {self.registry}: {what}",
+                policy=self.policy,
+            )  # fmt: skip
         except RegistryError:
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise RegistryError(
-                f"registry {self.registry}: {what} failed: {_one_line(e)}", temporary=True
+                f"registry {self.registry}: {what} failed: {unreachable_reason(e)}",
+                temporary=True,
             ) from e
 
     # -- requests ---------------------------------------------------------------------------
@@ -554,6 +513,22 @@ def _describe_scopes(scopes: tuple[str, ...]) -> str:
 
 def _one_line(exc: object) -> str:
     return " ".join(str(exc).split())[:300]
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (not urllib3's 400-character text)."""
+    for e in causes(exc):
+        if isinstance(e, socket.gaierror) or "NameResolutionError" in type(e).__name__:
+            return "its name does not resolve (no DNS or no route to it from here)"
+        if isinstance(e, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)):
+            return f"TLS failed ({_one_line(getattr(e, 'reason', None) or e)[:120]})"
+        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout)):
+            return "it did not answer in time"
+        if isinstance(e, ConnectionResetError):
+            return "the connection was reset"
+    return _one_line(exc)
 
 
 def registry_scope(repository: str, *, push: bool = False) -> str:

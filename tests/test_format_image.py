@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hf2oci.pack import CONTENT_KEY, MAX_REPO_LAYERS, group_files, layer_annotations, split_files
+from hf2oci.formats.image import MAX_REPO_LAYERS, group_files, layer_annotations, split_files
+from hf2oci.labels import CONTENT_KEY
 
 MiB = 1 << 20
 

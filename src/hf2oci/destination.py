@@ -1,0 +1,219 @@
+"""Where images go, and the one interface the pipeline writes through: a ``Target`` takes one
+``Image`` (registry push, OCI layout, Docker engine) and says what is already there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from hf2oci import labels as L
+from hf2oci.errors import PackError
+from hf2oci.labels import config_labels
+from hf2oci.oci import daemon, layout, push
+from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer
+from hf2oci.oci.layers import FileBlobLayer
+from hf2oci.oci.reference import parse_reference
+from hf2oci.oci.registry import RegistryClient, RemoteLayer
+from hf2oci.oci.transport import load_credentials
+from hf2oci.spec import RepoType
+
+Kind = Literal["registry", "oci-layout", "docker-engine"]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where images go: a registry, OCI layouts under ``layout_root`` (no registry), or the local
+    Docker engine (``engine``; pushed from there when a registry is set too)."""
+
+    namespace: str
+    registry: str | None = None
+    layout_root: Path = Path("oci-images")
+    plain_http: bool | None = None
+    engine: bool = False
+
+    def repository(self, repo_type: RepoType) -> str:
+        return f"{self.namespace}/{'datasets' if repo_type == 'dataset' else 'models'}"
+
+    def image(self, repo_type: RepoType) -> str:
+        """The image name users pull, without tag."""
+        if self.registry:
+            return f"{self.registry}/{self.repository(repo_type)}"
+        if self.engine:
+            return self.repository(repo_type)
+        return str(self.layout_root / self.repository(repo_type))
+
+    @property
+    def kind(self) -> Kind:
+        if self.registry:
+            return "registry"
+        return "docker-engine" if self.engine else "oci-layout"
+
+
+class Target(Protocol):
+    """One image repository at the destination."""
+
+    def manifest(self, tag: str) -> dict[str, Any] | None:
+        """The manifest now at ``tag``, or None."""
+        ...
+
+    def labels(self, tag: str) -> dict[str, str] | None:
+        """The labels of the image now at ``tag`` (None: no image there): the manifest's
+        annotations, one request; the config's labels for an image whose manifest has none."""
+        ...
+
+    def stored_layer(self, digest: str, size: int) -> Layer | None:
+        """The layer blob ``digest`` when the destination already holds it (reuse), else None."""
+        ...
+
+    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+        """Store ``image`` (layers first, tags last); returns the digest it has there."""
+        ...
+
+
+class RegistryTarget:
+    def __init__(self, client: RegistryClient, repo: str, mount_from: Sequence[str] = ()):
+        self.client, self.repo, self.mount_from = client, repo, tuple(mount_from)
+
+    def manifest(self, tag: str) -> dict[str, Any] | None:
+        found = self.client.get_manifest(self.repo, tag)
+        return _doc(found[0], f"{self.repo}:{tag}") if found else None
+
+    def labels(self, tag: str) -> dict[str, str] | None:
+        manifest = self.manifest(tag)
+        if manifest is None:
+            return None
+        found = _annotations(manifest)
+        if L.REVISION in found:
+            return found
+        digest = (manifest.get("config") or {}).get("digest")
+        if not isinstance(digest, str):
+            return {}
+        with self.client.get_blob(self.repo, digest) as config:
+            return config_labels(_doc(config.read(), f"config of {self.repo}:{tag}"))
+
+    def stored_layer(self, digest: str, size: int) -> Layer | None:
+        if not self.client.blob_exists(self.repo, digest, push=True):
+            return None
+        return RemoteLayer(self.client, self.repo, digest, size, MT_LAYER_TAR, digest)
+
+    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+        return push.push(
+            self.client, image, self.repo, tags=tags, mount_from=self.mount_from,
+            on_progress=on_progress,
+        )  # fmt: skip
+
+
+class LayoutTarget:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def manifest(self, tag: str) -> dict[str, Any] | None:
+        if not (self.path / layout.INDEX_FILE).exists():
+            return None
+        desc = layout.resolve_tag(self.path, tag)
+        if desc is None:
+            return None
+        return _doc(layout.read_blob(self.path, desc.digest), f"{self.path}:{tag}")
+
+    def labels(self, tag: str) -> dict[str, str] | None:
+        manifest = self.manifest(tag)
+        if manifest is None:
+            return None
+        found = _annotations(manifest)
+        if L.REVISION in found:
+            return found
+        digest = (manifest.get("config") or {}).get("digest")
+        if not isinstance(digest, str):
+            return {}
+        return config_labels(_doc(layout.read_blob(self.path, digest), f"config of {tag}"))
+
+    def stored_layer(self, digest: str, size: int) -> Layer | None:
+        blob = layout.blob_path(self.path, digest)
+        if not (blob.is_file() and blob.stat().st_size == size):
+            return None
+        return FileBlobLayer(
+            blob, media_type=MT_LAYER_TAR, diff_id=digest, digest=digest, size=size
+        )
+
+    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+        return layout.write_layout(image, self.path, tags=tags)
+
+
+class EngineTarget:
+    """The local Docker engine; with a registry, images are pushed from the engine too."""
+
+    def __init__(self, client: Any, name: str, registry: RegistryTarget | None) -> None:
+        self.client, self.name, self.registry = client, name, registry
+
+    def manifest(self, tag: str) -> dict[str, Any] | None:
+        return self.registry.manifest(tag) if self.registry is not None else None
+
+    def labels(self, tag: str) -> dict[str, str] | None:
+        if self.registry is not None:
+            return self.registry.labels(tag)
+        return daemon.labels(self.client, f"{self.name}:{tag}")
+
+    def stored_layer(self, digest: str, size: int) -> Layer | None:
+        return None  # the engine keeps no blobs that could be read back as they were sent
+
+    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+        daemon.load(self.client, image, [f"{self.name}:{tag}" for tag in tags])
+        if self.registry is None:
+            return image.digest
+        creds = load_credentials(self.registry.client.registry)
+        auth = {"username": creds.username, "password": creds.password} if creds else None
+        return daemon.push(self.client, self.name, tags, auth=auth)
+
+
+class Targets:
+    """The destination's targets, one per repo type, sharing one registry client or engine."""
+
+    def __init__(self, destination: Destination, *, base_name: str = "scratch") -> None:
+        self.destination = destination
+        self._client = (
+            RegistryClient(destination.registry, plain_http=destination.plain_http)
+            if destination.registry
+            else None
+        )
+        self._engine = daemon.docker_client() if destination.engine else None
+        self._mount_from: list[str] = []
+        if base_name != "scratch" and destination.registry:
+            ref = parse_reference(base_name)
+            if ref.registry == self._client.registry:  # type: ignore[union-attr]
+                self._mount_from.append(ref.repository)
+
+    @property
+    def client(self) -> RegistryClient | None:
+        return self._client
+
+    def labels(self, repo_type: RepoType, tag: str) -> dict[str, str] | None:
+        """The labels of the image now at ``tag`` for ``repo_type`` (None: none there)."""
+        return self.for_type(repo_type).labels(tag)
+
+    def for_type(self, repo_type: RepoType) -> Target:
+        repo = self.destination.repository(repo_type)
+        registry = RegistryTarget(self._client, repo, self._mount_from) if self._client else None
+        if self._engine is not None:
+            return EngineTarget(self._engine, self.destination.image(repo_type), registry)
+        if registry is not None:
+            return registry
+        return LayoutTarget(self.destination.layout_root / repo)
+
+
+def _annotations(manifest: dict[str, Any]) -> dict[str, str]:
+    found = manifest.get("annotations") or {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _doc(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise PackError(f"manifest of {what} is not valid JSON") from e
+    if not isinstance(doc, dict):
+        raise PackError(f"manifest of {what} is not a JSON object")
+    return doc

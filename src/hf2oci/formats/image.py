@@ -1,0 +1,189 @@
+"""The image format: the base's layers, then the repo's files under ``/REPO``.
+
+Small files share one layer; each large file gets a layer of its own (neighbours share when there
+are too many), so the same file gives the same layer in every revision. A file's bytes come from
+disk or straight from the hub: that only decides whether its layer is a ``TarLayer`` (digest
+computed first) or a ``StreamLayer`` (digest learnt while the sink writes it). Layers whose
+content key (paths + hub hashes) is known at the destination are reused without a download.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from hf2oci import labels as L
+from hf2oci.errors import PackError
+from hf2oci.layercache import LayerCache
+from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer, assemble, canonical_json, sha256_digest
+from hf2oci.oci.layers import StreamLayer, TarLayer
+from hf2oci.oci.tarstream import ChunkSource, entries_for_files, entries_for_streams
+
+log = logging.getLogger(__name__)
+
+#: where the repo's files live inside the image
+REPO_DIR = "REPO"
+#: overlayfs stacks at most ~125 layers (with the base's); stay well under it
+MAX_REPO_LAYERS = 64
+#: files below this size share one layer; each larger file gets a layer of its own, so the
+#: same weights file gives the same layer digest in every revision and repo
+DEFAULT_SMALL_FILE_LIMIT = 1 << 20
+#: bump when the tar bytes for the same files change, so old content keys stop matching
+TAR_FORMAT = "hf2oci-tar-1"
+
+
+@dataclass(frozen=True)
+class PackFile:
+    """One file to put under ``/REPO``."""
+
+    path: str
+    size: int
+    #: where the bytes come from: a file on disk, or a hub stream (one pass, hash-checked)
+    source: Path | ChunkSource
+    #: the hub's hash (``sha256:…`` / ``gitsha1:…``); None when a hook may have changed the file
+    hub_hash: str | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.source, Path)
+
+
+def scan(root: Path, hashes: Mapping[str, str] | None = None) -> list[PackFile]:
+    """Every regular file under ``root`` (a snapshot, or what a prepare hook left in OUT_DIR)."""
+    files = []
+    real_root = root.resolve()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink() and not p.resolve().is_relative_to(real_root):
+            raise PackError(f"{rel} links outside the output folder")
+        if p.is_file():
+            source = p.resolve()
+            try:
+                size = source.stat().st_size
+            except OSError as e:
+                raise PackError(f"cannot read {rel!r}: {e.strerror}") from e
+            files.append(PackFile(rel, size, source, (hashes or {}).get(rel)))
+    return files
+
+
+def split_files(
+    sized: Sequence[tuple[str, int]],
+    *,
+    small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    max_layers: int = MAX_REPO_LAYERS,
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """``(small files, groups of large files)``: small files share one layer, large files get
+    one each; with more large files than ``max_layers`` allows, neighbours (by path) share."""
+    ordered = sorted(sized)
+    small = tuple(p for p, s in ordered if s < small_limit)
+    large = [p for p, s in ordered if s >= small_limit]
+    room = max(1, max_layers - (1 if small else 0))
+    if len(large) <= room:
+        return small, [(p,) for p in large]
+    per, extra = divmod(len(large), room)
+    groups, start = [], 0
+    for i in range(room):
+        end = start + per + (1 if i < extra else 0)
+        groups.append(tuple(large[start:end]))
+        start = end
+    return small, groups
+
+
+def group_files(
+    sized: Sequence[tuple[str, int]],
+    *,
+    small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    max_layers: int = MAX_REPO_LAYERS,
+) -> list[tuple[str, ...]]:
+    """The layers' file groups in image order: the small files' layer first (deterministic)."""
+    small, large = split_files(sized, small_limit=small_limit, max_layers=max_layers)
+    return ([small] if small else []) + large
+
+
+def layer_annotations(group: Sequence[str], hashes: Mapping[str, str]) -> dict[str, str]:
+    """Annotations of a layer: its content key, and its file name when it holds one file."""
+    if any(p not in hashes for p in group):
+        return {}
+    key = sha256_digest(
+        canonical_json({"format": TAR_FORMAT, "files": [[p, hashes[p]] for p in group]})
+    )
+    out = {L.CONTENT_KEY: key}
+    if len(group) == 1:
+        out[L.TITLE] = group[0]
+    return out
+
+
+class Reuse:
+    """Layers the destination already holds, by content key: from the image now at the tag and
+    from the local cache of layers streamed before (each checked at the destination first)."""
+
+    def __init__(
+        self,
+        stored_layer: Callable[[str, int], Layer | None],
+        current_manifest: Mapping[str, object] | None,
+        cache: LayerCache | None = None,
+    ) -> None:
+        self.stored_layer = stored_layer
+        self.cache = cache or LayerCache()
+        self.known = self.cache.load()
+        layers = (current_manifest or {}).get("layers")
+        for desc in layers if isinstance(layers, list) else []:
+            key = (desc.get("annotations") or {}).get(L.CONTENT_KEY)
+            if key and desc.get("mediaType") == MT_LAYER_TAR:
+                self.known[key] = (str(desc["digest"]), int(desc["size"]))
+
+    def find(self, key: str | None) -> Layer | None:
+        if not key or key not in self.known:
+            return None
+        return self.stored_layer(*self.known[key])
+
+    def remember(self, key: str, digest: str, size: int) -> None:
+        self.cache.add(key, digest, size)
+
+
+def build_image(
+    files: Sequence[PackFile],
+    *,
+    base: Image,
+    labels: Mapping[str, str],
+    created: str,
+    small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    reuse: Reuse | None = None,
+) -> Image:
+    """The image of ``files`` on ``base``; its config and manifest are made once the sink has
+    written its layers (streamed ones learn their digest then)."""
+    if not files:
+        raise PackError("no file to pack: the filters keep nothing")
+    by_path = {f.path: f for f in files}
+    if len(by_path) != len(files):
+        raise PackError("a file is listed twice")
+    hashes = {f.path: f.hub_hash for f in files if f.hub_hash}
+    layers: list[Layer] = []
+    notes: list[dict[str, str]] = []
+    for group in group_files([(f.path, f.size) for f in files], small_limit=small_limit):
+        note = layer_annotations(group, hashes)
+        members = [by_path[p] for p in group]
+        layers.append(_layer(members, note.get(L.CONTENT_KEY), reuse))
+        notes.append(note)
+    return assemble(
+        base, layers, labels=labels, annotations=labels, created=created, layer_annotations=notes
+    )
+
+
+def _layer(members: Sequence[PackFile], key: str | None, reuse: Reuse | None) -> Layer:
+    if not any(f.streamed for f in members):
+        local = [(f.path, cast(Path, f.source)) for f in members]
+        return TarLayer(entries_for_files(local, prefix=REPO_DIR))
+    if reuse is not None:
+        found = reuse.find(key)
+        if found is not None:
+            log.info("%s: reusing layer %s", members[0].path, found.digest[:19])
+            return found
+    entries = entries_for_streams([(f.path, f.source, f.size) for f in members], prefix=REPO_DIR)
+    layer = StreamLayer(entries)
+    if reuse is not None and key:
+        layer.on_digest = lambda digest: reuse.remember(key, digest, layer.size)
+    return layer

@@ -1,0 +1,63 @@
+"""The label schema: what an image says about the repo it holds (config labels and manifest
+annotations). Plan, extract and serve read these; the formats write them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hf2oci.hub import RepoState
+    from hf2oci.spec import RepoSpec
+
+PREFIX = "io.huggingface"
+REPO_ID = f"{PREFIX}.repo_id"
+REPO_TYPE = f"{PREFIX}.repo_type"
+#: the hub commit the image holds
+REVISION = f"{PREFIX}.revision"
+#: the revision asked for (a branch, a tag or a commit sha), as the hub cache's refs/ names it
+REF = f"{PREFIX}.ref"
+#: a short hash of the file selection (include/exclude/preset)
+FILTER = f"{PREFIX}.filter"
+DEFAULT_REF = "main"
+
+SOURCE = "org.opencontainers.image.source"
+OCI_REVISION = "org.opencontainers.image.revision"
+TITLE = "org.opencontainers.image.title"
+CREATED = "org.opencontainers.image.created"
+LICENSES = "org.opencontainers.image.licenses"
+BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+#: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
+#: layer without downloading the files again (the tar is a pure function of them)
+CONTENT_KEY = "io.hf2oci.content"
+
+
+def image_labels(
+    state: RepoState, spec: RepoSpec, *, base_name: str, base_digest: str | None
+) -> dict[str, str]:
+    """Config labels (also the manifest's annotations). No secrets, nothing run-dependent."""
+    labels = {
+        SOURCE: state.url,
+        OCI_REVISION: state.commit,
+        TITLE: state.repo_id,
+        CREATED: state.last_modified,
+        BASE_NAME: base_name,
+        REPO_ID: state.repo_id,
+        REPO_TYPE: state.repo_type,
+        REVISION: state.commit,
+        REF: state.requested,
+        FILTER: spec.filter_key,
+    }
+    if base_digest:
+        labels[BASE_DIGEST] = base_digest
+    if state.license:
+        labels[LICENSES] = state.license
+    return labels
+
+
+def config_labels(config: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of an image config document."""
+    found = (config.get("config") or {}).get("Labels") or {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}

@@ -1,0 +1,132 @@
+"""The one retry policy: jittered exponential backoff, bounded in attempts and in time, honouring a
+server's Retry-After. The registry transport, the hub (metadata, small files, streamed files) and
+the git push of the records all retry through ``retrying``; nothing else loops on failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to try again."""
+
+    attempts: int = 6
+    #: first backoff window in seconds (doubles each attempt, random within the window)
+    initial: float = 0.5
+    max_wait: float = 30.0
+    #: no new attempt starts after this many seconds
+    total: float = 300.0
+    #: a server's Retry-After is honoured up to this many seconds
+    max_retry_after: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class Temporary(Exception):
+    """A failure worth another try, with the server's Retry-After (seconds) when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, urllib3's ``reason``, args)."""
+    seen: dict[int, BaseException] = {}
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen[id(e)] = e
+        nested = [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+    return list(seen.values())
+
+
+def name_not_resolved(exc: BaseException) -> bool:
+    """Whether a host name did not resolve: no retry makes it resolve."""
+    return any(
+        isinstance(e, socket.gaierror)
+        or "NameResolutionError" in type(e).__name__
+        or "Name or service not known" in str(e)
+        for e in causes(exc)
+    )
+
+
+def retry_after_of(exc: BaseException | None) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header; None for a missing value or an HTTP date."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def backoff(policy: RetryPolicy, attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before try ``attempt + 1``: the server's Retry-After when it gave one
+    (bounded), else a random time in a window that doubles with each try (full jitter)."""
+    if retry_after is not None:
+        return min(retry_after, policy.max_retry_after)
+    window = min(policy.max_wait, policy.initial * 2 ** (attempt - 1))
+    return random.uniform(0, window)
+
+
+def retrying(
+    fn: Callable[[], T],
+    *,
+    is_temporary: Callable[[BaseException], bool],
+    what: str,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``fn``; when it raises an error ``is_temporary`` accepts, wait and run it again.
+
+    The last error is re-raised as it is once the policy gives up.
+    """
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        after = retry_after_of(state.outcome.exception() if state.outcome else None)
+        return backoff(policy, state.attempt_number, after)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.info(
+            "%s failed (attempt %d/%d), trying again: %s",
+            what,
+            state.attempt_number,
+            policy.attempts,
+            first,
+        )
+
+    retryer = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.total),
+        wait=wait,
+        retry=tenacity.retry_if_exception(is_temporary),
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
+    return retryer(fn)
