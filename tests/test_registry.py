@@ -417,9 +417,9 @@ def test_fetch_base_of_an_oci_image(registry: Registry) -> None:
     assert by_digest.digest == image.digest
 
 
-def test_fetch_base_picks_the_platform_from_an_index(registry: Registry) -> None:
-    client, _ = logged_client(registry.host)
-    repo = unique_repo()
+def push_multi_platform_base(registry: Registry, repo: str) -> dict[str, Image]:
+    """``HOST/repo:multi``: an index of an amd64 and an arm64 image; returns them by arch."""
+    client = RegistryClient(registry.host)
     images = {
         arch: make_image([tar_layer({"arch": arch.encode()})], arch=arch)
         for arch in ("amd64", "arm64")
@@ -437,6 +437,13 @@ def test_fetch_base_picks_the_platform_from_an_index(registry: Registry) -> None
         )
     index = canonical_json({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries})
     client.put_manifest(repo, "multi", index, MT_INDEX)
+    return images
+
+
+def test_fetch_base_picks_the_platform_from_an_index(registry: Registry) -> None:
+    client, _ = logged_client(registry.host)
+    repo = unique_repo()
+    images = push_multi_platform_base(registry, repo)
     ref = parse_reference(f"{registry.host}/{repo}:multi")
     for arch, image in images.items():
         base = open_remote(client, ref, Platform("linux", arch))

@@ -278,13 +278,19 @@ def test_registry_refusal_fails_that_repo_with_one_line(
 
 
 def test_prepare_hook_gets_its_environment_and_fails_only_its_repo(
-    hub, random_repo, project: Path
+    hub, random_repo, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ok, sha, files = random_repo()
     bad, _, _ = random_repo()
+    # secrets stay out of the hook's environment, and so does anything not documented
+    monkeypatch.setenv("HF2OCI_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "registry-s3cret")
+    monkeypatch.setenv("HF_TOKEN", "hf_hook_secret_token")
+    monkeypatch.setenv("SOME_CI_VARIABLE", "x")
     hook = f"""set -eu
 if [ "$REPO_ID" = "{bad}" ]; then echo "cannot convert" >&2; exit 3; fi
 printf '%s|%s|%s|%s' "$REPO_ID" "$REPO_TYPE" "$REVISION" "$REPO_URL" > "$OUT_DIR/PREPARED"
+env | cut -d= -f1 | sort > "$OUT_DIR/ENV"
 test -f "$SRC_DIR/config.json"
 rm "$OUT_DIR/config.json"
 """
@@ -302,7 +308,11 @@ rm "$OUT_DIR/config.json"
     got = read_tree(bundle / "REPO")
     assert got["PREPARED"].decode() == f"{ok}|model|{sha}|{hub.url}/{ok}"
     assert "config.json" not in got
-    assert set(got) == (set(files) - {"config.json"}) | {"PREPARED"}
+    assert set(got) == (set(files) - {"config.json"}) | {"PREPARED", "ENV"}
+    names = set(got["ENV"].decode().split()) - {"PWD", "SHLVL", "_", "OLDPWD"}
+    documented = {"REPO_ID", "REPO_TYPE", "REVISION", "REPO_URL", "SRC_DIR", "OUT_DIR"}
+    assert documented <= names <= documented | {"PATH", "HOME", "HF_ENDPOINT", "LANG", "LC_ALL",
+                                                "TMPDIR"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -330,6 +340,34 @@ def test_an_unreachable_base_fails_first_in_one_line(
     assert len(line) < 400 and "HTTPConnectionPool" not in line and "Traceback" not in result.output
     assert hub.count("GET", "/resolve/") == 0  # nothing was downloaded
     assert not (project / "oci-images").exists()
+
+
+def test_platform_is_chosen_not_inherited_from_the_runner(
+    hub, random_repo, registry, project: Path
+) -> None:
+    """The base's platform is a setting: the digest no longer depends on the machine."""
+    from test_registry import push_multi_platform_base
+
+    push_multi_platform_base(registry, "multi/base")
+    model, _, _ = random_repo()
+    base = f"{registry.host}/multi/base:multi"
+    make_project(project, models=[model], config={"base_image": base})
+    digests = {}
+    for platform in ("linux/amd64", "linux/arm64"):
+        out = cli("mirror", model, "--platform", platform, "--output-dir", platform, "--json", "-q")
+        assert out.exit_code == 0, out.output
+        digests[platform] = json.loads(out.stdout)["results"][0]["digest"]
+        layout = project / platform / "hgfkeep/models"
+        config = skopeo_inspect(f"oci:{layout}:{_tag(model)}", config=True)
+        assert config["architecture"] == platform.split("/")[1]
+    assert digests["linux/amd64"] != digests["linux/arm64"]
+    make_project(project, config={"base_image": base, "platform": "linux/arm64"})
+    again = cli("mirror", model, "--output-dir", "again", "--json", "-q")
+    assert json.loads(again.stdout)["results"][0]["digest"] == digests["linux/arm64"]
+    bad = cli("mirror", model, "--platform", "arm64")
+    assert bad.exit_code == 2 and "invalid platform 'arm64'" in bad.stderr
+    missing = cli("mirror", model, "--platform", "linux/s390x", "--output-dir", "s390x")
+    assert missing.exit_code == 1 and "no linux/s390x manifest" in missing.stderr
 
 
 def test_config_errors_exit_2(project: Path) -> None:
@@ -405,6 +443,41 @@ def test_docker_builder_gives_the_same_files_and_labels_as_oci(
         "--base-image",
         busybox_base,
     )
+    assert json.loads(again.stdout)["skipped"] == 1
+
+
+def test_docker_builder_without_a_registry_records_the_engine(
+    hub, random_repo, busybox_base, project: Path
+) -> None:
+    """It used to record destination "oci-layout", point models.md at a layout that does not
+    exist, and record the engine's image ID as the manifest digest."""
+    model, _, files = random_repo()
+    make_project(project, models=[model], config={"base_image": busybox_base})
+    result = cli("sync", "--builder", "docker", "--namespace", "engine-only", "-q")
+    assert result.exit_code == 0, result.output
+    entry = json.loads((project / "get_hf/mirrored.json").read_text())["models"][model]
+    assert entry["destination"] == "docker-engine" and entry["builder"] == "docker"
+    name = f"engine-only/models:{_tag(model)}"
+    assert entry["image"] == "engine-only/models"
+    image_id = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", name],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert entry["digest"] != image_id
+    # the digest is the image's manifest digest: the oci builder makes the same image
+    same = cli("mirror", model, "--namespace", "engine-only", "--no-record", "--json", "-q")
+    assert json.loads(same.stdout)["results"][0]["digest"] == entry["digest"]
+    page = (project / "models.md").read_text()
+    assert f"docker image inspect {name}" in page and "skopeo copy oci:" not in page
+    cid = subprocess.run(
+        ["docker", "create", name, "sh"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["docker", "cp", f"{cid}:/REPO", str(project / "out")], check=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    assert read_tree(project / "out") == files
+    again = cli("sync", "--builder", "docker", "--namespace", "engine-only", "--json")
     assert json.loads(again.stdout)["skipped"] == 1
 
 

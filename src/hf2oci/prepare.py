@@ -12,6 +12,9 @@ from hf2oci.hub import RepoState
 
 #: the hook gets this long before it is stopped
 TIMEOUT_S = 6 * 3600
+#: what the hook gets of this process's environment; never a secret (HF_TOKEN, registry
+#: credentials): the files are already downloaded, and a hook is code from the repository
+PASSED_ON = ("PATH", "HOME", "HF_ENDPOINT", "LANG", "LC_ALL", "TMPDIR")
 
 
 def run_prepare(script: Path, *, state: RepoState, src_dir: Path, out_dir: Path) -> None:
@@ -23,7 +26,7 @@ def run_prepare(script: Path, *, state: RepoState, src_dir: Path, out_dir: Path)
     script = script.resolve()
     shutil.copytree(src_dir, out_dir, symlinks=False, dirs_exist_ok=True)
     env = {
-        **os.environ,
+        **{k: os.environ[k] for k in PASSED_ON if k in os.environ},
         "REPO_ID": state.repo_id,
         "REPO_TYPE": state.repo_type,
         "REVISION": state.commit,

@@ -1,0 +1,82 @@
+"""``plan.decide``: every outcome, from values alone (no hub, no registry)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf2oci import labels as L
+from hf2oci.hub import HubFile, RepoState
+from hf2oci.plan import decide, tags_for
+from hf2oci.spec import RepoSpec
+
+COMMIT = "a" * 40
+OLD = "b" * 40
+FILES = (
+    HubFile("config.json", 10, blob_id="1" * 40),
+    HubFile("model.safetensors", 100, sha256="2" * 64, blob_id="3" * 40),
+    HubFile("pytorch_model.bin", 100, sha256="4" * 64, blob_id="5" * 40),
+)
+
+
+def state(requested: str = "main", files: tuple[HubFile, ...] = FILES) -> RepoState:
+    return RepoState("org/m", "model", requested, COMMIT, files, "2024-01-01T00:00:00Z")
+
+
+def labels_of(spec: RepoSpec, *, commit: str = COMMIT, ref: str | None = "main") -> dict[str, str]:
+    out = {L.REPO_ID: spec.repo_id, L.REVISION: commit, L.FILTER: spec.filter_key}
+    if ref is not None:
+        out[L.REF] = ref
+    return out
+
+
+SPEC = RepoSpec("org/m")
+
+
+def test_new_repo_is_mirrored_with_both_tags_immutable_first() -> None:
+    action = decide(SPEC, state(), None)
+    assert (action.kind, action.reason) == ("mirror", "not mirrored yet")
+    assert action.tags == tags_for("org/m", COMMIT) == ("org--m--aaaaaaaaaaaa", "org--m")
+    assert action.files == ("config.json", "model.safetensors", "pytorch_model.bin")
+    assert action.size == 210
+
+
+def test_unchanged_repo_is_skipped() -> None:
+    action = decide(SPEC, state(), labels_of(SPEC))
+    assert (action.kind, action.reason) == ("skip", f"up to date at {COMMIT[:12]}")
+    assert action.tags and action.files  # a skip still says what the image holds
+
+
+def test_moved_revision_is_mirrored_again() -> None:
+    action = decide(SPEC, state(), labels_of(SPEC, commit=OLD))
+    assert action.kind == "mirror" and action.reason == f"revision moved {OLD[:12]} → {COMMIT[:12]}"
+
+
+def test_changed_filter_is_mirrored_again() -> None:
+    spec = RepoSpec("org/m", preset="safetensors")
+    action = decide(spec, state(), labels_of(SPEC))
+    assert (action.kind, action.reason) == ("mirror", "file selection changed")
+    assert action.files == ("config.json", "model.safetensors")
+
+
+def test_changed_ref_is_mirrored_again_and_old_images_without_one_are_kept() -> None:
+    spec = RepoSpec("org/m", revision="v1")
+    action = decide(spec, state("v1"), labels_of(spec, ref="main"))
+    assert (action.kind, action.reason) == ("mirror", "revision asked for changed: main → v1")
+    assert decide(spec, state("v1"), labels_of(spec, ref=None)).kind == "skip"
+
+
+def test_forced_repo_is_mirrored_even_when_up_to_date() -> None:
+    action = decide(SPEC, state(), labels_of(SPEC), force=True)
+    assert (action.kind, action.reason) == ("mirror", "forced")
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (RepoSpec("org/m", include=("*.txt",)), "the filters keep no file"),
+        (RepoSpec("org/m", preset="gguf:Q4_K_M"), "no .gguf file"),
+    ],
+)
+def test_a_selection_that_keeps_nothing_fails(spec: RepoSpec, reason: str) -> None:
+    action = decide(spec, state(), None)
+    assert action.kind == "fail" and reason in action.reason and not action.tags
