@@ -113,11 +113,54 @@ def measure(
         shutil.rmtree(regdir, ignore_errors=True)
 
 
+def timed(cmd: list[str], *, env: dict[str, str], cwd: Path, runs: int) -> dict[str, float]:
+    """min/median/max wall seconds of ``runs`` fresh processes (exit status 0 required)."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return {"min": times[0], "median": times[len(times) // 2], "max": times[-1]}
+
+
+def startup(
+    hub: HubServer, env: dict[str, str], work: Path, rootfs: Path, *, runs: int
+) -> dict[str, object]:
+    """What the scheduled workflow does all day: `hf2oci mirror` of an unchanged repo (two
+    metadata requests), and `hf2oci --help`; each a fresh process, as the console script."""
+    exe = str(Path(sys.executable).with_name("hf2oci"))
+    weights = work / "weights-startup.safetensors"
+    with open(weights, "wb") as f:
+        for _ in range(512):
+            f.write(os.urandom(MiB))
+    hub.add_repo("bench/unchanged", {"config.json": b"{}\n", "model.safetensors": weights})
+    reg = start_registry(work / "reg-startup")
+    base = push_busybox(reg.host, rootfs)
+    project = work / "project-startup"
+    (project / "get_hf").mkdir(parents=True)
+    (project / "get_hf" / "to_get_models.txt").write_text("bench/unchanged\n")
+    args = ["mirror", "bench/unchanged", "--registry", reg.host, "--base-image", base,
+            "--no-record", "-q"]  # fmt: skip
+    subprocess.run([exe, *args], env=env, cwd=project, check=True, capture_output=True)
+    out = {
+        "no_change_mirror_s": timed([exe, *args], env=env, cwd=project, runs=runs),
+        "help_s": timed([exe, "--help"], env=env, cwd=project, runs=runs),
+    }
+    reg.stop()
+    weights.unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="512,2048", help="weights sizes in MiB")
     ap.add_argument("--resync", type=int, default=50, help="repos for the re-sync timing")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--startup", type=int, default=10,
+        help="runs of `hf2oci --help` and of a no-change `hf2oci mirror` (512 MiB repo)",
+    )  # fmt: skip
     args = ap.parse_args()
     ensure_dockerd(Path(tempfile.gettempdir()))
     work = Path(tempfile.mkdtemp(prefix="hf2oci-bench-", dir=args.workdir))
@@ -254,6 +297,9 @@ def main() -> None:
             report["resync"] = {"repos": args.resync, "first_s": first, "unchanged_rerun_s": again}
             print(json.dumps(report["resync"], indent=1), flush=True)
             reg.stop()
+        if args.startup:
+            report["startup"] = startup(hub, env, work, rootfs, runs=args.startup)
+            print(json.dumps(report["startup"], indent=1), flush=True)
     out = ROOT / "benchmarks" / "last-run.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)

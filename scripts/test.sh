@@ -34,8 +34,8 @@ WHEELS=${HF2OCI_WHEELS:-/var/cache/hf2oci/wheels}
 # Version and build flags as `hf2oci runtime dockerfile --wheels` asks for them: no OpenMP, so
 # the wheel needs only what python:3.11-slim has (no libgomp1) and the llama.cpp runtime image
 # can be built from it with no network.
-LLAMA=$(sed -n 's/^LLAMA_CPP_VERSION = "\(.*\)"$/\1/p' src/hf2oci/cli/runtime.py)
-LLAMA_CMAKE_ARGS=$(sed -n 's/^WHEEL_CMAKE_ARGS = "\(.*\)"$/\1/p' src/hf2oci/cli/runtime.py)
+LLAMA=$(sed -n 's/^LLAMA_CPP_VERSION = "\(.*\)"$/\1/p' src/hf2oci/cli/deploy.py)
+LLAMA_CMAKE_ARGS=$(sed -n 's/^WHEEL_CMAKE_ARGS = "\(.*\)"$/\1/p' src/hf2oci/cli/deploy.py)
 mkdir -p "$WHEELS"
 stamp="$WHEELS/llama_cpp_python-$LLAMA.cmake-args"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl >/dev/null 2>&1 \

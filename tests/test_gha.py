@@ -101,7 +101,7 @@ def test_result_files_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> Non
         file_count=1,
         mirrored_at="2026-11-23T00:00:00Z",
     )
-    ok = {"status": "mirrored", "mirrored": gha.mirrored_json(m)}
+    ok = {"status": "mirrored", "mirrored": m.to_json()}
     gha.write_result(tmp_path / "r" / "a" / "0.json", [ok])
     gha.write_result(tmp_path / "r" / "1.json", [gha.failed_outcome("boom", origin="x:1")])
     gha.write_result(tmp_path / "r" / "3.json", [{"status": "skipped", "mirrored": None}])
@@ -111,5 +111,5 @@ def test_result_files_round_trip_and_bad_ones_are_refused(tmp_path: Path) -> Non
     (tmp_path / "r" / "2.json").write_text('{"version": 99, "outcomes": []}')
     with pytest.raises(RecordError, match=r"2\.json: not a hf2oci result file"):
         gha.read_results(tmp_path / "r")
-    with pytest.raises(RecordError, match="no such folder"):
+    with pytest.raises(RecordError, match="no such result file or folder"):
         gha.read_results(tmp_path / "nowhere")

@@ -24,6 +24,7 @@ IMAGE = "registry.example.com/hgfkeep/models:ggml-org--gemma-3-270m-GGUF"
 @pytest.mark.parametrize("mode", ["init", "image-volume"])
 def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: Path) -> None:
     r = cli(
+        "deploy",
         "k8s",
         IMAGE,
         "--runtime",
@@ -78,6 +79,6 @@ def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: 
     ],
 )
 def test_bad_input_is_one_line(args: list[str], words: str) -> None:
-    r = cli("k8s", IMAGE, "--runtime", "llamacpp", *args)
+    r = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", *args)
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1

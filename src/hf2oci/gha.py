@@ -3,7 +3,6 @@ the step summary, and the result files mirror jobs hand to the record job."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import uuid
@@ -139,12 +138,6 @@ def write_result(path: Path, outcomes: Sequence[Mapping[str, Any]]) -> None:
     atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def mirrored_json(m: Mirrored) -> dict[str, Any]:
-    doc = dataclasses.asdict(m)
-    doc["tags"] = list(m.tags)
-    return doc
-
-
 def failed_outcome(message: str, *, origin: str) -> dict[str, Any]:
     """The outcome of a job that failed before any repo was tried (bad options, config)."""
     return {"status": "failed", "message": message, "origin": origin, "mirrored": None}
@@ -157,14 +150,21 @@ class Results(NamedTuple):
     total: int
 
 
-def read_results(folder: Path) -> Results:
-    """Every ``*.json`` result under ``folder`` → successes, failures and the outcome count."""
+def read_results(*places: Path) -> Results:
+    """Every result file given, or ``*.json`` under each folder given → successes, failures and
+    the outcome count."""
     ok: list[Mirrored] = []
     failed: list[dict[str, Any]] = []
     total = 0
-    if not folder.is_dir():
-        raise RecordError(f"{folder}: no such folder of results")
-    for path in sorted(folder.rglob("*.json")):
+    paths: list[Path] = []
+    for place in places:
+        if place.is_dir():
+            paths.extend(sorted(place.rglob("*.json")))
+        elif place.is_file():
+            paths.append(place)
+        else:
+            raise RecordError(f"{place}: no such result file or folder")
+    for path in paths:
         try:
             doc = json.loads(path.read_text())
             if doc.get("version") != RESULT_VERSION:
@@ -174,9 +174,7 @@ def read_results(folder: Path) -> Results:
                 if o.get("status") == "failed":
                     failed.append(o)
                 elif o.get("mirrored"):
-                    m = dict(o["mirrored"])
-                    m["tags"] = tuple(m["tags"])
-                    ok.append(Mirrored(**m))
+                    ok.append(Mirrored.from_json(o["mirrored"], where=str(path)))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise RecordError(f"{path}: not a hf2oci result file ({e})") from e
     return Results(ok, failed, total)

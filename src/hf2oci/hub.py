@@ -1,4 +1,9 @@
-"""The only module that talks to the Hugging Face Hub (through ``huggingface_hub``)."""
+"""The only module that talks to the Hugging Face Hub.
+
+Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, so a
+no-change run never loads ``huggingface_hub``; files are downloaded through it (small files) or
+streamed over its HTTP client (large files). Every request goes through the one retry policy.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import hashlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,17 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-
-import httpx2
-from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
-from huggingface_hub import errors as hf_errors
-from huggingface_hub.utils import (  # type: ignore[attr-defined]
-    build_hf_headers,
-    disable_progress_bars,
-    enable_progress_bars,
-    get_session,
-    hf_raise_for_status,
-)
+from urllib.parse import quote
 
 from hf2oci import naming
 from hf2oci.errors import (
@@ -58,6 +54,11 @@ def endpoint() -> str:
 
 def set_progress_bars(enabled: bool) -> None:
     """Turn huggingface_hub's own download progress bars on or off."""
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
     if enabled:
         enable_progress_bars()
     else:
@@ -110,6 +111,8 @@ def _what(spec: RepoSpec | RepoState) -> str:
 
 def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> HubError:
     """Map huggingface_hub's exceptions onto ours, with a one-line message that says what to do."""
+    from huggingface_hub import errors as hf_errors
+
     what = _what(spec)
     has_token = bool(os.environ.get("HF_TOKEN"))
     if isinstance(exc, hf_errors.GatedRepoError):
@@ -131,7 +134,7 @@ def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> Hub
     if isinstance(exc, hf_errors.HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "?"
         return HubError(f"{what}: the hub answered HTTP {status}: {_first_line(exc)}")
-    if isinstance(exc, (httpx2.HTTPError, OSError)):
+    if isinstance(exc, OSError) or "httpx" in type(exc).__module__:
         return HubUnreachable(f"{what}: cannot reach the hub at {endpoint()}: {_first_line(exc)}")
     return HubError(f"{what}: {type(exc).__name__}: {_first_line(exc)}")
 
@@ -142,6 +145,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _iso(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return "1970-01-01T00:00:00Z"
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -158,41 +166,155 @@ def _license(card_data: Any) -> str | None:
     return str(value) if value else None
 
 
-def fetch_state(spec: RepoSpec) -> RepoState:
-    """Ask the hub what ``spec`` resolves to now: commit sha and files (metadata calls only)."""
-    revision = spec.revision or "main"
-    api = HfApi(endpoint=endpoint())
-    info = _call(
-        lambda: api.repo_info(
-            spec.repo_id, repo_type=spec.repo_type, revision=revision, files_metadata=True
-        ),
-        spec,
-        revision,
-        what=f"{_what(spec)}: repo info",
+def token() -> str | None:
+    """The hub token as huggingface_hub finds it: ``HF_TOKEN``, else the token file
+    (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)."""
+    found = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if found:
+        return found.strip() or None
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
     )
-    if not info.sha:
-        raise HubError(f"{_what(spec)}: the hub gave no commit for revision {revision!r}")
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def fetch_state(spec: RepoSpec) -> RepoState:
+    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request)."""
+    revision = spec.revision or "main"
+    what = _what(spec)
+    if _offline():
+        raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
+    kind = "datasets" if spec.repo_type == "dataset" else "models"
+    url = f"{endpoint()}/api/{kind}/{spec.repo_id}/revision/{quote(revision, safe='')}"
+    info = _api_get(url, spec, revision, params={"blobs": "true"})
+    commit = info.get("sha")
+    if not isinstance(commit, str) or not commit:
+        raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
     files = []
-    for sib in getattr(info, "siblings", None) or ():
-        lfs = sib.lfs
-        files.append(
-            HubFile(
-                path=sib.rfilename,
-                size=int(sib.size if sib.size is not None else (lfs.size if lfs else 0)),
-                sha256=lfs.sha256 if lfs else None,
-                blob_id=sib.blob_id,
+    try:
+        for sib in info.get("siblings") or ():
+            lfs = sib.get("lfs") or None
+            size = sib.get("size")
+            files.append(
+                HubFile(
+                    path=str(sib["rfilename"]),
+                    size=int(size if size is not None else (lfs["size"] if lfs else 0)),
+                    sha256=str(lfs["sha256"]) if lfs else None,
+                    blob_id=sib.get("blobId"),
+                )
             )
-        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{what}: the hub's file list is malformed ({e})") from e
+    card = info.get("cardData")
     return RepoState(
         repo_id=spec.repo_id,
         repo_type=spec.repo_type,
         requested=revision,
-        commit=info.sha,
+        commit=commit,
         files=tuple(sorted(files, key=lambda f: f.path)),
-        last_modified=_iso(getattr(info, "last_modified", None)),
-        license=_license(getattr(info, "card_data", None)),
-        gated=bool(getattr(info, "gated", False)),
+        last_modified=_iso(info.get("lastModified")),
+        license=_license(card if isinstance(card, dict) else None),
+        gated=bool(info.get("gated", False)),
     )
+
+
+_session_lock = threading.Lock()
+_sessions: dict[int, Any] = {}
+
+
+def _http() -> Any:
+    """One ``requests`` session per thread (connections kept alive between repos)."""
+    import requests
+
+    key = threading.get_ident()
+    with _session_lock:
+        if key not in _sessions:
+            _sessions[key] = requests.Session()
+        return _sessions[key]
+
+
+def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
+    """GET a Hub API document under the retry policy; hub errors become ours."""
+    import requests
+
+    from hf2oci.oci.transport import unreachable_reason
+
+    what = _what(spec)
+    headers = {"user-agent": f"hf2oci/{_version()}"}
+    secret = token()
+    if secret:
+        headers["authorization"] = f"Bearer {secret}"
+
+    def once() -> Any:
+        try:
+            resp = _http().get(url, params=params, headers=headers, timeout=(10, 60))
+        except requests.RequestException as e:
+            if name_not_resolved(e):
+                raise HubUnreachable(
+                    f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
+                ) from e
+            raise Temporary(unreachable_reason(e)) from e
+        if resp.status_code in _RETRY_STATUSES:
+            after = parse_retry_after(resp.headers.get("Retry-After"))
+            raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
+        return resp
+
+    try:
+        resp = retrying(
+            once, is_temporary=lambda e: isinstance(e, Temporary), what=f"{what}: repo info",
+            policy=HUB_POLICY,
+        )  # fmt: skip
+    except Temporary as e:
+        raise HubUnreachable(f"{what}: cannot reach the hub at {endpoint()}: {e}") from e
+    if resp.status_code >= 400:
+        raise _api_error(resp, spec, revision)
+    try:
+        doc = resp.json()
+    except ValueError as e:
+        raise HubError(f"{what}: the hub's answer is not JSON") from e
+    if not isinstance(doc, dict):
+        raise HubError(f"{what}: the hub's answer is not a JSON object")
+    return doc
+
+
+def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
+    """The hub's error as ours, read as huggingface_hub reads it (``X-Error-Code`` first)."""
+    what = _what(spec)
+    code = resp.headers.get("X-Error-Code", "")
+    message = resp.headers.get("X-Error-Message", "")
+    has_token = token() is not None
+    if code == "GatedRepo":
+        hint = (
+            "the token in HF_TOKEN has no access: accept the terms on the hub with that account"
+            if has_token
+            else "accept its terms on the hub and set HF_TOKEN to a token with access"
+        )
+        return GatedRepo(f"{what} is gated: {hint}")
+    if code == "RevisionNotFound":
+        return RevisionNotFound(f"{what}: revision {revision!r} not found")
+    if code == "RepoNotFound" or (
+        resp.status_code == 401 and message != "Invalid credentials in Authorization header"
+    ):
+        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
+        return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
+    detail = message or resp.reason or ""
+    return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
+
+
+def _version() -> str:
+    from hf2oci import __version__
+
+    return __version__
 
 
 def download(
@@ -200,6 +322,8 @@ def download(
 ) -> Path:
     """Download ``paths`` at ``state.commit`` into an HF cache, each file checked against the
     hub's hash and retried on its own by the retry policy; returns the snapshot folder."""
+
+    from huggingface_hub import hf_hub_download
 
     def one(path: str) -> Path:
         def get() -> str:
@@ -257,6 +381,9 @@ _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 def _transient(exc: BaseException) -> Temporary | None:
     """``exc`` as a Temporary (with the hub's Retry-After) when another try may help."""
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+
     if isinstance(exc, hf_errors.HfHubHTTPError):
         resp = exc.response
         status = resp.status_code if resp is not None else None
@@ -334,6 +461,14 @@ def iter_file(
     bytes are hashed on the way; the last chunk is only given out once the hash matches the hub's
     (LFS sha256 or git blob sha1), so a consumer never completes a blob with wrong content.
     """
+    import httpx2
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import (  # type: ignore[attr-defined]
+        build_hf_headers,
+        get_session,
+        hf_raise_for_status,
+    )
+
     what = f"{_what(state)}: {file.path}"
     url = hf_hub_url(
         state.repo_id,

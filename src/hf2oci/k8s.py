@@ -10,17 +10,10 @@ from hf2oci import naming
 from hf2oci.errors import InvalidRepoId, UsageError
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
+from hf2oci.runtime import RUNTIMES
 
-Runtime = Literal["llamacpp", "vllm"]
 Mode = Literal["init", "image-volume"]
-
-#: readiness endpoints: llama-cpp-python's server lists models at /v1/models; vLLM has /health
-HEALTH = {"llamacpp": "/v1/models", "vllm": "/health"}
-DEFAULT_RUNTIME_IMAGE = {
-    "llamacpp": "hf2oci/llamacpp-server:latest",
-    "vllm": "hf2oci/vllm-server:latest",
-}
-DEFAULT_MEMORY = {"llamacpp": "4Gi", "vllm": "16Gi"}
+MODES: tuple[Mode, ...] = ("init", "image-volume")
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
 
@@ -28,7 +21,7 @@ _QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
 @dataclass(frozen=True)
 class ServeSpec:
     model_image: str
-    runtime: Runtime
+    runtime: str
     mode: Mode = "init"
     name: str | None = None
     runtime_image: str | None = None
@@ -57,14 +50,15 @@ def default_name(model_image: str, runtime: str) -> str:
 def manifests(spec: ServeSpec) -> str:
     """kubectl-ready YAML for ``spec``; UsageError for names, references or sizes k8s refuses."""
     parse_reference(spec.model_image)
-    runtime_image = spec.runtime_image or DEFAULT_RUNTIME_IMAGE[spec.runtime]
+    runtime = RUNTIMES[spec.runtime]
+    runtime_image = spec.runtime_image or runtime.default_image
     parse_reference(runtime_image)
     name = spec.name or default_name(spec.model_image, spec.runtime)
     if len(name) > 63 or not _DNS1123.fullmatch(name):
         raise UsageError(
             f"invalid name {name!r}: lower-case letters, digits and '-', at most 63 characters"
         )
-    memory = spec.memory or DEFAULT_MEMORY[spec.runtime]
+    memory = spec.memory or runtime.default_memory
     for what, value in (("--cpu", spec.cpu), ("--memory", memory)):
         if not _QUANTITY.fullmatch(value):
             raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
@@ -78,7 +72,7 @@ def manifests(spec: ServeSpec) -> str:
         # an image volume mounts the model image's root, where the files are under REPO/
         model_dir="/models" if spec.mode == "init" else "/models/REPO",
         served_model_name=served_model_name(spec.model_image),
-        health_path=HEALTH[spec.runtime],
+        health_path=runtime.health_path,
         cpu=spec.cpu,
         memory=memory,
         gpu=spec.gpu,

@@ -1,7 +1,8 @@
 """Entrypoint of the runtime images: find the model, go offline, exec the server.
 
 Standard library only: the runtime image templates copy this file in as their entrypoint
-(``hf2oci runtime dockerfile``), so it runs where hf2oci itself is not installed.
+(``hf2oci deploy dockerfile``), so it runs where hf2oci itself is not installed. ``RUNTIMES``
+is the one list of the servers hf2oci deploys.
 
     python runtime.py llamacpp [EXTRA SERVER ARGS...]
     python runtime.py vllm [EXTRA SERVER ARGS...]
@@ -20,7 +21,8 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q4_K_S", "IQ4_XS", "BF16", "F16")
@@ -159,15 +161,43 @@ def vllm_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
     return cmd + list(extra)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """A model server hf2oci can deploy, and what each deployment form needs of it."""
+
+    name: str
+    #: the server's command line, from the environment and extra arguments
+    command: Callable[[Mapping[str, str], Sequence[str]], list[str]]
+    #: a path that answers 200 once the model is loaded (readiness probes)
+    health_path: str
+    #: the server image `deploy dockerfile` builds, when none is named
+    default_image: str
+    #: memory request and limit for Kubernetes
+    default_memory: str
+    #: what it serves: "gguf" (one file) or "transformers" (a folder with config.json)
+    model_format: str
+
+
+#: the one list of runtimes: the entrypoint, `hf2oci deploy` and the templates read it
+RUNTIMES: dict[str, Runtime] = {
+    r.name: r
+    for r in (
+        Runtime("llamacpp", llamacpp_command, "/v1/models", "hf2oci/llamacpp-server:latest",
+                "4Gi", "gguf"),
+        Runtime("vllm", vllm_command, "/health", "hf2oci/vllm-server:latest", "16Gi",
+                "transformers"),
+    )
+}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ("llamacpp", "vllm"):
-        print("usage: runtime.py llamacpp|vllm [server args...]", file=sys.stderr)
+    if not args or args[0] not in RUNTIMES:
+        print(f"usage: runtime.py {'|'.join(RUNTIMES)} [server args...]", file=sys.stderr)
         return 2
     env = {**os.environ, **OFFLINE}
     try:
-        build = llamacpp_command if args[0] == "llamacpp" else vllm_command
-        cmd = build(env, args[1:])
+        cmd = RUNTIMES[args[0]].command(env, args[1:])
     except RuntimeSetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 RepoType = Literal["model", "dataset"]
 REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
@@ -64,3 +65,32 @@ class Mirrored:
     destination: str = "registry"
     builder: str = "oci"
     license: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object (the ledger's entries, the workflow's result files)."""
+        doc = dataclasses.asdict(self)
+        doc["tags"] = list(self.tags)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: object, *, where: str) -> Mirrored:
+        """Parse ``to_json``'s output; unknown keys are dropped (a newer hf2oci's records still
+        read). ``RecordError`` naming ``where`` when it is not one."""
+        from hf2oci.errors import RecordError
+
+        if not isinstance(doc, dict):
+            raise RecordError(f"{where}: expected an object")
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in doc]
+        if missing:
+            raise RecordError(f"{where}: missing {', '.join(missing)}")
+        known = {f.name: doc[f.name] for f in fields if f.name in doc}
+        tags = known["tags"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise RecordError(f"{where}: tags must be a list of strings")
+        known["tags"] = tuple(tags)
+        try:
+            return cls(**known)
+        except TypeError as e:
+            raise RecordError(f"{where}: {e}") from e

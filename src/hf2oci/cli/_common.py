@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import threading
 import time
@@ -13,25 +12,15 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from hf2oci.cli._verbosity import is_quiet, verbosity
 from hf2oci.config import Config, load_config
 from hf2oci.errors import ConfigError, Hf2ociError, ListError
 from hf2oci.lists import read_lists
+from hf2oci.redact import redact
 from hf2oci.spec import RepoSpec
 from hf2oci.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: environment variables whose values must never be printed
-SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF2OCI_REGISTRY_PASSWORD")
-
-
-def redact(text: str) -> str:
-    for var in SECRET_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
 
 def echo(message: str, *, err: bool = True) -> None:
     click.echo(redact(message), err=err)
@@ -83,6 +72,28 @@ def get_hf_option(func: F) -> F:
     )(func)
 
 
+def _repo_type(ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    dataset = ctx.params.pop("dataset", False)
+    if value is not None and dataset and value != "dataset":
+        raise click.BadParameter("--dataset says dataset", param_hint="--repo-type")
+    return value or ("dataset" if dataset else "model")
+
+
+def repo_type_option(func: F) -> F:
+    """``--repo-type model|dataset`` (as ``hf download`` says it), ``--dataset`` for short."""
+    func = click.option(
+        "--repo-type",
+        type=click.Choice(["model", "dataset"]),
+        callback=_repo_type,
+        help="What the repo id names (default: model).",
+    )(func)
+    return click.option(
+        "--dataset", is_flag=True, is_eager=True, expose_value=False,
+        callback=lambda ctx, _p, v: ctx.params.__setitem__("dataset", v) if v else None,
+        help="Short for --repo-type dataset.",
+    )(func)  # fmt: skip
+
+
 def read_project(get_hf: Path, **overrides: Any) -> tuple[Config, list[RepoSpec], list[ListError]]:
     """The config (flags win) and the lists of ``get_hf/``, which must exist."""
     if not get_hf.is_dir():
@@ -118,3 +129,6 @@ class ByteMeter:
 
 def byte_meter(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | None:
     return ByteMeter if enabled and sys.stderr.isatty() else None
+
+
+__all__ = ["is_quiet", "redact", "verbosity"]

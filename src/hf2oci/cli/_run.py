@@ -11,12 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
-from hf2oci import hub
 from hf2oci.cli._common import byte_meter, echo, redact
 from hf2oci.config import Config
 from hf2oci.destination import Destination, Targets
 from hf2oci.oci.source import parse_platform
-from hf2oci.pipeline import Outcome, Report, RunOptions, run
+from hf2oci.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.spec import RepoSpec, RepoType
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,7 +88,10 @@ def progress_printer(enabled: bool) -> Callable[[str, str], None]:
         if enabled:
             echo(f"{repo}: {message}")
 
-    hub.set_progress_bars(enabled and sys.stderr.isatty())
+    if sys.stderr.isatty():  # only then would huggingface_hub draw bars (and is worth loading)
+        from hf2oci import hub
+
+        hub.set_progress_bars(enabled)
     return say
 
 
@@ -117,6 +119,9 @@ def summarize(report: Report, *, as_json: bool, extra_errors: Iterable[Outcome] 
     counts = {
         s: sum(1 for o in outcomes if o.status == s) for s in ("mirrored", "skipped", "planned")
     }
+    if not as_json:  # what was written, as `crane push` prints it: commands compose
+        for line in iter_mirrored(report):
+            click.echo(line)
     if as_json:
         doc = {
             "ok": not failed,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import byte_meter, echo, handle_errors
+from hf2oci.cli._common import byte_meter, echo, handle_errors, is_quiet, verbosity
 from hf2oci.extract import extract as do_extract
 from hf2oci.units import human_size
 
@@ -27,9 +27,13 @@ from hf2oci.units import human_size
     show_default=True,
     help="Write files of 16 MiB and more with O_DIRECT, not through the page cache.",
 )
-@click.option("--plain-http", is_flag=True, default=None, help="HTTP, not HTTPS, to the registry.")
+@click.option(
+    "--plain-http/--no-plain-http",
+    default=None,
+    help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
+@verbosity
 @handle_errors
 def extract(
     image: str,
@@ -41,7 +45,6 @@ def extract(
     direct: bool,
     plain_http: bool | None,
     as_json: bool,
-    quiet: bool,
 ) -> None:
     """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
 
@@ -58,7 +61,7 @@ def extract(
         force=force,
         direct=direct,
         plain_http=plain_http,
-        meter=_meter(image, quiet),
+        meter=_meter(image, is_quiet()),
     )
     if as_json:
         doc = {

@@ -8,17 +8,24 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import get_hf_option, handle_errors, load, redact
+from hf2oci.cli._common import (
+    get_hf_option,
+    handle_errors,
+    is_quiet,
+    load,
+    redact,
+    repo_type_option,
+    verbosity,
+)
 from hf2oci.cli._run import outcome_json, run_specs, summarize, target_options
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.lists import parse_list
-from hf2oci.record import record_results
-from hf2oci.spec import RepoSpec
+from hf2oci.spec import RepoSpec, RepoType
 
 
 @click.command()
 @click.argument("repo_id", required=False)
-@click.option("--dataset", is_flag=True, help="The repo is a dataset.")
+@repo_type_option
 @click.option("--revision", help="Branch, tag or commit sha (default: main).")
 @click.option("--include", multiple=True, help="Keep only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Drop files matching this glob (repeatable).")
@@ -35,13 +42,14 @@ from hf2oci.spec import RepoSpec
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the outcome as JSON here (for `hf2oci record --results`).",
 )
+@click.option("--dry-run", is_flag=True, help="Plan only: say what would be mirrored.")
 @click.option("--force", is_flag=True, help="Mirror even if the image looks up to date.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@verbosity
 @handle_errors
 def mirror(
     repo_id: str | None,
-    dataset: bool,
+    repo_type: RepoType,
     revision: str | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -50,14 +58,15 @@ def mirror(
     get_hf: Path,
     no_record: bool,
     result: Path | None,
+    dry_run: bool,
     force: bool,
     as_json: bool,
-    quiet: bool,
     **overrides: str | bool | None,
 ) -> None:
-    """Mirror one repo (REPO_ID like org/name), or those given with --lines."""
+    """Mirror one repo (REPO_ID like org/name), or those given with --lines.
+
+    Prints one IMAGE:TAG@DIGEST line per image written on stdout (progress goes to stderr)."""
     try:
-        repo_type = "dataset" if dataset else "model"
         if lines is not None:
             if repo_id or revision or include or exclude or preset:
                 raise UsageError("give either REPO_ID (with its options) or --lines, not both")
@@ -72,7 +81,10 @@ def mirror(
         else:
             raise UsageError("give a REPO_ID or --lines")
         config = load(get_hf / "config.yaml", **overrides)
-        report = run_specs(specs, config, get_hf=get_hf, quiet=quiet, as_json=as_json, force=force)
+        report = run_specs(
+            specs, config, get_hf=get_hf, quiet=is_quiet(), as_json=as_json, dry_run=dry_run,
+            force=force,
+        )  # fmt: skip
     except Hf2ociError as e:
         # the record job learns of a job that failed before trying any repo from its result
         if result is not None:
@@ -85,12 +97,14 @@ def mirror(
             [
                 {
                     **outcome_json(o),
-                    "mirrored": gha.mirrored_json(o.mirrored) if o.mirrored else None,
+                    "mirrored": o.mirrored.to_json() if o.mirrored else None,
                 }
                 for o in report.outcomes
             ],
         )
-    if not no_record and get_hf.is_dir():
+    if report.mirrored and not no_record and not dry_run and get_hf.is_dir():
+        from hf2oci.record.pages import record_results
+
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
     sys.exit(summarize(report, as_json=as_json))
 
@@ -114,8 +128,8 @@ def spec_line(
     return " ".join(words)
 
 
-def parse_specs(text: str, *, repo_type: str) -> list[RepoSpec]:
-    specs, errors = parse_list(text, path="<command line>", repo_type=repo_type)  # type: ignore[arg-type]
+def parse_specs(text: str, *, repo_type: RepoType) -> list[RepoSpec]:
+    specs, errors = parse_list(text, path="<command line>", repo_type=repo_type)
     if errors:
         raise UsageError(errors[0].reason)
     if not specs:

@@ -9,18 +9,27 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import echo, get_hf_option, handle_errors, read_project
+from hf2oci.cli._common import (
+    echo,
+    get_hf_option,
+    handle_errors,
+    is_quiet,
+    read_project,
+    repo_type_option,
+    verbosity,
+)
 from hf2oci.cli._run import destination_options, labels_lookup, progress_printer
 from hf2oci.errors import ConfigError
 from hf2oci.lists import format_line
 from hf2oci.plan import plan
+from hf2oci.spec import RepoType
 
 
 @click.command("plan")
 @get_hf_option
 @destination_options
 @click.option("--only", help="Plan just this repo id (it must be listed).")
-@click.option("--dataset", is_flag=True, help="With --only: the repo id names a dataset.")
+@repo_type_option
 @click.option("--force", is_flag=True, help="Plan repos even when they look up to date.")
 @click.option(
     "--max-jobs",
@@ -40,33 +49,32 @@ from hf2oci.plan import plan
     "--github-output", is_flag=True, help="Write matrix/count/has_work to $GITHUB_OUTPUT."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix (for fromJSON) on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@verbosity
 @handle_errors
 def plan_command(
     get_hf: Path,
     only: str | None,
-    dataset: bool,
+    repo_type: RepoType,
     force: bool,
     max_jobs: int,
     batch_size: int,
     github_output: bool,
     as_json: bool,
-    quiet: bool,
     **overrides: str | bool | None,
 ) -> None:
     """Say which listed repos need mirroring; bad list lines fail the plan (exit 1)."""
     config, specs, list_errors = read_project(get_hf, **overrides)
     if only:
-        specs = [s for s in specs if s.repo_id == only and (s.repo_type == "dataset") == dataset]
+        specs = [s for s in specs if s.repo_id == only and s.repo_type == repo_type]
         if not specs and not list_errors:
-            listed = "to_get_datasets.txt" if dataset else "to_get_models.txt"
+            listed = "to_get_datasets.txt" if repo_type == "dataset" else "to_get_models.txt"
             raise ConfigError(f"{only} is not listed in {get_hf / listed}")
     annotate = github_output or gha.in_actions()
     for e in list_errors:
         echo(f"error: {e}")
         if annotate:
             click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
-    say = progress_printer(not quiet)
+    say = progress_printer(not is_quiet())
     actions = plan(specs, labels_lookup(config), force=force)
     pending = [a for a in actions if a.kind == "mirror"]
     failed = [a for a in actions if a.kind == "fail"]

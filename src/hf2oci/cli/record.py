@@ -8,16 +8,20 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.cli._common import echo, get_hf_option, handle_errors, load, redact
+from hf2oci.cli._common import echo, get_hf_option, handle_errors, load, redact, verbosity
 from hf2oci.record import commit_message, commit_records, record_results
 
 
 @click.command("record")
 @click.option(
+    "--result",
     "--results",
-    type=click.Path(path_type=Path, file_okay=False),
+    "results",
+    type=click.Path(path_type=Path),
+    multiple=True,
     required=True,
-    help="Folder of result files written by `hf2oci mirror --result` (searched recursively).",
+    help="A result file written by `hf2oci mirror --result`, or a folder of them (searched "
+    "recursively); repeatable.",
 )
 @get_hf_option
 @click.option(
@@ -32,9 +36,10 @@ from hf2oci.record import commit_message, commit_records, record_results
     type=click.Path(path_type=Path, dir_okay=False),
     help="Append a Markdown summary here (default: $GITHUB_STEP_SUMMARY when set).",
 )
+@verbosity
 @handle_errors
 def record_command(
-    results: Path,
+    results: tuple[Path, ...],
     get_hf: Path,
     expect: int | None,
     commit: bool,
@@ -43,7 +48,13 @@ def record_command(
 ) -> None:
     """Record the successes (ledger, models.md, datasets.md); list failures in the summary."""
     config = load(get_hf / "config.yaml")
-    found = gha.read_results(results) if results.is_dir() or not expect else gha.Results([], [], 0)
+    present = [p for p in results if p.exists()]
+    # with --expect, a missing folder means no job left a result: counted below, not an error
+    found = (
+        gha.read_results(*(present if expect else results))
+        if present or not expect
+        else (gha.Results([], [], 0))
+    )
     ok, failed = found.mirrored, found.failed
     missing = (expect or 0) - found.total
     if missing > 0:

@@ -6,6 +6,7 @@ import click
 
 from hf2oci import naming
 from hf2oci.cli._common import handle_errors
+from hf2oci.cli._verbosity import verbosity
 from hf2oci.errors import UsageError
 
 
@@ -13,6 +14,7 @@ from hf2oci.errors import UsageError
 @click.argument("name")
 @click.option("--revision", help="A hub commit sha: print the immutable tag for it.")
 @click.option("--reverse", is_flag=True, help="NAME is a tag: print its repo id.")
+@verbosity
 @handle_errors
 def tag(name: str, revision: str | None, reverse: bool) -> None:
     """Print the tag for repo id NAME (facebook/opt-125m → facebook--opt-125m)."""

@@ -19,7 +19,6 @@ from hf2oci.oci.tarstream import DEFAULT_CHUNK, TarEntry, TarStream, iter_tar, t
 log = logging.getLogger(__name__)
 
 
-
 def check_digest(digest: str) -> str:
     """``digest`` if it is a well-formed sha256 digest, else PackError."""
     if not DIGEST.fullmatch(digest):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import requests.adapters
@@ -36,6 +36,7 @@ from hf2oci.oci.retry import (
     parse_retry_after,
     retrying,
 )
+from hf2oci.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ ENV_PASSWORD = "HF2OCI_REGISTRY_PASSWORD"
 _LOGIN_HINT = f"set {ENV_USERNAME}/PASSWORD or docker login"
 #: statuses worth another try: request timeout, rate limit, server-side trouble
 _TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: query parameters that are safe to show; others (upload ``_state``, tokens) are redacted
-_PUBLIC_QUERY_KEYS = frozenset({"digest", "mount", "from", "n", "last", "scope", "service"})
 #: bigger socket writes than urllib3's 16 KiB default: blobs are large
 _SEND_BLOCK = 1024 * 1024
 
@@ -130,18 +129,6 @@ def is_temporary(exc: BaseException) -> bool:
             ConnectionError,
         ),
     )
-
-
-def redact_url(url: str) -> str:
-    """The URL with query values other than digests and names replaced (upload state, tokens)."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    query = [
-        (k, v if k in _PUBLIC_QUERY_KEYS else "REDACTED")
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(query=urlencode(query, safe=":/,")))
 
 
 def error_from_response(resp: requests.Response, *, registry: str) -> RegistryError:

@@ -1,35 +1,42 @@
-"""``hf2oci runtime``: build folders for the llama.cpp and vLLM server images, and compose."""
+"""``hf2oci deploy {dockerfile,compose,k8s} MODEL_IMAGE --runtime R``: what serves a model image
+offline (OpenAI API on port 8000): a server image's build folder, a compose file, or Kubernetes
+manifests."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import cast
 
 import click
 
 from hf2oci import runtime as entrypoint
-from hf2oci.cli._common import echo, handle_errors
+from hf2oci.cli._common import echo, handle_errors, verbosity
 from hf2oci.errors import UsageError
-from hf2oci.k8s import DEFAULT_RUNTIME_IMAGE, served_model_name
+from hf2oci.k8s import MODES, Mode, ServeSpec, manifests, served_model_name
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
+from hf2oci.runtime import RUNTIMES
 
 LLAMA_CPP_VERSION = "0.3.36"
 WHEEL_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
 
-
-@click.group("runtime")
-def runtime() -> None:
-    """Runtime images that serve a model image offline (OpenAI API on port 8000)."""
-
-
-@runtime.command("dockerfile")
-@click.argument("server", type=click.Choice(["llamacpp", "vllm"]))
-@click.option(
-    "--model-image",
-    help="The model image made by hf2oci, baked in under /REPO (default: none, the server "
-    "serves what is mounted at /models, as the compose and k8s examples do).",
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(list(RUNTIMES)),
+    required=True,
+    help="The server: " + ", ".join(f"{r.name} ({r.model_format})" for r in RUNTIMES.values()),
 )
+
+
+@click.group("deploy")
+def deploy() -> None:
+    """Serve a model image: a server image, a compose file or Kubernetes manifests."""
+
+
+@deploy.command("dockerfile")
+@click.argument("model_image", required=False)
+@runtime_option
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--runtime-image", help="Tag to build (shown in the Dockerfile's comments).")
 @click.option("--python-image", default="python:3.11-slim", show_default=True)
@@ -42,23 +49,26 @@ def runtime() -> None:
     f"'llama-cpp-python[server]=={LLAMA_CPP_VERSION}' -w DIR (no OpenMP: the slim Python image "
     "has no libgomp).",
 )
+@verbosity
 @handle_errors
 def dockerfile(
-    server: str,
     model_image: str | None,
+    runtime: str,
     output: Path,
     runtime_image: str | None,
     python_image: str,
     vllm_image: str,
     wheels: Path | None,
 ) -> None:
-    """Write a build folder (Dockerfile + entrypoint.py) for a SERVER image."""
+    """Write a build folder (Dockerfile + entrypoint.py) for a server image; with MODEL_IMAGE
+    its files are baked in under /REPO, without it the server serves what is mounted at
+    /models (as the compose file and the Kubernetes manifests do)."""
     for ref in (model_image, python_image, vllm_image, runtime_image):
         if ref:
             parse_reference(ref)
     if output.exists() and any(output.iterdir()):
         raise UsageError(f"{output} is not empty")
-    wheel_files = _wheelhouse(server, wheels) if wheels is not None else []
+    wheel_files = _wheelhouse(runtime, wheels) if wheels is not None else []
     output.mkdir(parents=True, exist_ok=True)
     if wheel_files:
         (output / "wheels").mkdir()
@@ -66,9 +76,9 @@ def dockerfile(
             shutil.copyfile(wheel, output / "wheels" / wheel.name)
     (output / "Dockerfile").write_text(
         render(
-            f"runtime/{server}/Dockerfile.j2",
+            f"runtime/{runtime}/Dockerfile.j2",
             model_image=model_image,
-            runtime_image=runtime_image or DEFAULT_RUNTIME_IMAGE[server],
+            runtime_image=runtime_image or RUNTIMES[runtime].default_image,
             served_model_name=served_model_name(model_image) if model_image else None,
             python_image=python_image,
             vllm_image=vllm_image,
@@ -80,9 +90,9 @@ def dockerfile(
     echo(f"wrote {output}/Dockerfile and entrypoint.py: docker build -t NAME {output}")
 
 
-def _wheelhouse(server: str, folder: Path) -> list[Path]:
+def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
     """The wheels to copy into the build folder; the llama-cpp-python one must be there."""
-    if server != "llamacpp":
+    if runtime != "llamacpp":
         raise UsageError("--wheels is for llamacpp (the vLLM image already holds vLLM)")
     wheels = sorted(folder.glob("*.whl"))
     wanted = f"llama_cpp_python-{LLAMA_CPP_VERSION}-"
@@ -97,21 +107,64 @@ def _wheelhouse(server: str, folder: Path) -> list[Path]:
     return wheels
 
 
-@runtime.command("compose")
-@click.argument("server", type=click.Choice(["llamacpp", "vllm"]))
-@click.option("--model-image", required=True)
-@click.option("--runtime-image", help="Server image (default: hf2oci/<server>-server:latest).")
+@deploy.command("compose")
+@click.argument("model_image")
+@runtime_option
+@click.option("--runtime-image", help="Server image (default: hf2oci/<runtime>-server:latest).")
+@verbosity
 @handle_errors
-def compose(server: str, model_image: str, runtime_image: str | None) -> None:
+def compose(model_image: str, runtime: str, runtime_image: str | None) -> None:
     """Print a docker compose file: the model image fills a volume, the server serves it."""
     parse_reference(model_image)
     click.echo(
         render(
             "compose/compose.yaml.j2",
-            runtime=server,
+            runtime=runtime,
             model_image=model_image,
-            runtime_image=runtime_image or DEFAULT_RUNTIME_IMAGE[server],
+            runtime_image=runtime_image or RUNTIMES[runtime].default_image,
             served_model_name=served_model_name(model_image),
         ),
         nl=False,
     )
+
+
+@deploy.command("k8s")
+@click.argument("model_image")
+@runtime_option
+@click.option(
+    "--mode",
+    type=click.Choice(list(MODES)),
+    default="init",
+    show_default=True,
+    help="init: an init container copies /REPO into an emptyDir; image-volume: mount the model "
+    "image read-only (Kubernetes ≥ 1.31 image volumes), no copy.",
+)
+@click.option("--name", help="Deployment/Service name (default: from the tag).")
+@click.option("--runtime-image", help="Server image (see `hf2oci deploy dockerfile`).")
+@click.option("--cpu", default="2", show_default=True, help="CPU request.")
+@click.option("--memory", help="Memory request and limit (default: the runtime's).")
+@click.option("--gpu", type=click.IntRange(0, 64), default=0, show_default=True)
+@verbosity
+@handle_errors
+def k8s(
+    model_image: str,
+    runtime: str,
+    mode: str,
+    name: str | None,
+    runtime_image: str | None,
+    cpu: str,
+    memory: str | None,
+    gpu: int,
+) -> None:
+    """Print a Deployment + Service serving MODEL_IMAGE offline on port 8000."""
+    spec = ServeSpec(
+        model_image=model_image,
+        runtime=runtime,
+        mode=cast(Mode, mode),
+        name=name,
+        runtime_image=runtime_image,
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+    )
+    click.echo(manifests(spec), nl=False)
