@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -497,3 +498,43 @@ def test_long_repo_ids_get_short_tags_recorded_in_the_ledger(hub, project: Path)
     found = load_ledger(project / "get_hf" / "mirrored.json").lookup_tag(tag)
     assert found is not None and found.repo_id == repo_id
     assert cli("tag", repo_id).stdout.strip() == tag
+
+
+def test_cli_shape_flags_anywhere_dry_run_repo_type_and_digest_lines(
+    hub, random_repo, project: Path
+) -> None:
+    model, _, _ = random_repo()
+    dataset, _, _ = random_repo(repo_type="dataset")
+    make_project(project, config={"base_image": "scratch"})
+    # -q before the command and after it alike; --dry-run writes nothing
+    for args in (["-q", "mirror", model, "--dry-run"], ["mirror", model, "--dry-run", "-q"]):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == "" and "would mirror" not in result.stderr
+        assert "1 planned" in result.stderr
+    assert not (project / "oci-images").exists()
+    said = cli("mirror", model, "--dry-run")
+    assert "would mirror" in said.stderr and said.stdout == ""
+    # one IMAGE:TAG@DIGEST line per image written, on stdout; the rest on stderr
+    done = cli("mirror", "--repo-type", "dataset", dataset, "-q")
+    assert done.exit_code == 0, done.output
+    (line,) = done.stdout.splitlines()
+    image, _, digest = line.partition("@")
+    assert image == f"oci-images/hgfkeep/datasets:{_tag(dataset)}"
+    assert (
+        digest
+        == skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/datasets'}:{_tag(dataset)}")[
+            "Digest"
+        ]
+    )
+    # --dataset is short for --repo-type dataset; they must not disagree
+    again = cli("mirror", dataset, "--dataset", "--json")
+    assert json.loads(again.stdout)["skipped"] == 1
+    clash = cli("mirror", dataset, "--dataset", "--repo-type", "model")
+    assert clash.exit_code == 2 and "--repo-type" in clash.stderr
+    # -v anywhere turns logging on (a process of its own: pytest owns this one's logging)
+    for args in (["-vv", "mirror", dataset, "--dataset"], ["mirror", dataset, "--dataset", "-vv"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "hf2oci", *args], capture_output=True, text=True, cwd=project
+        )
+        assert proc.returncode == 0 and "DEBUG hf2oci.plan" in proc.stderr, proc.stderr

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from hf2oci import labels as L
-from hf2oci.errors import PackError
 from hf2oci.labels import config_labels
 from hf2oci.oci import daemon, layout, push
-from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer
+from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer, json_object
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
@@ -80,20 +78,14 @@ class RegistryTarget:
 
     def manifest(self, tag: str) -> dict[str, Any] | None:
         found = self.client.get_manifest(self.repo, tag)
-        return _doc(found[0], f"{self.repo}:{tag}") if found else None
+        return json_object(found[0], f"manifest of {self.repo}:{tag}") if found else None
 
     def labels(self, tag: str) -> dict[str, str] | None:
-        manifest = self.manifest(tag)
-        if manifest is None:
-            return None
-        found = _annotations(manifest)
-        if L.REVISION in found:
-            return found
-        digest = (manifest.get("config") or {}).get("digest")
-        if not isinstance(digest, str):
-            return {}
-        with self.client.get_blob(self.repo, digest) as config:
-            return config_labels(_doc(config.read(), f"config of {self.repo}:{tag}"))
+        return _labels(self.manifest(tag), self._read, f"{self.repo}:{tag}")
+
+    def _read(self, digest: str) -> bytes:
+        with self.client.get_blob(self.repo, digest) as blob:
+            return blob.read()
 
     def stored_layer(self, digest: str, size: int) -> Layer | None:
         if not self.client.blob_exists(self.repo, digest, push=True):
@@ -117,19 +109,14 @@ class LayoutTarget:
         desc = layout.resolve_tag(self.path, tag)
         if desc is None:
             return None
-        return _doc(layout.read_blob(self.path, desc.digest), f"{self.path}:{tag}")
+        return json_object(
+            layout.read_blob(self.path, desc.digest), f"manifest of {self.path}:{tag}"
+        )
 
     def labels(self, tag: str) -> dict[str, str] | None:
-        manifest = self.manifest(tag)
-        if manifest is None:
-            return None
-        found = _annotations(manifest)
-        if L.REVISION in found:
-            return found
-        digest = (manifest.get("config") or {}).get("digest")
-        if not isinstance(digest, str):
-            return {}
-        return config_labels(_doc(layout.read_blob(self.path, digest), f"config of {tag}"))
+        return _labels(
+            self.manifest(tag), lambda d: layout.read_blob(self.path, d), f"{self.path}:{tag}"
+        )
 
     def stored_layer(self, digest: str, size: int) -> Layer | None:
         blob = layout.blob_path(self.path, digest)
@@ -204,16 +191,17 @@ class Targets:
         return LayoutTarget(self.destination.layout_root / repo)
 
 
-def _annotations(manifest: dict[str, Any]) -> dict[str, str]:
+def _labels(
+    manifest: dict[str, Any] | None, read_blob: Callable[[str], bytes], what: str
+) -> dict[str, str] | None:
+    """An image's labels: its manifest's annotations (hf2oci writes its labels there too), else
+    its config's labels (an image whose manifest carries none, e.g. pushed by docker)."""
+    if manifest is None:
+        return None
     found = manifest.get("annotations") or {}
-    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
-
-
-def _doc(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise PackError(f"manifest of {what} is not valid JSON") from e
-    if not isinstance(doc, dict):
-        raise PackError(f"manifest of {what} is not a JSON object")
-    return doc
+    if isinstance(found, dict) and L.REVISION in found:
+        return {str(k): str(v) for k, v in found.items()}
+    digest = (manifest.get("config") or {}).get("digest")
+    if not isinstance(digest, str):
+        return {}
+    return config_labels(json_object(read_blob(digest), f"config of {what}"))

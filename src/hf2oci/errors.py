@@ -10,6 +10,16 @@ class Hf2ociError(Exception):
     exit_code = 1
 
 
+class Temporary(Hf2ociError):
+    """A failure worth another try (a cut connection, 429, 5xx), with the server's Retry-After
+    in seconds when it gave one. The retry policy tries again; what escapes it is wrapped into
+    the error of its stage."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UsageError(Hf2ociError):
     """Bad configuration or arguments: nothing can run."""
 

@@ -129,6 +129,27 @@ def append_summary(markdown: str, *, path: str | None = None) -> None:
             f.write(markdown.rstrip("\n") + "\n")
 
 
+def report_unplannable(failed: Sequence[tuple[str, str, str]], *, annotate: bool) -> None:
+    """``(origin "file:line", repo id, reason)`` of repos the hub refuses now: an annotation on
+    each list line (when ``annotate``) and a section of the run summary."""
+    for origin, repo_id, reason in failed:
+        path, _, line = origin.rpartition(":")
+        if annotate:
+            print(
+                annotation(
+                    f"{repo_id}: {reason}", file=path, line=int(line) if line.isdigit() else None
+                ),
+                flush=True,
+            )
+    if failed:
+        append_summary(
+            "### hf2oci plan: repos that cannot be mirrored now\n\n"
+            + "\n".join(
+                f"- ❌ `{origin or repo_id}`: {reason}" for origin, repo_id, reason in failed
+            )
+        )
+
+
 # -- result files ---------------------------------------------------------------------------
 
 

@@ -461,57 +461,15 @@ def iter_file(
     bytes are hashed on the way; the last chunk is only given out once the hash matches the hub's
     (LFS sha256 or git blob sha1), so a consumer never completes a blob with wrong content.
     """
-    import httpx2
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import (  # type: ignore[attr-defined]
-        build_hf_headers,
-        get_session,
-        hf_raise_for_status,
-    )
-
     what = f"{_what(state)}: {file.path}"
-    url = hf_hub_url(
-        state.repo_id,
-        file.path,
-        repo_type=state.repo_type,
-        revision=state.commit,
-        endpoint=endpoint(),
-    )
+    download = _Download(state, file, chunk_size)
     hasher = _Hasher(file)
-    offset = 0
     pending = b""  # held back until the next chunk (or the hash check) says it may go
-
-    def fetch() -> Iterator[bytes]:
-        nonlocal offset
-        headers = build_hf_headers()
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        try:
-            with get_session().stream(
-                "GET", url, headers=headers, follow_redirects=True, timeout=60.0
-            ) as resp:
-                if resp.status_code in _RETRY_STATUSES:
-                    after = parse_retry_after(resp.headers.get("Retry-After"))
-                    raise Temporary(f"HTTP {resp.status_code}", retry_after=after)
-                try:
-                    hf_raise_for_status(resp)
-                except Exception as e:
-                    raise _translate(e, state, state.commit) from e
-                if offset and resp.status_code != 206:
-                    raise HubError(f"{what}: the hub ignored a resume request (Range)")
-                for chunk in resp.iter_bytes(chunk_size):
-                    offset += len(chunk)
-                    yield chunk
-        except (httpx2.TransportError, OSError) as e:
-            raise Temporary(f"{type(e).__name__}: {_first_line(e)}") from e
-        if offset < file.size:
-            raise Temporary(f"connection closed at byte {offset} of {file.size}")
-
-    # a generator cannot be re-run by a retry wrapper: each attempt resumes from ``offset``
+    # a generator cannot be re-run by a retry wrapper: each attempt resumes from the offset
     for attempt in itertools.count(1):
         try:
-            for chunk in fetch():
-                if offset > file.size:
+            for chunk in download.chunks():
+                if download.offset > file.size:
                     raise HubError(f"{what}: the hub sent more than {file.size} bytes")
                 hasher.update(chunk)
                 if pending:
@@ -522,11 +480,59 @@ def iter_file(
             if attempt >= policy.attempts:
                 raise HubUnreachable(f"{what}: download failed after {attempt} tries: {e}") from e
             delay = backoff(policy, attempt, e.retry_after)
-            log.info("%s: %s; resuming at byte %d in %.1fs", what, e, offset, delay)
+            log.info("%s: %s; resuming at byte %d in %.1fs", what, e, download.offset, delay)
             time.sleep(delay)
     hasher.check(what)
     if pending:
         yield pending
+
+
+class _Download:
+    """One file's bytes over huggingface_hub's HTTP client, from ``offset`` on (Range)."""
+
+    def __init__(self, state: RepoState, file: HubFile, chunk_size: int) -> None:
+        from huggingface_hub import hf_hub_url
+
+        self.state, self.file, self.chunk_size = state, file, chunk_size
+        self.url = hf_hub_url(
+            state.repo_id, file.path, repo_type=state.repo_type, revision=state.commit,
+            endpoint=endpoint(),
+        )  # fmt: skip
+        self.offset = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes from ``offset`` to the end; Temporary when another try may help."""
+        import httpx2
+        from huggingface_hub.utils import (  # type: ignore[attr-defined]
+            build_hf_headers,
+            get_session,
+            hf_raise_for_status,
+        )
+
+        headers = build_hf_headers()
+        if self.offset:
+            headers["Range"] = f"bytes={self.offset}-"
+        try:
+            with get_session().stream(
+                "GET", self.url, headers=headers, follow_redirects=True, timeout=60.0
+            ) as resp:
+                if resp.status_code in _RETRY_STATUSES:
+                    after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise Temporary(f"HTTP {resp.status_code}", retry_after=after)
+                try:
+                    hf_raise_for_status(resp)
+                except Exception as e:
+                    raise _translate(e, self.state, self.state.commit) from e
+                if self.offset and resp.status_code != 206:
+                    what = f"{_what(self.state)}: {self.file.path}"
+                    raise HubError(f"{what}: the hub ignored a resume request (Range)")
+                for chunk in resp.iter_bytes(self.chunk_size):
+                    self.offset += len(chunk)
+                    yield chunk
+        except (httpx2.TransportError, OSError) as e:
+            raise Temporary(f"{type(e).__name__}: {_first_line(e)}") from e
+        if self.offset < self.file.size:
+            raise Temporary(f"connection closed at byte {self.offset} of {self.file.size}")
 
 
 def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:

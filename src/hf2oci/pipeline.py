@@ -109,47 +109,20 @@ def mirror_action(
     progress: Progress = _quiet,
 ) -> Mirrored:
     """Fetch, (prepare), format and write one planned repo. Raises Hf2ociError on failure."""
-    from hf2oci import hub
-    from hf2oci.prepare import run_prepare
-
     state = action.state
     assert state is not None and action.kind == "mirror"
     label = action.spec.label
     streamed = streamed_paths(action, options)
-    local = [p for p in action.files if p not in streamed]
-    progress(
-        label,
-        f"fetching {len(action.files)} files ({human_size(action.size)}){_how(streamed, options)}",
-    )
-    hashes = hub.file_hashes(state.files)
+    how = _how(streamed, options)
+    progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
-        snapshot = hub.download(
-            state, local, cache_dir=Path(tmp) / "hub", max_workers=options.hub_workers
-        )
-        if options.prepare_script is not None:
-            progress(label, f"running {options.prepare_script.name}")
-            out = Path(tmp) / "out"
-            run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
-            files = scan(out)  # no hub hashes: the hook may have changed any file
-        else:
-            files = [
-                PackFile(p, state.file(p).size, (snapshot / p).resolve(), hashes.get(p))
-                for p in local
-            ] + [
-                PackFile(p, state.file(p).size, hub.file_source(state, state.file(p)), hashes[p])
-                for p in sorted(streamed)
-            ]
+        files = fetch_files(action, streamed, Path(tmp), options, progress)
         reuse = Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
-        labels = L.image_labels(
-            state,
-            action.spec,
-            base_name=base.name,
-            base_digest=None if is_scratch(base) else base.digest,
-        )
+        base_digest = None if is_scratch(base) else base.digest
         image = build_image(
             files,
             base=base,
-            labels=labels,
+            labels=L.image_labels(state, action.spec, base_name=base.name, base_digest=base_digest),
             created=state.last_modified,
             small_limit=options.small_file_limit,
             reuse=reuse,
@@ -173,6 +146,39 @@ def mirror_action(
         builder=options.builder,
         license=state.license,
     )
+
+
+def fetch_files(
+    action: Action,
+    streamed: frozenset[str],
+    scratch: Path,
+    options: RunOptions,
+    progress: Progress = _quiet,
+) -> list[PackFile]:
+    """The files to pack: those not streamed downloaded into ``scratch`` (and reshaped by the
+    prepare hook, if any), the streamed ones as hub sources read while their layer is written."""
+    from hf2oci import hub
+    from hf2oci.prepare import run_prepare
+
+    state = action.state
+    assert state is not None
+    local = [p for p in action.files if p not in streamed]
+    snapshot = hub.download(
+        state, local, cache_dir=scratch / "hub", max_workers=options.hub_workers
+    )
+    if options.prepare_script is not None:
+        progress(action.spec.label, f"running {options.prepare_script.name}")
+        out = scratch / "out"
+        run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
+        return scan(out)  # no hub hashes: the hook may have changed any file
+    hashes = hub.file_hashes(state.files)
+    on_disk = [
+        PackFile(p, state.file(p).size, (snapshot / p).resolve(), hashes.get(p)) for p in local
+    ]
+    return on_disk + [
+        PackFile(p, state.file(p).size, hub.file_source(state, state.file(p)), hashes[p])
+        for p in sorted(streamed)
+    ]
 
 
 def _how(streamed: frozenset[str], options: RunOptions) -> str:

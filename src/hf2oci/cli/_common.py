@@ -22,6 +22,7 @@ from hf2oci.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 def echo(message: str, *, err: bool = True) -> None:
     click.echo(redact(message), err=err)
 

@@ -81,21 +81,9 @@ def plan_command(
     for a in actions:
         say(a.spec.label, f"{'up to date' if a.kind == 'skip' else a.kind}: {a.reason}")
     # a repo the hub refuses now (missing, bad revision) is shown, not sent to a mirror job
-    for a in failed:
-        path, _, line = a.spec.origin.rpartition(":")
-        if annotate:
-            click.echo(
-                gha.annotation(
-                    f"{a.spec.repo_id}: {a.reason}",
-                    file=path,
-                    line=int(line) if line.isdigit() else None,
-                )
-            )
-    if failed:
-        gha.append_summary(
-            "### hf2oci plan: repos that cannot be mirrored now\n\n"
-            + "\n".join(f"- ❌ `{a.spec.origin or a.spec.repo_id}`: {a.reason}" for a in failed)
-        )
+    gha.report_unplannable(
+        [(a.spec.origin, a.spec.repo_id, a.reason) for a in failed], annotate=annotate
+    )
     entries = [gha.entry(a.spec, format_line(a.spec), size=a.size) for a in pending]
     matrix = gha.matrix(entries, max_jobs=max_jobs, batch_size=batch_size)
     if github_output:

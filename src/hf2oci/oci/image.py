@@ -43,6 +43,19 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def json_object(
+    data: bytes, what: str, error: Callable[[str], Exception] = PackError
+) -> dict[str, Any]:
+    """``data`` parsed as a JSON object, or ``error`` saying what ``what`` is not."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise error(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise error(f"{what} is not a JSON object")
+    return doc
+
+
 def oci_layer_media_type(media_type: str) -> str:
     """The OCI media type for a layer (Docker types mapped; OCI types unchanged)."""
     return _OCI_LAYER_TYPES.get(media_type, media_type)
@@ -226,6 +239,34 @@ def is_scratch(image: Image) -> bool:
 _PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant")
 
 
+def _config(
+    base_config: Mapping[str, Any],
+    base_diff_ids: list[Any],
+    layers: Sequence[Layer],
+    labels: Mapping[str, str],
+    created: str,
+    history_comment: str,
+) -> dict[str, Any]:
+    """The image config: the base's platform and run settings, its labels under ours."""
+    config: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
+    config.setdefault("architecture", "amd64")
+    config.setdefault("os", "linux")
+    run_config = dict(base_config.get("config") or {})
+    merged_labels = {**(run_config.get("Labels") or {}), **labels}
+    if merged_labels:
+        run_config["Labels"] = merged_labels
+    config["config"] = run_config
+    config["rootfs"] = {
+        "type": "layers",
+        "diff_ids": base_diff_ids + [layer.diff_id for layer in layers],
+    }
+    config["history"] = list(base_config.get("history") or []) + [
+        {"created": created, "created_by": history_comment} for _ in layers
+    ]
+    config["created"] = created
+    return config
+
+
 def assemble(
     base: Image,
     layers: Sequence[Layer],
@@ -255,41 +296,24 @@ def assemble(
     notes = list(layer_annotations) if layer_annotations is not None else [{} for _ in layers]
 
     def render() -> tuple[bytes, bytes]:
-        config: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
-        config.setdefault("architecture", "amd64")
-        config.setdefault("os", "linux")
-        run_config = dict(base_config.get("config") or {})
-        merged_labels = {**(run_config.get("Labels") or {}), **labels}
-        if merged_labels:
-            run_config["Labels"] = merged_labels
-        config["config"] = run_config
-        config["rootfs"] = {
-            "type": "layers",
-            "diff_ids": base_diff_ids + [layer.diff_id for layer in layers],
-        }
-        config["history"] = list(base_config.get("history") or []) + [
-            {"created": created, "created_by": history_comment} for _ in layers
-        ]
-        config["created"] = created
-        config_bytes = canonical_json(config)
+        config = canonical_json(
+            _config(base_config, base_diff_ids, layers, labels, created, history_comment)
+        )
         descriptors = [
             Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size)
             for layer in base.layers
-        ]
-        descriptors += [
+        ] + [
             Descriptor(oci_layer_media_type(layer.media_type), layer.digest, layer.size, note)
             for layer, note in zip(layers, notes, strict=True)
         ]
         manifest: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": MT_MANIFEST,
-            "config": Descriptor(
-                MT_CONFIG, sha256_digest(config_bytes), len(config_bytes)
-            ).to_json(),
+            "config": Descriptor(MT_CONFIG, sha256_digest(config), len(config)).to_json(),
             "layers": [d.to_json() for d in descriptors],
         }
         if annotations:
             manifest["annotations"] = dict(annotations)
-        return config_bytes, canonical_json(manifest)
+        return config, canonical_json(manifest)
 
     return Image((*base.layers, *layers), render=render, media_type=MT_MANIFEST)

@@ -367,16 +367,6 @@ class RegistryClient:
         return tags
 
 
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise RegistryError(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what} is not a JSON object")
-    return doc
-
-
 def _location(resp: requests.Response) -> str:
     """The absolute upload URL from ``Location`` (relative ones resolve against the request)."""
     location = resp.headers.get("Location")

@@ -15,9 +15,13 @@ from typing import TypeVar
 
 import tenacity
 
+from hf2oci.errors import Temporary
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+__all__ = ["DEFAULT_POLICY", "RetryPolicy", "Temporary", "backoff", "retrying"]
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,6 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
-
-
-class Temporary(Exception):
-    """A failure worth another try, with the server's Retry-After (seconds) when it gave one."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def causes(exc: BaseException) -> list[BaseException]:

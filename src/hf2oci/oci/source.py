@@ -8,7 +8,6 @@ file can be served out of a layer with one Range read.
 from __future__ import annotations
 
 import io
-import json
 import platform as platform_module
 import tarfile
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from hf2oci.oci.image import (
     Descriptor,
     Image,
     Layer,
+    json_object,
 )
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import Reference, parse_reference
@@ -131,7 +131,9 @@ def open_remote(client: RegistryClient, ref: Reference, platform: Platform) -> I
         raise RegistryError(f"image {ref} not found in registry {client.registry}", status=404)
     data, media_type, _ = found
     if media_type in INDEX_TYPES:
-        chosen = _pick_platform(_json(data, f"index of {ref}", RegistryError), platform, str(ref))
+        chosen = _pick_platform(
+            json_object(data, f"index of {ref}", RegistryError), platform, str(ref)
+        )
         found = client.get_manifest(ref.repository, chosen)
         if found is None:
             raise RegistryError(f"image {ref}: {platform} manifest {chosen} is missing")
@@ -155,7 +157,7 @@ def _from_layout(path: Path, tag: str, platform: Platform) -> Image:
         raise PackError(f"{path}: no image tagged {tag!r}")
     where = f"{path}:{tag}"
     if desc.media_type in INDEX_TYPES:
-        index = _json(layout.read_blob(path, desc.digest), f"index of {where}", PackError)
+        index = json_object(layout.read_blob(path, desc.digest), f"index of {where}", PackError)
         desc = Descriptor(desc.media_type, _pick_platform(index, platform, where), 0)
     manifest = layout.read_blob(path, desc.digest)
     config_desc, layer_descs = _descriptors(manifest, where, PackError)
@@ -171,24 +173,14 @@ def _from_layout(path: Path, tag: str, platform: Platform) -> Image:
         )
         for d, diff_id in zip(layer_descs, diff_ids, strict=True)
     ]
-    media_type = str(_json(manifest, where, PackError).get("mediaType") or desc.media_type)
+    media_type = str(json_object(manifest, where, PackError).get("mediaType") or desc.media_type)
     return Image(layers, config, manifest, media_type=media_type, name=where)
-
-
-def _json(data: bytes, what: str, error: Callable[[str], Exception]) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise error(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise error(f"{what} is not a JSON object")
-    return doc
 
 
 def _descriptors(
     data: bytes, where: str, error: Callable[[str], Exception]
 ) -> tuple[Descriptor, list[Descriptor]]:
-    doc = _json(data, f"manifest of {where}", error)
+    doc = json_object(data, f"manifest of {where}", error)
     try:
         return (
             Descriptor.from_json(doc["config"]),
@@ -201,7 +193,7 @@ def _descriptors(
 def _diff_ids(
     config: bytes, layers: int, where: str, error: Callable[[str], Exception]
 ) -> list[str]:
-    doc = _json(config, f"config of {where}", error)
+    doc = json_object(config, f"config of {where}", error)
     diff_ids = (doc.get("rootfs") or {}).get("diff_ids") or []
     if not isinstance(diff_ids, list) or len(diff_ids) != layers:
         count = len(diff_ids) if isinstance(diff_ids, list) else "no"
