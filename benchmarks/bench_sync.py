@@ -100,6 +100,7 @@ def measure(
         base = push_busybox(reg.host, rootfs)
         before = dir_size(reg.root)
         scratch = work / f"scratch-{name}"
+        shutil.rmtree(scratch, ignore_errors=True)  # left by the size before
         scratch.mkdir()
         subprocess.run(["sync"], check=True)
         with DiskSampler(work) as disk:

@@ -538,3 +538,25 @@ def test_cli_shape_flags_anywhere_dry_run_repo_type_and_digest_lines(
             [sys.executable, "-m", "hf2oci", *args], capture_output=True, text=True, cwd=project
         )
         assert proc.returncode == 0 and "DEBUG hf2oci.plan" in proc.stderr, proc.stderr
+
+
+def test_models_md_links_the_hub_the_labels_name(hub, random_repo, project: Path) -> None:
+    """One hub URL: models.md once linked huggingface.co while the labels named HF_ENDPOINT."""
+    model, _, _ = random_repo()
+    make_project(project, models=[model], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    labels = skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(model)}")["Labels"]
+    source = labels["org.opencontainers.image.source"]
+    assert source == f"{hub.url}/{model}"
+    assert f"]({source})" in (project / "models.md").read_text()
+
+
+def test_no_plain_http_asks_for_https_even_on_loopback(
+    random_repo, registry, project: Path
+) -> None:
+    model, _, _ = random_repo()
+    make_project(project, models=[model], config={"base_image": "scratch"})
+    result = cli("sync", "--registry", registry.host, "--no-plain-http", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "TLS" in result.stderr or "SSL" in result.stderr or "https" in result.stderr.lower()
+    assert cli("sync", "--registry", registry.host, "-q").exit_code == 0  # loopback: HTTP
