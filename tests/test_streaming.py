@@ -81,7 +81,8 @@ def test_streamed_image_is_exact_and_identical_to_the_staged_one(
         layer.get("annotations", {}).get("org.opencontainers.image.title")
         for layer in manifest["layers"]
     ]
-    assert titles[-2:] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert titles[-3:-1] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert titles[-1] == ".hf2oci/files.json"  # the file index, outside /REPO
     assert all(
         layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
         for layer in manifest["layers"][1:]
@@ -122,8 +123,8 @@ def test_new_revision_uploads_and_downloads_only_the_changed_file(
     hub.reset_log()
     assert cli("sync", "-q").exit_code == 0
     new = _blobs(own_registry) - before
-    # the changed shard's layer, the config and the manifest: nothing else was uploaded
-    assert len(new) == 3
+    # the changed shard's layer, the file index, the config and the manifest: nothing else
+    assert len(new) == 4
     downloaded = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
     assert not any("00001-of" in p or "00003-of" in p for p in downloaded)
     assert any("00002-of" in p for p in downloaded)
@@ -191,8 +192,9 @@ def test_content_that_does_not_match_the_hub_hash_is_never_published(
     assert "hashes to" in result.stderr and "Traceback" not in result.output
     tags = skopeo_tags(f"{own_registry.host}/hgfkeep/models")
     assert not [t for t in tags if "stream--corrupt" in t]  # nor its --<sha> tag
-    # at most the small files' layer got in: no blob holds the bad weights, no manifest exists
-    assert len(_blobs(own_registry)) <= 1
+    # at most the small files' layer and the file index got in: no blob holds the bad weights,
+    # no manifest exists
+    assert len(_blobs(own_registry)) <= 2
 
 
 def test_sigkill_mid_push_never_leaves_a_tag_and_the_rerun_completes(

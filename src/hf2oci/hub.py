@@ -538,14 +538,3 @@ class _Download:
 def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:
     """A chunk source for a tar entry: each call streams the file anew from the hub."""
     return lambda: iter_file(state, file)
-
-
-def file_hashes(files: Sequence[HubFile]) -> dict[str, str]:
-    """The hub's hash of each file: ``sha256:…`` for LFS files, ``gitsha1:…`` for the others."""
-    out = {}
-    for f in files:
-        if f.sha256:
-            out[f.path] = f"sha256:{f.sha256}"
-        elif f.blob_id:
-            out[f.path] = f"gitsha1:{f.blob_id}"
-    return out

@@ -32,6 +32,8 @@ BASE_DIGEST = "org.opencontainers.image.base.digest"
 #: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
 #: layer without downloading the files again (the tar is a pure function of them)
 CONTENT_KEY = "io.hf2oci.content"
+#: layer annotation: this layer holds the file index (its version)
+FILE_INDEX = "io.hf2oci.file-index"
 
 
 def image_labels(

@@ -171,14 +171,12 @@ def fetch_files(
         out = scratch / "out"
         run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
         return scan(out)  # no hub hashes: the hook may have changed any file
-    hashes = hub.file_hashes(state.files)
-    on_disk = [
-        PackFile(p, state.file(p).size, (snapshot / p).resolve(), hashes.get(p)) for p in local
-    ]
-    return on_disk + [
-        PackFile(p, state.file(p).size, hub.file_source(state, state.file(p)), hashes[p])
-        for p in sorted(streamed)
-    ]
+    files = []
+    for path in [*local, *sorted(streamed)]:
+        f = state.file(path)
+        source = hub.file_source(state, f) if path in streamed else (snapshot / path).resolve()
+        files.append(PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id))
+    return files
 
 
 def _how(streamed: frozenset[str], options: RunOptions) -> str:

@@ -20,7 +20,13 @@ from hf2oci.errors import PackError
 from hf2oci.layercache import LayerCache
 from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer, assemble, canonical_json, sha256_digest
 from hf2oci.oci.layers import StreamLayer, TarLayer
-from hf2oci.oci.tarstream import ChunkSource, entries_for_files, entries_for_streams
+from hf2oci.oci.tarstream import (
+    ChunkSource,
+    TarEntry,
+    data_offsets,
+    entries_for_files,
+    entries_for_streams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,10 @@ MAX_REPO_LAYERS = 64
 DEFAULT_SMALL_FILE_LIMIT = 1 << 20
 #: bump when the tar bytes for the same files change, so old content keys stop matching
 TAR_FORMAT = "hf2oci-tar-1"
+#: the file index: where each file's bytes are (layer, offset) and what the hub says they
+#: hash to, so a server finds any file with one small read (outside /REPO: never extracted)
+INDEX_PATH = ".hf2oci/files.json"
+INDEX_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -43,15 +53,24 @@ class PackFile:
     size: int
     #: where the bytes come from: a file on disk, or a hub stream (one pass, hash-checked)
     source: Path | ChunkSource
-    #: the hub's hash (``sha256:…`` / ``gitsha1:…``); None when a hook may have changed the file
-    hub_hash: str | None = None
+    #: the hub's hashes: sha256 (LFS files) and git blob sha1; None when a hook may have
+    #: changed the file
+    sha256: str | None = None
+    blob_id: str | None = None
 
     @property
     def streamed(self) -> bool:
         return not isinstance(self.source, Path)
 
+    @property
+    def hub_hash(self) -> str | None:
+        """What the content key names the file by: ``sha256:…`` or ``gitsha1:…``."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"gitsha1:{self.blob_id}" if self.blob_id else None
 
-def scan(root: Path, hashes: Mapping[str, str] | None = None) -> list[PackFile]:
+
+def scan(root: Path) -> list[PackFile]:
     """Every regular file under ``root`` (a snapshot, or what a prepare hook left in OUT_DIR)."""
     files = []
     real_root = root.resolve()
@@ -65,7 +84,7 @@ def scan(root: Path, hashes: Mapping[str, str] | None = None) -> list[PackFile]:
                 size = source.stat().st_size
             except OSError as e:
                 raise PackError(f"cannot read {rel!r}: {e.strerror}") from e
-            files.append(PackFile(rel, size, source, (hashes or {}).get(rel)))
+            files.append(PackFile(rel, size, source))
     return files
 
 
@@ -160,30 +179,58 @@ def build_image(
     by_path = {f.path: f for f in files}
     if len(by_path) != len(files):
         raise PackError("a file is listed twice")
-    hashes = {f.path: f.hub_hash for f in files if f.hub_hash}
+    hashes = {f.path: h for f in files if (h := f.hub_hash)}
     layers: list[Layer] = []
     notes: list[dict[str, str]] = []
+    index: list[dict[str, object]] = []
     for group in group_files([(f.path, f.size) for f in files], small_limit=small_limit):
         note = layer_annotations(group, hashes)
         members = [by_path[p] for p in group]
-        layers.append(_layer(members, note.get(L.CONTENT_KEY), reuse))
+        entries = _entries(members)
+        offsets = data_offsets(entries)
+        position = len(base.layers) + len(layers)
+        index += [_index_entry(f, position, offsets[f"{REPO_DIR}/{f.path}"]) for f in members]
+        layers.append(_layer(members, entries, note.get(L.CONTENT_KEY), reuse))
         notes.append(note)
+    layers.append(_index_layer(index))
+    notes.append({L.FILE_INDEX: str(INDEX_VERSION), L.TITLE: INDEX_PATH})
     return assemble(
         base, layers, labels=labels, annotations=labels, created=created, layer_annotations=notes
     )
 
 
-def _layer(members: Sequence[PackFile], key: str | None, reuse: Reuse | None) -> Layer:
+def _entries(members: Sequence[PackFile]) -> list[TarEntry]:
     if not any(f.streamed for f in members):
         local = [(f.path, cast(Path, f.source)) for f in members]
-        return TarLayer(entries_for_files(local, prefix=REPO_DIR))
+        return entries_for_files(local, prefix=REPO_DIR)
+    return entries_for_streams([(f.path, f.source, f.size) for f in members], prefix=REPO_DIR)
+
+
+def _layer(
+    members: Sequence[PackFile], entries: Sequence[TarEntry], key: str | None, reuse: Reuse | None
+) -> Layer:
+    if not any(f.streamed for f in members):
+        return TarLayer(entries)
     if reuse is not None:
         found = reuse.find(key)
         if found is not None:
             log.info("%s: reusing layer %s", members[0].path, found.digest[:19])
             return found
-    entries = entries_for_streams([(f.path, f.source, f.size) for f in members], prefix=REPO_DIR)
     layer = StreamLayer(entries)
     if reuse is not None and key:
         layer.on_digest = lambda digest: reuse.remember(key, digest, layer.size)
     return layer
+
+
+def _index_entry(f: PackFile, layer: int, offset: int) -> dict[str, object]:
+    entry: dict[str, object] = {"path": f.path, "size": f.size, "layer": layer, "offset": offset}
+    if f.blob_id:
+        entry["blob_id"] = f.blob_id
+    if f.sha256:
+        entry["sha256"] = f.sha256
+    return entry
+
+
+def _index_layer(index: list[dict[str, object]]) -> TarLayer:
+    data = canonical_json({"version": INDEX_VERSION, "files": index})
+    return TarLayer(entries_for_streams([(INDEX_PATH, lambda: iter([data]), len(data))], prefix=""))

@@ -146,6 +146,17 @@ def tar_size(entries: Sequence[TarEntry]) -> int:
     return total
 
 
+def data_offsets(entries: Sequence[TarEntry]) -> dict[str, int]:
+    """Where each file's data starts in ``iter_tar(entries)``: name → byte offset."""
+    offsets, at = {}, 0
+    for entry in entries:
+        at += len(entry.header())
+        if not entry.is_dir:
+            offsets[entry.name] = at
+        at += entry.size + _padding(entry.size)
+    return offsets
+
+
 def iter_tar(
     entries: Sequence[TarEntry], *, chunk_size: int = DEFAULT_CHUNK
 ) -> Generator[bytes, None, None]:
