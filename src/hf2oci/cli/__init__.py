@@ -22,6 +22,7 @@ COMMANDS = {
     "tag": ("hf2oci.cli.tag", "tag", "Print the image tag of a repo id, or the way back."),
     "extract": ("hf2oci.cli.extract", "extract", "Unpack an image's /REPO into a folder."),
     "deploy": ("hf2oci.cli.deploy", "deploy", "Serve a model image: Dockerfile, compose, k8s."),
+    "serve": ("hf2oci.cli.serve", "serve", "Answer the Hugging Face Hub API from the images."),
 }
 
 

@@ -7,7 +7,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -156,6 +156,19 @@ class FileBlobLayer:
             with open(self.path, "rb") as f:
                 f.seek(start)
                 return f.read(length)
+        except OSError as e:
+            raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
+
+    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                while length > 0:
+                    data = f.read(min(chunk, length))
+                    if not data:
+                        raise PackError(f"{str(self.path)!r} ended {length} bytes early")
+                    length -= len(data)
+                    yield data
         except OSError as e:
             raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
 

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -70,6 +70,9 @@ class RemoteLayer:
 
     def read_range(self, start: int, length: int) -> bytes:
         return self.client.get_blob_range(self.repository, self.digest, start, length)
+
+    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        return self.client.iter_blob_range(self.repository, self.digest, start, length, chunk)
 
 
 class RegistryClient:
@@ -268,6 +271,46 @@ class RegistryClient:
             "GET", self._url(repo, "blobs", digest), scope=registry_scope(repo), stream=True
         )
         return io.BufferedReader(_VerifiedBody(resp, digest, self.registry), 1024 * 1024)
+
+    def iter_blob_range(
+        self, repo: str, digest: str, start: int, length: int, chunk: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """``length`` bytes of a blob from ``start``, streamed from one Range request in pieces
+        of at most ``chunk`` (memory stays at one piece, whatever the length)."""
+        if length <= 0:
+            return
+        resp = self.transport.request(
+            "GET",
+            self._url(repo, "blobs", digest),
+            headers={"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"},
+            scope=registry_scope(repo),
+            stream=True,
+        )
+        try:
+            raw = resp.raw
+            skip = start if resp.status_code != 206 else 0
+            while skip:
+                got = raw.read(min(skip, chunk))
+                if not got:
+                    raise RegistryError(f"registry {self.registry}: blob {digest} is short")
+                skip -= len(got)
+            left = length
+            while left:
+                data = raw.read(min(left, chunk))
+                if not data:
+                    raise RegistryError(
+                        f"registry {self.registry}: blob {digest} ended {left} bytes early",
+                        temporary=True,
+                    )
+                left -= len(data)
+                yield data
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(
+                f"registry {self.registry}: reading blob {digest} at {start} failed: {e}",
+                temporary=True,
+            ) from e
+        finally:
+            resp.close()
 
     def get_blob_range(self, repo: str, digest: str, start: int, length: int) -> bytes:
         """``length`` bytes of a blob from ``start`` (fewer at its end), by a Range request;

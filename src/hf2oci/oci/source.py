@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import platform as platform_module
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -78,6 +78,10 @@ class StoredLayer(Layer, Protocol):
 
     def read_range(self, start: int, length: int) -> bytes:
         """``length`` bytes of the blob from ``start`` (fewer only at its end)."""
+        ...
+
+    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """``length`` bytes of the blob from ``start``, streamed in pieces of ``chunk`` at most."""
         ...
 
 

@@ -1,0 +1,400 @@
+"""The Hub API over HTTP (Starlette, served by uvicorn): repo info, tree, paths-info and resolve
+(HEAD/GET with Range), with the hub's error codes, optional bearer tokens, an access log and
+Prometheus metrics. Every file streams out of a Range read of its layer blob."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlencode
+
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hf2oci import labels as L
+from hf2oci.errors import Hf2ociError
+from hf2oci.serve.ranges import Unsatisfiable, parse_range
+from hf2oci.serve.store import RepoFile, ServeError, Snapshot, Store, lfs_pointer
+from hf2oci.spec import RepoType
+
+log = logging.getLogger("hf2oci.serve")
+access_log = logging.getLogger("hf2oci.serve.access")
+
+T = TypeVar("T")
+#: tree entries per page (the hub pages its trees too; clients follow Link: rel="next")
+PAGE = 1000
+_KINDS: dict[str, RepoType] = {"models": "model", "datasets": "dataset"}
+_ACTIONS = ("revision", "tree", "paths-info")
+_OPEN = ("/health", "/metrics")
+_BAD_CREDENTIALS = "Invalid credentials in Authorization header"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hf2oci_serve_requests", "Requests answered", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.bytes = Counter("hf2oci_serve_bytes", "File bytes sent", registry=self.registry)
+        self.upstream_errors = Counter(
+            "hf2oci_serve_upstream_errors", "Registry or layout reads that failed",
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "hf2oci_serve_request_seconds", "Time to the response's start", ["route"],
+            registry=self.registry,
+        )  # fmt: skip
+
+
+def _segments(request: Request, skip: int) -> list[str]:
+    """The path's segments after the first ``skip``, each percent-decoded on its own (so a
+    revision ``refs%2Fpr%2F1`` stays one segment); 400 for anything that could climb."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    parts = raw.decode("latin-1").split("?", 1)[0].split("/")[1:]
+    out = []
+    for part in parts[skip:]:
+        seg = unquote(part, errors="strict") if "%" in part else part
+        if seg in (".", "..") or "\0" in seg or "\\" in seg or (seg and seg[0] == "/"):
+            raise ServeError(400, "BadRequest", "invalid path")
+        if any(p in (".", "..") for p in seg.split("/")):
+            raise ServeError(400, "BadRequest", "invalid path")
+        out.append(seg)
+    return out
+
+
+def _split_repo(parts: list[str], actions: Sequence[str]) -> tuple[str, str | None, list[str]]:
+    """``org/name[/ACTION/…]`` (or a one-part legacy id) → (repo id, action, the rest)."""
+    if len(parts) >= 2 and parts[1] in actions:
+        return parts[0], parts[1], parts[2:]
+    if len(parts) >= 2 and (len(parts) == 2 or parts[2] in actions):
+        return f"{parts[0]}/{parts[1]}", parts[2] if len(parts) > 2 else None, parts[3:]
+    if len(parts) == 1:
+        return parts[0], None, []
+    raise ServeError(404, "RepoNotFound", "Repository not found")
+
+
+def _error(e: ServeError, head: bool = False) -> Response:
+    headers = {"X-Error-Code": e.code, "X-Error-Message": str(e)}
+    if e.commit:
+        headers["X-Repo-Commit"] = e.commit
+    if head:
+        return Response(status_code=e.status, headers=headers)
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+
+def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
+    """The ASGI app serving ``store``; with ``tokens``, every request but /health and /metrics
+    needs ``Authorization: Bearer <one of them>``."""
+    metrics = Metrics()
+
+    async def call(fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await run_in_threadpool(fn, *args)
+        except ServeError:
+            raise
+        except Hf2ociError as e:
+            metrics.upstream_errors.inc()
+            log.warning("storage: %s", e)
+            raise ServeError(502, "UpstreamError", "the image storage failed") from e
+
+    async def health(request: Request) -> Response:
+        ok = await run_in_threadpool(store.healthy)
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    async def harnesses(request: Request) -> Response:
+        return JSONResponse({"standardEnvVars": [], "harnesses": {}})
+
+    async def api(request: Request) -> Response:
+        try:
+            parts = _segments(request, 1)
+            if not parts or parts[0] not in _KINDS:
+                raise ServeError(404, "NotFound", "no such API")
+            repo_type = _KINDS[parts[0]]
+            if len(parts) == 1:
+                return await call(_listing, store, repo_type, request.query_params.get("search"))
+            repo_id, action, rest = _split_repo(parts[1:], _ACTIONS)
+            if action is None or action == "revision":
+                revision = rest[0] if rest else "main"
+                snap = await call(store.snapshot, repo_type, repo_id, revision)
+                blobs = request.query_params.get("blobs", "").lower() in ("1", "true")
+                return JSONResponse(await call(_info, snap, blobs))
+            if not rest:
+                raise ServeError(404, "RevisionNotFound", "no revision given")
+            snap = await call(store.snapshot, repo_type, repo_id, rest[0])
+            if action == "tree":
+                return await call(_tree_page, snap, "/".join(rest[1:]), request)
+            if request.method != "POST":
+                raise ServeError(405, "MethodNotAllowed", "paths-info takes a POST")
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            wanted = [p.strip("/") for p in form.get("paths", [])]
+            return JSONResponse(await call(_paths_info, snap, wanted))
+        except ServeError as e:
+            return _error(e)
+
+    async def resolve(request: Request) -> Response:
+        head = request.method == "HEAD"
+        try:
+            parts = _segments(request, 0)
+            repo_type: RepoType = "model"
+            if parts and parts[0] in _KINDS and len(parts) > 1 and "resolve" in parts[2:4]:
+                repo_type = _KINDS[parts[0]]
+                parts = parts[1:]
+            repo_id, action, rest = _split_repo(parts, ("resolve",))
+            if action != "resolve" or len(rest) < 2:
+                raise ServeError(404, "NotFound", "no such page")
+            snap = await call(store.snapshot, repo_type, repo_id, rest[0])
+            return await _file(snap, "/".join(rest[1:]), request, head)
+        except ServeError as e:
+            return _error(e, head)
+
+    async def _file(snap: Snapshot, path: str, request: Request, head: bool) -> Response:
+        f = snap.files.get(path)
+        if f is None:
+            raise ServeError(404, "EntryNotFound", f"{path} not found", commit=snap.commit)
+        etag = await call(lambda: f.etag)
+        headers = {
+            "X-Repo-Commit": snap.commit,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if f.lfs:
+            headers["X-Linked-Etag"] = f'"{etag}"'
+            headers["X-Linked-Size"] = str(f.size)
+        try:
+            span = parse_range(request.headers.get("range"), f.size)
+        except Unsatisfiable:
+            headers["Content-Range"] = f"bytes */{f.size}"
+            return Response(status_code=416, headers=headers)
+        start, end = span if span is not None else (0, f.size - 1)
+        length = max(0, end - start + 1)
+        headers["Content-Length"] = str(length)
+        status = 200
+        if span is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+        if head or length == 0:
+            return Response(status_code=status, headers=headers)
+        return StreamingResponse(_body(f, start, length), status_code=status, headers=headers)
+
+    def _body(f: RepoFile, start: int, length: int) -> Iterator[bytes]:
+        try:
+            for chunk in f.chunks(start, length):
+                metrics.bytes.inc(len(chunk))
+                yield chunk
+        except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
+            metrics.upstream_errors.inc()
+            log.warning("reading %s failed mid-body: %s", f.path, e)
+            raise
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
+        Route("/api/agent-harnesses", harnesses, methods=["GET"]),
+        Route("/api/{rest:path}", api, methods=["GET", "POST"]),
+        Route("/{rest:path}", resolve, methods=["GET", "HEAD"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(_Gate, tokens=list(tokens), metrics=metrics)
+    return app
+
+
+class _Gate:
+    """Bearer tokens (compared in constant time), the access log and the request metrics."""
+
+    def __init__(self, app: ASGIApp, *, tokens: list[str], metrics: Metrics) -> None:
+        self.app, self.tokens, self.metrics = app, [t.encode() for t in tokens], metrics
+
+    def _allowed(self, scope: Scope) -> bool:
+        if not self.tokens or scope["path"] in _OPEN:
+            return True
+        given = b""
+        for name, value in scope.get("headers") or []:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        ok = False
+        for token in self.tokens:  # every one compared: the time says nothing
+            ok |= hmac.compare_digest(given, token)
+        return ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        route = _route(scope["path"])
+        status, sent = 500, 0
+
+        async def sending(message: Any) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.latency.labels(route).observe(time.monotonic() - started)
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            if self._allowed(scope):
+                await self.app(scope, receive, sending)
+            else:
+                headers = {"X-Error-Code": "Unauthorized", "X-Error-Message": _BAD_CREDENTIALS}
+                response = JSONResponse({"error": _BAD_CREDENTIALS}, 401, headers=headers)
+                await response(scope, receive, sending)
+        finally:
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            access_log.info(
+                "%s %s %d %d %.1fms", scope["method"], scope["path"][:300], status, sent,
+                (time.monotonic() - started) * 1000,
+            )  # fmt: skip
+
+
+def _route(path: str) -> str:
+    if path in _OPEN or path == "/api/agent-harnesses":
+        return path
+    if path.startswith("/api/"):
+        return "api"
+    return "resolve" if "/resolve/" in path else "other"
+
+
+# -- documents (run in worker threads: they may read the storage) ------------------------------
+
+
+def _listing(store: Store, repo_type: RepoType, search: str | None) -> Response:
+    out = []
+    for repo_id, image in store.listed(repo_type):
+        if search and search.lower() not in repo_id.lower():
+            continue
+        labels = image.labels
+        doc: dict[str, Any] = {"_id": repo_id, "id": repo_id, "sha": labels.get(L.REVISION),
+               "lastModified": labels.get(L.CREATED), "private": False, "tags": []}  # fmt: skip
+        if repo_type == "model":
+            doc["modelId"] = repo_id
+        out.append(doc)
+    return JSONResponse(out)
+
+
+def _card(snap: Snapshot) -> dict[str, Any]:
+    """The model card's front matter (README.md), when the image has it."""
+    readme = snap.files.get("README.md")
+    if readme is None or readme.size > 1 << 20:
+        return {}
+    text = b"".join(readme.chunks()).decode("utf-8", "replace")
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    try:
+        doc = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _file_doc(f: RepoFile, *, key: str) -> dict[str, Any]:
+    f.ensure_hashes()
+    doc: dict[str, Any] = {key: f.path, "size": f.size, "blobId": f.blob_id}
+    if f.sha256:
+        pointer = len(lfs_pointer(f.sha256, f.size))
+        doc["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": pointer}
+    return doc
+
+
+def _info(snap: Snapshot, blobs: bool) -> dict[str, Any]:
+    card = _card(snap)
+    siblings = [
+        _file_doc(snap.files[p], key="rfilename") if blobs else {"rfilename": p}
+        for p in sorted(snap.files)
+    ]
+    tags = card.get("tags") if isinstance(card.get("tags"), list) else []
+    doc: dict[str, Any] = {
+        "_id": snap.repo_id,
+        "id": snap.repo_id,
+        "sha": snap.commit,
+        "lastModified": snap.last_modified,
+        "createdAt": snap.last_modified,
+        "private": False,
+        "gated": False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "tags": tags,
+        "siblings": siblings,
+    }
+    if card:
+        doc["cardData"] = card
+    if snap.repo_type == "model":
+        doc["modelId"] = snap.repo_id
+        for key in ("library_name", "pipeline_tag"):
+            if isinstance(card.get(key), str):
+                doc[key] = card[key]
+    return doc
+
+
+def _tree_entry(snap: Snapshot, path: str, dirs: set[str]) -> dict[str, Any]:
+    if path in dirs:
+        oid = hashlib.sha1(f"{snap.commit}:{path}".encode(), usedforsecurity=False).hexdigest()
+        return {"type": "directory", "oid": oid, "size": 0, "path": path}
+    f = snap.files[path]
+    doc = _file_doc(f, key="path")
+    entry: dict[str, Any] = {"type": "file", "oid": doc["blobId"], "size": f.size, "path": path}
+    if "lfs" in doc:
+        lfs = doc["lfs"]
+        entry["lfs"] = {
+            "oid": lfs["sha256"],
+            "size": lfs["size"],
+            "pointerSize": lfs["pointerSize"],
+        }
+    return entry
+
+
+def _dirs(snap: Snapshot) -> set[str]:
+    out: set[str] = set()
+    for p in snap.files:
+        parts = p.split("/")
+        out.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def _tree_page(snap: Snapshot, path: str, request: Request) -> Response:
+    path = path.strip("/")
+    dirs = _dirs(snap)
+    if path and path not in dirs:
+        if path in snap.files:
+            return JSONResponse([_tree_entry(snap, path, dirs)])
+        raise ServeError(404, "EntryNotFound", f"{path} not found", commit=snap.commit)
+    recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
+    prefix = f"{path}/" if path else ""
+    names = sorted(
+        n
+        for n in (*snap.files, *dirs)
+        if n.startswith(prefix) and (recursive or "/" not in n[len(prefix) :])
+    )
+    try:
+        cursor = max(0, int(request.query_params.get("cursor", "0")))
+    except ValueError:
+        cursor = 0
+    page = names[cursor : cursor + PAGE]
+    headers = {}
+    if cursor + PAGE < len(names):
+        query = {**dict(request.query_params), "cursor": str(cursor + PAGE)}
+        headers["Link"] = f'<{request.url.replace(query=urlencode(query))}>; rel="next"'
+    return JSONResponse([_tree_entry(snap, n, dirs) for n in page], headers=headers)
+
+
+def _paths_info(snap: Snapshot, paths: list[str]) -> list[dict[str, Any]]:
+    dirs = _dirs(snap)
+    return [_tree_entry(snap, p, dirs) for p in paths if p in snap.files or p in dirs]

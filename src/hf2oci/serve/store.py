@@ -1,0 +1,297 @@
+"""Repos, revisions and files, found in the images that ``sync`` wrote.
+
+An image is found by its tag (the repo's moving tag, or its ``--<sha12>`` tag for a commit); its
+file index comes from the ``.hf2oci/files.json`` layer (one small read), or, for images made
+before it existed, from walking the tar headers with Range reads. Manifests by tag are cached
+for ``ttl`` seconds (``sync`` moves tags); indexes by manifest digest, for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from hf2oci import labels as L
+from hf2oci import naming
+from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError
+from hf2oci.formats.image import INDEX_PATH, REPO_DIR
+from hf2oci.oci import layout
+from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image
+from hf2oci.oci.reference import Reference
+from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.source import StoredLayer, host_platform, open_image, open_remote, tar_entries
+from hf2oci.spec import RepoType
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHORT = re.compile(r"[0-9a-f]{12}")
+#: for images made before the file index (no hub hashes): what the hub's default .gitattributes
+#: stores in LFS, and files of 10 MB and more
+LFS_THRESHOLD = 10 * 1000 * 1000
+_LFS_NAMES = re.compile(
+    r".*\.(7z|arrow|bin|bz2|ckpt|ftz|gz|h5|joblib|mlmodel|model|msgpack|npy|npz|onnx|ot|parquet"
+    r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
+    r"|saved_model/.*|.*\.tar\..*|.*\.lfs\..*"
+)
+
+
+class ServeError(Hf2ociError):
+    """A request the hub would refuse: ``code`` is its ``X-Error-Code``."""
+
+    def __init__(self, status: int, code: str, message: str, *, commit: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.commit = status, code, commit
+
+
+@dataclass
+class RepoFile:
+    """One file of a mirrored repo: where its bytes are and what the hub says they hash to."""
+
+    path: str
+    size: int
+    layer: StoredLayer
+    offset: int
+    sha256: str | None = None
+    blob_id: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+    def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The file's bytes from ``start`` (a sub-range of its layer blob)."""
+        n = self.size - start if length is None else length
+        return self.layer.iter_range(self.offset + start, n)
+
+    def ensure_hashes(self) -> None:
+        """Images made before the file index carry no hub hashes: compute them once."""
+        if self.blob_id is not None:
+            return
+        with self._lock:
+            if self.blob_id is not None:
+                return
+            sha1 = hashlib.sha1(b"blob %d\0" % self.size, usedforsecurity=False)
+            sha256 = hashlib.sha256()
+            for chunk in self.chunks():
+                sha1.update(chunk)
+                sha256.update(chunk)
+            if self.size >= LFS_THRESHOLD or _LFS_NAMES.fullmatch(self.path):
+                self.sha256 = sha256.hexdigest()
+                pointer = lfs_pointer(self.sha256, self.size)
+                self.blob_id = hashlib.sha1(
+                    b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False
+                ).hexdigest()
+            else:
+                self.blob_id = sha1.hexdigest()
+
+    @property
+    def etag(self) -> str:
+        self.ensure_hashes()
+        return self.sha256 or cast(str, self.blob_id)
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
+
+
+@dataclass
+class Snapshot:
+    """A repo at one commit, as one image holds it."""
+
+    repo_id: str
+    repo_type: RepoType
+    commit: str
+    image: Image
+    files: dict[str, RepoFile]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.image.annotations or self.image.labels
+
+    @property
+    def last_modified(self) -> str:
+        return self.labels.get(L.CREATED, "1970-01-01T00:00:00Z")
+
+
+class Store:
+    """Images under ``namespace``: in a registry (``client``) or in layouts under ``root``."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        client: RegistryClient | None = None,
+        root: Path | None = None,
+        ttl: float = 30.0,
+        max_indexes: int = 256,
+    ) -> None:
+        if (client is None) == (root is None):
+            raise ValueError("a store reads a registry or layouts, one of them")
+        self.namespace, self.client, self.root, self.ttl = namespace, client, root, ttl
+        self.max_indexes = max_indexes
+        self._by_tag: dict[tuple[str, str], tuple[float, Image | None]] = {}
+        self._files: OrderedDict[str, dict[str, RepoFile]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def repository(self, repo_type: RepoType) -> str:
+        return f"{self.namespace}/{'datasets' if repo_type == 'dataset' else 'models'}"
+
+    # -- images --------------------------------------------------------------------------
+
+    def image(self, repo_type: RepoType, tag: str) -> Image | None:
+        """The image at ``tag`` (None: no such tag), cached for ``ttl`` seconds."""
+        key = (repo_type, tag)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._by_tag.get(key)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        found = self._open(repo_type, tag)
+        with self._lock:
+            self._by_tag[key] = (now, found)
+        return found
+
+    def _open(self, repo_type: RepoType, tag: str) -> Image | None:
+        repo = self.repository(repo_type)
+        if self.client is not None:
+            if self.client.get_manifest(repo, tag) is None:
+                return None
+            ref = Reference(self.client.registry, repo, tag)
+            return open_remote(self.client, ref, host_platform())
+        assert self.root is not None
+        path = self.root / repo
+        if not (path / layout.INDEX_FILE).is_file() or layout.resolve_tag(path, tag) is None:
+            return None
+        return open_image(f"oci:{path}:{tag}")
+
+    def tags(self, repo_type: RepoType) -> list[str]:
+        """Every tag of the repo type's image repository."""
+        repo = self.repository(repo_type)
+        if self.client is not None:
+            return self.client.list_tags(repo)
+        assert self.root is not None
+        path = self.root / repo
+        if not (path / layout.INDEX_FILE).is_file():
+            return []
+        manifests = layout.read_index(path).get("manifests") or []
+        names = [(m.get("annotations") or {}).get(ANNOTATION_REF_NAME) for m in manifests]
+        return sorted({n for n in names if isinstance(n, str)})
+
+    def healthy(self) -> bool:
+        try:
+            if self.client is not None:
+                self.client.list_tags(self.repository("model"), page_size=1)
+                return True
+            assert self.root is not None
+            return self.root.is_dir()
+        except Hf2ociError:
+            return False
+
+    # -- revisions -----------------------------------------------------------------------
+
+    def snapshot(self, repo_type: RepoType, repo_id: str, revision: str) -> Snapshot:
+        """The repo at ``revision``: ``main`` or the ref the image was made from, a commit sha
+        (40 hex), or its first 12 hex. ServeError RepoNotFound / RevisionNotFound otherwise."""
+        try:
+            naming.validate_repo_id(repo_id)
+        except InvalidRepoId as e:
+            raise ServeError(404, "RepoNotFound", f"{repo_id!r} is not a repo id") from e
+        current = self.image(repo_type, naming.repo_tag(repo_id))
+        if current is None or current.labels.get(L.REPO_ID, repo_id) != repo_id:
+            raise ServeError(404, "RepoNotFound", f"Repository {repo_id} not found")
+        image = None
+        if _COMMIT.fullmatch(revision) or _SHORT.fullmatch(revision):
+            image = self.image(repo_type, naming.revision_tag(repo_id, revision))
+            commit = image.labels.get(L.REVISION, "") if image is not None else ""
+            if image is None or not commit.startswith(revision):
+                image = None
+        elif revision in ("main", current.labels.get(L.REF, "main")):
+            image = current
+        if image is None:
+            raise ServeError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        commit = image.labels.get(L.REVISION, "")
+        if not _COMMIT.fullmatch(commit):
+            raise ServeError(404, "RevisionNotFound", f"{repo_id}: the image names no commit")
+        return Snapshot(repo_id, repo_type, commit, image, self.files(image))
+
+    def listed(self, repo_type: RepoType) -> list[tuple[str, Image]]:
+        """``(repo id, image at its moving tag)`` of every mirrored repo of a type."""
+        out = []
+        for tag in self.tags(repo_type):
+            if _is_revision_tag(tag):
+                continue
+            image = self.image(repo_type, tag)
+            repo_id = image.labels.get(L.REPO_ID) if image is not None else None
+            if image is not None and repo_id and naming.repo_tag(repo_id) == tag:
+                out.append((repo_id, image))
+        return out
+
+    # -- files ---------------------------------------------------------------------------
+
+    def files(self, image: Image) -> dict[str, RepoFile]:
+        """The files under /REPO of ``image`` by path, cached by manifest digest."""
+        digest = image.digest
+        with self._lock:
+            if digest in self._files:
+                self._files.move_to_end(digest)
+                return self._files[digest]
+        found = read_files(image)
+        with self._lock:
+            self._files[digest] = found
+            while len(self._files) > self.max_indexes:
+                self._files.popitem(last=False)
+        return found
+
+
+def _is_revision_tag(tag: str) -> bool:
+    return re.search(r"--[0-9a-f]{12}$", tag) is not None
+
+
+def read_files(image: Image) -> dict[str, RepoFile]:
+    """The file index of ``image``: from its index layer, else by walking its tar headers."""
+    layers = [cast(StoredLayer, layer) for layer in image.layers]
+    descriptors = image.manifest_doc.get("layers") or []
+    for position, desc in enumerate(descriptors):
+        if (desc.get("annotations") or {}).get(L.FILE_INDEX):
+            return _from_index(layers, layers[position])
+    files: dict[str, RepoFile] = {}
+    for layer in layers:
+        if layer.media_type != MT_LAYER_TAR and not layer.media_type.endswith(".tar"):
+            continue  # a compressed layer: a base image's (hf2oci writes plain tar)
+        for entry in tar_entries(layer):
+            if entry.is_file and entry.path.startswith(f"{REPO_DIR}/"):
+                rel = entry.path[len(REPO_DIR) + 1 :]
+                files[rel] = RepoFile(rel, entry.size, layer, entry.offset)
+    return files
+
+
+def _from_index(layers: list[StoredLayer], holder: StoredLayer) -> dict[str, RepoFile]:
+    raw = b"".join(holder.iter_range(0, holder.size))
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        member = tar.getmember(INDEX_PATH)
+        data = tar.extractfile(member)
+        if data is None:
+            raise PackError("the file index is not a file")
+        doc: Any = json.loads(data.read())
+    files = {}
+    try:
+        for e in doc["files"]:
+            files[str(e["path"])] = RepoFile(
+                str(e["path"]), int(e["size"]), layers[int(e["layer"])], int(e["offset"]),
+                sha256=e.get("sha256"), blob_id=e.get("blob_id"),
+            )  # fmt: skip
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise PackError(f"the file index is malformed ({e})") from e
+    return files
