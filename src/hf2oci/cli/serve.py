@@ -3,9 +3,13 @@ inside the air gap finds mirrored repos by id with only ``HF_ENDPOINT`` set."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,16 +75,46 @@ def serve(
         client = RegistryClient(config.registry, plain_http=config.plain_http)
         store = Store(config.namespace, client=client, ttl=ttl)
         where = f"{config.registry}/{config.namespace}"
-    logging.getLogger("hf2oci.serve").setLevel(logging.INFO)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, format="%(message)s")
-    logging.getLogger("hf2oci.serve").addHandler(logging.StreamHandler(sys.stderr))
-    logging.getLogger("hf2oci.serve").propagate = False
+    # one access-log line per request on stderr (method, path, status, bytes, time: no header)
+    serve_log = logging.getLogger("hf2oci.serve")
+    serve_log.setLevel(logging.INFO)
+    serve_log.addHandler(logging.StreamHandler(sys.stderr))
+    serve_log.propagate = False
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
-    uvicorn.run(
+    config_ = uvicorn.Config(
         create_app(store, tokens=tokens), host=host, port=port, access_log=False,
         log_level="warning", timeout_graceful_shutdown=30,
     )  # fmt: skip
+    _GracefulServer(config_).run()
+    echo("stopped")
+
+
+class _GracefulServer:
+    """uvicorn's server, whose SIGTERM/SIGINT finish the requests in flight and then exit 0
+    (uvicorn re-raises the signal after its shutdown, which reads as a crash to Kubernetes)."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(config)
+
+    def run(self) -> None:
+        server = self.server
+
+        @contextlib.contextmanager
+        def capture_signals() -> Iterator[None]:
+            previous = {s: signal.signal(s, server.handle_exit) for s in _SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        server.capture_signals = capture_signals  # type: ignore[method-assign]
+        server.run()
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _tokens(path: Path) -> list[str]:

