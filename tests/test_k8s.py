@@ -82,3 +82,53 @@ def test_bad_input_is_one_line(args: list[str], words: str) -> None:
     r = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", *args)
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("secrets", [False, True])
+def test_hub_server_manifests_validate_and_match_golden(secrets: bool, tmp_path: Path) -> None:
+    args = ["deploy", "k8s", "--serve", "--registry", "registry.example.com",
+            "--namespace", "hgfkeep", "--replicas", "3"]  # fmt: skip
+    if secrets:
+        args += ["--token-secret", "hub-tokens", "--registry-secret", "registry-login"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "hub.yaml"
+    out.write_text(r.stdout)
+    v = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert v.returncode == 0, v.stdout + v.stderr
+    deployment, service = yaml.safe_load_all(r.stdout)
+    assert deployment["spec"]["replicas"] == 3 and service["kind"] == "Service"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["args"][:5] == ["serve", "--registry", "registry.example.com", "--namespace",
+                                     "hgfkeep"]  # fmt: skip
+    if secrets:
+        assert container["args"][-2:] == ["--token-file", "/etc/hf2oci/tokens"]
+        assert pod["volumes"][0]["secret"]["secretName"] == "hub-tokens"
+        names = {e["name"] for e in container["env"]}
+        assert names == {"HF2OCI_REGISTRY_USERNAME", "HF2OCI_REGISTRY_PASSWORD"}
+        assert "password" not in r.stdout.split("secretKeyRef")[0]  # only references
+    else:
+        assert "--token-file" not in container["args"] and "volumes" not in pod
+    golden = GOLDEN / f"hub{'-secrets' if secrets else ''}.yaml"
+    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
+        golden.write_text(r.stdout)
+    assert r.stdout == golden.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--serve", "--registry", "r.io"], "--registry and --namespace"),
+        (["--serve", "--registry", "r.io", "--namespace", "n", "--runtime", "vllm"], "no MODEL"),
+        (["--serve", "--registry", "r.io", "--namespace", "n", "--token-secret", "Bad"], "invalid"),
+        ([IMAGE], "give --runtime"),
+    ],
+)
+def test_hub_server_bad_input_is_one_line(args: list[str], words: str) -> None:
+    r = cli("deploy", "k8s", *args)
+    assert r.exit_code in (1, 2) and words in r.stderr and "Traceback" not in r.output

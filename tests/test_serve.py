@@ -276,3 +276,39 @@ def test_old_images_without_a_file_index_still_serve(
         assert (f.offset, f.size) == (indexed[path].offset, indexed[path].size)
         assert b"".join(f.chunks()) == files[path]
         assert f.etag == indexed[path].etag  # hashes computed once, as the hub has them
+
+
+def test_big_trees_page_and_a_filtered_repo_serves_only_its_kept_files(
+    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import errors, hf_hub_download
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    files = {f"shards/{i // 100:02d}/part-{i:04d}.json": b"{}" for i in range(1500)}
+    files["weights.bin"] = b"w" * 1000
+    hub.add_repo("serve-org/many", files)
+    make_project(
+        tmp_path, models=["serve-org/many exclude=*.bin"], config={"base_image": "scratch"}
+    )
+    assert cli("sync", "-q").exit_code == 0
+    server = Served(Store("hgfkeep", root=tmp_path / "oci-images"))
+    try:
+        first = requests.get(f"{server.url}/api/models/serve-org/many/tree/main?recursive=true")
+        assert len(first.json()) == 1000 and 'rel="next"' in first.headers["Link"]
+        listed = _client_api(server.url).list_repo_files("serve-org/many")
+        assert sorted(listed) == sorted(p for p in files if not p.endswith(".bin"))
+        top = requests.get(f"{server.url}/api/models/serve-org/many/tree/main").json()
+        assert [(e["type"], e["path"]) for e in top] == [("directory", "shards")]
+        with pytest.raises(errors.EntryNotFoundError):
+            hf_hub_download("serve-org/many", "weights.bin", cache_dir=tmp_path / "c",
+                            endpoint=server.url)  # fmt: skip
+        info = requests.post(
+            f"{server.url}/api/models/serve-org/many/paths-info/main",
+            data={"paths": ["shards/00", "shards/00/part-0001.json", "nope"]},
+        ).json()
+        assert [(e["type"], e["path"]) for e in info] == [
+            ("directory", "shards/00"), ("file", "shards/00/part-0001.json")
+        ]  # fmt: skip
+    finally:
+        server.stop()

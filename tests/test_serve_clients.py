@@ -192,3 +192,20 @@ def test_llama_cpp_from_pretrained_through_serve(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_the_hub_server_image_build_folder(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "hf2oci-0.1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    (wheels / "starlette-1.0-py3-none-any.whl").write_bytes(b"x")
+    r = cli("deploy", "dockerfile", "--serve", "--wheels", str(wheels), "-o", str(tmp_path / "b"))
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "b" / "Dockerfile").read_text()
+    assert "--no-index --find-links /tmp/wheels hf2oci" in text and 'ENTRYPOINT ["hf2oci"]' in text
+    assert sorted(p.name for p in (tmp_path / "b" / "wheels").iterdir()) == sorted(
+        p.name for p in wheels.iterdir()
+    )
+    (wheels / "hf2oci-0.1.0-py3-none-any.whl").unlink()
+    bad = cli("deploy", "dockerfile", "--serve", "--wheels", str(wheels), "-o", str(tmp_path / "c"))
+    assert bad.exit_code == 2 and "hf2oci's wheel" in bad.stderr

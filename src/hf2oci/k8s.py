@@ -77,3 +77,39 @@ def manifests(spec: ServeSpec) -> str:
         memory=memory,
         gpu=spec.gpu,
     )
+
+
+DEFAULT_SERVE_IMAGE = "hf2oci/serve:latest"
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """``hf2oci serve`` as a Kubernetes Deployment + Service."""
+
+    registry: str
+    namespace: str
+    name: str = "hf2oci-hub"
+    replicas: int = 2
+    port: int = 8080
+    serve_image: str = DEFAULT_SERVE_IMAGE
+    #: a Secret with key ``tokens`` (one per line): every request then needs one of them
+    token_secret: str | None = None
+    #: a Secret with keys ``username`` and ``password`` for the registry
+    registry_secret: str | None = None
+    cpu: str = "500m"
+
+
+def hub_manifests(spec: HubSpec) -> str:
+    """kubectl-ready YAML for the hub server; UsageError for what Kubernetes would refuse."""
+    parse_reference(spec.serve_image)
+    for what, value in (
+        ("--name", spec.name), ("--token-secret", spec.token_secret),
+        ("--registry-secret", spec.registry_secret),
+    ):  # fmt: skip
+        if value is not None and (len(value) > 63 or not _DNS1123.fullmatch(value)):
+            raise UsageError(
+                f"invalid {what} {value!r}: lower-case letters, digits and '-', at most 63"
+            )
+    if not _QUANTITY.fullmatch(spec.cpu):
+        raise UsageError(f"--cpu {spec.cpu!r} is not a Kubernetes quantity (e.g. 2, 500m)")
+    return render("k8s/hub.yaml.j2", spec=spec)

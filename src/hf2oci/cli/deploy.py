@@ -13,7 +13,16 @@ import click
 from hf2oci import runtime as entrypoint
 from hf2oci.cli._common import echo, handle_errors, verbosity
 from hf2oci.errors import UsageError
-from hf2oci.k8s import MODES, Mode, ServeSpec, manifests, served_model_name
+from hf2oci.k8s import (
+    DEFAULT_SERVE_IMAGE,
+    MODES,
+    HubSpec,
+    Mode,
+    ServeSpec,
+    hub_manifests,
+    manifests,
+    served_model_name,
+)
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
 from hf2oci.runtime import RUNTIMES
@@ -24,9 +33,24 @@ WHEEL_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
 runtime_option = click.option(
     "--runtime",
     type=click.Choice(list(RUNTIMES)),
-    required=True,
     help="The server: " + ", ".join(f"{r.name} ({r.model_format})" for r in RUNTIMES.values()),
 )
+serve_option = click.option(
+    "--serve",
+    is_flag=True,
+    help="The hub server (`hf2oci serve`) instead of a model server: no MODEL_IMAGE, no runtime.",
+)
+
+
+def _model_or_hub(model_image: str | None, runtime: str | None, serve: bool) -> str:
+    """The runtime for a model server; UsageError when the arguments mix the two kinds."""
+    if serve:
+        if model_image or runtime:
+            raise UsageError("--serve deploys the hub server: give no MODEL_IMAGE or --runtime")
+        return ""
+    if not runtime:
+        raise UsageError("give --runtime (" + "|".join(RUNTIMES) + "), or --serve")
+    return runtime
 
 
 @click.group("deploy")
@@ -37,6 +61,7 @@ def deploy() -> None:
 @deploy.command("dockerfile")
 @click.argument("model_image", required=False)
 @runtime_option
+@serve_option
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--runtime-image", help="Tag to build (shown in the Dockerfile's comments).")
 @click.option("--python-image", default="python:3.11-slim", show_default=True)
@@ -53,7 +78,8 @@ def deploy() -> None:
 @handle_errors
 def dockerfile(
     model_image: str | None,
-    runtime: str,
+    runtime: str | None,
+    serve: bool,
     output: Path,
     runtime_image: str | None,
     python_image: str,
@@ -63,11 +89,15 @@ def dockerfile(
     """Write a build folder (Dockerfile + entrypoint.py) for a server image; with MODEL_IMAGE
     its files are baked in under /REPO, without it the server serves what is mounted at
     /models (as the compose file and the Kubernetes manifests do)."""
+    runtime = _model_or_hub(model_image, runtime, serve)
     for ref in (model_image, python_image, vllm_image, runtime_image):
         if ref:
             parse_reference(ref)
     if output.exists() and any(output.iterdir()):
         raise UsageError(f"{output} is not empty")
+    if serve:
+        _hub_dockerfile(output, wheels, python_image, runtime_image or DEFAULT_SERVE_IMAGE)
+        return
     wheel_files = _wheelhouse(runtime, wheels) if wheels is not None else []
     output.mkdir(parents=True, exist_ok=True)
     if wheel_files:
@@ -88,6 +118,24 @@ def dockerfile(
     )
     shutil.copyfile(entrypoint.__file__, output / "entrypoint.py")
     echo(f"wrote {output}/Dockerfile and entrypoint.py: docker build -t NAME {output}")
+
+
+def _hub_dockerfile(output: Path, wheels: Path | None, python_image: str, image: str) -> None:
+    """The hub server's build folder: hf2oci installed from a wheelhouse, with no network."""
+    found = sorted(wheels.glob("hf2oci-*.whl")) if wheels is not None else []
+    if not found:
+        raise UsageError(
+            "--serve needs --wheels DIR holding hf2oci's wheel and its dependencies': "
+            "pip wheel /path/to/hf2oci -w DIR (where PyPI is reachable)"
+        )
+    assert wheels is not None
+    (output / "wheels").mkdir(parents=True)
+    for wheel in sorted(wheels.glob("*.whl")):
+        shutil.copyfile(wheel, output / "wheels" / wheel.name)
+    (output / "Dockerfile").write_text(
+        render("serve/Dockerfile.j2", python_image=python_image, serve_image=image)
+    )
+    echo(f"wrote {output}/Dockerfile and wheels/: docker build -t {image} {output}")
 
 
 def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
@@ -113,8 +161,9 @@ def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
 @click.option("--runtime-image", help="Server image (default: hf2oci/<runtime>-server:latest).")
 @verbosity
 @handle_errors
-def compose(model_image: str, runtime: str, runtime_image: str | None) -> None:
+def compose(model_image: str, runtime: str | None, runtime_image: str | None) -> None:
     """Print a docker compose file: the model image fills a volume, the server serves it."""
+    runtime = _model_or_hub(model_image, runtime, False)
     parse_reference(model_image)
     click.echo(
         render(
@@ -129,8 +178,20 @@ def compose(model_image: str, runtime: str, runtime_image: str | None) -> None:
 
 
 @deploy.command("k8s")
-@click.argument("model_image")
+@click.argument("model_image", required=False)
 @runtime_option
+@serve_option
+@click.option("--registry", help="--serve: the registry the hub reads.")
+@click.option("--namespace", help="--serve: the namespace of the mirrored images.")
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="--serve: replicas (stateless: each reads the registry).",
+)
+@click.option("--token-secret", help="--serve: a Secret whose key `tokens` lists bearer tokens.")
+@click.option("--registry-secret", help="--serve: a Secret with the registry's username/password.")
 @click.option(
     "--mode",
     type=click.Choice(list(MODES)),
@@ -147,8 +208,14 @@ def compose(model_image: str, runtime: str, runtime_image: str | None) -> None:
 @verbosity
 @handle_errors
 def k8s(
-    model_image: str,
-    runtime: str,
+    model_image: str | None,
+    runtime: str | None,
+    serve: bool,
+    registry: str | None,
+    namespace: str | None,
+    replicas: int,
+    token_secret: str | None,
+    registry_secret: str | None,
     mode: str,
     name: str | None,
     runtime_image: str | None,
@@ -156,7 +223,20 @@ def k8s(
     memory: str | None,
     gpu: int,
 ) -> None:
-    """Print a Deployment + Service serving MODEL_IMAGE offline on port 8000."""
+    """Print a Deployment + Service serving MODEL_IMAGE offline on port 8000 (or, with --serve,
+    the hub server for a registry's mirrored images, on port 8080)."""
+    runtime = _model_or_hub(model_image, runtime, serve)
+    if serve:
+        if not registry or not namespace:
+            raise UsageError("--serve needs --registry and --namespace (what the hub reads)")
+        hub = HubSpec(
+            registry=registry, namespace=namespace, name=name or "hf2oci-hub", replicas=replicas,
+            serve_image=runtime_image or DEFAULT_SERVE_IMAGE, token_secret=token_secret,
+            registry_secret=registry_secret, cpu=cpu if cpu != "2" else "500m",
+        )  # fmt: skip
+        click.echo(hub_manifests(hub), nl=False)
+        return
+    assert model_image is not None
     spec = ServeSpec(
         model_image=model_image,
         runtime=runtime,
