@@ -134,8 +134,17 @@ def main() -> None:
                     )
                 )
                 same = (dest / "model.safetensors").read_bytes() == big.read_bytes()
+
+                def raw_get() -> None:
+                    with requests.get(f"{url}/bench/big/resolve/main/model.safetensors",
+                                      stream=True) as resp:  # fmt: skip
+                        for _ in resp.iter_content(1 << 20):
+                            pass
+
+                raw = timed(raw_get)
                 rounds.append({"snapshot_download_via_serve_s": via_serve,
                                "extract_s": via_extract, "ratio": via_serve / via_extract,
+                               "plain_get_via_serve_s": raw,
                                "same_bytes": same})  # fmt: skip
                 shutil.rmtree(dest)
                 shutil.rmtree(ext)

@@ -434,3 +434,43 @@ def test_a_base_registry_that_keeps_failing_is_one_line(
     text = str(exc.value)
     assert "\n" not in text and proxy.host in text and "scratch" in text
     assert f"({fault.split(':')[0]}" in text
+
+
+def test_serve_reads_a_registry_behind_token_auth(
+    token_registry: tuple[Registry, TokenService],
+    hub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`hf2oci serve` in front of a registry that wants bearer tokens (Docker Hub's scheme):
+    credentials come from the same place as for mirror, and never reach a response."""
+    import random
+
+    import requests as requests_lib
+    from huggingface_hub import hf_hub_download
+
+    from helpers import cli, make_project
+    from hf2oci.serve.store import Store
+    from test_serve import Served
+
+    reg, service = token_registry
+    service.refuse_all = False
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_REGISTRY_USERNAME", USER)
+    monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", PASSWORD)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    files = {"config.json": b"{}\n", "model.safetensors": random.randbytes(2 * 1024 * 1024)}
+    hub.add_repo("tok/model", files)
+    config = {"registry": reg.host, "namespace": "tok", "base_image": "scratch"}
+    make_project(tmp_path, models=["tok/model"], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    server = Served(Store("tok", client=RegistryClient(reg.host)))
+    try:
+        path = hf_hub_download("tok/model", "model.safetensors", cache_dir=tmp_path / "c",
+                               endpoint=server.url)  # fmt: skip
+        assert Path(path).read_bytes() == files["model.safetensors"]
+        for url in ("/api/models/tok/model?blobs=true", "/metrics", "/api/models/tok/nope"):
+            text = requests_lib.get(server.url + url).text
+            assert PASSWORD not in text and USER not in text
+    finally:
+        server.stop()

@@ -37,6 +37,8 @@ _SHORT = re.compile(r"[0-9a-f]{12}")
 #: for images made before the file index (no hub hashes): what the hub's default .gitattributes
 #: stores in LFS, and files of 10 MB and more
 LFS_THRESHOLD = 10 * 1000 * 1000
+#: bytes read from the storage at a time, per download (memory: this, times the downloads)
+CHUNK = 1 << 20
 _LFS_NAMES = re.compile(
     r".*\.(7z|arrow|bin|bz2|ckpt|ftz|gz|h5|joblib|mlmodel|model|msgpack|npy|npz|onnx|ot|parquet"
     r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
@@ -71,7 +73,7 @@ class RepoFile:
     def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         """The file's bytes from ``start`` (a sub-range of its layer blob)."""
         n = self.size - start if length is None else length
-        return self.layer.iter_range(self.offset + start, n)
+        return self.layer.iter_range(self.offset + start, n, CHUNK)
 
     def ensure_hashes(self) -> None:
         """Images made before the file index carry no hub hashes: compute them once."""
