@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hf2oci.formats.image import MAX_REPO_LAYERS, group_files, layer_annotations, split_files
+from hf2oci.formats.image import (
+    MAX_REPO_LAYERS,
+    LayerTooBig,
+    group_files,
+    layer_annotations,
+    layer_budget,
+    split_files,
+)
 from hf2oci.labels import CONTENT_KEY
 
 MiB = 1 << 20
@@ -36,7 +44,7 @@ def test_many_shards_stay_under_the_layer_limit(n: int, with_small: bool) -> Non
     assert sorted(flat) == sorted(p for p, _ in sized)  # every file exactly once
     assert groups == group_files(list(reversed(sized)))  # order of input does not matter
     small, _ = split_files(sized)
-    assert (["config.json"] if with_small else []) == list(small)
+    assert ([("config.json",)] if with_small else []) == small
 
 
 def test_content_key_depends_on_paths_and_hashes_only() -> None:
@@ -47,3 +55,50 @@ def test_content_key_depends_on_paths_and_hashes_only() -> None:
     assert a == b and a[CONTENT_KEY] != c[CONTENT_KEY] != d[CONTENT_KEY]
     assert a["org.opencontainers.image.title"] == "w.safetensors"
     assert layer_annotations(["w"], {}) == {}  # files changed by a hook: no key
+
+
+GB = 10**9
+SHARD = int(4.3 * GB)
+
+
+def _shards(n: int, *, skip: int | None = None) -> list[tuple[str, int]]:
+    return [(f"model-{i:05d}-of-00163.safetensors", SHARD) for i in range(n) if i != skip]
+
+
+def test_no_layer_passes_the_size_limit_and_a_file_that_would_fails_first() -> None:
+    groups = group_files(_shards(163), max_layers=layer_budget(1), max_layer_size=10 * GB)
+    sizes = dict(_shards(163))
+    assert len(groups) <= layer_budget(1) == 98
+    assert all(sum(sizes[p] for p in g) <= 10 * GB for g in groups)
+    with pytest.raises(LayerTooBig) as exc:
+        group_files([("big.gguf", 40 * GB), ("a.json", 1)], max_layer_size=10 * GB)
+    text = str(exc.value)
+    assert "big.gguf is 37.3 GiB" in text and "9.3 GiB" in text and "max_layer_size" in text
+
+
+def _changed(before: list[tuple[str, ...]], after: list[tuple[str, ...]]) -> int:
+    """Groups of ``after`` that ``before`` did not have: the layers a new revision uploads."""
+    return len(set(after) - set(before))
+
+
+def test_one_shard_more_changes_few_layers() -> None:
+    """163 shards of 4.3 GB under GHCR's 10 GB limit: count-based grouping changed 29 of 64
+    layers for one added shard; content-defined grouping changes its run only."""
+    budget, cap = layer_budget(1), 10 * GB
+    full = group_files(_shards(163), max_layers=budget, max_layer_size=cap)
+    changed = []
+    for which in range(163):
+        before = group_files(_shards(163, skip=which), max_layers=budget, max_layer_size=cap)
+        changed.append(_changed(before, full))
+        assert set(full) - set(before) >= {g for g in full if f"{which:05d}-of" in " ".join(g)}
+    assert sum(changed) / len(changed) <= 3 and max(changed) <= 10
+    appended = group_files(_shards(164), max_layers=budget, max_layer_size=cap)
+    assert _changed(full, appended) == 1  # a new last shard: one new layer
+
+
+def test_a_huge_dataset_stays_under_the_layer_count() -> None:
+    sized = [(f"meta/{i // 1000:02d}/{i:05d}.json", 2000 + i % 5000) for i in range(20_000)]
+    sized += [(f"data/train-{i:05d}.parquet", 200 << 20) for i in range(2000)]
+    small, large = split_files(sized, max_layers=layer_budget(1), max_layer_size=10 * GB)
+    assert len(small) + len(large) <= 98
+    assert sorted(p for g in small + large for p in g) == sorted(p for p, _ in sized)

@@ -80,3 +80,34 @@ def test_forced_repo_is_mirrored_even_when_up_to_date() -> None:
 def test_a_selection_that_keeps_nothing_fails(spec: RepoSpec, reason: str) -> None:
     action = decide(spec, state(), None)
     assert action.kind == "fail" and reason in action.reason and not action.tags
+
+
+def test_a_file_over_the_layer_limit_fails_at_plan_time_with_one_line() -> None:
+    assert decide(SPEC, state(), None, max_layer_size=100).kind == "mirror"  # all fit
+    action = decide(SPEC, state(), None, max_layer_size=99)
+    assert action.kind == "fail" and "\n" not in action.reason
+    big = (*FILES, HubFile("huge.gguf", 10**9, sha256="6" * 64, blob_id="7" * 40))
+    failed = decide(SPEC, state(files=big), None, max_layer_size=10**8)
+    assert failed.kind == "fail" and failed.reason.startswith("huge.gguf is 953.7 MiB")
+    assert "max_layer_size" in failed.reason
+    # a file the filters drop does not count
+    kept = RepoSpec("org/m", exclude=("*.gguf",))
+    assert decide(kept, state(files=big), None, max_layer_size=10**8).kind == "mirror"
+
+
+@pytest.mark.parametrize(
+    ("registry", "limit"),
+    [
+        ("ghcr.io", 10 * 10**9),
+        ("public.ecr.aws", 10_000 * 2**20),
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", 52_000 * 2**20),
+        ("quay.io", 20 * 10**9),
+        ("docker.io", None),
+        ("127.0.0.1:5000", None),
+        (None, None),
+    ],
+)
+def test_known_registry_layer_limits(registry: str | None, limit: int | None) -> None:
+    from hf2oci.destination import default_max_layer_size
+
+    assert default_max_layer_size(registry) == limit

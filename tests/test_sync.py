@@ -560,3 +560,24 @@ def test_no_plain_http_asks_for_https_even_on_loopback(
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "TLS" in result.stderr or "SSL" in result.stderr or "https" in result.stderr.lower()
     assert cli("sync", "--registry", registry.host, "-q").exit_code == 0  # loopback: HTTP
+
+
+def test_max_layer_size_fails_oversized_files_at_plan_time_and_caps_layers(
+    hub, random_repo, registry, project: Path
+) -> None:
+    big, _, _ = random_repo(size=3 * 1024 * 1024)
+    ok, _, _ = random_repo(size=1024)
+    make_project(project, models=[big, ok], config={"base_image": "scratch"})
+    hub.reset_log()
+    result = cli("sync", "--registry", registry.host, "--namespace", "cap", "--max-layer-size",
+                 "2MiB", "--json")  # fmt: skip
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and doc["mirrored"] == 1 and doc["failed"] == 1
+    (failure,) = [r for r in doc["results"] if r["status"] == "failed"]
+    assert failure["repo_id"] == big and "model.safetensors is 3.0 MiB" in failure["message"]
+    assert "max_layer_size" in failure["message"]
+    assert not hub.count("GET", f"{big}/resolve/")  # nothing of it was downloaded
+    manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{_tag(ok)}", raw=True)
+    assert all(layer["size"] <= 2 * 1024 * 1024 for layer in manifest["layers"])
+    bad = cli("sync", "--max-layer-size", "lots")
+    assert bad.exit_code == 2 and "max_layer_size" in bad.stderr

@@ -19,7 +19,7 @@ Builder = Literal["oci", "docker"]
 BUILDERS: tuple[Builder, ...] = ("oci", "docker")
 MiB = 1024 * 1024
 
-_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?", re.IGNORECASE)
 _UNITS = {
     "": 1,
     "b": 1,
@@ -29,6 +29,8 @@ _UNITS = {
     "mib": MiB,
     "gb": 10**9,
     "gib": 1024 * MiB,
+    "tb": 10**12,
+    "tib": 1024 * 1024 * MiB,
 }
 # key words that mean someone is about to commit a credential
 _SECRET_WORDS = ("password", "passwd", "token", "secret", "credential", "api_key", "apikey")
@@ -72,6 +74,8 @@ class Config:
     hub_workers: int = 8
     #: files smaller than this many bytes share one layer
     small_file_limit: int = MiB
+    #: the biggest layer the registry takes; None: the registry's known limit (GHCR 10 GB…)
+    max_layer_size: int | None = None
     #: the ledger of mirrored repos, relative to get_hf/
     record: str = "mirrored.json"
 
@@ -236,6 +240,10 @@ def _count(value: object) -> int:
     return value
 
 
+def _optional_size(value: object) -> int | None:
+    return None if value is None else _size(value)
+
+
 def _size(value: object) -> int:
     """Bytes, as a number or a string with a unit ("512KiB", "1 MiB")."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -243,7 +251,7 @@ def _size(value: object) -> int:
     match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
     if not match:
         raise _Invalid("expected bytes, e.g. 1048576 or '1MiB'")
-    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -258,5 +266,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_workers": _count,
     "hub_workers": _count,
     "small_file_limit": _size,
+    "max_layer_size": _optional_size,
     "record": _string,
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,24 @@ class Destination:
         if self.registry:
             return "registry"
         return "docker-engine" if self.engine else "oci-layout"
+
+
+#: the biggest layer known registries take (published limits), by host
+_LAYER_LIMITS: tuple[tuple[re.Pattern[str], int], ...] = (
+    (re.compile(r"ghcr\.io"), 10 * 10**9),
+    (re.compile(r"public\.ecr\.aws"), 10_000 * 2**20),
+    (re.compile(r"[0-9]+\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"), 52_000 * 2**20),
+    (re.compile(r"quay\.io"), 20 * 10**9),
+)
+
+
+def default_max_layer_size(registry: str | None) -> int | None:
+    """The layer size limit of a known registry (GHCR, ECR, ECR Public, Quay); None elsewhere."""
+    host = (registry or "").split(":", 1)[0].lower()
+    for pattern, limit in _LAYER_LIMITS:
+        if pattern.fullmatch(host):
+            return limit
+    return None
 
 
 class Target(Protocol):

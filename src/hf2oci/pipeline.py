@@ -49,6 +49,8 @@ class RunOptions:
     #: repos mirrored at once
     max_workers: int = 1
     small_file_limit: int = DEFAULT_SMALL_FILE_LIMIT
+    #: no layer bigger than this (None: no limit)
+    max_layer_size: int | None = None
     #: scratch space for downloads (system temp when None)
     work_dir: Path | None = None
     dry_run: bool = False
@@ -125,6 +127,7 @@ def mirror_action(
             labels=L.image_labels(state, action.spec, base_name=base.name, base_digest=base_digest),
             created=state.last_modified,
             small_limit=options.small_file_limit,
+            max_layer_size=options.max_layer_size,
             reuse=reuse,
         )
         where = options.destination.image(state.repo_type)
@@ -195,7 +198,9 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
     """
     report = Report()
     targets = Targets(options.destination, base_name=options.base_image)
-    actions = plan(specs, targets.labels, force=options.force)
+    actions = plan(
+        specs, targets.labels, force=options.force, max_layer_size=options.max_layer_size
+    )
     outcomes: dict[int, Outcome] = {}
     todo = []
     for i, action in enumerate(actions):

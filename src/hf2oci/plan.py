@@ -15,6 +15,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.errors import Hf2ociError
 from hf2oci.filters import select
+from hf2oci.formats.image import LayerTooBig, check_sizes
 from hf2oci.spec import RepoSpec, RepoType
 
 if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
@@ -55,9 +56,11 @@ def decide(
     current: Mapping[str, str] | None,
     *,
     force: bool = False,
+    max_layer_size: int | None = None,
 ) -> Action:
     """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
-    moving tag (None: there is none). Pure: no I/O."""
+    moving tag (None: there is none). A file bigger than ``max_layer_size`` fails the repo
+    here, before anything is uploaded. Pure: no I/O."""
     try:
         selection = select(
             [f.path for f in state.files],
@@ -69,6 +72,11 @@ def decide(
         return Action(spec, "fail", str(e), state=state, error=e)
     if not selection.kept:
         return Action(spec, "fail", "the filters keep no file", state=state)
+    kept = set(selection.kept)
+    try:
+        check_sizes([(f.path, f.size) for f in state.files if f.path in kept], max_layer_size)
+    except LayerTooBig as e:
+        return Action(spec, "fail", str(e), state=state, error=e)
     tags = tags_for(spec.repo_id, state.commit)
     mirror = Action(spec, "mirror", "", state=state, files=tuple(selection.kept), tags=tags)
     if force:
@@ -90,7 +98,13 @@ def decide(
 CurrentLabels = Callable[[RepoType, str], Mapping[str, str] | None]
 
 
-def plan_repo(spec: RepoSpec, current_labels: CurrentLabels, *, force: bool = False) -> Action:
+def plan_repo(
+    spec: RepoSpec,
+    current_labels: CurrentLabels,
+    *,
+    force: bool = False,
+    max_layer_size: int | None = None,
+) -> Action:
     """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
     from hf2oci import hub
 
@@ -100,7 +114,7 @@ def plan_repo(spec: RepoSpec, current_labels: CurrentLabels, *, force: bool = Fa
         current = None if force else current_labels(spec.repo_type, tag)
     except Hf2ociError as e:
         return Action(spec, "fail", str(e), error=e)
-    return decide(spec, state, current, force=force)
+    return decide(spec, state, current, force=force, max_layer_size=max_layer_size)
 
 
 def plan(
@@ -108,11 +122,12 @@ def plan(
     current_labels: CurrentLabels,
     *,
     force: bool = False,
+    max_layer_size: int | None = None,
     on_action: Callable[[Action], None] | None = None,
 ) -> list[Action]:
     actions = []
     for spec in specs:
-        action = plan_repo(spec, current_labels, force=force)
+        action = plan_repo(spec, current_labels, force=force, max_layer_size=max_layer_size)
         log.debug("plan %s: %s (%s)", spec.label, action.kind, action.reason)
         if on_action:
             on_action(action)

@@ -13,7 +13,7 @@ import click
 
 from hf2oci.cli._common import byte_meter, echo, redact
 from hf2oci.config import Config
-from hf2oci.destination import Destination, Targets
+from hf2oci.destination import Destination, Targets, default_max_layer_size
 from hf2oci.oci.source import parse_platform
 from hf2oci.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.spec import RepoSpec, RepoType
@@ -38,6 +38,12 @@ def destination_options(func: F) -> F:
             help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
         ),
         click.option("--output-dir", help="Where OCI layouts go when no registry is set."),
+        click.option(
+            "--max-layer-size",
+            help="The biggest layer the registry takes (10GB, 9.5GiB, bytes); default: the "
+            "registry's known limit (ghcr.io 10 GB, ECR 52,000 MiB, ECR Public 10,000 MiB, "
+            "quay.io 20 GB), none elsewhere.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -66,6 +72,13 @@ def build_options(func: F) -> F:
 def target_options(func: F) -> F:
     """Every option of where and how images are made (sync, mirror)."""
     return destination_options(build_options(func))
+
+
+def max_layer_size(config: Config) -> int | None:
+    """The configured limit, else the registry's known one."""
+    if config.max_layer_size is not None:
+        return config.max_layer_size
+    return default_max_layer_size(config.registry)
 
 
 def labels_lookup(config: Config) -> Callable[[RepoType, str], dict[str, str] | None]:
@@ -165,6 +178,7 @@ def run_specs(
         hub_workers=config.hub_workers,
         max_workers=config.max_workers,
         small_file_limit=config.small_file_limit,
+        max_layer_size=max_layer_size(config),
         stream=config.stream,
         meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,

@@ -18,7 +18,12 @@ from hf2oci.cli._common import (
     repo_type_option,
     verbosity,
 )
-from hf2oci.cli._run import destination_options, labels_lookup, progress_printer
+from hf2oci.cli._run import (
+    destination_options,
+    labels_lookup,
+    max_layer_size,
+    progress_printer,
+)
 from hf2oci.errors import ConfigError
 from hf2oci.lists import format_line
 from hf2oci.plan import plan
@@ -75,7 +80,7 @@ def plan_command(
         if annotate:
             click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
     say = progress_printer(not is_quiet())
-    actions = plan(specs, labels_lookup(config), force=force)
+    actions = plan(specs, labels_lookup(config), force=force, max_layer_size=max_layer_size(config))
     pending = [a for a in actions if a.kind == "mirror"]
     failed = [a for a in actions if a.kind == "fail"]
     for a in actions:

@@ -9,6 +9,7 @@ content key (paths + hub hashes) is known at the destination are reused without 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,13 +28,19 @@ from hf2oci.oci.tarstream import (
     entries_for_files,
     entries_for_streams,
 )
+from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
 
 #: where the repo's files live inside the image
 REPO_DIR = "REPO"
-#: overlayfs stacks at most ~125 layers (with the base's); stay well under it
+#: overlayfs and CRI-O fail near 127 layers: an image has at most this many, the base's included
+MAX_LAYERS = 100
+#: the repo's own layers when the base is not known (the base has its own, the index one)
 MAX_REPO_LAYERS = 64
+#: small files share one layer up to this size in all; beyond it they are grouped by folder and
+#: size into layers of about this size, so a changed small file re-uploads little
+SMALL_GROUP_BYTES = 256 << 20
 #: files below this size share one layer; each larger file gets a layer of its own, so the
 #: same weights file gives the same layer digest in every revision and repo
 DEFAULT_SMALL_FILE_LIMIT = 1 << 20
@@ -88,27 +95,104 @@ def scan(root: Path) -> list[PackFile]:
     return files
 
 
+class LayerTooBig(PackError):
+    """A single file is larger than the layer size limit: no layer can hold it."""
+
+
+def layer_budget(base_layers: int) -> int:
+    """How many layers a repo's files may take: the image stays within ``MAX_LAYERS`` with the
+    base's layers and the file index's."""
+    return max(1, MAX_LAYERS - base_layers - 1)
+
+
+def check_sizes(sized: Sequence[tuple[str, int]], max_layer_size: int | None) -> None:
+    """LayerTooBig for the first file (by path) that no layer could hold."""
+    if max_layer_size is None:
+        return
+    for path, size in sorted(sized):
+        if size > max_layer_size:
+            raise LayerTooBig(
+                f"{path} is {human_size(size)}, over the layer size limit of "
+                f"{human_size(max_layer_size)}: set max_layer_size in get_hf/config.yaml (or "
+                "--max-layer-size) if the registry takes bigger layers, or exclude the file"
+            )
+
+
 def split_files(
     sized: Sequence[tuple[str, int]],
     *,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
     max_layers: int = MAX_REPO_LAYERS,
-) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """``(small files, groups of large files)``: small files share one layer, large files get
-    one each; with more large files than ``max_layers`` allows, neighbours (by path) share."""
+    max_layer_size: int | None = None,
+) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """``(groups of small files, groups of large files)``, at most ``max_layers`` in all, none
+    over ``max_layer_size``.
+
+    Which files share a layer depends on the files alone, so a new revision re-uploads little:
+    a group ends after a file whose path hashes to a boundary (content-defined, like a rolling
+    hash over the sorted paths), or before a file that would take it past the size limit.
+    Adding, removing or changing one file changes its own group and at most one neighbour.
+    With few files every large file has a layer of its own and the small files share one.
+    """
+    check_sizes(sized, max_layer_size)
     ordered = sorted(sized)
-    small = tuple(p for p, s in ordered if s < small_limit)
-    large = [p for p, s in ordered if s >= small_limit]
-    room = max(1, max_layers - (1 if small else 0))
-    if len(large) <= room:
-        return small, [(p,) for p in large]
-    per, extra = divmod(len(large), room)
-    groups, start = [], 0
-    for i in range(room):
-        end = start + per + (1 if i < extra else 0)
-        groups.append(tuple(large[start:end]))
-        start = end
-    return small, groups
+    small = [(p, s) for p, s in ordered if s < small_limit]
+    large = [(p, s) for p, s in ordered if s >= small_limit]
+    small_cap = min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES)
+    total_small = sum(s for _, s in small)
+    spread = 1
+    while True:
+        if total_small <= small_cap:
+            small_groups = [tuple(p for p, _ in small)] if small else []
+        else:  # by folder (sorted paths keep a folder together), then by size
+            per = _files_per_group(small, small_cap) * spread
+            small_groups = _chunk(small, per=per, cap=small_cap)
+        room = max(1, max_layers - len(small_groups))
+        per = _power_of_two(len(large) / room) * spread
+        large_groups = _chunk(large, per=per, cap=max_layer_size)
+        if len(small_groups) + len(large_groups) <= max_layers or spread > len(ordered):
+            return small_groups, large_groups
+        spread *= 2  # rare: unlucky boundaries; fewer, bigger groups
+
+
+def _files_per_group(files: Sequence[tuple[str, int]], target: int) -> int:
+    average = max(1, sum(s for _, s in files) // max(1, len(files)))
+    return _power_of_two(target / average)
+
+
+def _power_of_two(x: float) -> int:
+    """The power of two at or above ``x`` (at least 1): groupings change only when the repo's
+    shape changes by a factor of two, not with every file added."""
+    n = 1
+    while n < x:
+        n *= 2
+    return n
+
+
+def _boundary(path: str, per: int) -> bool:
+    """Whether a group ends after ``path``: true for about one path in ``per``, by its hash."""
+    if per <= 1:
+        return True
+    digest = hashlib.sha256(path.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % per == 0
+
+
+def _chunk(files: Sequence[tuple[str, int]], *, per: int, cap: int | None) -> list[tuple[str, ...]]:
+    groups: list[tuple[str, ...]] = []
+    current: list[str] = []
+    size = 0
+    for path, n in files:
+        if current and cap is not None and size + n > cap:
+            groups.append(tuple(current))
+            current, size = [], 0
+        current.append(path)
+        size += n
+        if _boundary(path, per):
+            groups.append(tuple(current))
+            current, size = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
 
 
 def group_files(
@@ -116,10 +200,13 @@ def group_files(
     *,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
     max_layers: int = MAX_REPO_LAYERS,
+    max_layer_size: int | None = None,
 ) -> list[tuple[str, ...]]:
-    """The layers' file groups in image order: the small files' layer first (deterministic)."""
-    small, large = split_files(sized, small_limit=small_limit, max_layers=max_layers)
-    return ([small] if small else []) + large
+    """The layers' file groups in image order: the small files' layers first (deterministic)."""
+    small, large = split_files(
+        sized, small_limit=small_limit, max_layers=max_layers, max_layer_size=max_layer_size
+    )
+    return small + large
 
 
 def layer_annotations(group: Sequence[str], hashes: Mapping[str, str]) -> dict[str, str]:
@@ -170,6 +257,7 @@ def build_image(
     labels: Mapping[str, str],
     created: str,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+    max_layer_size: int | None = None,
     reuse: Reuse | None = None,
 ) -> Image:
     """The image of ``files`` on ``base``; its config and manifest are made once the sink has
@@ -183,7 +271,13 @@ def build_image(
     layers: list[Layer] = []
     notes: list[dict[str, str]] = []
     index: list[dict[str, object]] = []
-    for group in group_files([(f.path, f.size) for f in files], small_limit=small_limit):
+    groups = group_files(
+        [(f.path, f.size) for f in files],
+        small_limit=small_limit,
+        max_layers=layer_budget(len(base.layers)),
+        max_layer_size=max_layer_size,
+    )
+    for group in groups:
         note = layer_annotations(group, hashes)
         members = [by_path[p] for p in group]
         entries = _entries(members)
