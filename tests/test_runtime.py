@@ -250,10 +250,12 @@ def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "CTX_SIZE": "512",
-        "CHAT_FORMAT": "gemma",  # this GGUF carries no chat template
         "THREADS": "2",
         "SERVED_MODEL_NAME": repo,
     }
+    # this GGUF carries no chat template: the entrypoint picks gemma's format from its header
+    # (without one, the server answered every chat with an empty message)
+    env.pop("CHAT_FORMAT", None)
     env.pop("HF_ENDPOINT", None)
     log = project_dir / "server.log"
     server = start_model_server([sys.executable, str(ENTRYPOINT), "llamacpp"], env, log)
@@ -273,6 +275,7 @@ def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_
         assert answer.status_code == 200, answer.text
         message = answer.json()["choices"][0]["message"]
         assert message["role"] == "assistant" and message["content"].strip()
+        assert "using chat format 'gemma' for gemma3" in log.read_text()
     finally:
         server.terminate()
         server.wait(10)
@@ -587,3 +590,45 @@ def test_runtime_dockerfile_without_a_model_serves_the_mounted_one(
         str(tmp_path / "c"),
     )
     assert r.exit_code != 0 and "invalid image reference" in r.stderr
+
+
+def _gguf_with(path: Path, kv: dict[str, object]) -> Path:
+    """A GGUF header with these keys (strings, uint32) and a big array before them."""
+    import struct
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack("<Q", len(data)) + data
+
+    body = string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 3)
+    body += b"".join(string(t) for t in ("a", "bb", "ccc"))
+    body += string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, 2) + b"\0" * 8
+    for key, value in kv.items():
+        if isinstance(value, str):
+            body += string(key) + struct.pack("<I", 8) + string(value)
+        else:
+            body += string(key) + struct.pack("<II", 4, int(value))  # type: ignore[call-overload]
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv) + 2) + body)
+    return path
+
+
+def test_chat_format_from_the_gguf_header(tmp_path: Path) -> None:
+    from hf2oci.runtime import chat_format, gguf_metadata
+
+    qwen = _gguf_with(tmp_path / "q.gguf", {"general.architecture": "qwen2", "x.n": 7})
+    assert gguf_metadata(qwen, ("general.architecture", "x.n")) == {
+        "general.architecture": "qwen2", "x.n": 7
+    }  # fmt: skip
+    assert chat_format(qwen, {}) == "chatml"
+    assert chat_format(qwen, {"CHAT_FORMAT": "vicuna"}) == "vicuna"  # the setting wins
+    templated = _gguf_with(
+        tmp_path / "t.gguf",
+        {"general.architecture": "gemma3", "tokenizer.chat_template": "{{ messages }}"},
+    )
+    assert chat_format(templated, {}) is None  # the GGUF's own template is used
+    unknown = _gguf_with(tmp_path / "u.gguf", {"general.architecture": "brand-new"})
+    assert chat_format(unknown, {}) is None
+    (tmp_path / "n.gguf").write_bytes(b"not a gguf at all")
+    assert gguf_metadata(tmp_path / "n.gguf", ("general.architecture",)) == {}
+    (tmp_path / "cut.gguf").write_bytes(qwen.read_bytes()[:40])  # truncated: no crash
+    assert gguf_metadata(tmp_path / "cut.gguf", ("general.architecture",)) == {}

@@ -9,7 +9,8 @@ is the one list of the servers hf2oci deploys.
 
 Settings (environment): MODEL_DIR (default /REPO, else /models), MODEL_FILE, LLAMA_QUANT
 (preferred quantizations, comma-separated), SERVED_MODEL_NAME, HOST, PORT (8000), CTX_SIZE,
-N_GPU_LAYERS, THREADS, CHAT_FORMAT (llama.cpp, for a GGUF without a chat template), GPUS
+N_GPU_LAYERS, THREADS, CHAT_FORMAT (llama.cpp; by default the GGUF's own template, or for a GGUF
+without one the format of its architecture, read from its header), GPUS
 (vLLM tensor parallel size), LLAMA_SERVER / VLLM_BIN (the server command, for tests or custom
 builds).
 """
@@ -109,6 +110,86 @@ def pick_gguf(
     return max((p for _, p in candidates), key=size)
 
 
+#: GGUF value types (gguf.md): fixed sizes in bytes; 8 is a string, 9 an array
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+#: llama-cpp-python's chat format for a GGUF without a chat template, by general.architecture
+CHAT_FORMATS = {
+    "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
+    "llama": "llama-3", "mistral": "mistral-instruct", "qwen2": "chatml", "qwen3": "chatml",
+    "qwen2moe": "chatml", "phi3": "chatml", "granite": "chatml", "olmo": "chatml",
+}  # fmt: skip
+
+
+def gguf_metadata(path: Path, keys: Sequence[str]) -> dict[str, object]:
+    """The string and number values of ``keys`` in a GGUF file's header (arrays skipped), read
+    with the standard library; {} for a file that is not GGUF."""
+    import struct
+
+    wanted: set[str] = set(keys)
+    found: dict[str, object] = {}
+    with open(path, "rb") as f:
+
+        def read(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) != n:
+                raise EOFError
+            return data
+
+        def string() -> str:
+            (n,) = struct.unpack("<Q", read(8))
+            return read(n).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind == 8:
+                (n,) = struct.unpack("<Q", read(8))
+                f.seek(n, 1)
+            elif kind == 9:
+                inner, count = struct.unpack("<IQ", read(12))
+                if inner in _GGUF_SIZES:
+                    f.seek(_GGUF_SIZES[inner] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                f.seek(_GGUF_SIZES[kind], 1)
+
+        try:
+            if read(4) != b"GGUF":
+                return {}
+            _version, _tensors, count = struct.unpack("<IQQ", read(20))
+            for _ in range(count):
+                key = string()
+                (kind,) = struct.unpack("<I", read(4))
+                if key in wanted and kind == 8:
+                    found[key] = string()
+                elif key in wanted and kind in (4, 5, 10, 11):
+                    fmt = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
+                    found[key] = struct.unpack(fmt, read(_GGUF_SIZES[kind]))[0]
+                else:
+                    skip(kind)
+                if wanted <= found.keys():
+                    break
+        except (EOFError, KeyError, struct.error):
+            pass
+    return found
+
+
+def chat_format(gguf: Path, env: Mapping[str, str]) -> str | None:
+    """CHAT_FORMAT when set; else, for a GGUF without ``tokenizer.chat_template`` (the server
+    would answer chats with nothing), the format its architecture uses; None: the template's."""
+    if env.get("CHAT_FORMAT"):
+        return env["CHAT_FORMAT"]
+    meta = gguf_metadata(gguf, ("general.architecture", "tokenizer.chat_template"))
+    if meta.get("tokenizer.chat_template"):
+        return None
+    arch = str(meta.get("general.architecture", ""))
+    chosen = CHAT_FORMATS.get(arch)
+    if chosen:
+        print(f"{gguf.name} has no chat template: using chat format {chosen!r} for {arch}"
+              " (set CHAT_FORMAT to choose another)", file=sys.stderr)  # fmt: skip
+    return chosen
+
+
 def served_name(env: Mapping[str, str], folder: Path) -> str:
     return env.get("SERVED_MODEL_NAME") or folder.name
 
@@ -133,10 +214,12 @@ def llamacpp_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
         ("CTX_SIZE", "--n_ctx"),
         ("N_GPU_LAYERS", "--n_gpu_layers"),
         ("THREADS", "--n_threads"),
-        ("CHAT_FORMAT", "--chat_format"),
     ):
         if env.get(var):
             cmd += [flag, env[var]]
+    chosen = None if "--chat_format" in extra else chat_format(gguf, env)
+    if chosen:
+        cmd += ["--chat_format", chosen]
     return cmd + list(extra)
 
 
