@@ -325,3 +325,19 @@ def test_a_hub_that_fails_every_fourth_download_still_mirrors_exactly(
     )
     assert extracted.exit_code == 0, extracted.output
     assert read_tree(out) == files
+
+
+def test_a_hostile_hub_path_fails_its_repo_and_writes_nothing_outside(
+    hub, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    scratch = tmp_path / "scratch" / "deep"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # downloads go under tmp_path
+    hub.add_repo("evil/paths", {"config.json": b"{}", "../../escape.txt": b"gotcha"})
+    make_project(project)
+    result = cli("mirror", "evil/paths", "--base-image", "scratch", "--no-record")
+    assert result.exit_code == 1 and "could escape" in result.stderr
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.rglob("escape.txt"))
