@@ -190,6 +190,8 @@ class HubServer:
         self._cuts: list[_Fault] = []
         self._flaky: tuple[int, str] = (0, "")
         self._flaky_seen = 0
+        #: Xet-era redirects: LFS files' resolve answers 302 to a CDN on another host
+        self.cdn: Cdn | None = None
         self._lock = threading.RLock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -214,6 +216,9 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        if self.cdn is not None:
+            self.cdn.stop()
+            self.cdn = None
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -345,6 +350,23 @@ class HubServer:
         with self._lock:
             self._cuts.append(_Fault(path_substring, times, after_bytes=after_bytes))
 
+    def xet_redirects(self, on: bool = True) -> Cdn:
+        """Answer ``resolve`` of LFS files as the Xet-era hub does: 302 to a CDN on another host
+        (127.0.0.2) with ``X-Xet-Hash``, ``X-Linked-*`` and a ``Link: rel="xet-auth"``."""
+        if self.cdn is None:
+            self.cdn = Cdn(self).start()
+        self.cdn.enabled = on
+        return self.cdn
+
+    def blob_by_sha256(self, sha256: str) -> Blob | None:
+        with self._lock:
+            for repo in self._repos.values():
+                for commit in repo.commits.values():
+                    for blob in commit.files.values():
+                        if blob.sha256 == sha256:
+                            return blob
+        return None
+
     def flaky(self, every: int, path_substring: str = "/resolve/") -> None:
         """Fail every ``every``-th GET whose path has the substring: a 503, then (the next time)
         a body cut in the middle, and so on; ``every=0`` stops it."""
@@ -368,6 +390,8 @@ class HubServer:
             self._fails.clear()
             self._cuts.clear()
             self._flaky = (0, "")
+            if self.cdn is not None:
+                self.cdn.enabled = False
 
     def _take(self, faults: list[_Fault], path: str) -> _Fault | None:
         with self._lock:
@@ -472,6 +496,63 @@ class HubServer:
                 entry["lfs"] = blob.lfs_info("oid")
             entries.append(entry)
         return sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))
+
+
+class Cdn:
+    """The CDN an Xet-era hub redirects LFS downloads to: serves blobs by sha256 (with Range)
+    on another host, and records the headers of every request it gets."""
+
+    def __init__(self, hub: HubServer) -> None:
+        self.hub = hub
+        self.enabled = True
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> Cdn:
+        cdn = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                cdn.requests.append((self.command, self.path, dict(self.headers.items())))
+                blob = cdn.hub.blob_by_sha256(self.path.rsplit("/", 1)[-1])
+                if blob is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end, status = 0, blob.size, 200
+                match = _RANGE_RE.fullmatch(self.headers.get("Range", "").strip())
+                if match and match[1]:
+                    start, status = int(match[1]), 206
+                    end = min(int(match[2]) + 1, blob.size) if match[2] else blob.size
+                self.send_response(status)
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{blob.size}")
+                self.send_header("Content-Length", str(end - start))
+                self.end_headers()
+                for chunk in blob.chunks(start, end):
+                    self.wfile.write(chunk)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
 
 
 class _Server(ThreadingHTTPServer):
@@ -579,6 +660,18 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if blob.lfs:
             headers |= {"X-Linked-Etag": f'"{blob.etag}"', "X-Linked-Size": str(blob.size)}
+        cdn = self.server.hub.cdn
+        if blob.lfs and cdn is not None and cdn.enabled:
+            kind = "datasets" if repo.repo_type == "dataset" else "models"
+            hub_url = self.server.hub.url
+            headers |= {
+                "Location": f"{cdn.url}/blobs/{blob.sha256}",
+                "X-Xet-Hash": hashlib.sha256(blob.sha256.encode()).hexdigest(),
+                "Link": f"<{hub_url}/api/{kind}/{repo.repo_id}/xet-read-token/{commit.sha}>;"
+                ' rel="xet-auth"',
+            }
+            self._send(302, headers, 0, [])
+            return
         start, end, status = 0, blob.size, 200
         match = _RANGE_RE.fullmatch(self.headers.get("Range", "").strip())
         if match and (match[1] or match[2]):

@@ -341,3 +341,44 @@ def test_a_hostile_hub_path_fails_its_repo_and_writes_nothing_outside(
     assert result.exit_code == 1 and "could escape" in result.stderr
     assert "Traceback" not in result.output
     assert not list(tmp_path.rglob("escape.txt"))
+
+
+@pytest.mark.parametrize("mode", ["--stream", "--staged"])
+def test_xet_era_redirects_download_over_plain_http_and_never_send_the_token_away(
+    hub, project: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The real hub now answers resolve of LFS files with a 302 to a CDN on another host, with
+    Xet headers: the bytes still come over plain HTTP, checked against the LFS sha256, and
+    HF_TOKEN never reaches that host."""
+    token = "hf_xet_era_token_0123456789"
+    hub.tokens.add(token)
+    monkeypatch.setenv("HF_TOKEN", token)
+    files = {"config.json": b"{}", "model.safetensors": _weights("xet", 3 * MiB),
+             "small.bin": _weights("xet-small", 1000)}  # fmt: skip
+    name = f"xet/model-{mode.strip('-')}"
+    hub.add_repo(name, files, gated=True)  # the token is needed at the hub itself
+    cdn = hub.xet_redirects()
+    make_project(project)
+    result = cli("mirror", name, "--base-image", "scratch", mode, "--no-record", "-q")
+    assert result.exit_code == 0, result.output
+    served = [path for _, path, _ in cdn.requests]
+    assert len(served) >= 2  # both LFS files came from the CDN
+    for _, _, headers in cdn.requests:
+        assert not any(k.lower() == "authorization" for k in headers), headers
+        assert token not in json.dumps(headers)
+    out = project / "out"
+    got = cli("extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(name)}", str(out))
+    assert got.exit_code == 0 and read_tree(out) == files
+
+
+def test_429_with_retry_after_is_honoured(hub, project: Path) -> None:
+    files = {"config.json": b"{}", "model.safetensors": _weights("rate", 2 * MiB)}
+    hub.add_repo("rate/limited", files)
+    hub.fail_next("/api/models/rate/limited", status=429, retry_after=1)
+    hub.fail_next("/resolve/", status=429, retry_after=1, times=2)
+    make_project(project)
+    started = time.monotonic()
+    result = cli("mirror", "rate/limited", "--base-image", "scratch", "--no-record", "-q")
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started >= 1.0  # it waited as told, at least once
+    assert hub.count("GET", "/api/models/rate/limited") >= 2
