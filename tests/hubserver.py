@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -70,8 +72,28 @@ def _hash_path(path: Path) -> tuple[int, str, str]:
 
 
 @dataclass(frozen=True)
+class Generated:
+    """A file's content made on the fly, never stored: ``size`` bytes of 1 MiB blocks, each a
+    fixed random block with its index in its first 8 bytes (for huge-file tests)."""
+
+    size: int
+    seed: str = "generated"
+
+    def read(self, start: int, end: int) -> Iterator[bytes]:
+        base = random.Random(self.seed).randbytes(_CHUNK)
+        pos = start
+        while pos < end:
+            index, offset = divmod(pos, _CHUNK)
+            block = struct.pack("<Q", index) + base[8:]
+            piece = block[offset : min(_CHUNK, offset + end - pos)]
+            yield piece
+            pos += len(piece)
+
+
+@dataclass(frozen=True)
 class Blob:
-    """One file's content: bytes in memory or a file on disk (streamed, never loaded)."""
+    """One file's content: bytes in memory, a file on disk or generated (streamed, never
+    loaded)."""
 
     size: int
     git_sha1: str
@@ -79,9 +101,18 @@ class Blob:
     lfs: bool
     data: bytes | None = None
     path: Path | None = None
+    generated: Generated | None = None
 
     @classmethod
-    def make(cls, name: str, content: bytes | Path) -> Blob:
+    def make(cls, name: str, content: bytes | Path | Generated) -> Blob:
+        if isinstance(content, Generated):
+            sha1 = hashlib.sha1(b"blob %d\0" % content.size)
+            sha256 = hashlib.sha256()
+            for chunk in content.read(0, content.size):
+                sha1.update(chunk)
+                sha256.update(chunk)
+            return cls(content.size, sha1.hexdigest(), sha256.hexdigest(), True,
+                       generated=content)  # fmt: skip
         if isinstance(content, Path):
             size, sha1, sha256 = _hash_path(content)
         else:
@@ -115,6 +146,9 @@ class Blob:
         if self.data is not None:
             for pos in range(start, end, _CHUNK):
                 yield self.data[pos : min(pos + _CHUNK, end)]
+            return
+        if self.generated is not None:
+            yield from self.generated.read(start, end)
             return
         assert self.path is not None
         with self.path.open("rb") as f:
@@ -243,7 +277,7 @@ class HubServer:
     def add_repo(
         self,
         repo_id: str,
-        files: Mapping[str, bytes | Path],
+        files: Mapping[str, bytes | Path | Generated],
         *,
         repo_type: str = "model",
         gated: bool = False,
