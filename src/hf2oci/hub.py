@@ -414,10 +414,8 @@ def _get_file(state: RepoState, file: HubFile, root: Path) -> None:
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
     """A file request's error as ours (``X-Error-Code`` first, as huggingface_hub reads it)."""
-    if (
-        resp.headers.get("X-Error-Code") == "EntryNotFound"
-        or (resp.status_code == 404
-        and not (resp.headers.get("X-Error-Code")))
+    if resp.headers.get("X-Error-Code") == "EntryNotFound" or (
+        resp.status_code == 404 and not (resp.headers.get("X-Error-Code"))
     ):
         return HubError(f"{_what(state)}@{state.commit}: a listed file is missing on the hub "
                         f"({path})")  # fmt: skip

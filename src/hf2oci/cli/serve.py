@@ -81,11 +81,11 @@ def serve(
     serve_log.addHandler(logging.StreamHandler(sys.stderr))
     serve_log.propagate = False
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
-    config_ = uvicorn.Config(
+    server = uvicorn.Config(
         create_app(store, tokens=tokens), host=host, port=port, access_log=False,
         log_level="warning", timeout_graceful_shutdown=30,
     )  # fmt: skip
-    _GracefulServer(config_).run()
+    _GracefulServer(server).run()
     echo("stopped")
 
 

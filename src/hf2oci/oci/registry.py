@@ -69,7 +69,8 @@ class RemoteLayer:
         return BlobBody(self.client, self.repository, self.digest, self.size)
 
     def read_range(self, start: int, length: int) -> bytes:
-        return self.client.get_blob_range(self.repository, self.digest, start, length)
+        length = max(0, min(length, self.size - start))  # fewer bytes only at the blob's end
+        return b"".join(self.client.iter_blob_range(self.repository, self.digest, start, length))
 
     def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         return self.client.iter_blob_range(self.repository, self.digest, start, length, chunk)
@@ -312,39 +313,6 @@ class RegistryClient:
         finally:
             resp.close()
 
-    def get_blob_range(self, repo: str, digest: str, start: int, length: int) -> bytes:
-        """``length`` bytes of a blob from ``start`` (fewer at its end), by a Range request;
-        a registry that ignores Range is read past the bytes before ``start``."""
-        if length <= 0:
-            return b""
-        resp = self.transport.request(
-            "GET",
-            self._url(repo, "blobs", digest),
-            headers={"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"},
-            scope=registry_scope(repo),
-            stream=True,
-            allow_statuses=(416,),
-        )
-        try:
-            if resp.status_code == 416:
-                return b""
-            raw = resp.raw
-            if resp.status_code != 206 and start:
-                skip = start
-                while skip:
-                    got = raw.read(min(skip, 1 << 20))
-                    if not got:
-                        return b""
-                    skip -= len(got)
-            return _read_upto(raw, length)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(
-                f"registry {self.registry}: reading blob {digest} at {start} failed: {e}",
-                temporary=True,
-            ) from e
-        finally:
-            resp.close()
-
     # -- manifests and tags -----------------------------------------------------------------
 
     def get_manifest(
@@ -430,17 +398,6 @@ def _check_digest(resp: requests.Response, digest: str, what: str) -> None:
     theirs = resp.headers.get("Docker-Content-Digest")
     if theirs and theirs != digest:
         raise DigestMismatch(f"{what}: registry says {theirs}, expected {digest}")
-
-
-def _read_upto(raw: Any, n: int) -> bytes:
-    parts = []
-    while n > 0:
-        data = raw.read(n)
-        if not data:
-            break
-        parts.append(data)
-        n -= len(data)
-    return b"".join(parts)
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
