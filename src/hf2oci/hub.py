@@ -18,20 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from hf2oci import naming
 from hf2oci.errors import (
     DigestMismatch,
     GatedRepo,
-    Hf2ociError,
     HubError,
     HubUnreachable,
     RepoNotFound,
     RevisionNotFound,
 )
 from hf2oci.oci.retry import (
+    RETRY_STATUSES,
     RetryPolicy,
     Temporary,
     backoff,
@@ -45,24 +45,10 @@ log = logging.getLogger(__name__)
 
 #: every hub request (metadata, small files, streamed files) is retried by this policy
 HUB_POLICY = RetryPolicy()
-T = TypeVar("T")
 
 
 def endpoint() -> str:
     return naming.hub_endpoint()
-
-
-def set_progress_bars(enabled: bool) -> None:
-    """Turn huggingface_hub's own download progress bars on or off."""
-    from huggingface_hub.utils import (  # type: ignore[attr-defined]
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
-    if enabled:
-        enable_progress_bars()
-    else:
-        disable_progress_bars()
 
 
 @dataclass(frozen=True)
@@ -264,7 +250,7 @@ def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str])
                     f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
                 ) from e
             raise Temporary(unreachable_reason(e)) from e
-        if resp.status_code in _RETRY_STATUSES:
+        if resp.status_code in RETRY_STATUSES:
             after = parse_retry_after(resp.headers.get("Retry-After"))
             raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
         return resp
@@ -372,7 +358,7 @@ def _get_file(state: RepoState, file: HubFile, root: Path) -> None:
         tmp = target.with_name(f".{target.name}.part")
         try:
             with _http().get(url, headers=headers, timeout=(10, 60), stream=True) as resp:
-                if resp.status_code in _RETRY_STATUSES:
+                if resp.status_code in RETRY_STATUSES:
                     after = parse_retry_after(resp.headers.get("Retry-After"))
                     raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
                 if resp.status_code >= 400:
@@ -421,76 +407,6 @@ def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
                         f"({path})")  # fmt: skip
     spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
     return _api_error(resp, spec, state.commit)
-
-
-def verify_file(state: RepoState, file: HubFile, local: Path) -> None:
-    """Check a downloaded file against the hub's size and hash (one read of the file)."""
-    what = f"{_what(state)}: {file.path}"
-    hasher = _Hasher(file)
-    try:
-        with open(local, "rb") as f:
-            size = 0
-            while chunk := f.read(1 << 20):
-                size += len(chunk)
-                hasher.update(chunk)
-    except OSError as e:
-        raise HubError(f"{what}: download incomplete ({e.strerror})") from e
-    if size != file.size:
-        raise DigestMismatch(f"{what}: {size} bytes downloaded, the hub says {file.size}")
-    hasher.check(what)
-
-
-# -- retries ---------------------------------------------------------------------------------
-
-_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def _transient(exc: BaseException) -> Temporary | None:
-    """``exc`` as a Temporary (with the hub's Retry-After) when another try may help."""
-    import httpx2
-    from huggingface_hub import errors as hf_errors
-
-    if isinstance(exc, hf_errors.HfHubHTTPError):
-        resp = exc.response
-        status = resp.status_code if resp is not None else None
-        if status in _RETRY_STATUSES:
-            after = parse_retry_after(resp.headers.get("Retry-After") if resp is not None else None)
-            return Temporary(f"HTTP {status}", retry_after=after)
-        return None
-    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
-        return None
-    if name_not_resolved(exc):
-        return None  # no retry makes a name resolve (an offline machine fails at once)
-    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
-        return Temporary(f"{type(exc).__name__}: {_first_line(exc)}")
-    if isinstance(exc, OSError) and "consistency check" in str(exc).lower():
-        return Temporary(_first_line(exc))  # a download cut short, as huggingface_hub says it
-    return None
-
-
-def _call(fn: Callable[[], T], spec: RepoSpec | RepoState, revision: str, *, what: str) -> T:
-    """Run one hub request (through huggingface_hub) under the retry policy; errors translated."""
-
-    def once() -> T:
-        try:
-            return fn()
-        except Exception as e:
-            temporary = _transient(e)
-            if temporary is not None:
-                raise temporary from e
-            raise
-
-    try:
-        return retrying(
-            once, is_temporary=lambda e: isinstance(e, Temporary), what=what, policy=HUB_POLICY
-        )
-    except Temporary as e:
-        cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
-        raise _translate(cause, spec, revision) from cause
-    except Hf2ociError:
-        raise
-    except Exception as e:
-        raise _translate(e, spec, revision) from e
 
 
 # -- streaming -------------------------------------------------------------------------------
@@ -582,7 +498,7 @@ class _Download:
             with get_session().stream(
                 "GET", self.url, headers=headers, follow_redirects=True, timeout=60.0
             ) as resp:
-                if resp.status_code in _RETRY_STATUSES:
+                if resp.status_code in RETRY_STATUSES:
                     after = parse_retry_after(resp.headers.get("Retry-After"))
                     raise Temporary(f"HTTP {resp.status_code}", retry_after=after)
                 try:

@@ -4,7 +4,6 @@ progress on the terminal, the pipeline run and its summary."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -101,10 +100,6 @@ def progress_printer(enabled: bool) -> Callable[[str, str], None]:
         if enabled:
             echo(f"{repo}: {message}")
 
-    if sys.stderr.isatty():  # only then would huggingface_hub draw bars (and is worth loading)
-        from hf2oci import hub
-
-        hub.set_progress_bars(enabled)
     return say
 
 

@@ -41,6 +41,8 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+#: HTTP statuses worth another try: request timeout, rate limit, server-side trouble
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def causes(exc: BaseException) -> list[BaseException]:

@@ -30,6 +30,7 @@ import urllib3.exceptions
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
 from hf2oci.oci.reference import normalise_registry
 from hf2oci.oci.retry import (
+    RETRY_STATUSES,
     RetryPolicy,
     causes,
     name_not_resolved,
@@ -46,8 +47,6 @@ Body = bytes | Callable[[], BinaryIO] | None
 ENV_USERNAME = "HF2OCI_REGISTRY_USERNAME"
 ENV_PASSWORD = "HF2OCI_REGISTRY_PASSWORD"
 _LOGIN_HINT = f"set {ENV_USERNAME}/PASSWORD or docker login"
-#: statuses worth another try: request timeout, rate limit, server-side trouble
-_TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: bigger socket writes than urllib3's 16 KiB default: blobs are large
 _SEND_BLOCK = 1024 * 1024
 
@@ -138,7 +137,7 @@ def error_from_response(resp: requests.Response, *, registry: str) -> RegistryEr
     detail = _registry_error_detail(resp)
     message = f"registry {registry}: {resp.request.method} {path} failed ({resp.status_code}"
     message += f" {detail})" if detail else f" {resp.reason or ''}".rstrip() + ")"
-    temporary = resp.status_code in _TEMPORARY_STATUSES
+    temporary = resp.status_code in RETRY_STATUSES
     if temporary:
         after = parse_retry_after(resp.headers.get("Retry-After"))
         return _TemporaryStatus(message, status=resp.status_code, url=url, retry_after=after)
@@ -434,7 +433,7 @@ class Transport:
                 auth=_keep_headers,
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
             )
-            if resp.status_code in _TEMPORARY_STATUSES:
+            if resp.status_code in RETRY_STATUSES:
                 raise error_from_response(resp, registry=self.registry)
             return resp
 
