@@ -60,6 +60,16 @@ class PeakRss:
         return self.peak
 
 
+def drain(url: str) -> int:
+    """GET ``url`` and throw the body away; returns its length."""
+    got = 0
+    with requests.get(url, stream=True) as resp:
+        resp.raise_for_status()
+        for chunk in resp.iter_content(1 << 20):
+            got += len(chunk)
+    return got
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -135,13 +145,7 @@ def main() -> None:
                 )
                 same = (dest / "model.safetensors").read_bytes() == big.read_bytes()
 
-                def raw_get() -> None:
-                    with requests.get(f"{url}/bench/big/resolve/main/model.safetensors",
-                                      stream=True) as resp:  # fmt: skip
-                        for _ in resp.iter_content(1 << 20):
-                            pass
-
-                raw = timed(raw_get)
+                raw = timed(lambda: drain(f"{url}/bench/big/resolve/main/model.safetensors"))
                 rounds.append({"snapshot_download_via_serve_s": via_serve,
                                "extract_s": via_extract, "ratio": via_serve / via_extract,
                                "plain_get_via_serve_s": raw,
@@ -152,11 +156,7 @@ def main() -> None:
             report["snapshot_vs_extract"] = rounds
 
             def through_serve(name: str) -> int:
-                got = 0
-                with requests.get(f"{url}/bench/shards/resolve/main/{name}", stream=True) as resp:
-                    for chunk in resp.iter_content(1 << 20):
-                        got += len(chunk)
-                return got
+                return drain(f"{url}/bench/shards/resolve/main/{name}")
 
             manifest = requests.get(
                 f"{reg.url}/v2/bench/models/manifests/bench--shards",
@@ -165,11 +165,7 @@ def main() -> None:
             blobs = [d["digest"] for d in manifest["layers"] if d["size"] > 100 * MiB]
 
             def from_registry(digest: str) -> int:
-                got = 0
-                with requests.get(f"{reg.url}/v2/bench/models/blobs/{digest}", stream=True) as resp:
-                    for chunk in resp.iter_content(1 << 20):
-                        got += len(chunk)
-                return got
+                return drain(f"{reg.url}/v2/bench/models/blobs/{digest}")
 
             conc = []
             for _ in range(args.rounds):
