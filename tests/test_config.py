@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert config.namespace == "hgfkeep"
     assert config.base_image == "docker.io/library/busybox:latest"
     assert config.builder == "oci"
-    assert config.plain_http is None and config.platform is None  # HTTP only for loopback
+    assert config.plain_http is None and config.platforms is None  # HTTP only for loopback
     assert config.output_dir == "oci-images"
     assert (config.max_workers, config.hub_workers) == (2, 8)
     assert config.small_file_limit == 1024 * 1024
@@ -82,6 +82,18 @@ record: records/ledger.json
 )
 def test_small_file_limit_units(tmp_path: Path, value: str, expected: int) -> None:
     assert load(tmp_path, f"small_file_limit: {value}\n").small_file_limit == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "platforms: linux/arm64, linux/amd64,linux/arm64\n",
+        "platforms: [linux/arm64, linux/amd64]\n",
+        "platform: linux/arm64,linux/amd64\n",  # the older name
+    ],
+)
+def test_platforms_as_a_list_or_between_commas(tmp_path: Path, text: str) -> None:
+    assert load(tmp_path, text).platforms == ("linux/arm64", "linux/amd64")
 
 
 def test_registry_null_means_layouts(tmp_path: Path) -> None:
@@ -142,6 +154,9 @@ def test_secrets_are_refused(tmp_path: Path, key: str) -> None:
         ("namespace:\n  nested: x\n", 2, "non-empty string"),
         ("namespace: a\nnamespace: b\n", 2, "set twice (first on line 1)"),
         ("- a\n- b\n", 1, "expected 'key: value' lines"),
+        ("platforms: arm64\n", 1, "invalid platforms 'arm64': expected os/arch"),
+        ("platforms: []\n", 1, "expected platforms like linux/amd64,linux/arm64"),
+        ("platforms:\n  - linux/amd64\n  - 5\n", 2, "expected a non-empty string"),
     ],
 )
 def test_invalid_values_name_their_line(tmp_path: Path, text: str, line: int, reason: str) -> None:

@@ -417,12 +417,18 @@ def test_fetch_base_of_an_oci_image(registry: Registry) -> None:
     assert by_digest.digest == image.digest
 
 
-def push_multi_platform_base(registry: Registry, repo: str) -> dict[str, Image]:
-    """``HOST/repo:multi``: an index of an amd64 and an arm64 image; returns them by arch."""
+def push_multi_platform_base(
+    registry: Registry, repo: str, *, arm64_layers: int = 1
+) -> dict[str, Image]:
+    """``HOST/repo:multi``: an index of an amd64 and an arm64 image (of ``arm64_layers``
+    layers); returns them by arch."""
     client = RegistryClient(registry.host)
+    counts = {"amd64": 1, "arm64": arm64_layers}
     images = {
-        arch: make_image([tar_layer({"arch": arch.encode()})], arch=arch)
-        for arch in ("amd64", "arm64")
+        arch: make_image(
+            [tar_layer({f"arch{i or ''}": arch.encode()}) for i in range(count)], arch=arch
+        )
+        for arch, count in counts.items()
     }
     entries = []
     for arch, image in images.items():

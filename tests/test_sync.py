@@ -366,7 +366,7 @@ def test_platform_is_chosen_not_inherited_from_the_runner(
     again = cli("mirror", model, "--output-dir", "again", "--json", "-q")
     assert json.loads(again.stdout)["results"][0]["digest"] == digests["linux/arm64"]
     bad = cli("mirror", model, "--platform", "arm64")
-    assert bad.exit_code == 2 and "invalid platform 'arm64'" in bad.stderr
+    assert bad.exit_code == 2 and "invalid platforms 'arm64'" in bad.stderr
     missing = cli("mirror", model, "--platform", "linux/s390x", "--output-dir", "s390x")
     assert missing.exit_code == 1 and "no linux/s390x manifest" in missing.stderr
 

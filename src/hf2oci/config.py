@@ -61,9 +61,9 @@ class Config:
     builder: Builder = "oci"
     #: HTTP instead of HTTPS; None: HTTP for localhost and 127.x only
     plain_http: bool | None = None
-    #: the base image's platform ("linux/arm64"); None: this host's. Set it so the image digest
-    #: does not depend on the runner
-    platform: str | None = None
+    #: the platforms to build for ("linux/amd64", "linux/arm64"); None: every linux platform
+    #: the base image offers. More than one makes the tag an image index
+    platforms: tuple[str, ...] | None = None
     #: stream large files from the hub straight into the image (oci builder, no prepare hook);
     #: false: download every file to disk first
     stream: bool = True
@@ -121,6 +121,7 @@ def load_config(path: Path, *, display: str | None = None) -> Config:
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
         if not isinstance(key, str):
             raise ConfigError(f"{shown}:{line}: expected a setting name")
+        key = _ALIASES.get(key, key)
         if _is_secret(key):
             raise ConfigError(
                 f"{shown}:{line}: {key!r} looks like a secret: put secrets in env/secrets, "
@@ -217,15 +218,20 @@ def _optional_bool(value: object) -> bool | None:
     return None if value is None else _bool(value)
 
 
-def _platform(value: object) -> str | None:
+def _platforms(value: object) -> tuple[str, ...] | None:
+    """A list of platforms, or one string of them between commas; duplicates dropped."""
     if value is None:
         return None
     from hf2oci.oci.source import parse_platform
 
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise _Invalid("expected platforms like linux/amd64,linux/arm64")
     try:
-        return str(parse_platform(_string(value)))
+        found = [str(parse_platform(_string(item))) for item in items]
     except Hf2ociError as e:
         raise _Invalid(str(e).split(": ", 1)[-1]) from e
+    return tuple(dict.fromkeys(found))
 
 
 def _string(value: object) -> str:
@@ -254,13 +260,16 @@ def _size(value: object) -> int:
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
+#: older names still read
+_ALIASES = {"platform": "platforms"}
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "registry": _registry,
     "namespace": _namespace,
     "base_image": _string,
     "builder": _builder,
     "plain_http": _optional_bool,
-    "platform": _platform,
+    "platforms": _platforms,
     "stream": _bool,
     "output_dir": _string,
     "max_workers": _count,

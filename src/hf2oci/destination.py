@@ -12,7 +12,16 @@ from typing import Any, Literal, Protocol
 from hf2oci import labels as L
 from hf2oci.labels import config_labels
 from hf2oci.oci import daemon, layout, push
-from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer, json_object
+from hf2oci.oci.image import (
+    INDEX_TYPES,
+    MT_LAYER_TAR,
+    Artifact,
+    Image,
+    Layer,
+    images_of,
+    json_object,
+    platform_of,
+)
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
@@ -74,7 +83,7 @@ class Target(Protocol):
     """One image repository at the destination."""
 
     def manifest(self, tag: str) -> dict[str, Any] | None:
-        """The manifest now at ``tag``, or None."""
+        """The image manifest now at ``tag`` (an index: its first image's), or None."""
         ...
 
     def labels(self, tag: str) -> dict[str, str] | None:
@@ -86,7 +95,7 @@ class Target(Protocol):
         """The layer blob ``digest`` when the destination already holds it (reuse), else None."""
         ...
 
-    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+    def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
         """Store ``image`` (layers first, tags last); returns the digest it has there."""
         ...
 
@@ -97,7 +106,14 @@ class RegistryTarget:
 
     def manifest(self, tag: str) -> dict[str, Any] | None:
         found = self.client.get_manifest(self.repo, tag)
-        return json_object(found[0], f"manifest of {self.repo}:{tag}") if found else None
+        if found is None:
+            return None
+        doc = json_object(found[0], f"manifest of {self.repo}:{tag}")
+        first = _first_entry(doc) if found[1] in INDEX_TYPES else None
+        if first is None:
+            return doc
+        found = self.client.get_manifest(self.repo, first)
+        return json_object(found[0], f"manifest of {self.repo}@{first}") if found else None
 
     def labels(self, tag: str) -> dict[str, str] | None:
         return _labels(self.manifest(tag), self._read, f"{self.repo}:{tag}")
@@ -111,7 +127,7 @@ class RegistryTarget:
             return None
         return RemoteLayer(self.client, self.repo, digest, size, MT_LAYER_TAR, digest)
 
-    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+    def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
         return push.push(
             self.client, image, self.repo, tags=tags, mount_from=self.mount_from,
             on_progress=on_progress,
@@ -128,9 +144,13 @@ class LayoutTarget:
         desc = layout.resolve_tag(self.path, tag)
         if desc is None:
             return None
-        return json_object(
+        doc = json_object(
             layout.read_blob(self.path, desc.digest), f"manifest of {self.path}:{tag}"
         )
+        first = _first_entry(doc) if desc.media_type in INDEX_TYPES else None
+        if first is None:
+            return doc
+        return json_object(layout.read_blob(self.path, first), f"manifest of {self.path}@{first}")
 
     def labels(self, tag: str) -> dict[str, str] | None:
         return _labels(
@@ -145,12 +165,16 @@ class LayoutTarget:
             blob, media_type=MT_LAYER_TAR, diff_id=digest, digest=digest, size=size
         )
 
-    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+    def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
         return layout.write_layout(image, self.path, tags=tags)
 
 
 class EngineTarget:
-    """The local Docker engine; with a registry, images are pushed from the engine too."""
+    """The local Docker engine; with a registry, images are pushed from the engine too.
+
+    The engine holds one platform per tag: of an index, the image for this machine's platform
+    (else the first) is loaded, and only that one is pushed.
+    """
 
     def __init__(self, client: Any, name: str, registry: RegistryTarget | None) -> None:
         self.client, self.name, self.registry = client, name, registry
@@ -166,7 +190,8 @@ class EngineTarget:
     def stored_layer(self, digest: str, size: int) -> Layer | None:
         return None  # the engine keeps no blobs that could be read back as they were sent
 
-    def write(self, image: Image, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+    def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
+        image = _for_this_machine(image)
         daemon.load(self.client, image, [f"{self.name}:{tag}" for tag in tags])
         if self.registry is None:
             return image.digest
@@ -224,3 +249,20 @@ def _labels(
     if not isinstance(digest, str):
         return {}
     return config_labels(json_object(read_blob(digest), f"config of {what}"))
+
+
+def _first_entry(index: dict[str, Any]) -> str | None:
+    """The digest of an index's first manifest (all of an hf2oci index's hold the same files)."""
+    entries = index.get("manifests")
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+        digest = entries[0].get("digest")
+        return digest if isinstance(digest, str) else None
+    return None
+
+
+def _for_this_machine(image: Artifact) -> Image:
+    from hf2oci.oci.source import host_platform
+
+    here = host_platform()
+    images = images_of(image)
+    return next((i for i in images if here.matches(platform_of(i))), images[0])

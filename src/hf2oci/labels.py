@@ -3,7 +3,7 @@ annotations). Plan, extract and serve read these; the formats write them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ LICENSES = "org.opencontainers.image.licenses"
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 
+#: the platforms of a multi-platform image (its index), between commas: a change re-mirrors
+PLATFORMS = "io.hf2oci.platforms"
+
 #: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
 #: layer without downloading the files again (the tar is a pure function of them)
 CONTENT_KEY = "io.hf2oci.content"
@@ -37,7 +40,12 @@ FILE_INDEX = "io.hf2oci.file-index"
 
 
 def image_labels(
-    state: RepoState, spec: RepoSpec, *, base_name: str, base_digest: str | None
+    state: RepoState,
+    spec: RepoSpec,
+    *,
+    base_name: str,
+    base_digest: str | None,
+    platforms: Sequence[str] = (),
 ) -> dict[str, str]:
     """Config labels (also the manifest's annotations). No secrets, nothing run-dependent."""
     labels = {
@@ -56,6 +64,8 @@ def image_labels(
         labels[BASE_DIGEST] = base_digest
     if state.license:
         labels[LICENSES] = state.license
+    if len(platforms) > 1:
+        labels[PLATFORMS] = ",".join(platforms)
     return labels
 
 

@@ -15,7 +15,7 @@ from hf2oci import labels as L
 from hf2oci.destination import Destination, Target, Targets
 from hf2oci.errors import Hf2ociError
 from hf2oci.formats.image import DEFAULT_SMALL_FILE_LIMIT, PackFile, Reuse, build_image, scan
-from hf2oci.oci.image import Image, is_scratch
+from hf2oci.oci.image import Base
 from hf2oci.oci.source import Platform, open_base
 from hf2oci.plan import Action, plan
 from hf2oci.spec import Mirrored, RepoSpec
@@ -42,8 +42,9 @@ class Outcome:
 class RunOptions:
     destination: Destination
     base_image: str = "scratch"
-    #: the base's platform (None: this host's)
-    platform: Platform | None = None
+    #: the platforms to build for (None: every linux platform the base offers); more than
+    #: one gives an image index
+    platforms: tuple[Platform, ...] | None = None
     prepare_script: Path | None = None
     hub_workers: int = 8
     #: repos mirrored at once
@@ -105,7 +106,7 @@ def streamed_paths(action: Action, options: RunOptions) -> frozenset[str]:
 def mirror_action(
     action: Action,
     *,
-    base: Image,
+    base: Base,
     target: Target,
     options: RunOptions,
     progress: Progress = _quiet,
@@ -120,11 +121,16 @@ def mirror_action(
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
         files = fetch_files(action, streamed, Path(tmp), options, progress)
         reuse = Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
-        base_digest = None if is_scratch(base) else base.digest
         image = build_image(
             files,
             base=base,
-            labels=L.image_labels(state, action.spec, base_name=base.name, base_digest=base_digest),
+            labels=L.image_labels(
+                state,
+                action.spec,
+                base_name=base.name,
+                base_digest=base.digest,
+                platforms=base.platforms,
+            ),
             created=state.last_modified,
             small_limit=options.small_file_limit,
             max_layer_size=options.max_layer_size,
@@ -199,7 +205,11 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
     report = Report()
     targets = Targets(options.destination, base_name=options.base_image)
     actions = plan(
-        specs, targets.labels, force=options.force, max_layer_size=options.max_layer_size
+        specs,
+        targets.labels,
+        force=options.force,
+        max_layer_size=options.max_layer_size,
+        platforms=[str(p) for p in options.platforms or ()],
     )
     outcomes: dict[int, Outcome] = {}
     todo = []
@@ -219,7 +229,7 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
         else:
             todo.append(i)
     if todo:
-        base = open_base(options.base_image, platform=options.platform, client=targets.client)
+        base = open_base(options.base_image, platforms=options.platforms, client=targets.client)
 
         def one(i: int) -> Outcome:
             action = actions[i]

@@ -57,10 +57,12 @@ def decide(
     *,
     force: bool = False,
     max_layer_size: int | None = None,
+    platforms: Sequence[str] = (),
 ) -> Action:
     """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
     moving tag (None: there is none). A file bigger than ``max_layer_size`` fails the repo
-    here, before anything is uploaded. Pure: no I/O."""
+    here, before anything is uploaded. ``platforms``: those asked for (none: the base's, which
+    planning does not read). Pure: no I/O."""
     try:
         selection = select(
             [f.path for f in state.files],
@@ -91,7 +93,17 @@ def decide(
     ref = current.get(L.REF)  # images made before the label existed keep theirs
     if ref is not None and ref != state.requested:
         return replace(mirror, reason=f"revision asked for changed: {ref} → {state.requested}")
+    if platforms and _platforms_changed(platforms, current.get(L.PLATFORMS)):
+        return replace(mirror, reason=f"platforms changed: now {', '.join(platforms)}")
     return replace(mirror, kind="skip", reason=f"up to date at {state.commit[:12]}")
+
+
+def _platforms_changed(asked: Sequence[str], label: str | None) -> bool:
+    """Whether the image lacks a platform asked for, or has more (an image of one platform
+    carries no label: which one it is takes reading its config, so it counts as matching one)."""
+    if label is None:
+        return len(asked) > 1
+    return set(label.split(",")) != set(asked)
 
 
 #: the labels of the image at ``tag`` in the destination's repository for a repo type
@@ -104,6 +116,7 @@ def plan_repo(
     *,
     force: bool = False,
     max_layer_size: int | None = None,
+    platforms: Sequence[str] = (),
 ) -> Action:
     """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
     from hf2oci import hub
@@ -114,7 +127,9 @@ def plan_repo(
         current = None if force else current_labels(spec.repo_type, tag)
     except Hf2ociError as e:
         return Action(spec, "fail", str(e), error=e)
-    return decide(spec, state, current, force=force, max_layer_size=max_layer_size)
+    return decide(
+        spec, state, current, force=force, max_layer_size=max_layer_size, platforms=platforms
+    )
 
 
 def plan(
@@ -123,11 +138,14 @@ def plan(
     *,
     force: bool = False,
     max_layer_size: int | None = None,
+    platforms: Sequence[str] = (),
     on_action: Callable[[Action], None] | None = None,
 ) -> list[Action]:
     actions = []
     for spec in specs:
-        action = plan_repo(spec, current_labels, force=force, max_layer_size=max_layer_size)
+        action = plan_repo(
+            spec, current_labels, force=force, max_layer_size=max_layer_size, platforms=platforms
+        )
         log.debug("plan %s: %s (%s)", spec.label, action.kind, action.reason)
         if on_action:
             on_action(action)

@@ -55,7 +55,9 @@ def build_options(func: F) -> F:
         click.option("--base-image", help="Base image reference, or 'scratch'."),
         click.option(
             "--platform",
-            help="The base image's platform, e.g. linux/arm64 (default: this machine's).",
+            "platforms",
+            help="Platforms to build for, e.g. linux/amd64,linux/arm64 (default: every linux "
+            "platform the base image offers); several make the tag an image index.",
         ),
         click.option(
             "--stream/--staged",
@@ -168,7 +170,7 @@ def run_specs(
     options = RunOptions(
         destination=destination(config),
         base_image=config.base_image,
-        platform=parse_platform(config.platform) if config.platform else None,
+        platforms=tuple(parse_platform(p) for p in config.platforms) if config.platforms else None,
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
         max_workers=config.max_workers,

@@ -80,7 +80,13 @@ def plan_command(
         if annotate:
             click.echo(gha.annotation(e.reason, file=e.path, line=e.line))
     say = progress_printer(not is_quiet())
-    actions = plan(specs, labels_lookup(config), force=force, max_layer_size=max_layer_size(config))
+    actions = plan(
+        specs,
+        labels_lookup(config),
+        force=force,
+        max_layer_size=max_layer_size(config),
+        platforms=config.platforms or (),
+    )
     pending = [a for a in actions if a.kind == "mirror"]
     failed = [a for a in actions if a.kind == "fail"]
     for a in actions:

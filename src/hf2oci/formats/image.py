@@ -19,7 +19,16 @@ from typing import cast
 from hf2oci import labels as L
 from hf2oci.errors import PackError
 from hf2oci.layercache import LayerCache
-from hf2oci.oci.image import MT_LAYER_TAR, Image, Layer, assemble, canonical_json, sha256_digest
+from hf2oci.oci.image import (
+    MT_LAYER_TAR,
+    Artifact,
+    Base,
+    ImageIndex,
+    Layer,
+    assemble,
+    canonical_json,
+    sha256_digest,
+)
 from hf2oci.oci.layers import StreamLayer, TarLayer
 from hf2oci.oci.tarstream import (
     ChunkSource,
@@ -253,15 +262,21 @@ class Reuse:
 def build_image(
     files: Sequence[PackFile],
     *,
-    base: Image,
+    base: Base,
     labels: Mapping[str, str],
     created: str,
     small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
     max_layer_size: int | None = None,
     reuse: Reuse | None = None,
-) -> Image:
-    """The image of ``files`` on ``base``; its config and manifest are made once the sink has
-    written its layers (streamed ones learn their digest then)."""
+) -> Artifact:
+    """The image of ``files`` on ``base``: one image, or an index of one per platform whose
+    repo layers are the same objects (written once, same digests everywhere). Configs and
+    manifests are made once the sink has written the layers (streamed ones learn their digest
+    then).
+
+    The file index gives layer positions in the first platform's image; a reader of another
+    one shifts them by where it finds the index layer (it is always the last).
+    """
     if not files:
         raise PackError("no file to pack: the filters keep nothing")
     by_path = {f.path: f for f in files}
@@ -274,23 +289,33 @@ def build_image(
     groups = group_files(
         [(f.path, f.size) for f in files],
         small_limit=small_limit,
-        max_layers=layer_budget(len(base.layers)),
+        max_layers=layer_budget(base.layer_count),
         max_layer_size=max_layer_size,
     )
+    first = len(base.images[0].layers)
     for group in groups:
         note = layer_annotations(group, hashes)
         members = [by_path[p] for p in group]
         entries = _entries(members)
         offsets = data_offsets(entries)
-        position = len(base.layers) + len(layers)
+        position = first + len(layers)
         index += [_index_entry(f, position, offsets[f"{REPO_DIR}/{f.path}"]) for f in members]
         layers.append(_layer(members, entries, note.get(L.CONTENT_KEY), reuse))
         notes.append(note)
     layers.append(_index_layer(index))
     notes.append({L.FILE_INDEX: str(INDEX_VERSION), L.TITLE: INDEX_PATH})
-    return assemble(
-        base, layers, labels=labels, annotations=labels, created=created, layer_annotations=notes
-    )
+    images = [
+        assemble(
+            image,
+            layers,
+            labels=labels,
+            annotations=labels,
+            created=created,
+            layer_annotations=notes,
+        )
+        for image in base.images
+    ]
+    return images[0] if len(images) == 1 else ImageIndex(images, annotations=labels)
 
 
 def _entries(members: Sequence[PackFile]) -> list[TarEntry]:

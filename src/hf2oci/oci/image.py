@@ -231,6 +231,30 @@ SCRATCH = Image(
 )
 
 
+@dataclass(frozen=True)
+class Base:
+    """What images are built on: one base image per platform (scratch: none, one manifest)."""
+
+    name: str
+    images: tuple[Image, ...]
+    #: what ``name`` resolved to (a multi-platform base: its index); None for scratch
+    digest: str | None = None
+
+    @property
+    def layer_count(self) -> int:
+        return max(len(image.layers) for image in self.images)
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """``os/arch[/variant]`` of each image, in order."""
+        return tuple(
+            "/".join(platform_of(i).get(k, "") for k in ("os", "architecture", "variant")).rstrip(
+                "/"
+            )
+            for i in self.images
+        )
+
+
 def is_scratch(image: Image) -> bool:
     return image.name == "scratch" and not image.layers
 
@@ -317,3 +341,84 @@ def assemble(
         return config, canonical_json(manifest)
 
     return Image((*base.layers, *layers), render=render, media_type=MT_MANIFEST)
+
+
+class ImageIndex:
+    """An OCI image index: one image per platform, all made of the same repo layers on
+    different bases. Its manifest lists each image's manifest with the platform its config
+    states, in the order given, and is made when first asked for (after the images')."""
+
+    media_type = MT_INDEX
+
+    def __init__(self, images: Sequence[Image], *, annotations: Mapping[str, str]) -> None:
+        if not images:
+            raise PackError("an image index needs at least one image")
+        self.images = tuple(images)
+        self._annotations = dict(annotations)
+        self._manifest: bytes | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Every image's layers, each once (shared layers are the same objects)."""
+        seen: set[int] = set()
+        out = []
+        for image in self.images:
+            for layer in image.layers:
+                if id(layer) not in seen:
+                    seen.add(id(layer))
+                    out.append(layer)
+        return tuple(out)
+
+    @property
+    def manifest(self) -> bytes:
+        if self._manifest is None:
+            with self._lock:
+                if self._manifest is None:
+                    doc: dict[str, Any] = {
+                        "schemaVersion": 2,
+                        "mediaType": MT_INDEX,
+                        "manifests": [
+                            {**i.manifest_descriptor.to_json(), "platform": platform_of(i)}
+                            for i in self.images
+                        ],
+                    }
+                    if self._annotations:
+                        doc["annotations"] = self._annotations
+                    self._manifest = canonical_json(doc)
+        return self._manifest
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self._annotations)
+
+    @property
+    def manifest_descriptor(self) -> Descriptor:
+        return Descriptor(MT_INDEX, self.digest, len(self.manifest))
+
+    def __repr__(self) -> str:
+        return f"ImageIndex({', '.join(str(platform_of(i)) for i in self.images)})"
+
+
+#: what a sink writes: one image, or an index of one image per platform
+Artifact = Image | ImageIndex
+
+
+def images_of(artifact: Artifact) -> tuple[Image, ...]:
+    return artifact.images if isinstance(artifact, ImageIndex) else (artifact,)
+
+
+def platform_of(image: Image) -> dict[str, str]:
+    """The ``platform`` object of an index entry for ``image``, from its config."""
+    config = image.config_doc
+    doc: dict[str, str] = {k: str(config[k]) for k in ("architecture", "os") if k in config}
+    if config.get("variant"):
+        doc["variant"] = str(config["variant"])
+    return doc
+
+
+SCRATCH_BASE = Base("scratch", (SCRATCH,))

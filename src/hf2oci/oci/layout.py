@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,10 +25,11 @@ from hf2oci.oci.image import (
     ANNOTATION_REF_NAME,
     MT_INDEX,
     MT_MANIFEST,
+    Artifact,
     Descriptor,
-    Image,
     Layer,
     canonical_json,
+    images_of,
 )
 from hf2oci.oci.layers import StreamLayer, check_digest
 from hf2oci.oci.reference import TAG
@@ -46,8 +48,9 @@ def blob_path(path: Path, digest: str) -> Path:
     return Path(path) / "blobs" / algorithm / hexpart
 
 
-def write_layout(image: Image, path: Path, *, tags: Sequence[str], workers: int = 4) -> str:
-    """Add ``image`` to the layout at ``path`` (created if needed) under each of ``tags``.
+def write_layout(image: Artifact, path: Path, *, tags: Sequence[str], workers: int = 4) -> str:
+    """Add ``image`` (one image, or an index and its images) to the layout at ``path``
+    (created if needed) under each of ``tags``.
 
     Blobs already present are kept as they are; tags pointing elsewhere are moved; other tags
     and images stay. Safe against concurrent writers of the same layout.
@@ -75,8 +78,11 @@ def write_layout(image: Image, path: Path, *, tags: Sequence[str], workers: int 
             for future in futures:
                 future.cancel()
             raise
-    _write_blob(path, image.config_digest, len(image.config), lambda: io.BytesIO(image.config))
-    _write_blob(path, image.digest, len(image.manifest), lambda: io.BytesIO(image.manifest))
+    for one in images_of(image):
+        _write_blob(path, one.config_digest, len(one.config), partial(io.BytesIO, one.config))
+        _write_blob(path, one.digest, len(one.manifest), partial(io.BytesIO, one.manifest))
+    if image is not images_of(image)[0]:
+        _write_blob(path, image.digest, len(image.manifest), lambda: io.BytesIO(image.manifest))
     with _locked(path):
         index = _read_index_or_new(path)
         _set_tags(index, image.manifest_descriptor, tags)

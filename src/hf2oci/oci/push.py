@@ -1,6 +1,6 @@
-"""Push one Image to a registry: blobs first (present ones skipped, sibling ones mounted, streamed
-ones uploaded as they are read), then the manifest by digest, then the tags last, so a killed run
-never leaves a tag on partial content."""
+"""Push one image or image index to a registry: blobs first (present ones skipped, sibling ones
+mounted, streamed ones uploaded as they are read), then the manifests by digest, then the tags
+last, so a killed run never leaves a tag on partial content."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
-from hf2oci.oci.image import Image, Layer
+from hf2oci.oci.image import Artifact, ImageIndex, Layer, images_of
 from hf2oci.oci.layers import StreamLayer
 from hf2oci.oci.reference import validate_tag
 from hf2oci.oci.registry import Opener, RegistryClient, RemoteLayer
@@ -24,17 +24,19 @@ Progress = Callable[[int], None]
 
 def push(
     client: RegistryClient,
-    image: Image,
+    image: Artifact,
     repo: str,
     *,
     tags: Sequence[str],
     mount_from: Sequence[str] = (),
     on_progress: Progress | None = None,
 ) -> str:
-    """Push ``image`` to ``repo`` and point ``tags`` at it; returns the manifest digest.
+    """Push ``image`` (an index: each platform's image, then the index) to ``repo`` and point
+    ``tags`` at it; returns the digest of what the tags name.
 
-    Blobs already there are skipped; others are mounted from ``mount_from`` (or, for layers of
-    this registry, from their own repository) or uploaded, several at a time.
+    Each blob goes once however many platforms share it. Blobs already there are skipped;
+    others are mounted from ``mount_from`` (or, for layers of this registry, from their own
+    repository) or uploaded, several at a time.
     """
     for tag in tags:
         validate_tag(tag)
@@ -72,13 +74,17 @@ def push(
             future.cancel()
         for future in done:
             future.result()  # raises the first failure
-    config = image.config
     sources = _mount_sources(client, None, repo, mount_from)
-    ensure_blob(
-        client, repo, image.config_digest, len(config), lambda: io.BytesIO(config), sources,
-        progress,
-    )  # fmt: skip
-    digest = client.put_manifest(repo, image.digest, image.manifest, image.media_type)
+    for one in images_of(image):
+        config = one.config
+        ensure_blob(
+            client, repo, one.config_digest, len(config), functools.partial(io.BytesIO, config),
+            sources, progress,
+        )  # fmt: skip
+        client.put_manifest(repo, one.digest, one.manifest, one.media_type)
+    digest = image.digest
+    if isinstance(image, ImageIndex):
+        digest = client.put_manifest(repo, image.digest, image.manifest, image.media_type)
     for tag in tags:
         client.put_manifest(repo, tag, image.manifest, image.media_type)
     log.info("pushed %s/%s@%s (tags: %s)", client.registry, repo, digest, ", ".join(tags))

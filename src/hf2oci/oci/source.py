@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import platform as platform_module
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,11 +21,13 @@ from hf2oci.oci.image import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MT_LAYER_TAR,
-    SCRATCH,
+    SCRATCH_BASE,
+    Base,
     Descriptor,
     Image,
     Layer,
     json_object,
+    platform_of,
 )
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import Reference, parse_reference
@@ -107,20 +109,24 @@ def open_image(
 
 
 def open_base(
-    name: str, *, platform: Platform | None = None, client: RegistryClient | None = None
-) -> Image:
-    """The base image ``name`` (``scratch``: none), read once per run before anything is fetched.
+    name: str,
+    *,
+    platforms: Sequence[Platform] | None = None,
+    client: RegistryClient | None = None,
+) -> Base:
+    """The base image ``name`` for each of ``platforms`` (default: every linux platform its
+    index offers, or its one manifest), read once per run before anything is fetched.
 
     ``client`` is used when it talks to the base's registry. A failure is one line that says
     which registry could not be reached or refused, why, and what to do.
     """
     if name in ("", "scratch"):
-        return SCRATCH
+        return SCRATCH_BASE
     try:
         ref = parse_reference(name)
         if client is None or client.registry != ref.registry:
             client = RegistryClient(ref.registry)
-        return open_remote(client, ref, platform or host_platform())
+        return _open_platforms(client, ref, platforms)
     except (RegistryError, PackError, InvalidReference) as e:
         raise BaseImageError(
             f"base image {name}: {e}; set base_image in get_hf/config.yaml (or --base-image) "
@@ -128,20 +134,69 @@ def open_base(
         ) from e
 
 
+def _open_platforms(
+    client: RegistryClient, ref: Reference, platforms: Sequence[Platform] | None
+) -> Base:
+    data, media_type, digest = _get_manifest(client, ref, ref.identifier)
+    if media_type not in INDEX_TYPES:
+        image = _remote_image(client, ref, data, media_type)
+        have = platform_of(image)
+        missing = [str(p) for p in platforms or () if not p.matches(have)]
+        if missing:
+            raise RegistryError(
+                f"image {ref} has one platform ({Platform(**have)}), not {', '.join(missing)}"
+            )
+        return Base(str(ref), (image,), digest)
+    index = json_object(data, f"index of {ref}", RegistryError)
+    if platforms:
+        chosen = [_pick_platform(index, p, str(ref)) for p in platforms]
+    else:
+        chosen = _linux_platforms(index, str(ref))
+    images = []
+    for entry in chosen:
+        data, media_type, _ = _get_manifest(client, ref, entry)
+        images.append(_remote_image(client, ref, data, media_type))
+    return Base(str(ref), tuple(images), digest)
+
+
+def _linux_platforms(index: dict[str, Any], where: str) -> list[str]:
+    """The manifests of every distinct linux platform of an index, in its order (attestation
+    manifests, platform unknown/unknown, left out)."""
+    chosen: dict[str, str] = {}
+    for entry in index.get("manifests") or []:
+        plat = (entry.get("platform") or {}) if isinstance(entry, dict) else {}
+        if plat.get("os") != "linux" or plat.get("architecture") in (None, "unknown"):
+            continue
+        key = "/".join(str(plat.get(k)) for k in ("architecture", "variant"))
+        chosen.setdefault(key, str(entry["digest"]))
+    if not chosen:
+        raise RegistryError(f"image {where}: its index has no linux platform")
+    return list(chosen.values())
+
+
 def open_remote(client: RegistryClient, ref: Reference, platform: Platform) -> Image:
     """The image ``ref`` in the registry of ``client`` (index → the manifest of ``platform``)."""
-    found = client.get_manifest(ref.repository, ref.identifier)
-    if found is None:
-        raise RegistryError(f"image {ref} not found in registry {client.registry}", status=404)
-    data, media_type, _ = found
+    data, media_type, _ = _get_manifest(client, ref, ref.identifier)
     if media_type in INDEX_TYPES:
         chosen = _pick_platform(
             json_object(data, f"index of {ref}", RegistryError), platform, str(ref)
         )
-        found = client.get_manifest(ref.repository, chosen)
-        if found is None:
-            raise RegistryError(f"image {ref}: {platform} manifest {chosen} is missing")
-        data, media_type, _ = found
+        data, media_type, _ = _get_manifest(client, ref, chosen)
+    return _remote_image(client, ref, data, media_type)
+
+
+def _get_manifest(
+    client: RegistryClient, ref: Reference, identifier: str
+) -> tuple[bytes, str, str]:
+    found = client.get_manifest(ref.repository, identifier)
+    if found is None:
+        if identifier == ref.identifier:
+            raise RegistryError(f"image {ref} not found in registry {client.registry}", status=404)
+        raise RegistryError(f"image {ref}: manifest {identifier} is missing")
+    return found
+
+
+def _remote_image(client: RegistryClient, ref: Reference, data: bytes, media_type: str) -> Image:
     if media_type not in MANIFEST_TYPES:
         raise RegistryError(f"image {ref}: unsupported manifest type {media_type!r}")
     config_desc, layer_descs = _descriptors(data, str(ref), RegistryError)

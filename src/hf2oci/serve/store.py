@@ -267,7 +267,7 @@ def read_files(image: Image) -> dict[str, RepoFile]:
     descriptors = image.manifest_doc.get("layers") or []
     for position, desc in enumerate(descriptors):
         if (desc.get("annotations") or {}).get(L.FILE_INDEX):
-            return _from_index(layers, layers[position])
+            return _from_index(layers, position)
     files: dict[str, RepoFile] = {}
     for layer in layers:
         if layer.media_type != MT_LAYER_TAR and not layer.media_type.endswith(".tar"):
@@ -279,7 +279,11 @@ def read_files(image: Image) -> dict[str, RepoFile]:
     return files
 
 
-def _from_index(layers: list[StoredLayer], holder: StoredLayer) -> dict[str, RepoFile]:
+def _from_index(layers: list[StoredLayer], at: int) -> dict[str, RepoFile]:
+    """The files the index layer (at position ``at``) lists. Its positions are those of the
+    first platform's image; the repo layers end just before the index layer on every one, so
+    a base with another number of layers shifts them all alike."""
+    holder = layers[at]
     raw = b"".join(holder.iter_range(0, holder.size))
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         member = tar.getmember(INDEX_PATH)
@@ -289,9 +293,14 @@ def _from_index(layers: list[StoredLayer], holder: StoredLayer) -> dict[str, Rep
         doc: Any = json.loads(data.read())
     files = {}
     try:
-        for e in doc["files"]:
+        entries = doc["files"]
+        shift = at - (max((int(e["layer"]) for e in entries), default=at - 1) + 1)
+        for e in entries:
+            position = int(e["layer"]) + shift
+            if not 0 <= position < at:
+                raise IndexError(f"layer {e['layer']} of {e['path']!r} is not in the image")
             files[str(e["path"])] = RepoFile(
-                str(e["path"]), int(e["size"]), layers[int(e["layer"])], int(e["offset"]),
+                str(e["path"]), int(e["size"]), layers[position], int(e["offset"]),
                 sha256=e.get("sha256"), blob_id=e.get("blob_id"),
             )  # fmt: skip
     except (KeyError, TypeError, ValueError, IndexError) as e:
