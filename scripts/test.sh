@@ -74,6 +74,20 @@ if [ ! -f "$VLLM_VENV/.complete" ]; then  # written last: a killed install start
 fi
 export HF2OCI_VLLM_VENV="$VLLM_VENV"
 
+# KServe's Python SDK in a venv of its own, once (~1 min): its InferenceService model classes
+# check what `hf2oci deploy kserve` prints. Its classes use Kubernetes' generated ones of the
+# older style (dict(str, str) type names), which kubernetes 34+ no longer has.
+KSERVE_VERSION=0.21.0
+KSERVE_VENV=${HF2OCI_KSERVE_VENV:-/var/cache/hf2oci/kserve-$KSERVE_VERSION}
+if [ ! -f "$KSERVE_VENV/.complete" ]; then
+  echo "installing kserve $KSERVE_VERSION once into $KSERVE_VENV..."
+  rm -rf "$KSERVE_VENV"
+  python3 -m venv "$KSERVE_VENV"
+  "$KSERVE_VENV/bin/pip" install -q "kserve==$KSERVE_VERSION" "kubernetes==33.1.0"
+  touch "$KSERVE_VENV/.complete"
+fi
+export HF2OCI_KSERVE_VENV="$KSERVE_VENV"
+
 "$VENV/bin/ruff" check src tests
 "$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"

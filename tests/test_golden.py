@@ -30,10 +30,11 @@ REGISTRY_HOST = "127.77.0.1:8918"
 DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 
 #: the digests this repo gives. They held from 313942f through the one-build-path refactor
-#: (716c88eb… / 9321e220…) and changed once, on purpose, when images gained the file index
-#: layer (.hf2oci/files.json) that `hf2oci serve` reads.
-REGISTRY_DIGEST = "sha256:e4c288ddffd57cba5bc265ab6b44ccea1b1d9768f05c448a28cfdebf0e00fd59"
-LAYOUT_DIGEST = "sha256:9fe1b741ebe59dc9f21af498479cc28fb9d405474a742339f5dfb97052f5339a"
+#: (716c88eb… / 9321e220…) and changed on purpose when images gained the file index
+#: layer (.hf2oci/files.json) that `hf2oci serve` reads (e4c288dd… / 9fe1b741…), and again
+#: when that layer gained /models → REPO for KServe's modelcar.
+REGISTRY_DIGEST = "sha256:544ab1d05eff02318f9a86767a0016df0acc042ff676dded1a6cc62ba8abb1ef"
+LAYOUT_DIGEST = "sha256:e03f9b328c2f9f7f10d3c708353c9300567d83eb6c5211c97050cec930e3c023"
 GOLDEN = {
     ("registry", "stream"): REGISTRY_DIGEST,
     ("registry", "staged"): REGISTRY_DIGEST,

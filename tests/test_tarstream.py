@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 from hf2oci.errors import PackError
 from hf2oci.oci.image import MT_DOCKER_LAYER, MT_LAYER_GZIP, MT_LAYER_TAR, Layer
 from hf2oci.oci.layers import FileBlobLayer, TarLayer
-from hf2oci.oci.tarstream import TarEntry, TarStream, entries_for_files, iter_tar, tar_size
+from hf2oci.oci.tarstream import (
+    LINK_MODE,
+    TarEntry,
+    TarStream,
+    data_offsets,
+    entries_for_files,
+    entries_for_streams,
+    iter_tar,
+    tar_size,
+)
 from layers import BytesLayer
 
 LONG = "d" * 90 + "/" + "sous dossier é" * 5 + "/" + "f" * 130 + ".safetensors"
@@ -337,3 +346,21 @@ def test_tar_layer_extracts_with_gnu_tar_from_stream(
     proc.stdin.close()
     assert proc.wait() == 0
     assert (out / "REPO" / "weights.bin").read_bytes() == CONTENTS["weights.bin"]
+
+
+def test_a_symlink_entry_has_no_data_and_gnu_tar_makes_the_link(tmp_path: Path) -> None:
+    data = b'{"x": 1}\n'
+    entries = [
+        *entries_for_streams([("a/f.json", lambda: iter([data]), len(data))], prefix="REPO"),
+        TarEntry("models", None, mode=LINK_MODE, linkname="REPO"),
+    ]
+    blob = b"".join(iter_tar(entries))
+    assert len(blob) == tar_size(entries)
+    assert "models" not in data_offsets(entries)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        link = tar.getmember("models")
+        assert link.issym() and link.linkname == "REPO" and link.size == 0
+    (tmp_path / "blob.tar").write_bytes(blob)
+    subprocess.run(["tar", "-C", str(tmp_path), "-xf", str(tmp_path / "blob.tar")], check=True)
+    assert os.readlink(tmp_path / "models") == "REPO"
+    assert (tmp_path / "models" / "a" / "f.json").read_bytes() == data

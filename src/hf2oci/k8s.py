@@ -1,4 +1,5 @@
-"""Kubernetes manifests (Deployment + Service) that serve a model image with a runtime."""
+"""Kubernetes manifests that serve a model image: Deployment + Service with a runtime, the hub
+server, or a KServe InferenceService reading the image as a modelcar."""
 
 from __future__ import annotations
 
@@ -113,3 +114,44 @@ def hub_manifests(spec: HubSpec) -> str:
     if not _QUANTITY.fullmatch(spec.cpu):
         raise UsageError(f"--cpu {spec.cpu!r} is not a Kubernetes quantity (e.g. 2, 500m)")
     return render("k8s/hub.yaml.j2", spec=spec)
+
+
+#: KServe's Hugging Face server: its backends
+KSERVE_BACKENDS = ("vllm", "huggingface")
+
+
+@dataclass(frozen=True)
+class KServeSpec:
+    """An InferenceService for KServe's Hugging Face server, the model image as its modelcar."""
+
+    model_image: str
+    backend: str = "vllm"
+    name: str | None = None
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpu: int = 0
+
+
+def inference_service(spec: KServeSpec) -> str:
+    """kubectl-ready YAML of the InferenceService; UsageError for what Kubernetes would refuse.
+
+    The storage URI is ``oci://`` + the image reference (a tag or a digest, as given).
+    """
+    ref = parse_reference(spec.model_image)
+    if spec.backend not in KSERVE_BACKENDS:
+        raise UsageError(f"backend {spec.backend!r}: choose {' or '.join(KSERVE_BACKENDS)}")
+    name = spec.name or default_name(spec.model_image, "kserve")
+    if len(name) > 63 or not _DNS1123.fullmatch(name):
+        raise UsageError(
+            f"invalid name {name!r}: lower-case letters, digits and '-', at most 63 characters"
+        )
+    for what, value in (("--cpu", spec.cpu), ("--memory", spec.memory)):
+        if not _QUANTITY.fullmatch(value):
+            raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    return render(
+        "k8s/inferenceservice.yaml.j2",
+        spec=spec,
+        isvc_name=name,
+        storage_uri=f"oci://{ref}",
+        served_model_name=served_model_name(spec.model_image),
+    )

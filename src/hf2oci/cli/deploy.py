@@ -1,6 +1,6 @@
-"""``hf2oci deploy {dockerfile,compose,k8s} MODEL_IMAGE --runtime R``: what serves a model image
-offline (OpenAI API on port 8000): a server image's build folder, a compose file, or Kubernetes
-manifests."""
+"""``hf2oci deploy {dockerfile,compose,k8s,kserve} MODEL_IMAGE``: what serves a model image
+offline (OpenAI API on port 8000): a server image's build folder, a compose file, Kubernetes
+manifests, or a KServe InferenceService."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from hf2oci.cli._common import echo, handle_errors, verbosity
 from hf2oci.errors import UsageError
 from hf2oci.k8s import (
     DEFAULT_SERVE_IMAGE,
+    KSERVE_BACKENDS,
     MODES,
     HubSpec,
+    KServeSpec,
     Mode,
     ServeSpec,
     hub_manifests,
+    inference_service,
     manifests,
     served_model_name,
 )
@@ -248,3 +251,28 @@ def k8s(
         gpu=gpu,
     )
     click.echo(manifests(spec), nl=False)
+
+
+@deploy.command("kserve")
+@click.argument("model_image")
+@click.option(
+    "--backend",
+    type=click.Choice(list(KSERVE_BACKENDS)),
+    default="vllm",
+    show_default=True,
+    help="The backend of KServe's Hugging Face server.",
+)
+@click.option("--name", help="InferenceService name (default: from the tag).")
+@click.option("--cpu", default="2", show_default=True, help="CPU request.")
+@click.option("--memory", default="8Gi", show_default=True, help="Memory request and limit.")
+@click.option("--gpu", type=click.IntRange(0, 64), default=0, show_default=True)
+@verbosity
+@handle_errors
+def kserve(
+    model_image: str, backend: str, name: str | None, cpu: str, memory: str, gpu: int
+) -> None:
+    """Print a KServe InferenceService serving MODEL_IMAGE (format image) as a modelcar:
+    storageUri oci://MODEL_IMAGE, read through the image's /models link. ModelPack artifacts
+    have no /models: serve those with `deploy k8s --mode image-volume` on CRI-O."""
+    spec = KServeSpec(model_image, backend=backend, name=name, cpu=cpu, memory=memory, gpu=gpu)
+    click.echo(inference_service(spec), nl=False)

@@ -31,6 +31,7 @@ from hf2oci.oci.image import (
 )
 from hf2oci.oci.layers import StreamLayer, TarLayer
 from hf2oci.oci.tarstream import (
+    LINK_MODE,
     ChunkSource,
     TarEntry,
     data_offsets,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: where the repo's files live inside the image
 REPO_DIR = "REPO"
+#: a relative link to REPO_DIR, where KServe's modelcar looks for the model
+MODELCAR_DIR = "models"
 #: overlayfs and CRI-O fail near 127 layers: an image has at most this many, the base's included
 MAX_LAYERS = 100
 #: the repo's own layers when the base is not known (the base has its own, the index one)
@@ -351,5 +354,9 @@ def _index_entry(f: PackFile, layer: int, offset: int) -> dict[str, object]:
 
 
 def _index_layer(index: list[dict[str, object]]) -> TarLayer:
+    """The last layer: the file index, and ``/models`` → ``REPO`` for KServe's modelcar (which
+    reads ``/proc/<pid>/root/models`` from another container: the link must be relative)."""
     data = canonical_json({"version": INDEX_VERSION, "files": index})
-    return TarLayer(entries_for_streams([(INDEX_PATH, lambda: iter([data]), len(data))], prefix=""))
+    entries = entries_for_streams([(INDEX_PATH, lambda: iter([data]), len(data))], prefix="")
+    link = TarEntry(MODELCAR_DIR, None, mode=LINK_MODE, linkname=REPO_DIR)
+    return TarLayer(sorted([*entries, link], key=lambda e: e.name))

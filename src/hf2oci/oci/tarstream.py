@@ -24,6 +24,7 @@ BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+LINK_MODE = 0o777
 DEFAULT_CHUNK = 1 << 20
 
 
@@ -33,7 +34,8 @@ ChunkSource = Callable[[], Iterator[bytes]]
 
 @dataclass(frozen=True)
 class TarEntry:
-    """One member: ``name`` inside the tar (directories end with "/"), ``source`` None for dirs.
+    """One member: ``name`` inside the tar (directories end with "/"), ``source`` None for dirs
+    and symbolic links (``linkname``: where the link points).
 
     A file's ``source`` is a path on disk, or a callable giving its chunks (streamed from the hub).
     """
@@ -42,6 +44,7 @@ class TarEntry:
     source: Union[Path, ChunkSource, None]  # noqa: UP007 - a runtime alias, not an annotation
     size: int = 0
     mode: int = FILE_MODE
+    linkname: str = ""
 
     def __post_init__(self) -> None:
         if self.is_dir and self.size != 0:
@@ -51,12 +54,14 @@ class TarEntry:
 
     @property
     def is_dir(self) -> bool:
-        return self.source is None
+        return self.source is None and not self.linkname
 
     def header(self) -> bytes:
         """The entry's header blocks (PAX extended header first when the name needs one)."""
         info = tarfile.TarInfo(self.name)
         info.type = tarfile.DIRTYPE if self.is_dir else tarfile.REGTYPE
+        if self.linkname:
+            info.type, info.linkname = tarfile.SYMTYPE, self.linkname
         info.size = self.size
         info.mode = self.mode
         info.mtime = 0
@@ -151,7 +156,7 @@ def data_offsets(entries: Sequence[TarEntry]) -> dict[str, int]:
     offsets, at = {}, 0
     for entry in entries:
         at += len(entry.header())
-        if not entry.is_dir:
+        if entry.source is not None:
             offsets[entry.name] = at
         at += entry.size + _padding(entry.size)
     return offsets
