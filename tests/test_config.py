@@ -154,6 +154,7 @@ def test_secrets_are_refused(tmp_path: Path, key: str) -> None:
         ("namespace:\n  nested: x\n", 2, "non-empty string"),
         ("namespace: a\nnamespace: b\n", 2, "set twice (first on line 1)"),
         ("- a\n- b\n", 1, "expected 'key: value' lines"),
+        ("format: kitops\n", 1, "choose one of image, modelpack"),
         ("platforms: arm64\n", 1, "invalid platforms 'arm64': expected os/arch"),
         ("platforms: []\n", 1, "expected platforms like linux/amd64,linux/arm64"),
         ("platforms:\n  - linux/amd64\n  - 5\n", 2, "expected a non-empty string"),

@@ -132,3 +132,22 @@ def test_hub_server_manifests_validate_and_match_golden(secrets: bool, tmp_path:
 def test_hub_server_bad_input_is_one_line(args: list[str], words: str) -> None:
     r = cli("deploy", "k8s", *args)
     assert r.exit_code in (1, 2) and words in r.stderr and "Traceback" not in r.output
+
+
+def test_image_volume_of_a_modelpack_artifact(tmp_path: Path) -> None:
+    r = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", "--mode", "image-volume",
+            "--format", "modelpack")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.yaml"
+    out.write_text(r.stdout)
+    v = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "CRI-O >= 1.33" in r.stdout and "containerd does not" in r.stdout
+    server = next(yaml.safe_load_all(r.stdout))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["MODEL_DIR"] == "/models"  # an artifact's files are at its root
+    refused = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", "--format", "modelpack")
+    assert refused.exit_code == 2 and "use --mode image-volume" in refused.stderr

@@ -39,6 +39,7 @@ def test_all_options_in_any_order() -> None:
         "org/a@v1.0 preset=gguf:q4_k_m exclude=*.md include=*.gguf,config.json\n"
         "org/b include=dir/ preset=safetensors\n"
         "org/c@0123456789abcdef0123456789abcdef01234567 preset=none\n"
+        "org/d format=modelpack\n"
     )
     assert errors == []
     assert specs == [
@@ -51,6 +52,7 @@ def test_all_options_in_any_order() -> None:
         ),
         RepoSpec("org/b", include=("dir/",), preset="safetensors"),
         RepoSpec("org/c", revision="0123456789abcdef0123456789abcdef01234567"),
+        RepoSpec("org/d", format="modelpack"),
     ]
 
 
@@ -82,6 +84,7 @@ def test_dataset_type_is_set() -> None:
         ("org/name include=a stray", "unexpected 'stray'"),
         ("include=*.json", "must start with a repo id"),
         ("org/n#x", "'#' is not allowed"),
+        ("org/name format=kitops", "format='kitops': choose image or modelpack"),
     ],
 )
 def test_bad_lines(line: str, message: str) -> None:

@@ -116,7 +116,7 @@ def test_ledger_round_trip_is_stable_sorted_and_diff_friendly(tmp_path: Path) ->
     entry = doc["models"]["org/a"]
     assert set(entry) == {
         "repo_id", "repo_type", "revision", "requested_revision", "image", "tags", "digest",
-        "size", "file_count", "mirrored_at", "destination", "builder", "license",
+        "size", "file_count", "mirrored_at", "destination", "builder", "license", "format",
     }  # fmt: skip
     assert entry["license"] == "apache-2.0" and entry["tags"] == ["org--a", "org--a--0123456789ab"]
     assert doc["datasets"]["org/data"]["builder"] == "docker"
@@ -361,6 +361,7 @@ def test_templates_refuse_missing_variables() -> None:
             source="x",
             rows=[{"repo_id": "org/a"}],  # a row without its other fields
             example={},
+            formats=False,
         )
     with pytest.raises(jinja2.TemplateNotFound):
         render("../pyproject.toml")
@@ -575,3 +576,30 @@ def test_push_gives_up_after_the_retries(
     with pytest.raises(RecordError, match="rejected 1 times: other runs keep pushing"):
         commit_records(work, paths, message="m", push=True, retries=1)
     assert git.Repo(bare).commit("main").hexsha == other.head.commit.hexsha
+
+
+def test_modelpack_rows_say_their_format_and_how_to_pull_them() -> None:
+    ledger = Ledger().merge(
+        [
+            mirrored("org/a"),
+            mirrored("org/pack", format="modelpack", tags=("org--pack",)),
+            mirrored(
+                "org/local",
+                format="modelpack",
+                tags=("org--local",),
+                image="oci-images/ns/models",
+                destination="oci-layout",
+            ),
+        ]
+    )
+    page = render_markdown(ledger, "model")
+    assert "| mirrored | format | pull |" in page
+    rows = {line.split("]")[0][3:]: line for line in page.splitlines() if line.startswith("| [")}
+    assert "| image | `docker pull " in rows["org/a"]
+    assert (
+        "| modelpack | `modctl pull registry.example:5000/ns/models:org--pack`" in rows["org/pack"]
+    )
+    assert "`hf2oci extract oci:oci-images/ns/models:org--local ./local`" in rows["org/local"]
+    assert "any ModelPack client pulls" in page and "docker cp" in page
+    # a page of images only keeps its columns
+    assert "format" not in render_markdown(Ledger().merge([mirrored("org/a")]), "model")

@@ -295,7 +295,7 @@ def test_compose_example_is_accepted_by_docker_compose(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load(r.stdout)
     model, server = doc["services"]["model"], doc["services"]["server"]
-    assert model["image"] == image and model["volumes"] == ["model:/models"]
+    assert model["image"] == image and model["volumes"] == ["model:/mnt/model"]
     assert server["volumes"] == ["model:/models:ro"]
     assert server["environment"]["MODEL_DIR"] == "/models"
     assert server["environment"]["SERVED_MODEL_NAME"] == "ggml-org/gemma-3-270m-GGUF"

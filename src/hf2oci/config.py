@@ -14,6 +14,7 @@ import yaml
 
 from hf2oci.errors import ConfigError, Hf2ociError
 from hf2oci.oci.reference import COMPONENT, HOST
+from hf2oci.spec import FORMATS, Format
 
 Builder = Literal["oci", "docker"]
 BUILDERS: tuple[Builder, ...] = ("oci", "docker")
@@ -61,6 +62,9 @@ class Config:
     builder: Builder = "oci"
     #: HTTP instead of HTTPS; None: HTTP for localhost and 127.x only
     plain_http: bool | None = None
+    #: what each repo becomes unless its list line says (format=…): "image" (busybox + /REPO)
+    #: or "modelpack" (a CNCF ModelPack artifact, one raw layer per file)
+    format: Format = "image"
     #: the platforms to build for ("linux/amd64", "linux/arm64"); None: every linux platform
     #: the base image offers. More than one makes the tag an image index
     platforms: tuple[str, ...] | None = None
@@ -218,6 +222,12 @@ def _optional_bool(value: object) -> bool | None:
     return None if value is None else _bool(value)
 
 
+def _format(value: object) -> Format:
+    if value not in FORMATS:
+        raise _Invalid(f"choose one of {', '.join(FORMATS)}")
+    return value
+
+
 def _platforms(value: object) -> tuple[str, ...] | None:
     """A list of platforms, or one string of them between commas; duplicates dropped."""
     if value is None:
@@ -269,6 +279,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "base_image": _string,
     "builder": _builder,
     "plain_http": _optional_bool,
+    "format": _format,
     "platforms": _platforms,
     "stream": _bool,
     "output_dir": _string,

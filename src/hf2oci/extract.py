@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
-from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, UsageError
+from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
 from hf2oci.filters import match_patterns
 from hf2oci.formats.image import REPO_DIR
 from hf2oci.fsutil import atomic_write
@@ -200,14 +200,40 @@ class _Unpacker:
             self.direct = False
             return os.open(target, flags, 0o644)
 
+    def raw(self, layer: StoredLayer, rel: str) -> None:
+        """Write one raw layer (a ModelPack file) at ``rel``, its digest checked at the end."""
+        if self.include and not match_patterns([rel], include=self.include):
+            return
+        source = layer.open_raw()
+        blob = ChunkReader(
+            ReadAhead(
+                source.readinto,
+                digest=layer.digest,
+                size=layer.size,
+                what="layer",
+                on_bytes=self.on_bytes,
+            )
+        )
+        try:
+            self._write(blob, rel, f"file {rel!r}", 0, layer.size)
+            blob.drain()
+        except OSError as e:
+            raise ExtractError(f"layer {layer.digest}: {e}") from e
+        finally:
+            blob.close()
+            source.close()
+
     def _member(self, data: ChunkReader, member: tarfile.TarInfo) -> None:
         rel = _repo_path(member)
         if not rel or member.isdir():
             return  # folders come with their files: an excluded file leaves no empty folder
         if self.include and not match_patterns([rel], include=self.include):
             return
+        self._write(data, rel, f"entry {member.name!r}", member.offset_data, member.size)
+
+    def _write(self, data: ChunkReader, rel: str, what: str, offset: int, size: int) -> None:
+        """Copy ``size`` bytes of ``data`` from ``offset`` into a new file at ``rel``."""
         target = self.staging.joinpath(*rel.split("/"))
-        what = f"entry {member.name!r}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
@@ -218,21 +244,21 @@ class _Unpacker:
             parent = os.path.realpath(target.parent)
             if os.path.commonpath([parent, self.real_staging]) != self.real_staging:
                 raise ExtractError(f"refusing {what}: its folder resolves outside DEST")
-            fd = self._create(target, member.size)
+            fd = self._create(target, size)
         except FileExistsError as e:
             raise ExtractError(f"refusing {what}: the path appears twice in the image") from e
         except (NotADirectoryError, IsADirectoryError) as e:
             raise ExtractError(f"refusing {what}: a file and a folder share its path") from e
         h = hashlib.sha256() if self.hash_files else None
         try:
-            data.seek(member.offset_data)
-            copied = data.copy_to(fd, member.size, h.update if h is not None else None)
+            data.seek(offset)
+            copied = data.copy_to(fd, size, h.update if h is not None else None)
         finally:
             os.close(fd)
-        if copied != member.size:
+        if copied != size:
             raise ExtractError(f"refusing {what}: the layer ends inside it")
         with self.lock:
-            self.files[rel] = _File(member.size, h.hexdigest() if h else None)
+            self.files[rel] = _File(size, h.hexdigest() if h else None)
 
 
 def _decompressing(stream: BinaryIO, digest: str) -> Callable[[memoryview], int]:
@@ -267,10 +293,15 @@ def _unpack_all(
     workers: int,
     on_layer: Callable[[str], None] | None,
 ) -> None:
-    """Every layer at once (up to ``workers``); the first failure stops the others."""
+    """Every layer at once (up to ``workers``); the first failure stops the others. A ModelPack
+    artifact's layers are files, each written at its (checked) path."""
+    paths = _modelpack_paths(source)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="extract") as pool:
         layers = [cast(StoredLayer, ly) for ly in source.layers]  # open_image gives stored ones
-        futures: list[Future[None]] = [pool.submit(unpacker.layer, ly) for ly in layers]
+        if paths is None:
+            futures: list[Future[None]] = [pool.submit(unpacker.layer, ly) for ly in layers]
+        else:
+            futures = [pool.submit(unpacker.raw, *job) for job in zip(layers, paths, strict=True)]
         try:
             for layer, fut in zip(source.layers, futures, strict=True):
                 fut.result()
@@ -281,6 +312,19 @@ def _unpack_all(
             for fut in futures:
                 fut.cancel()
             raise
+
+
+def _modelpack_paths(source: Image) -> list[str] | None:
+    """The file path of each layer of a ModelPack artifact (checked); None for an image."""
+    from hf2oci.formats.modelpack import file_paths, is_modelpack
+
+    manifest = source.manifest_doc
+    if not is_modelpack(manifest):
+        return None
+    try:
+        return file_paths(manifest)
+    except PackError as e:
+        raise ExtractError(str(e)) from e
 
 
 def extract(
@@ -307,7 +351,8 @@ def extract(
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
     source = open_image(image, plain_http=plain_http)
-    labels = source.labels
+    paths = _modelpack_paths(source)  # checked before anything is written
+    labels = source.labels if paths is None else source.annotations
     cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)

@@ -398,6 +398,61 @@ def _get_file(state: RepoState, file: HubFile, root: Path) -> None:
         raise HubUnreachable(f"{what}: download failed: {e}") from e
 
 
+def read_range(state: RepoState, file: HubFile, start: int, length: int) -> bytes:
+    """``length`` bytes of a file from ``start`` (fewer at its end): one Range GET, for
+    reading a header without downloading the file. Unchecked: no hash covers a part."""
+    import requests
+
+    from hf2oci.oci.transport import unreachable_reason
+
+    what = f"{_what(state)}: {file.path}"
+    length = max(0, min(length, file.size - start))
+    if length == 0:
+        return b""
+    prefix = "datasets/" if state.repo_type == "dataset" else ""
+    url = (
+        f"{endpoint()}/{prefix}{state.repo_id}/resolve/{state.commit}/{quote(file.path, safe='/')}"
+    )
+    headers = {
+        "user-agent": f"hf2oci/{_version()}", "accept-encoding": "identity",
+        "range": f"bytes={start}-{start + length - 1}",
+    }  # fmt: skip
+    secret = token()
+    if secret:
+        headers["authorization"] = f"Bearer {secret}"  # requests drops it on another host
+
+    def once() -> bytes:
+        try:
+            with _http().get(url, headers=headers, timeout=(10, 60), stream=True) as resp:
+                if resp.status_code in RETRY_STATUSES:
+                    after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
+                if resp.status_code >= 400:
+                    raise _file_error(resp, state, file.path)
+                skip = start if resp.status_code == 200 else 0  # Range ignored: the whole file
+                data = bytearray()
+                for chunk in resp.iter_content(1 << 20):
+                    data += chunk
+                    if len(data) >= skip + length:
+                        break
+        except requests.RequestException as e:
+            if name_not_resolved(e):
+                raise HubUnreachable(
+                    f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
+                ) from e
+            raise Temporary(unreachable_reason(e)) from e
+        got = bytes(data[skip : skip + length])
+        if len(got) < length:
+            raise Temporary(f"range read ended at {len(got)} of {length} bytes")
+        return got
+
+    try:
+        return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
+                        policy=HUB_POLICY)  # fmt: skip
+    except Temporary as e:
+        raise HubUnreachable(f"{what}: range read failed: {e}") from e
+
+
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
     """A file request's error as ours (``X-Error-Code`` first, as huggingface_hub reads it)."""
     if resp.headers.get("X-Error-Code") == "EntryNotFound" or (

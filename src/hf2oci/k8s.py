@@ -24,6 +24,9 @@ class ServeSpec:
     model_image: str
     runtime: str
     mode: Mode = "init"
+    #: what MODEL_IMAGE is: an image (files under /REPO) or a ModelPack artifact (files at its
+    #: root, one per layer; no shell, so only an image volume can hold it)
+    format: str = "image"
     name: str | None = None
     runtime_image: str | None = None
     cpu: str = "2"
@@ -51,6 +54,11 @@ def default_name(model_image: str, runtime: str) -> str:
 def manifests(spec: ServeSpec) -> str:
     """kubectl-ready YAML for ``spec``; UsageError for names, references or sizes k8s refuses."""
     parse_reference(spec.model_image)
+    if spec.format == "modelpack" and spec.mode == "init":
+        raise UsageError(
+            "a ModelPack artifact has no shell for an init container to copy with: use "
+            "--mode image-volume (CRI-O ≥ 1.33 mounts ModelPack artifacts)"
+        )
     runtime = RUNTIMES[spec.runtime]
     runtime_image = spec.runtime_image or runtime.default_image
     parse_reference(runtime_image)
@@ -68,10 +76,14 @@ def manifests(spec: ServeSpec) -> str:
         app=name,
         runtime=spec.runtime,
         mode=spec.mode,
+        format=spec.format,
         model_image=spec.model_image,
         runtime_image=runtime_image,
-        # an image volume mounts the model image's root, where the files are under REPO/
-        model_dir="/models" if spec.mode == "init" else "/models/REPO",
+        # an image volume mounts the image's root, where the files are under REPO/ (a
+        # ModelPack artifact's are at its root)
+        model_dir="/models/REPO"
+        if spec.mode == "image-volume" and spec.format == "image"
+        else "/models",
         served_model_name=served_model_name(spec.model_image),
         health_path=runtime.health_path,
         cpu=spec.cpu,

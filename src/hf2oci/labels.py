@@ -29,6 +29,8 @@ LICENSES = "org.opencontainers.image.licenses"
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 
+#: what was made, when not the default image ("modelpack"): a change re-mirrors
+FORMAT = "io.hf2oci.format"
 #: the platforms of a multi-platform image (its index), between commas: a change re-mirrors
 PLATFORMS = "io.hf2oci.platforms"
 

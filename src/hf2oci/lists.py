@@ -11,19 +11,23 @@ import difflib
 import os
 import re
 from pathlib import Path
+from typing import cast
 
 from hf2oci.errors import Hf2ociError, ListError
 from hf2oci.filters import parse_preset
 from hf2oci.naming import validate_repo_id
-from hf2oci.spec import RepoSpec, RepoType
+from hf2oci.spec import FORMATS, Format, RepoSpec, RepoType
 
 #: the list files in get_hf/, and the repo type of their lines
 LIST_FILES: tuple[tuple[str, RepoType], ...] = (
     ("to_get_models.txt", "model"),
     ("to_get_datasets.txt", "dataset"),
 )
-OPTIONS = ("include", "exclude", "preset")
-OPTIONS_HELP = "include=GLOB[,GLOB…], exclude=GLOB[,GLOB…], preset=safetensors|gguf:QUANT|none"
+OPTIONS = ("include", "exclude", "preset", "format")
+OPTIONS_HELP = (
+    "include=GLOB[,GLOB…], exclude=GLOB[,GLOB…], preset=safetensors|gguf:QUANT|none, "
+    "format=image|modelpack"
+)
 
 # '#' starts a comment at the start of a line or after whitespace; elsewhere it belongs to a word
 _COMMENT = re.compile(r"(?:^|\s)#.*$")
@@ -99,6 +103,9 @@ def _parse_line(line: str, *, repo_type: RepoType, origin: str) -> RepoSpec | No
         preset = parse_preset(options["preset"]) if "preset" in options else None
     except Hf2ociError as e:
         raise _BadLine(str(e)) from e
+    fmt = options.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise _BadLine(f"format={fmt!r}: choose {' or '.join(FORMATS)}")
     return RepoSpec(
         repo_id=repo_id,
         repo_type=repo_type,
@@ -106,6 +113,7 @@ def _parse_line(line: str, *, repo_type: RepoType, origin: str) -> RepoSpec | No
         include=_globs("include", options.get("include")),
         exclude=_globs("exclude", options.get("exclude")),
         preset=preset,
+        format=cast(Format, fmt),
         origin=origin,
     )
 
@@ -141,6 +149,8 @@ def format_line(spec: RepoSpec) -> str:
         words.append("exclude=" + ",".join(spec.exclude))
     if spec.preset:
         words.append(f"preset={spec.preset}")
+    if spec.format:
+        words.append(f"format={spec.format}")
     return " ".join(words)
 
 

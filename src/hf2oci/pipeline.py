@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 from hf2oci import labels as L
 from hf2oci.destination import Destination, Target, Targets
-from hf2oci.errors import Hf2ociError
+from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.formats.image import DEFAULT_SMALL_FILE_LIMIT, PackFile, Reuse, build_image, scan
-from hf2oci.oci.image import Base
+from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
 from hf2oci.plan import Action, plan
-from hf2oci.spec import Mirrored, RepoSpec
+from hf2oci.spec import Format, Mirrored, RepoSpec
 from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class RunOptions:
     #: the platforms to build for (None: every linux platform the base offers); more than
     #: one gives an image index
     platforms: tuple[Platform, ...] | None = None
+    #: what a repo becomes when its spec does not say
+    format: Format = "image"
     prepare_script: Path | None = None
     hub_workers: int = 8
     #: repos mirrored at once
@@ -120,22 +124,27 @@ def mirror_action(
     progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
         files = fetch_files(action, streamed, Path(tmp), options, progress)
-        reuse = Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
-        image = build_image(
-            files,
-            base=base,
-            labels=L.image_labels(
-                state,
-                action.spec,
-                base_name=base.name,
-                base_digest=base.digest,
-                platforms=base.platforms,
-            ),
-            created=state.last_modified,
-            small_limit=options.small_file_limit,
-            max_layer_size=options.max_layer_size,
-            reuse=reuse,
-        )
+        if action.spec.format == "modelpack":
+            image = _modelpack(action, files, options)
+        else:
+            reuse = (
+                Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
+            )
+            image = build_image(
+                files,
+                base=base,
+                labels=L.image_labels(
+                    state,
+                    action.spec,
+                    base_name=base.name,
+                    base_digest=base.digest,
+                    platforms=base.platforms,
+                ),
+                created=state.last_modified,
+                small_limit=options.small_file_limit,
+                max_layer_size=options.max_layer_size,
+                reuse=reuse,
+            )
         where = options.destination.image(state.repo_type)
         progress(label, f"writing {where} ({options.destination.kind})")
         meter = options.meter(label, action.size) if options.meter else None
@@ -154,7 +163,67 @@ def mirror_action(
         destination=options.destination.kind,
         builder=options.builder,
         license=state.license,
+        format=action.spec.format or "image",
     )
+
+
+def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -> Artifact:
+    """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
+    from hf2oci.formats.modelpack import build_modelpack
+
+    state = action.state
+    assert state is not None
+    if options.destination.engine:
+        raise UsageError(
+            "format modelpack makes an OCI artifact, not an image the Docker engine can load: "
+            "use builder oci"
+        )
+    labels = L.image_labels(state, action.spec, base_name="scratch", base_digest=None)
+    del labels[L.BASE_NAME]
+    labels[L.FORMAT] = "modelpack"
+    descriptor: dict[str, object] = {
+        "name": state.repo_id,
+        "title": state.repo_id.rsplit("/", 1)[-1],
+        "vendor": state.repo_id.split("/", 1)[0],
+        "version": state.requested,
+        "revision": state.commit,
+        "createdAt": state.last_modified,
+        "sourceURL": state.url,
+        "docURL": state.url,
+    }
+    if state.license:
+        descriptor["licenses"] = [state.license]
+    return build_modelpack(
+        files,
+        repo_type=state.repo_type,
+        descriptor=descriptor,
+        labels=labels,
+        open_head=_head_opener(action),
+    )
+
+
+def _head_opener(action: Action) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
+    """Opens a file's first bytes: from disk when downloaded, else by Range reads of the hub."""
+    from hf2oci import hub
+    from hf2oci.oci.source import RangeReader
+
+    assert action.state is not None
+    state: hub.RepoState = action.state
+
+    class _HubFile:
+        def __init__(self, f: hub.HubFile) -> None:
+            self.file, self.size = f, f.size
+
+        def read_range(self, start: int, length: int) -> bytes:
+            return hub.read_range(state, self.file, start, length)
+
+    def open_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
+        if isinstance(f.source, Path):
+            return cast(AbstractContextManager[BinaryIO], open(f.source, "rb"))
+        reader = RangeReader(_HubFile(state.file(f.path)), block=256 << 10)
+        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(reader))
+
+    return open_head
 
 
 def fetch_files(
@@ -203,6 +272,7 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
     had, nothing is fetched and BaseImageError says why.
     """
     report = Report()
+    specs = [s if s.format else replace(s, format=options.format) for s in specs]
     targets = Targets(options.destination, base_name=options.base_image)
     actions = plan(
         specs,
@@ -229,7 +299,12 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
         else:
             todo.append(i)
     if todo:
-        base = open_base(options.base_image, platforms=options.platforms, client=targets.client)
+        images = any(actions[i].spec.format == "image" for i in todo)
+        base = (
+            open_base(options.base_image, platforms=options.platforms, client=targets.client)
+            if images
+            else SCRATCH_BASE  # a ModelPack artifact has no base
+        )
 
         def one(i: int) -> Outcome:
             action = actions[i]

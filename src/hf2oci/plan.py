@@ -93,7 +93,14 @@ def decide(
     ref = current.get(L.REF)  # images made before the label existed keep theirs
     if ref is not None and ref != state.requested:
         return replace(mirror, reason=f"revision asked for changed: {ref} → {state.requested}")
-    if platforms and _platforms_changed(platforms, current.get(L.PLATFORMS)):
+    made = current.get(L.FORMAT, "image")
+    if made != (spec.format or "image"):
+        return replace(mirror, reason=f"format changed: {made} → {spec.format}")
+    if (
+        spec.format != "modelpack"
+        and platforms
+        and _platforms_changed(platforms, current.get(L.PLATFORMS))
+    ):
         return replace(mirror, reason=f"platforms changed: now {', '.join(platforms)}")
     return replace(mirror, kind="skip", reason=f"up to date at {state.commit[:12]}")
 

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q4_K_S", "IQ4_XS", "BF16", "F16")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -120,57 +121,64 @@ CHAT_FORMATS = {
 }  # fmt: skip
 
 
-def gguf_metadata(path: Path, keys: Sequence[str]) -> dict[str, object]:
+def gguf_metadata(source: Path | BinaryIO, keys: Sequence[str]) -> dict[str, object]:
     """The string and number values of ``keys`` in a GGUF file's header (arrays skipped), read
-    with the standard library; {} for a file that is not GGUF."""
+    with the standard library from a path or a seekable file; {} for a file that is not GGUF.
+    Reading stops once every key is found."""
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            return gguf_metadata(f, keys)
+    return _gguf_metadata(source, keys)
+
+
+def _gguf_metadata(f: BinaryIO, keys: Sequence[str]) -> dict[str, object]:
     import struct
 
     wanted: set[str] = set(keys)
     found: dict[str, object] = {}
-    with open(path, "rb") as f:
 
-        def read(n: int) -> bytes:
-            data = f.read(n)
-            if len(data) != n:
-                raise EOFError
-            return data
+    def read(n: int) -> bytes:
+        data = f.read(n)
+        if len(data) != n:
+            raise EOFError
+        return data
 
-        def string() -> str:
+    def string() -> str:
+        (n,) = struct.unpack("<Q", read(8))
+        return read(n).decode("utf-8", "replace")
+
+    def skip(kind: int) -> None:
+        if kind == 8:
             (n,) = struct.unpack("<Q", read(8))
-            return read(n).decode("utf-8", "replace")
-
-        def skip(kind: int) -> None:
-            if kind == 8:
-                (n,) = struct.unpack("<Q", read(8))
-                f.seek(n, 1)
-            elif kind == 9:
-                inner, count = struct.unpack("<IQ", read(12))
-                if inner in _GGUF_SIZES:
-                    f.seek(_GGUF_SIZES[inner] * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(inner)
+            f.seek(n, 1)
+        elif kind == 9:
+            inner, count = struct.unpack("<IQ", read(12))
+            if inner in _GGUF_SIZES:
+                f.seek(_GGUF_SIZES[inner] * count, 1)
             else:
-                f.seek(_GGUF_SIZES[kind], 1)
+                for _ in range(count):
+                    skip(inner)
+        else:
+            f.seek(_GGUF_SIZES[kind], 1)
 
-        try:
-            if read(4) != b"GGUF":
-                return {}
-            _version, _tensors, count = struct.unpack("<IQQ", read(20))
-            for _ in range(count):
-                key = string()
-                (kind,) = struct.unpack("<I", read(4))
-                if key in wanted and kind == 8:
-                    found[key] = string()
-                elif key in wanted and kind in (4, 5, 10, 11):
-                    fmt = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
-                    found[key] = struct.unpack(fmt, read(_GGUF_SIZES[kind]))[0]
-                else:
-                    skip(kind)
-                if wanted <= found.keys():
-                    break
-        except (EOFError, KeyError, struct.error):
-            pass
+    try:
+        if read(4) != b"GGUF":
+            return {}
+        _version, _tensors, count = struct.unpack("<IQQ", read(20))
+        for _ in range(count):
+            key = string()
+            (kind,) = struct.unpack("<I", read(4))
+            if key in wanted and kind == 8:
+                found[key] = string()
+            elif key in wanted and kind in (4, 5, 10, 11):
+                fmt = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
+                found[key] = struct.unpack(fmt, read(_GGUF_SIZES[kind]))[0]
+            else:
+                skip(kind)
+            if wanted <= found.keys():
+                break
+    except (EOFError, KeyError, struct.error):
+        pass
     return found
 
 

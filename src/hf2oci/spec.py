@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 RepoType = Literal["model", "dataset"]
 REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
+#: what a repo becomes: the busybox image with /REPO, or a CNCF ModelPack artifact
+Format = Literal["image", "modelpack"]
+FORMATS: tuple[Format, ...] = ("image", "modelpack")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class RepoSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     preset: str | None = None
+    #: None: the configured format
+    format: Format | None = None
     #: where the spec came from, e.g. ``get_hf/to_get_models.txt:8`` (for messages)
     origin: str = field(default="", compare=False)
 
@@ -65,6 +70,7 @@ class Mirrored:
     destination: str = "registry"
     builder: str = "oci"
     license: str | None = None
+    format: Format = "image"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the ledger's entries, the workflow's result files)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import threading
@@ -96,11 +97,14 @@ def repo_type_option(func: F) -> F:
 
 
 def read_project(get_hf: Path, **overrides: Any) -> tuple[Config, list[RepoSpec], list[ListError]]:
-    """The config (flags win) and the lists of ``get_hf/``, which must exist."""
+    """The config (flags win) and the lists of ``get_hf/``, which must exist; a line that
+    names no format gets the configured one."""
     if not get_hf.is_dir():
         raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
     config = load(get_hf / "config.yaml", **overrides)
     specs, errors = read_lists(get_hf)
+    if config.format != "image":  # None reads as image everywhere: plan lines stay as written
+        specs = [s if s.format else dataclasses.replace(s, format=config.format) for s in specs]
     return config, specs, errors
 
 

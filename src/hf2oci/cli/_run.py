@@ -50,7 +50,7 @@ def destination_options(func: F) -> F:
 
 
 def build_options(func: F) -> F:
-    """--base-image, --platform, --stream/--staged: how images are built."""
+    """--base-image, --platform, --format, --stream/--staged: how images are built."""
     options = [
         click.option("--base-image", help="Base image reference, or 'scratch'."),
         click.option(
@@ -58,6 +58,12 @@ def build_options(func: F) -> F:
             "platforms",
             help="Platforms to build for, e.g. linux/amd64,linux/arm64 (default: every linux "
             "platform the base image offers); several make the tag an image index.",
+        ),
+        click.option(
+            "--format",
+            type=click.Choice(["image", "modelpack"]),
+            help="What each repo becomes unless its list line says: image (busybox + /REPO, "
+            "the default) or modelpack (a CNCF ModelPack artifact).",
         ),
         click.option(
             "--stream/--staged",
@@ -171,6 +177,7 @@ def run_specs(
         destination=destination(config),
         base_image=config.base_image,
         platforms=tuple(parse_platform(p) for p in config.platforms) if config.platforms else None,
+        format=config.format,
         prepare_script=prepare if prepare.is_file() else None,
         hub_workers=config.hub_workers,
         max_workers=config.max_workers,

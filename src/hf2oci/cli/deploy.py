@@ -203,6 +203,15 @@ def compose(model_image: str, runtime: str | None, runtime_image: str | None) ->
     help="init: an init container copies /REPO into an emptyDir; image-volume: mount the model "
     "image read-only (Kubernetes ≥ 1.31 image volumes), no copy.",
 )
+@click.option(
+    "--format",
+    "model_format",
+    type=click.Choice(["image", "modelpack"]),
+    default="image",
+    show_default=True,
+    help="What MODEL_IMAGE is: an image (files under /REPO) or a ModelPack artifact "
+    "(image-volume mode only: CRI-O ≥ 1.33 mounts it; containerd does not).",
+)
 @click.option("--name", help="Deployment/Service name (default: from the tag).")
 @click.option("--runtime-image", help="Server image (see `hf2oci deploy dockerfile`).")
 @click.option("--cpu", default="2", show_default=True, help="CPU request.")
@@ -220,6 +229,7 @@ def k8s(
     token_secret: str | None,
     registry_secret: str | None,
     mode: str,
+    model_format: str,
     name: str | None,
     runtime_image: str | None,
     cpu: str,
@@ -244,6 +254,7 @@ def k8s(
         model_image=model_image,
         runtime=runtime,
         mode=cast(Mode, mode),
+        format=model_format,
         name=name,
         runtime_image=runtime_image,
         cpu=cpu,

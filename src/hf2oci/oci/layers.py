@@ -14,7 +14,14 @@ from typing import Any, BinaryIO, cast
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.oci.image import MT_LAYER_TAR
 from hf2oci.oci.reference import DIGEST
-from hf2oci.oci.tarstream import DEFAULT_CHUNK, TarEntry, TarStream, iter_tar, tar_size
+from hf2oci.oci.tarstream import (
+    DEFAULT_CHUNK,
+    ChunkSource,
+    TarEntry,
+    TarStream,
+    iter_tar,
+    tar_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +239,79 @@ class StreamLayer:
         return f"StreamLayer({first}…, {len(self.entries)} entries, {self._size} bytes)"
 
 
+class RawStreamLayer(StreamLayer):
+    """One file's bytes as the layer blob (a ModelPack raw layer), read once from its source.
+
+    With ``digest`` (the hub's LFS sha256) the digest is known at once, so a sink can skip a
+    blob the destination already holds; without, it is learnt by writing, as for a tar stream.
+    """
+
+    def __init__(
+        self, source: ChunkSource, size: int, *, media_type: str, digest: str | None = None
+    ) -> None:
+        super().__init__(())
+        self._source = source
+        self._size = size
+        self._media_type = media_type
+        self._digest = check_digest(digest) if digest is not None else None
+
+    @property
+    def media_type(self) -> str:
+        return self._media_type
+
+    def open(self) -> BinaryIO:
+        return cast(
+            BinaryIO, _Hashing(_Chunks(self._source, self._size), self._size, self._set_digest)
+        )
+
+    def __repr__(self) -> str:
+        return f"RawStreamLayer({self._media_type}, {self._size} bytes)"
+
+
+class _Chunks(io.RawIOBase):
+    """A file object over a chunk source, checked to give exactly ``size`` bytes."""
+
+    def __init__(self, source: ChunkSource, size: int) -> None:
+        super().__init__()
+        self._chunks = source()
+        self._size = size
+        self._left = b""
+        self._read = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                if self._read != self._size:
+                    raise PackError(f"source gave {self._read} bytes, expected {self._size}")
+                return 0
+            self._left = chunk
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        self._read += n
+        if self._read > self._size:
+            raise PackError(f"source gave more than the {self._size} bytes expected")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        super().close()
+
+
 class _Hashing(io.RawIOBase):
     """Reads through to a stream, hashing every byte; at its end hands the digest over."""
 
-    def __init__(self, source: TarStream, size: int, done: Callable[[str], None]) -> None:
+    def __init__(self, source: io.RawIOBase, size: int, done: Callable[[str], None]) -> None:
         super().__init__()
         self._source = source
         self._size = size

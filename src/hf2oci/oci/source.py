@@ -253,7 +253,10 @@ def _diff_ids(
     config: bytes, layers: int, where: str, error: Callable[[str], Exception]
 ) -> list[str]:
     doc = json_object(config, f"config of {where}", error)
-    diff_ids = (doc.get("rootfs") or {}).get("diff_ids") or []
+    if "modelfs" in doc:  # a CNCF ModelPack artifact's config
+        diff_ids = (doc.get("modelfs") or {}).get("diffIds") or []
+    else:
+        diff_ids = (doc.get("rootfs") or {}).get("diff_ids") or []
     if not isinstance(diff_ids, list) or len(diff_ids) != layers:
         count = len(diff_ids) if isinstance(diff_ids, list) else "no"
         raise error(f"image {where}: {layers} layers but {count} diff_ids in its config")
@@ -304,10 +307,19 @@ def tar_entries(layer: StoredLayer, *, block: int = 1 << 20) -> list[Entry]:
         raise PackError(f"layer {layer.digest} is not a valid tar: {e}") from e
 
 
+class Ranged(Protocol):
+    """Bytes of known size that can be read in parts (a stored blob, a hub file)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read_range(self, start: int, length: int) -> bytes: ...
+
+
 class RangeReader(io.RawIOBase):
     """A seekable, read-only view of a stored blob that fetches ``block``-sized Range reads."""
 
-    def __init__(self, layer: StoredLayer, *, block: int = 1 << 20) -> None:
+    def __init__(self, layer: Ranged, *, block: int = 1 << 20) -> None:
         super().__init__()
         self._layer = layer
         self._block = block

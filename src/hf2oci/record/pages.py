@@ -36,6 +36,7 @@ class _Row:
     file_count: int
     date: str
     pull: str
+    format: str
 
 
 def _daemon_name(entry: Mirrored) -> str:
@@ -44,8 +45,13 @@ def _daemon_name(entry: Mirrored) -> str:
 
 
 def pull_command(entry: Mirrored) -> str:
-    """How to get the image into Docker, by where it was written."""
+    """How to get the image into Docker (a ModelPack artifact: onto disk), by where it was
+    written."""
     tag = entry.tags[0]
+    if entry.format == "modelpack":
+        if entry.destination == "oci-layout":
+            return f"hf2oci extract oci:{entry.image}:{tag} ./{entry.repo_id.rsplit('/', 1)[-1]}"
+        return f"modctl pull {entry.image}:{tag}"
     if entry.destination == "oci-layout":
         return f"skopeo copy oci:{entry.image}:{tag} docker-daemon:{_daemon_name(entry)}:{tag}"
     if entry.destination == "docker-engine":  # loaded into the mirroring machine's engine
@@ -68,6 +74,7 @@ def _row(entry: Mirrored) -> _Row:
         file_count=entry.file_count,
         date=entry.mirrored_at[:10],
         pull=pull_command(entry),
+        format=entry.format,
     )
 
 
@@ -76,13 +83,18 @@ def render_markdown(
 ) -> str:
     """The page for one repo type (models.md or datasets.md); the same ledger, the same bytes."""
     entries = ledger.entries(repo_type)
-    example: dict[str, Any] = {}
-    if entries:
+    images = [e for e in entries if e.format == "image"]
+    packs = [e for e in entries if e.format == "modelpack"]
+    example: dict[str, Any] = {"ref": "", "modelpack": "", "oci_layout": False}
+    if packs:
+        example["modelpack"] = f"{packs[0].image}:{packs[0].tags[0]}"
+        example["modelpack_layout"] = packs[0].destination == "oci-layout"
+    if images:
         # the copy-out example prefers a pushed image: it is what most readers have
-        first = next((e for e in entries if e.destination != "oci-layout"), entries[0])
+        first = next((e for e in images if e.destination != "oci-layout"), images[0])
         tag = first.tags[0]
-        layouts = [e for e in entries if e.destination == "oci-layout"]
-        example = {
+        layouts = [e for e in images if e.destination == "oci-layout"]
+        example |= {
             "ref": (
                 f"{_daemon_name(first)}:{tag}"
                 if first.destination == "oci-layout"
@@ -98,6 +110,7 @@ def render_markdown(
         source=source,
         rows=[_row(e) for e in entries],
         example=example,
+        formats=bool(packs),
     )
 
 

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hf2oci import labels as L
 from hf2oci.errors import Hf2ociError
 from hf2oci.serve.ranges import Unsatisfiable, parse_range
-from hf2oci.serve.store import RepoFile, ServeError, Snapshot, Store, lfs_pointer
+from hf2oci.serve.store import RepoFile, ServeError, Snapshot, Store, image_labels, lfs_pointer
 from hf2oci.spec import RepoType
 
 log = logging.getLogger("hf2oci.serve")
@@ -279,7 +279,7 @@ def _listing(store: Store, repo_type: RepoType, search: str | None) -> Response:
     for repo_id, image in store.listed(repo_type):
         if search and search.lower() not in repo_id.lower():
             continue
-        labels = image.labels
+        labels = image_labels(image)
         doc: dict[str, Any] = {"_id": repo_id, "id": repo_id, "sha": labels.get(L.REVISION),
                "lastModified": labels.get(L.CREATED), "private": False, "tags": []}  # fmt: skip
         if repo_type == "model":

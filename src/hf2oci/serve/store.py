@@ -25,6 +25,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError
 from hf2oci.formats.image import INDEX_PATH, REPO_DIR
+from hf2oci.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image
 from hf2oci.oci.reference import Reference
@@ -120,7 +121,7 @@ class Snapshot:
 
     @property
     def labels(self) -> dict[str, str]:
-        return self.image.annotations or self.image.labels
+        return image_labels(self.image)
 
     @property
     def last_modified(self) -> str:
@@ -211,19 +212,19 @@ class Store:
         except InvalidRepoId as e:
             raise ServeError(404, "RepoNotFound", f"{repo_id!r} is not a repo id") from e
         current = self.image(repo_type, naming.repo_tag(repo_id))
-        if current is None or current.labels.get(L.REPO_ID, repo_id) != repo_id:
+        if current is None or image_labels(current).get(L.REPO_ID, repo_id) != repo_id:
             raise ServeError(404, "RepoNotFound", f"Repository {repo_id} not found")
         image = None
         if _COMMIT.fullmatch(revision) or _SHORT.fullmatch(revision):
             image = self.image(repo_type, naming.revision_tag(repo_id, revision))
-            commit = image.labels.get(L.REVISION, "") if image is not None else ""
+            commit = image_labels(image).get(L.REVISION, "") if image is not None else ""
             if image is None or not commit.startswith(revision):
                 image = None
-        elif revision in ("main", current.labels.get(L.REF, "main")):
+        elif revision in ("main", image_labels(current).get(L.REF, "main")):
             image = current
         if image is None:
             raise ServeError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        commit = image.labels.get(L.REVISION, "")
+        commit = image_labels(image).get(L.REVISION, "")
         if not _COMMIT.fullmatch(commit):
             raise ServeError(404, "RevisionNotFound", f"{repo_id}: the image names no commit")
         return Snapshot(repo_id, repo_type, commit, image, self.files(image))
@@ -235,7 +236,7 @@ class Store:
             if _is_revision_tag(tag):
                 continue
             image = self.image(repo_type, tag)
-            repo_id = image.labels.get(L.REPO_ID) if image is not None else None
+            repo_id = image_labels(image).get(L.REPO_ID) if image is not None else None
             if image is not None and repo_id and naming.repo_tag(repo_id) == tag:
                 out.append((repo_id, image))
         return out
@@ -257,6 +258,12 @@ class Store:
         return found
 
 
+def image_labels(image: Image) -> dict[str, str]:
+    """What hf2oci wrote about an image: its manifest's annotations (a ModelPack artifact has
+    nothing else), else its config's labels (images pushed by the Docker engine)."""
+    return image.annotations or image.labels
+
+
 def _is_revision_tag(tag: str) -> bool:
     return re.search(r"--[0-9a-f]{12}$", tag) is not None
 
@@ -264,6 +271,8 @@ def _is_revision_tag(tag: str) -> bool:
 def read_files(image: Image) -> dict[str, RepoFile]:
     """The file index of ``image``: from its index layer, else by walking its tar headers."""
     layers = [cast(StoredLayer, layer) for layer in image.layers]
+    if is_modelpack(image.manifest_doc):
+        return _from_modelpack(image, layers)
     descriptors = image.manifest_doc.get("layers") or []
     for position, desc in enumerate(descriptors):
         if (desc.get("annotations") or {}).get(L.FILE_INDEX):
@@ -276,6 +285,22 @@ def read_files(image: Image) -> dict[str, RepoFile]:
             if entry.is_file and entry.path.startswith(f"{REPO_DIR}/"):
                 rel = entry.path[len(REPO_DIR) + 1 :]
                 files[rel] = RepoFile(rel, entry.size, layer, entry.offset)
+    return files
+
+
+def _from_modelpack(image: Image, layers: list[StoredLayer]) -> dict[str, RepoFile]:
+    """A ModelPack artifact's files: each layer is one, its blob the file's bytes (a Range read
+    of a file is one of its blob); the hub's hashes from the layer annotations."""
+    files = {}
+    descriptors = image.manifest_doc.get("layers") or []
+    for path, layer, desc in zip(file_paths(image.manifest_doc), layers, descriptors, strict=True):
+        notes = desc.get("annotations") or {}
+        lfs = notes.get(HUB_LFS) == "true"
+        files[path] = RepoFile(
+            path, layer.size, layer, 0,
+            sha256=layer.digest.removeprefix("sha256:") if lfs else None,
+            blob_id=notes.get(HUB_BLOB_ID),
+        )  # fmt: skip
     return files
 
 
