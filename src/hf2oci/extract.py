@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import io
 import logging
 import os
 import re
@@ -148,15 +149,7 @@ class _Unpacker:
                 f"layer {layer.digest} is uncompressed but its diff_id is {layer.diff_id}"
             )
         source = layer.open_raw()
-        blob = ChunkReader(
-            ReadAhead(
-                source.readinto,
-                digest=layer.digest,
-                size=layer.size,
-                what="layer",
-                on_bytes=self.on_bytes,
-            )
-        )
+        blob = self._blob(layer, source)
         tar_bytes = blob
         try:
             if not plain:
@@ -200,12 +193,9 @@ class _Unpacker:
             self.direct = False
             return os.open(target, flags, 0o644)
 
-    def raw(self, layer: StoredLayer, rel: str) -> None:
-        """Write one raw layer (a ModelPack file) at ``rel``, its digest checked at the end."""
-        if self.include and not match_patterns([rel], include=self.include):
-            return
-        source = layer.open_raw()
-        blob = ChunkReader(
+    def _blob(self, layer: StoredLayer, source: io.RawIOBase | io.BufferedReader) -> ChunkReader:
+        """The layer's blob read ahead, its digest checked when it has been read to its end."""
+        return ChunkReader(
             ReadAhead(
                 source.readinto,
                 digest=layer.digest,
@@ -214,6 +204,13 @@ class _Unpacker:
                 on_bytes=self.on_bytes,
             )
         )
+
+    def raw(self, layer: StoredLayer, rel: str) -> None:
+        """Write one raw layer (a ModelPack file) at ``rel``, its digest checked at the end."""
+        if self.include and not match_patterns([rel], include=self.include):
+            return
+        source = layer.open_raw()
+        blob = self._blob(layer, source)
         try:
             self._write(blob, rel, f"file {rel!r}", 0, layer.size)
             blob.drain()

@@ -7,18 +7,19 @@ streamed over its HTTP client (large files). Every request goes through the one 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from hf2oci import naming
@@ -42,6 +43,7 @@ from hf2oci.oci.retry import (
 from hf2oci.spec import RepoSpec, RepoType
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: every hub request (metadata, small files, streamed files) is retried by this policy
 HUB_POLICY = RetryPolicy()
@@ -174,8 +176,14 @@ def _offline() -> bool:
     return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
+#: from this many files on, repo info's list of files may be cut short (huggingface_hub's
+#: snapshot_download trusts it below 1,000 too): the paginated tree listing is read instead
+LARGE_REPO_FILES = 1000
+
+
 def fetch_state(spec: RepoSpec) -> RepoState:
-    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request)."""
+    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request;
+    for a repo of 1,000 files or more, the tree listing too, page by page)."""
     revision = spec.revision or "main"
     what = _what(spec)
     if _offline():
@@ -186,9 +194,12 @@ def fetch_state(spec: RepoSpec) -> RepoState:
     commit = info.get("sha")
     if not isinstance(commit, str) or not commit:
         raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
+    siblings = info.get("siblings") or []
+    if isinstance(siblings, list) and len(siblings) >= LARGE_REPO_FILES:
+        return _with_files(spec, revision, info, commit, _tree_files(spec, kind, commit))
     files = []
     try:
-        for sib in info.get("siblings") or ():
+        for sib in siblings:
             lfs = sib.get("lfs") or None
             size = sib.get("size")
             files.append(
@@ -201,6 +212,12 @@ def fetch_state(spec: RepoSpec) -> RepoState:
             )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HubError(f"{what}: the hub's file list is malformed ({e})") from e
+    return _with_files(spec, revision, info, commit, files)
+
+
+def _with_files(
+    spec: RepoSpec, revision: str, info: dict[str, Any], commit: str, files: list[HubFile]
+) -> RepoState:
     card = info.get("cardData")
     return RepoState(
         repo_id=spec.repo_id,
@@ -212,6 +229,42 @@ def fetch_state(spec: RepoSpec) -> RepoState:
         license=_license(card if isinstance(card, dict) else None),
         gated=bool(info.get("gated", False)),
     )
+
+
+def _tree_files(spec: RepoSpec, kind: str, commit: str) -> list[HubFile]:
+    """Every file of the commit from the recursive tree listing, following its ``Link: rel=next``
+    pages as huggingface_hub's ``list_repo_tree`` does."""
+    what = _what(spec)
+    url: str | None = f"{endpoint()}/api/{kind}/{spec.repo_id}/tree/{commit}"
+    params: dict[str, str] = {"recursive": "true", "expand": "false"}
+    files: list[HubFile] = []
+    seen: set[str] = set()
+    while url is not None:
+        page, link = _api_page(url, spec, commit, params=params)
+        if not isinstance(page, list):
+            raise HubError(f"{what}: the hub's tree listing is not a list")
+        try:
+            for entry in page:
+                if entry.get("type") != "file":
+                    continue
+                lfs = entry.get("lfs") or None
+                path = str(entry["path"])
+                if path in seen:
+                    raise HubError(f"{what}: the hub's tree listing names {path!r} twice")
+                seen.add(path)
+                files.append(
+                    HubFile(
+                        path=path,
+                        size=int(entry["size"]),
+                        sha256=str(lfs["oid"]) if lfs else None,
+                        blob_id=entry.get("oid"),
+                    )
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HubError(f"{what}: the hub's tree listing is malformed ({e})") from e
+        url, params = link, {}
+    log.debug("%s: %d files from the tree listing", what, len(files))
+    return files
 
 
 _session_lock = threading.Lock()
@@ -231,6 +284,16 @@ def _http() -> Any:
 
 def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
     """GET a Hub API document under the retry policy; hub errors become ours."""
+    doc, _ = _api_page(url, spec, revision, params=params)
+    if not isinstance(doc, dict):
+        raise HubError(f"{_what(spec)}: the hub's answer is not a JSON object")
+    return doc
+
+
+def _api_page(
+    url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]
+) -> tuple[Any, str | None]:
+    """A Hub API answer (any JSON) and the URL of its next page (``Link: rel="next"``)."""
     import requests
 
     from hf2oci.oci.transport import unreachable_reason
@@ -268,9 +331,10 @@ def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str])
         doc = resp.json()
     except ValueError as e:
         raise HubError(f"{what}: the hub's answer is not JSON") from e
-    if not isinstance(doc, dict):
-        raise HubError(f"{what}: the hub's answer is not a JSON object")
-    return doc
+    nxt = (resp.links.get("next") or {}).get("url")
+    if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
+        raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
+    return doc, nxt
 
 
 def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
@@ -338,119 +402,101 @@ def _safe_parts(path: str, what: str) -> list[str]:
 
 def _get_file(state: RepoState, file: HubFile, root: Path) -> None:
     """GET one file into ``root`` (under the retry policy), hash-checked, then renamed in."""
-    import requests
-
-    from hf2oci.oci.transport import unreachable_reason
-
     what = f"{_what(state)}: {file.path}"
     target = root.joinpath(*_safe_parts(file.path, _what(state)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = "datasets/" if state.repo_type == "dataset" else ""
-    url = (
-        f"{endpoint()}/{prefix}{state.repo_id}/resolve/{state.commit}/{quote(file.path, safe='/')}"
-    )
-    headers = {"user-agent": f"hf2oci/{_version()}", "accept-encoding": "identity"}
-    secret = token()
-    if secret:
-        headers["authorization"] = f"Bearer {secret}"  # requests drops it on another host
+    tmp = target.with_name(f".{target.name}.part")
 
-    def once() -> None:
-        tmp = target.with_name(f".{target.name}.part")
+    def save(resp: Any) -> None:
+        hasher, size = _Hasher(file), 0
         try:
-            with _http().get(url, headers=headers, timeout=(10, 60), stream=True) as resp:
-                if resp.status_code in RETRY_STATUSES:
-                    after = parse_retry_after(resp.headers.get("Retry-After"))
-                    raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
-                if resp.status_code >= 400:
-                    raise _file_error(resp, state, file.path)
-                hasher, size = _Hasher(file), 0
-                with open(tmp, "wb") as out:
-                    for chunk in resp.iter_content(1 << 20):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-        except requests.RequestException as e:
-            tmp.unlink(missing_ok=True)
-            if name_not_resolved(e):
-                raise HubUnreachable(
-                    f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
-                ) from e
-            raise Temporary(unreachable_reason(e)) from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if size != file.size:
-            tmp.unlink(missing_ok=True)
-            if size < file.size:  # a cut body: try again
-                raise Temporary(f"connection closed at byte {size} of {file.size}")
-            raise DigestMismatch(f"{what}: {size} bytes downloaded, the hub says {file.size}")
-        try:
+            with open(tmp, "wb") as out:
+                for chunk in resp.iter_content(1 << 20):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            if size != file.size:
+                if size < file.size:  # a cut body: try again
+                    raise Temporary(f"connection closed at byte {size} of {file.size}")
+                raise DigestMismatch(f"{what}: {size} bytes downloaded, the hub says {file.size}")
             hasher.check(what)
-        except DigestMismatch:
+        except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, target)
 
-    try:
-        retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
-                 policy=HUB_POLICY)  # fmt: skip
-    except Temporary as e:
-        raise HubUnreachable(f"{what}: download failed: {e}") from e
+    _resolve(state, file, save, failed="download failed")
 
 
 def read_range(state: RepoState, file: HubFile, start: int, length: int) -> bytes:
     """``length`` bytes of a file from ``start`` (fewer at its end): one Range GET, for
     reading a header without downloading the file. Unchecked: no hash covers a part."""
+    length = max(0, min(length, file.size - start))
+    if length == 0:
+        return b""
+
+    def read(resp: Any) -> bytes:
+        skip = start if resp.status_code == 200 else 0  # Range ignored: the whole file
+        data = bytearray()
+        for chunk in resp.iter_content(1 << 20):
+            data += chunk
+            if len(data) >= skip + length:
+                break
+        got = bytes(data[skip : skip + length])
+        if len(got) < length:
+            raise Temporary(f"range read ended at {len(got)} of {length} bytes")
+        return got
+
+    rng = {"range": f"bytes={start}-{start + length - 1}"}
+    return _resolve(state, file, read, headers=rng, failed="range read failed")
+
+
+def _resolve(
+    state: RepoState,
+    file: HubFile,
+    body: Callable[[Any], _T],
+    *,
+    headers: Mapping[str, str] | None = None,
+    failed: str,
+) -> _T:
+    """GET a file's ``resolve`` URL under the hub's retry policy and give the answer to ``body``
+    (which raises Temporary for a cut body). The token goes to the hub only: ``requests`` drops
+    it when a redirect leads to another host (a CDN)."""
     import requests
 
     from hf2oci.oci.transport import unreachable_reason
 
     what = f"{_what(state)}: {file.path}"
-    length = max(0, min(length, file.size - start))
-    if length == 0:
-        return b""
     prefix = "datasets/" if state.repo_type == "dataset" else ""
     url = (
         f"{endpoint()}/{prefix}{state.repo_id}/resolve/{state.commit}/{quote(file.path, safe='/')}"
     )
-    headers = {
-        "user-agent": f"hf2oci/{_version()}", "accept-encoding": "identity",
-        "range": f"bytes={start}-{start + length - 1}",
-    }  # fmt: skip
+    sent = {"user-agent": f"hf2oci/{_version()}", "accept-encoding": "identity", **(headers or {})}
     secret = token()
     if secret:
-        headers["authorization"] = f"Bearer {secret}"  # requests drops it on another host
+        sent["authorization"] = f"Bearer {secret}"
 
-    def once() -> bytes:
+    def once() -> _T:
         try:
-            with _http().get(url, headers=headers, timeout=(10, 60), stream=True) as resp:
+            with _http().get(url, headers=sent, timeout=(10, 60), stream=True) as resp:
                 if resp.status_code in RETRY_STATUSES:
                     after = parse_retry_after(resp.headers.get("Retry-After"))
                     raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
                 if resp.status_code >= 400:
                     raise _file_error(resp, state, file.path)
-                skip = start if resp.status_code == 200 else 0  # Range ignored: the whole file
-                data = bytearray()
-                for chunk in resp.iter_content(1 << 20):
-                    data += chunk
-                    if len(data) >= skip + length:
-                        break
+                return body(resp)
         except requests.RequestException as e:
             if name_not_resolved(e):
                 raise HubUnreachable(
                     f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
                 ) from e
             raise Temporary(unreachable_reason(e)) from e
-        got = bytes(data[skip : skip + length])
-        if len(got) < length:
-            raise Temporary(f"range read ended at {len(got)} of {length} bytes")
-        return got
 
     try:
         return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
                         policy=HUB_POLICY)  # fmt: skip
     except Temporary as e:
-        raise HubUnreachable(f"{what}: range read failed: {e}") from e
+        raise HubUnreachable(f"{what}: {failed}: {e}") from e
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
@@ -489,45 +535,128 @@ class _Hasher:
             raise DigestMismatch(f"{what}: content hashes to {got}, the hub says {self.expected}")
 
 
-def iter_file(
-    state: RepoState, file: HubFile, *, chunk_size: int = 1 << 20, policy: RetryPolicy = HUB_POLICY
-) -> Iterator[bytes]:
-    """Stream one file's bytes from the hub, in one pass and without touching the disk.
+#: files from this size on are fetched over several connections at once, in parts of
+#: ``PART_SIZE`` (a hub or CDN may cap each connection's speed); at most ``connections + 1``
+#: parts are held, so memory stays bounded whatever the file's size
+PARALLEL_MIN_SIZE = 64 << 20
+PART_SIZE = 2 << 20
+DEFAULT_CONNECTIONS = 6
 
-    A cut or failed download resumes where it stopped (HTTP Range), with jittered backoff. The
-    bytes are hashed on the way; the last chunk is only given out once the hash matches the hub's
-    (LFS sha256 or git blob sha1), so a consumer never completes a blob with wrong content.
+
+def connections() -> int:
+    """Connections per large file: ``HF2OCI_HUB_CONNECTIONS``, else 6."""
+    try:
+        return max(1, int(os.environ.get("HF2OCI_HUB_CONNECTIONS", DEFAULT_CONNECTIONS)))
+    except ValueError:
+        return DEFAULT_CONNECTIONS
+
+
+def iter_file(
+    state: RepoState,
+    file: HubFile,
+    *,
+    chunk_size: int = 1 << 20,
+    policy: RetryPolicy = HUB_POLICY,
+    parallel: int | None = None,
+) -> Iterator[bytes]:
+    """Stream one file's bytes from the hub, in order, without touching the disk.
+
+    A large file is fetched as ``parallel`` (default: ``connections()``) Range requests at
+    once, each a part given out in order. A cut or failed download resumes where it stopped
+    (HTTP Range), with jittered backoff. The bytes are hashed on the way; the last chunk is only
+    given out once the hash matches the hub's (LFS sha256 or git blob sha1), so a consumer never
+    completes a blob with wrong content.
     """
     what = f"{_what(state)}: {file.path}"
-    download = _Download(state, file, chunk_size)
+    n = connections() if parallel is None else parallel
+    if n > 1 and file.size >= PARALLEL_MIN_SIZE:
+        chunks = _parts(state, file, n, policy)
+    else:
+        chunks = _resuming(_Download(state, file, chunk_size), policy, what)
     hasher = _Hasher(file)
     pending = b""  # held back until the next chunk (or the hash check) says it may go
-    # a generator cannot be re-run by a retry wrapper: each attempt resumes from the offset
+    received = 0
+    try:
+        for chunk in chunks:
+            received += len(chunk)
+            if received > file.size:
+                raise HubError(f"{what}: the hub sent more than {file.size} bytes")
+            hasher.update(chunk)
+            if pending:
+                yield pending
+            pending = chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    hasher.check(what)
+    if pending:
+        yield pending
+
+
+def _resuming(download: _Download, policy: RetryPolicy, what: str) -> Iterator[bytes]:
+    """The download's chunks; a failure resumes at the offset reached (a generator cannot be
+    re-run by a retry wrapper)."""
     for attempt in itertools.count(1):
         try:
-            for chunk in download.chunks():
-                if download.offset > file.size:
-                    raise HubError(f"{what}: the hub sent more than {file.size} bytes")
-                hasher.update(chunk)
-                if pending:
-                    yield pending
-                pending = chunk
-            break
+            yield from download.chunks()
+            return
         except Temporary as e:
             if attempt >= policy.attempts:
                 raise HubUnreachable(f"{what}: download failed after {attempt} tries: {e}") from e
             delay = backoff(policy, attempt, e.retry_after)
             log.info("%s: %s; resuming at byte %d in %.1fs", what, e, download.offset, delay)
             time.sleep(delay)
-    hasher.check(what)
-    if pending:
-        yield pending
+
+
+def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iterator[bytes]:
+    """The file in order, as parts fetched by ``n`` connections at once (n + 1 parts ahead:
+    the next ones to give out are fetched while the consumer is slower or a part lags)."""
+    what = f"{_what(state)}: {file.path}"
+    starts = iter(range(0, file.size, PART_SIZE))
+    stop = threading.Event()
+
+    def fetch(start: int) -> bytes:
+        end = min(start + PART_SIZE, file.size)
+        download = _Download(state, file, 256 << 10, offset=start, end=end)
+        data = bytearray(end - start)  # filled in place: one buffer per part, no copies
+        view = memoryview(data)
+        for chunk in _resuming(download, policy, f"{what} (bytes {start}-{end - 1})"):
+            if stop.is_set():
+                raise HubError(f"{what}: download stopped")
+            at = download.offset - start
+            view[at - len(chunk) : at] = chunk
+        return data  # type: ignore[return-value]  # bytes-like: hashed and written as is
+
+    with ThreadPoolExecutor(n, thread_name_prefix="hub-part") as pool:
+        ahead: collections.deque[Future[bytes]] = collections.deque(
+            pool.submit(fetch, start) for start in itertools.islice(starts, n + 1)
+        )
+        try:
+            while ahead:
+                data = ahead.popleft().result()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(fetch, nxt))
+                yield data
+        finally:
+            stop.set()
+            for future in ahead:
+                future.cancel()
 
 
 class _Download:
     """One file's bytes over huggingface_hub's HTTP client, from ``offset`` on (Range)."""
 
-    def __init__(self, state: RepoState, file: HubFile, chunk_size: int) -> None:
+    def __init__(
+        self,
+        state: RepoState,
+        file: HubFile,
+        chunk_size: int,
+        *,
+        offset: int = 0,
+        end: int | None = None,
+    ) -> None:
         from huggingface_hub import hf_hub_url
 
         self.state, self.file, self.chunk_size = state, file, chunk_size
@@ -535,7 +664,10 @@ class _Download:
             state.repo_id, file.path, repo_type=state.repo_type, revision=state.commit,
             endpoint=endpoint(),
         )  # fmt: skip
-        self.offset = 0
+        self.offset = offset
+        #: where the bytes wanted end (exclusive): the file's end unless a part is wanted
+        self.end = file.size if end is None else end
+        self.ranged = offset > 0 or self.end < file.size
 
     def chunks(self) -> Iterator[bytes]:
         """The bytes from ``offset`` to the end; Temporary when another try may help."""
@@ -547,8 +679,8 @@ class _Download:
         )
 
         headers = build_hf_headers()
-        if self.offset:
-            headers["Range"] = f"bytes={self.offset}-"
+        if self.offset or self.ranged:
+            headers["Range"] = f"bytes={self.offset}-{self.end - 1}"
         try:
             with get_session().stream(
                 "GET", self.url, headers=headers, follow_redirects=True, timeout=60.0
@@ -560,16 +692,19 @@ class _Download:
                     hf_raise_for_status(resp)
                 except Exception as e:
                     raise _translate(e, self.state, self.state.commit) from e
-                if self.offset and resp.status_code != 206:
+                if "Range" in headers and resp.status_code != 206:
                     what = f"{_what(self.state)}: {self.file.path}"
-                    raise HubError(f"{what}: the hub ignored a resume request (Range)")
+                    raise HubError(f"{what}: the hub ignored a Range request")
                 for chunk in resp.iter_bytes(self.chunk_size):
+                    if self.offset + len(chunk) > self.end:
+                        what = f"{_what(self.state)}: {self.file.path}"
+                        raise HubError(f"{what}: the hub sent more than asked for")
                     self.offset += len(chunk)
                     yield chunk
         except (httpx2.TransportError, OSError) as e:
             raise Temporary(f"{type(e).__name__}: {_first_line(e)}") from e
-        if self.offset < self.file.size:
-            raise Temporary(f"connection closed at byte {self.offset} of {self.file.size}")
+        if self.offset < self.end:
+            raise Temporary(f"connection closed at byte {self.offset} of {self.end}")
 
 
 def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:

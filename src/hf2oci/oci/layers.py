@@ -275,7 +275,7 @@ class _Chunks(io.RawIOBase):
         super().__init__()
         self._chunks = source()
         self._size = size
-        self._left = b""
+        self._left = memoryview(b"")  # a view: handing out a part copies nothing
         self._read = 0
 
     def __len__(self) -> int:
@@ -291,7 +291,7 @@ class _Chunks(io.RawIOBase):
                 if self._read != self._size:
                     raise PackError(f"source gave {self._read} bytes, expected {self._size}")
                 return 0
-            self._left = chunk
+            self._left = memoryview(chunk)
         n = min(len(buffer), len(self._left))
         buffer[:n] = self._left[:n]
         self._left = self._left[n:]

@@ -1,0 +1,130 @@
+"""The real hub's behaviour at scale, emulated by the test hub: repo info that lists only part of
+a big repo (the paginated tree is read instead), 429 with Retry-After over hundreds of repos and
+thousands of files, and a hub that fails 1 request in 50 (503s and bodies cut in the middle)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, make_project
+from hf2oci.oci.source import open_image
+from hf2oci.serve.store import read_files
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _files(n: int, *, seed: str, big: int = 0) -> dict[str, bytes]:
+    """``n`` small files in a few folders, and ``big`` files of 1.5 MiB (streamed)."""
+    rng = random.Random(seed)
+    files = {
+        f"data/part-{i // 500:02d}/rows-{i:05d}.jsonl": rng.randbytes(rng.randint(20, 300))
+        for i in range(n)
+    }
+    files |= {f"shards/shard-{i:03d}.parquet": rng.randbytes(3 << 19) for i in range(big)}
+    return files
+
+
+def _layout_files(project: Path, out: str, repo_id: str, kind: str = "datasets") -> dict[str, int]:
+    image = open_image(f"oci:{project / out / 'hgfkeep' / kind}:{repo_id.replace('/', '--')}")
+    return {path: f.size for path, f in read_files(image).items()}
+
+
+def _digest(result_stdout: str) -> str:
+    return str(json.loads(result_stdout)["results"][0]["digest"])
+
+
+def test_a_repo_of_2500_files_lists_through_the_paginated_tree(hub, project: Path) -> None:
+    files = _files(2500, seed="tree")
+    repo = "scale/tree-2500"
+    hub.add_repo(repo, files, repo_type="dataset")
+    hub.siblings_limit = 1000  # repo info names only some of the files, as the hub may
+    hub.tree_page = 1000
+    make_project(project, datasets=[repo], config={"base_image": "scratch"})
+    result = cli("sync", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    assert hub.count("GET", f"/api/datasets/{repo}/tree/") == 3  # three pages, via Link
+    got = _layout_files(project, "oci-images", repo)
+    assert got == {path: len(data) for path, data in files.items()}
+    assert hub.count("GET", "/resolve/") == len(files)
+
+
+def test_5000_files_through_a_hub_failing_1_in_50_give_the_healthy_digest(
+    hub, project: Path
+) -> None:
+    files = _files(5000, seed="flaky", big=12)
+    repo = "scale/flaky-5000"
+    hub.add_repo(repo, files, repo_type="dataset")
+    make_project(project, datasets=[repo], config={"base_image": "scratch"})
+    healthy = cli("mirror", repo, "--dataset", "--output-dir", "healthy", "--json", "-q")
+    assert healthy.exit_code == 0, healthy.output
+    hub.flaky(50, "/", kinds=("503", "cut"))  # every request: API, small files, streamed ones
+    flaky = cli("mirror", repo, "--dataset", "--output-dir", "flaky", "--json", "-q")
+    hits = hub.flaky_hits
+    hub.flaky(0)
+    assert flaky.exit_code == 0, flaky.output
+    assert hits >= 100  # ~5,000 requests, 1 in 50 failed: half 503s, half cut bodies
+    assert _digest(flaky.stdout) == _digest(healthy.stdout)
+    assert _layout_files(project, "flaky", repo) == {p: len(d) for p, d in files.items()}
+
+
+def test_429_with_retry_after_is_honoured_over_300_repos_and_2000_files(hub, project: Path) -> None:
+    repos = [f"scale/many-{i:03d}" for i in range(300)]
+    for i, repo in enumerate(repos):
+        hub.add_repo(repo, {"config.json": b'{"i": %d}\n' % i, "README.md": b"# r\n"})
+    big = "scale/files-2000"
+    big_files = _files(2000, seed="429")
+    hub.add_repo(big, big_files)
+    make_project(project, models=[*repos, big], config={"base_image": "scratch", "max_workers": 4})
+    hub.flaky(50, "/", kinds=("429",))  # Retry-After: 1 on API and resolve calls alike
+    started = time.monotonic()
+    result = cli("sync", "-q", "--json")
+    took = time.monotonic() - started
+    hits = hub.flaky_hits
+    hub.flaky(0)
+    assert result.exit_code == 0, result.output[-3000:]
+    statuses = [r["status"] for r in json.loads(result.stdout)["results"]]
+    assert statuses == ["mirrored"] * 301
+    # ~2,900 requests: ~58 answered 429; each retry waited its second (several at once)
+    assert hits >= 50
+    assert took >= hits / (4 * 8)  # at most 4 repos × 8 downloads wait at the same time
+    got = _layout_files(project, "oci-images", big, kind="models")
+    assert got == {p: len(d) for p, d in big_files.items()}
+
+
+def test_a_large_file_comes_over_parallel_range_parts_in_order(
+    hub, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts of 1 MiB over 4 connections (sizes scaled down from 4 MiB parts from 64 MiB on),
+    through cut connections and 503s: the layer holds the file exactly (hub hash checked)."""
+    from hf2oci import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "PARALLEL_MIN_SIZE", 4 << 20)
+    monkeypatch.setattr(hub_module, "PART_SIZE", 1 << 20)
+    monkeypatch.setenv("HF2OCI_HUB_CONNECTIONS", "4")
+    data = random.Random("parts").randbytes((12 << 20) + 12345)
+    repo = "scale/parts"
+    hub.add_repo(repo, {"model.safetensors": data, "config.json": b"{}"})
+    make_project(project, models=[repo], config={"base_image": "scratch"})
+    hub.flaky(5, "model.safetensors", kinds=("cut", "503"))
+    result = cli("sync", "-q", "--json")
+    hits = hub.flaky_hits
+    hub.flaky(0)
+    assert result.exit_code == 0, result.output
+    parts = [r for p, r in hub.ranges if "model.safetensors" in p]
+    assert hits >= 2  # a cut body and a 503 among the part requests, each tried again
+    starts = sorted({int(r.split("=")[1].split("-")[0]) for r in parts})
+    # every part asked for by its own range (a cut one resumes where its bytes stopped)
+    assert {i << 20 for i in range(13)} <= set(starts)
+    image = open_image(f"oci:{project / 'oci-images/hgfkeep/models'}:scale--parts")
+    got = read_files(image)["model.safetensors"]
+    assert b"".join(got.chunks()) == data
