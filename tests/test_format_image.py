@@ -83,7 +83,7 @@ def _changed(before: list[tuple[str, ...]], after: list[tuple[str, ...]]) -> int
 
 def test_one_shard_more_changes_few_layers() -> None:
     """163 shards of 4.3 GB under GHCR's 10 GB limit: count-based grouping changed 29 of 64
-    layers for one added shard; content-defined grouping changes its run only."""
+    layers for one added shard; content-defined grouping changes few (greedy size cuts: 2.65)."""
     budget, cap = layer_budget(1), 10 * GB
     full = group_files(_shards(163), max_layers=budget, max_layer_size=cap)
     changed = []
@@ -91,7 +91,7 @@ def test_one_shard_more_changes_few_layers() -> None:
         before = group_files(_shards(163, skip=which), max_layers=budget, max_layer_size=cap)
         changed.append(_changed(before, full))
         assert set(full) - set(before) >= {g for g in full if f"{which:05d}-of" in " ".join(g)}
-    assert sum(changed) / len(changed) <= 3 and max(changed) <= 10
+    assert sum(changed) / len(changed) <= 2.3 and max(changed) <= 6  # measured: 2.18, 6
     appended = group_files(_shards(164), max_layers=budget, max_layer_size=cap)
     assert _changed(full, appended) == 1  # a new last shard: one new layer
 
