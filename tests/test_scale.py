@@ -56,6 +56,18 @@ def test_a_repo_of_2500_files_lists_through_the_paginated_tree(hub, project: Pat
     got = _layout_files(project, "oci-images", repo)
     assert got == {path: len(data) for path, data in files.items()}
     assert hub.count("GET", "/resolve/") == len(files)
+    # a no-change re-run sees the same commit at the tag: no tree page is read
+    hub.reset_log()
+    again = cli("sync", "-q", "--json")
+    assert json.loads(again.stdout)["results"][0]["status"] == "skipped"
+    assert hub.count("GET", "/tree/") == 0
+    # a new commit: every file is listed again, page by page
+    hub.add_repo(repo, {**files, "data/new.jsonl": b"{}\n"}, repo_type="dataset")
+    hub.reset_log()
+    moved = cli("sync", "-q", "--json")
+    assert json.loads(moved.stdout)["results"][0]["status"] == "mirrored"
+    assert hub.count("GET", "/tree/") == 3
+    assert len(_layout_files(project, "oci-images", repo)) == len(files) + 1
 
 
 def test_5000_files_through_a_hub_failing_1_in_50_give_the_healthy_digest(

@@ -8,6 +8,8 @@ streamed over its HTTP client (large files). Every request goes through the one 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -80,16 +82,20 @@ class RepoState:
     last_modified: str
     license: str | None = None
     gated: bool = False
+    #: the repo info named 1,000 files or more and the tree listing was not read yet: ``files``
+    #: may miss some (``complete_listing`` reads them all)
+    partial: bool = False
 
     @property
     def url(self) -> str:
         return naming.hub_url(self.repo_id, self.repo_type)
 
+    @functools.cached_property
+    def _by_path(self) -> dict[str, HubFile]:
+        return {f.path: f for f in self.files}
+
     def file(self, path: str) -> HubFile:
-        for f in self.files:
-            if f.path == path:
-                return f
-        raise KeyError(path)
+        return self._by_path[path]
 
 
 def _what(spec: RepoSpec | RepoState) -> str:
@@ -181,9 +187,10 @@ def _offline() -> bool:
 LARGE_REPO_FILES = 1000
 
 
-def fetch_state(spec: RepoSpec) -> RepoState:
+def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
     """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request;
-    for a repo of 1,000 files or more, the tree listing too, page by page)."""
+    for a repo of 1,000 files or more, the tree listing too, page by page, unless not
+    ``complete``: then the state is ``partial``)."""
     revision = spec.revision or "main"
     what = _what(spec)
     if _offline():
@@ -195,7 +202,8 @@ def fetch_state(spec: RepoSpec) -> RepoState:
     if not isinstance(commit, str) or not commit:
         raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
     siblings = info.get("siblings") or []
-    if isinstance(siblings, list) and len(siblings) >= LARGE_REPO_FILES:
+    big = isinstance(siblings, list) and len(siblings) >= LARGE_REPO_FILES
+    if big and complete:
         return _with_files(spec, revision, info, commit, _tree_files(spec, kind, commit))
     files = []
     try:
@@ -212,7 +220,17 @@ def fetch_state(spec: RepoSpec) -> RepoState:
             )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HubError(f"{what}: the hub's file list is malformed ({e})") from e
-    return _with_files(spec, revision, info, commit, files)
+    return dataclasses.replace(_with_files(spec, revision, info, commit, files), partial=big)
+
+
+def complete_listing(state: RepoState) -> RepoState:
+    """``state`` with every file, from the tree listing when it is ``partial``."""
+    if not state.partial:
+        return state
+    kind = "datasets" if state.repo_type == "dataset" else "models"
+    spec = RepoSpec(state.repo_id, state.repo_type, state.requested)
+    files = sorted(_tree_files(spec, kind, state.commit), key=lambda f: f.path)
+    return dataclasses.replace(state, files=tuple(files), partial=False)
 
 
 def _with_files(

@@ -129,9 +129,16 @@ def plan_repo(
     from hf2oci import hub
 
     try:
-        state = hub.fetch_state(spec)
+        state = hub.fetch_state(spec, complete=False)
         tag = naming.repo_tag(spec.repo_id)
         current = None if force else current_labels(spec.repo_type, tag)
+        if state.partial:
+            # a big repo: seeing that nothing changed needs no file list (its tree takes a
+            # request per 1,000 files); anything else decides on every file
+            quick = decide(spec, state, current, max_layer_size=None, platforms=platforms)
+            if quick.kind == "skip":
+                return quick
+            state = hub.complete_listing(state)
     except Hf2ociError as e:
         return Action(spec, "fail", str(e), error=e)
     return decide(
