@@ -111,3 +111,25 @@ def test_known_registry_layer_limits(registry: str | None, limit: int | None) ->
     from hf2oci.destination import default_max_layer_size
 
     assert default_max_layer_size(registry) == limit
+
+
+def test_format_and_platform_changes_re_mirror_and_huge_modelpacks_fail_first() -> None:
+    image = RepoSpec("org/m")
+    pack = RepoSpec("org/m", format="modelpack")
+    as_image = labels_of(image)
+    assert decide(pack, state(), as_image).reason == "format changed: image → modelpack"
+    as_pack = {**labels_of(pack), L.FORMAT: "modelpack"}
+    assert decide(pack, state(), as_pack).kind == "skip"
+    assert decide(image, state(), as_pack).reason == "format changed: modelpack → image"
+    # platforms: an index's label against what is asked; one platform carries no label
+    two = ("linux/amd64", "linux/arm64")
+    multi = {**as_image, L.PLATFORMS: ",".join(two)}
+    assert decide(image, state(), multi, platforms=two[::-1]).kind == "skip"
+    assert decide(image, state(), multi, platforms=two[:1]).reason.startswith("platforms changed")
+    assert decide(image, state(), as_image, platforms=two).reason.startswith("platforms changed")
+    assert decide(image, state(), as_image, platforms=two[:1]).kind == "skip"
+    many = tuple(HubFile(f"f/{i:05d}.json", 10) for i in range(4001))
+    failed = decide(pack, state(files=many), None)
+    assert failed.kind == "fail"
+    assert "4001 files" in failed.reason and "format=image" in failed.reason
+    assert decide(image, state(files=many), None).kind == "mirror"

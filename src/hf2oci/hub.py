@@ -469,6 +469,21 @@ def read_range(state: RepoState, file: HubFile, start: int, length: int) -> byte
     return _resolve(state, file, read, headers=rng, failed="range read failed")
 
 
+@dataclass(frozen=True)
+class RangedFile:
+    """A hub file read in parts, for ``RangeReader`` (a file's header without the file)."""
+
+    state: RepoState
+    file: HubFile
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return read_range(self.state, self.file, start, length)
+
+
 def _resolve(
     state: RepoState,
     file: HubFile,

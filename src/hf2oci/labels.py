@@ -45,9 +45,10 @@ def image_labels(
     state: RepoState,
     spec: RepoSpec,
     *,
-    base_name: str,
+    base_name: str | None,
     base_digest: str | None,
     platforms: Sequence[str] = (),
+    format: str = "image",
 ) -> dict[str, str]:
     """Config labels (also the manifest's annotations). No secrets, nothing run-dependent."""
     labels = {
@@ -55,19 +56,22 @@ def image_labels(
         OCI_REVISION: state.commit,
         TITLE: state.repo_id,
         CREATED: state.last_modified,
-        BASE_NAME: base_name,
         REPO_ID: state.repo_id,
         REPO_TYPE: state.repo_type,
         REVISION: state.commit,
         REF: state.requested,
         FILTER: spec.filter_key,
     }
+    if base_name:
+        labels[BASE_NAME] = base_name
     if base_digest:
         labels[BASE_DIGEST] = base_digest
     if state.license:
         labels[LICENSES] = state.license
     if len(platforms) > 1:
         labels[PLATFORMS] = ",".join(platforms)
+    if format != "image":
+        labels[FORMAT] = format
     return labels
 
 

@@ -119,6 +119,11 @@ def mirror_action(
     state = action.state
     assert state is not None and action.kind == "mirror"
     label = action.spec.label
+    if action.spec.format == "modelpack" and options.destination.engine:
+        raise UsageError(
+            "format modelpack makes an OCI artifact, not an image the Docker engine can load: "
+            "use builder oci"
+        )
     streamed = streamed_paths(action, options)
     how = _how(streamed, options)
     progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
@@ -173,14 +178,9 @@ def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -
 
     state = action.state
     assert state is not None
-    if options.destination.engine:
-        raise UsageError(
-            "format modelpack makes an OCI artifact, not an image the Docker engine can load: "
-            "use builder oci"
-        )
-    labels = L.image_labels(state, action.spec, base_name="scratch", base_digest=None)
-    del labels[L.BASE_NAME]
-    labels[L.FORMAT] = "modelpack"
+    labels = L.image_labels(
+        state, action.spec, base_name=None, base_digest=None, format="modelpack"
+    )
     descriptor: dict[str, object] = {
         "name": state.repo_id,
         "title": state.repo_id.rsplit("/", 1)[-1],
@@ -210,17 +210,10 @@ def _head_opener(action: Action) -> Callable[[PackFile], AbstractContextManager[
     assert action.state is not None
     state: hub.RepoState = action.state
 
-    class _HubFile:
-        def __init__(self, f: hub.HubFile) -> None:
-            self.file, self.size = f, f.size
-
-        def read_range(self, start: int, length: int) -> bytes:
-            return hub.read_range(state, self.file, start, length)
-
     def open_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
         if isinstance(f.source, Path):
             return cast(AbstractContextManager[BinaryIO], open(f.source, "rb"))
-        reader = RangeReader(_HubFile(state.file(f.path)), block=256 << 10)
+        reader = RangeReader(hub.RangedFile(state, state.file(f.path)), block=256 << 10)
         return cast(AbstractContextManager[BinaryIO], io.BufferedReader(reader))
 
     return open_head

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Literal
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.errors import Hf2ociError
+from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.filters import select
-from hf2oci.formats.image import LayerTooBig, check_sizes
+from hf2oci.formats.image import check_sizes
+from hf2oci.formats.modelpack import check_file_count
 from hf2oci.spec import RepoSpec, RepoType
 
 if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
@@ -77,7 +78,9 @@ def decide(
     kept = set(selection.kept)
     try:
         check_sizes([(f.path, f.size) for f in state.files if f.path in kept], max_layer_size)
-    except LayerTooBig as e:
+        if spec.format == "modelpack":
+            check_file_count(len(kept))
+    except PackError as e:
         return Action(spec, "fail", str(e), state=state, error=e)
     tags = tags_for(spec.repo_id, state.commit)
     mirror = Action(spec, "mirror", "", state=state, files=tuple(selection.kept), tags=tags)
@@ -93,9 +96,9 @@ def decide(
     ref = current.get(L.REF)  # images made before the label existed keep theirs
     if ref is not None and ref != state.requested:
         return replace(mirror, reason=f"revision asked for changed: {ref} → {state.requested}")
-    made = current.get(L.FORMAT, "image")
-    if made != (spec.format or "image"):
-        return replace(mirror, reason=f"format changed: {made} → {spec.format}")
+    made, wanted = current.get(L.FORMAT, "image"), spec.format or "image"
+    if made != wanted:
+        return replace(mirror, reason=f"format changed: {made} → {wanted}")
     if (
         spec.format != "modelpack"
         and platforms

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from hf2oci import labels as L
 from hf2oci.errors import PackError
@@ -92,6 +92,15 @@ def media_type(path: str, repo_type: RepoType) -> tuple[str, bool]:
     return MT_DOC, True  # .gitattributes and the like: not model content, kept as documents
 
 
+def check_file_count(n: int) -> None:
+    """PackError when ``n`` files would make too many layers (checked when planning)."""
+    if n > MAX_LAYERS:
+        raise PackError(
+            f"{n} files: a ModelPack artifact has one layer per file, and more than "
+            f"{MAX_LAYERS} make a manifest registries refuse; mirror this repo with format=image"
+        )
+
+
 def build_modelpack(
     files: Sequence[PackFile],
     *,
@@ -105,11 +114,7 @@ def build_modelpack(
     Streamed files learn nothing new from being written: their digest is the hub's sha256."""
     if not files:
         raise PackError("no file to pack: the filters keep nothing")
-    if len(files) > MAX_LAYERS:
-        raise PackError(
-            f"{len(files)} files: a ModelPack artifact has one layer per file, and more than "
-            f"{MAX_LAYERS} make a manifest registries refuse; mirror this repo with format=image"
-        )
+    check_file_count(len(files))
     ordered = sorted(files, key=lambda f: f.path)
     if len({f.path for f in ordered}) != len(ordered):
         raise PackError("a file is listed twice")
@@ -284,11 +289,6 @@ def _param_size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return str(n)
-
-
-def local_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
-    """Opens a downloaded file (an Opener for files on disk)."""
-    return cast(AbstractContextManager[BinaryIO], open(cast(Path, f.source), "rb"))
 
 
 def is_modelpack(manifest: Mapping[str, Any]) -> bool:

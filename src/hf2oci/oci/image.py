@@ -255,10 +255,6 @@ class Base:
         )
 
 
-def is_scratch(image: Image) -> bool:
-    return image.name == "scratch" and not image.layers
-
-
 #: config keys of the OCI image config spec carried over from the base
 _PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant")
 
