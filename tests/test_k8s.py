@@ -20,6 +20,17 @@ GOLDEN = Path(__file__).parent / "golden" / "k8s"
 IMAGE = "registry.example.com/hgfkeep/models:ggml-org--gemma-3-270m-GGUF"
 
 
+def validate(text: str, tmp_path: Path, version: str = NEWEST) -> subprocess.CompletedProcess[str]:
+    """Kubernetes' own schemas of ``version``, strict, on the YAML ``text``."""
+    out = tmp_path / f"m-{version}.yaml"
+    out.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, str(out)],
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize("runtime", ["llamacpp", "vllm"])
 @pytest.mark.parametrize("mode", ["init", "image-volume"])
 def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: Path) -> None:
@@ -34,18 +45,11 @@ def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: 
         *(["--gpu", "1"] if runtime == "vllm" else []),
     )
     assert r.exit_code == 0, r.output
-    out = tmp_path / "m.yaml"
-    out.write_text(r.stdout)
     # the newest Kubernetes schemas the package ships (image volumes need ≥ 1.31), strict
-    v = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
-        capture_output=True,
-        text=True,
-    )
+    v = validate(r.stdout, tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
     if mode == "image-volume":  # the schema check is real: 1.30 has no image volumes
-        old = [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", str(out)]
-        assert subprocess.run(old, capture_output=True).returncode != 0
+        assert validate(r.stdout, tmp_path, "1.30.0").returncode != 0
     docs = list(yaml.safe_load_all(r.stdout))
     assert [d["kind"] for d in docs] == ["Deployment", "Service"]
     pod = docs[0]["spec"]["template"]["spec"]
@@ -92,12 +96,7 @@ def test_hub_server_manifests_validate_and_match_golden(secrets: bool, tmp_path:
         args += ["--token-secret", "hub-tokens", "--registry-secret", "registry-login"]
     r = cli(*args)
     assert r.exit_code == 0, r.output
-    out = tmp_path / "hub.yaml"
-    out.write_text(r.stdout)
-    v = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    v = validate(r.stdout, tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
     deployment, service = yaml.safe_load_all(r.stdout)
     assert deployment["spec"]["replicas"] == 3 and service["kind"] == "Service"
@@ -138,12 +137,7 @@ def test_image_volume_of_a_modelpack_artifact(tmp_path: Path) -> None:
     r = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", "--mode", "image-volume",
             "--format", "modelpack")  # fmt: skip
     assert r.exit_code == 0, r.output
-    out = tmp_path / "m.yaml"
-    out.write_text(r.stdout)
-    v = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", NEWEST, str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    v = validate(r.stdout, tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
     assert "CRI-O >= 1.33" in r.stdout and "containerd does not" in r.stdout
     server = next(yaml.safe_load_all(r.stdout))["spec"]["template"]["spec"]["containers"][0]

@@ -286,7 +286,7 @@ print(json.dumps({"path": path, "sha": info.sha, "lfs": lfs}))
 
 def test_serve_answers_the_hub_api_from_a_modelpack_artifact(hub, project: Path) -> None:
     """A raw layer is the file: serve reads files straight from the blobs."""
-    from test_serve_clients import start_serve
+    from test_serve_clients import client_env, start_serve
 
     files = _minilm()
     sha = hub.add_repo(REPO, files, card_data={"license": "apache-2.0"})
@@ -294,9 +294,7 @@ def test_serve_answers_the_hub_api_from_a_modelpack_artifact(hub, project: Path)
     assert cli("sync", "-q").exit_code == 0
     proc, url = start_serve(["--layout", "oci-images"], project, project / "serve.log")
     try:
-        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(project / "hf-home"),
-               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
-        env.pop("HF_HUB_OFFLINE", None)
+        env = client_env(url, project / "hf-home")
         out = subprocess.run(
             [sys.executable, "-c", SNAPSHOT, REPO, str(project / "dl")],
             env=env, capture_output=True, text=True, timeout=300,

