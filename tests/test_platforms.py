@@ -13,6 +13,7 @@ import pytest
 
 from helpers import cli, make_project, read_tree, skopeo_inspect
 from hf2oci import labels as L
+from hf2oci.errors import RegistryError
 from hf2oci.extract import extract
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import Platform, open_image
@@ -174,3 +175,25 @@ def test_scratch_and_single_platform_bases_give_one_manifest(
     bad = cli("mirror", model, "--platform", "linux/arm64", "--output-dir", "bad")
     assert bad.exit_code == 1
     assert "has one platform (linux/amd64), not linux/arm64" in bad.stderr
+
+
+def test_an_index_without_this_machines_platform_is_still_read(
+    hub, random_repo, registry, project: Path
+) -> None:
+    """Readers want files, the same in every platform's image: with no image for this machine
+    they read the first linux one (a base image must match exactly)."""
+    base_repo = f"multi/foreign-{uuid.uuid4().hex[:8]}"
+    push_multi_platform_base(registry, base_repo, arches=("arm64", "riscv64"))
+    model, _, files = random_repo()
+    make_project(
+        project, models=[model], config={"base_image": f"{registry.host}/{base_repo}:multi"}
+    )
+    assert cli("sync", "-q").exit_code == 0
+    ref = f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(model)}"
+    index = skopeo_inspect(ref, raw=True)
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["arm64", "riscv64"]
+    extract(ref, project / "x")
+    assert read_tree(project / "x") == files
+    assert sorted(read_files(open_image(ref))) == sorted(files)
+    with pytest.raises(RegistryError, match="no linux/s390x manifest"):
+        open_image(ref, platform=Platform("linux", "s390x"))  # asked for: exact

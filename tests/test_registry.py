@@ -418,12 +418,16 @@ def test_fetch_base_of_an_oci_image(registry: Registry) -> None:
 
 
 def push_multi_platform_base(
-    registry: Registry, repo: str, *, arm64_layers: int = 1
+    registry: Registry,
+    repo: str,
+    *,
+    arm64_layers: int = 1,
+    arches: tuple[str, ...] = ("amd64", "arm64"),
 ) -> dict[str, Image]:
-    """``HOST/repo:multi``: an index of an amd64 and an arm64 image (of ``arm64_layers``
-    layers); returns them by arch."""
+    """``HOST/repo:multi``: an index of an image per arch (arm64's of ``arm64_layers``
+    layers, the others of one); returns them by arch."""
     client = RegistryClient(registry.host)
-    counts = {"amd64": 1, "arm64": arm64_layers}
+    counts = {arch: arm64_layers if arch == "arm64" else 1 for arch in arches}
     images = {
         arch: make_image(
             [tar_layer({f"arch{i or ''}": arch.encode()}) for i in range(count)], arch=arch

@@ -91,11 +91,12 @@ def open_image(
     text: str, *, plain_http: bool | None = None, platform: Platform | None = None
 ) -> Image:
     """The image ``text`` names: ``oci:PATH:TAG``, ``PATH:TAG`` (a folder holding ``oci-layout``)
-    or a registry reference. An index gives the manifest of ``platform`` (default: this host's).
+    or a registry reference. An index gives the manifest of ``platform``; by default this host's,
+    else the first linux one (a reader of files: an hf2oci index holds the same files in each).
 
     Manifest and config are checked against their digests here; layers when they are read.
     """
-    target = platform or host_platform()
+    target = platform
     rest = text.removeprefix("oci:")
     path, sep, tag = rest.rpartition(":")
     if text.startswith("oci:") and not (sep and path and tag):
@@ -174,8 +175,9 @@ def _linux_platforms(index: dict[str, Any], where: str) -> list[str]:
     return list(chosen.values())
 
 
-def open_remote(client: RegistryClient, ref: Reference, platform: Platform) -> Image:
-    """The image ``ref`` in the registry of ``client`` (index → the manifest of ``platform``)."""
+def open_remote(client: RegistryClient, ref: Reference, platform: Platform | None) -> Image:
+    """The image ``ref`` in the registry of ``client`` (index → the manifest of ``platform``;
+    None: this host's, else the first linux one)."""
     data, media_type, _ = _get_manifest(client, ref, ref.identifier)
     if media_type in INDEX_TYPES:
         chosen = _pick_platform(
@@ -210,7 +212,7 @@ def _remote_image(client: RegistryClient, ref: Reference, data: bytes, media_typ
     return Image(layers, config, data, media_type=media_type, name=str(ref))
 
 
-def _from_layout(path: Path, tag: str, platform: Platform) -> Image:
+def _from_layout(path: Path, tag: str, platform: Platform | None) -> Image:
     desc = layout.resolve_tag(path, tag)
     if desc is None:
         raise PackError(f"{path}: no image tagged {tag!r}")
@@ -263,7 +265,14 @@ def _diff_ids(
     return [str(d) for d in diff_ids]
 
 
-def _pick_platform(index: dict[str, Any], platform: Platform, where: str) -> str:
+def _pick_platform(index: dict[str, Any], platform: Platform | None, where: str) -> str:
+    """The digest of ``platform``'s manifest in an index; for None, this host's, else the first
+    linux one (never an attestation manifest)."""
+    if platform is None:
+        try:
+            return _pick_platform(index, host_platform(), where)
+        except RegistryError:
+            return _linux_platforms(index, where)[0]
     seen = []
     for entry in index.get("manifests") or []:
         plat = entry.get("platform") or {} if isinstance(entry, dict) else {}

@@ -30,7 +30,7 @@ from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image
 from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
-from hf2oci.oci.source import StoredLayer, host_platform, open_image, open_remote, tar_entries
+from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
 from hf2oci.spec import RepoType
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -172,7 +172,7 @@ class Store:
             if self.client.get_manifest(repo, tag) is None:
                 return None
             ref = Reference(self.client.registry, repo, tag)
-            return open_remote(self.client, ref, host_platform())
+            return open_remote(self.client, ref, None)
         assert self.root is not None
         path = self.root / repo
         if not (path / layout.INDEX_FILE).is_file() or layout.resolve_tag(path, tag) is None:
