@@ -364,3 +364,20 @@ def test_a_symlink_entry_has_no_data_and_gnu_tar_makes_the_link(tmp_path: Path) 
     subprocess.run(["tar", "-C", str(tmp_path), "-xf", str(tmp_path / "blob.tar")], check=True)
     assert os.readlink(tmp_path / "models") == "REPO"
     assert (tmp_path / "models" / "a" / "f.json").read_bytes() == data
+
+
+def test_a_chunk_stream_gives_its_source_exactly_or_fails() -> None:
+    from hf2oci.oci.tarstream import ChunkStream
+
+    stream = ChunkStream(lambda: iter([b"ab", b"", b"cde"]), 5)
+    assert len(stream) == 5 and stream.read() == b"abcde"
+    stream.seek(0)  # a rewind calls the source again
+    assert stream.read(10) == b"abcde"
+    with pytest.raises(PackError, match="gave 3 bytes, expected 5"):
+        ChunkStream(lambda: iter([b"abc"]), 5).read(10)
+    with pytest.raises(PackError, match="gave 3 bytes, expected 2"):
+        ChunkStream(lambda: iter([b"abc"]), 2).read(10)
+    long = ChunkStream(lambda: iter([b"ab", b"c"]), 2)
+    assert long.read(2) == b"ab"
+    with pytest.raises(PackError, match="more than the 2 bytes"):
+        long.read(1)

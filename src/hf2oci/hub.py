@@ -312,47 +312,66 @@ def _api_page(
     url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]
 ) -> tuple[Any, str | None]:
     """A Hub API answer (any JSON) and the URL of its next page (``Link: rel="next"``)."""
+    what = _what(spec)
+
+    def read(resp: Any) -> tuple[Any, str | None]:
+        if resp.status_code >= 400:
+            raise _api_error(resp, spec, revision)
+        try:
+            doc = resp.json()
+        except ValueError as e:
+            raise HubError(f"{what}: the hub's answer is not JSON") from e
+        nxt = (resp.links.get("next") or {}).get("url")
+        if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
+            raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
+        return doc, nxt
+
+    return _hub_get(url, what, read, params=params, failed=f"cannot reach the hub at {endpoint()}")
+
+
+def _hub_get(
+    url: str,
+    what: str,
+    read: Callable[[Any], _T],
+    *,
+    failed: str,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> _T:
+    """GET ``url`` of the hub under its retry policy and give the answer to ``read`` (which
+    raises Temporary for a cut body, or the hub's error). Connection failures and 429/5xx
+    answers are tried again (``Retry-After`` honoured); a name that does not resolve is not.
+    The token goes to the hub only: ``requests`` drops it on a redirect to another host."""
     import requests
 
     from hf2oci.oci.transport import unreachable_reason
 
-    what = _what(spec)
-    headers = {"user-agent": f"hf2oci/{_version()}"}
+    sent = {"user-agent": f"hf2oci/{_version()}", **(headers or {})}
     secret = token()
     if secret:
-        headers["authorization"] = f"Bearer {secret}"
+        sent["authorization"] = f"Bearer {secret}"
 
-    def once() -> Any:
+    def once() -> _T:
         try:
-            resp = _http().get(url, params=params, headers=headers, timeout=(10, 60))
+            with _http().get(
+                url, params=params, headers=sent, timeout=(10, 60), stream=True
+            ) as resp:
+                if resp.status_code in RETRY_STATUSES:
+                    after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
+                return read(resp)
         except requests.RequestException as e:
             if name_not_resolved(e):
                 raise HubUnreachable(
                     f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
                 ) from e
             raise Temporary(unreachable_reason(e)) from e
-        if resp.status_code in RETRY_STATUSES:
-            after = parse_retry_after(resp.headers.get("Retry-After"))
-            raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
-        return resp
 
     try:
-        resp = retrying(
-            once, is_temporary=lambda e: isinstance(e, Temporary), what=f"{what}: repo info",
-            policy=HUB_POLICY,
-        )  # fmt: skip
+        return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
+                        policy=HUB_POLICY)  # fmt: skip
     except Temporary as e:
-        raise HubUnreachable(f"{what}: cannot reach the hub at {endpoint()}: {e}") from e
-    if resp.status_code >= 400:
-        raise _api_error(resp, spec, revision)
-    try:
-        doc = resp.json()
-    except ValueError as e:
-        raise HubError(f"{what}: the hub's answer is not JSON") from e
-    nxt = (resp.links.get("next") or {}).get("url")
-    if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
-        raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
-    return doc, nxt
+        raise HubUnreachable(f"{what}: {failed}: {e}") from e
 
 
 def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
@@ -492,44 +511,19 @@ def _resolve(
     headers: Mapping[str, str] | None = None,
     failed: str,
 ) -> _T:
-    """GET a file's ``resolve`` URL under the hub's retry policy and give the answer to ``body``
-    (which raises Temporary for a cut body). The token goes to the hub only: ``requests`` drops
-    it when a redirect leads to another host (a CDN)."""
-    import requests
-
-    from hf2oci.oci.transport import unreachable_reason
-
-    what = f"{_what(state)}: {file.path}"
+    """GET a file's ``resolve`` URL (``_hub_get``) and give the answer to ``body``."""
     prefix = "datasets/" if state.repo_type == "dataset" else ""
     url = (
         f"{endpoint()}/{prefix}{state.repo_id}/resolve/{state.commit}/{quote(file.path, safe='/')}"
     )
-    sent = {"user-agent": f"hf2oci/{_version()}", "accept-encoding": "identity", **(headers or {})}
-    secret = token()
-    if secret:
-        sent["authorization"] = f"Bearer {secret}"
 
-    def once() -> _T:
-        try:
-            with _http().get(url, headers=sent, timeout=(10, 60), stream=True) as resp:
-                if resp.status_code in RETRY_STATUSES:
-                    after = parse_retry_after(resp.headers.get("Retry-After"))
-                    raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
-                if resp.status_code >= 400:
-                    raise _file_error(resp, state, file.path)
-                return body(resp)
-        except requests.RequestException as e:
-            if name_not_resolved(e):
-                raise HubUnreachable(
-                    f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
-                ) from e
-            raise Temporary(unreachable_reason(e)) from e
+    def read(resp: Any) -> _T:
+        if resp.status_code >= 400:
+            raise _file_error(resp, state, file.path)
+        return body(resp)
 
-    try:
-        return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
-                        policy=HUB_POLICY)  # fmt: skip
-    except Temporary as e:
-        raise HubUnreachable(f"{what}: {failed}: {e}") from e
+    sent = {"accept-encoding": "identity", **(headers or {})}
+    return _hub_get(url, f"{_what(state)}: {file.path}", read, headers=sent, failed=failed)
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:

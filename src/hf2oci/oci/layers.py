@@ -17,6 +17,7 @@ from hf2oci.oci.reference import DIGEST
 from hf2oci.oci.tarstream import (
     DEFAULT_CHUNK,
     ChunkSource,
+    ChunkStream,
     TarEntry,
     TarStream,
     iter_tar,
@@ -261,51 +262,11 @@ class RawStreamLayer(StreamLayer):
 
     def open(self) -> BinaryIO:
         return cast(
-            BinaryIO, _Hashing(_Chunks(self._source, self._size), self._size, self._set_digest)
+            BinaryIO, _Hashing(ChunkStream(self._source, self._size), self._size, self._set_digest)
         )
 
     def __repr__(self) -> str:
         return f"RawStreamLayer({self._media_type}, {self._size} bytes)"
-
-
-class _Chunks(io.RawIOBase):
-    """A file object over a chunk source, checked to give exactly ``size`` bytes."""
-
-    def __init__(self, source: ChunkSource, size: int) -> None:
-        super().__init__()
-        self._chunks = source()
-        self._size = size
-        self._left = memoryview(b"")  # a view: handing out a part copies nothing
-        self._read = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._left:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                if self._read != self._size:
-                    raise PackError(f"source gave {self._read} bytes, expected {self._size}")
-                return 0
-            self._left = memoryview(chunk)
-        n = min(len(buffer), len(self._left))
-        buffer[:n] = self._left[:n]
-        self._left = self._left[n:]
-        self._read += n
-        if self._read > self._size:
-            raise PackError(f"source gave more than the {self._size} bytes expected")
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        super().close()
 
 
 class _Hashing(io.RawIOBase):

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from hf2oci.errors import PackError
 
@@ -232,27 +232,26 @@ def _iter_streamed(entry: TarEntry, source: ChunkSource) -> Generator[bytes, Non
         yield b"\0" * pad
 
 
-class TarStream(io.RawIOBase):
-    """A read-only file object over ``iter_tar``: an upload body or a blob source.
+class ChunkStream(io.RawIOBase):
+    """A read-only file object over a chunk source (called again by ``seek(0)``): an upload
+    body or a blob source. ``len()`` is its size (so HTTP clients send Content-Length); a source
+    that gives other than ``size`` bytes raises PackError."""
 
-    ``len()`` is the archive size (so HTTP clients send Content-Length); ``seek(0)`` rewinds.
-    """
-
-    def __init__(self, entries: Sequence[TarEntry], *, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, source: ChunkSource, size: int | Callable[[], int]) -> None:
         super().__init__()
-        self._entries = tuple(entries)
-        self._chunk_size = chunk_size
-        self._size: int | None = None
+        self._source = source
+        self._size_of = size
+        self._size: int | None = size if isinstance(size, int) else None
         self._rewind()
 
     def _rewind(self) -> None:
-        self._chunks = iter_tar(self._entries, chunk_size=self._chunk_size)
+        self._chunks = self._source()
         self._buf = memoryview(b"")
         self._pos = 0
 
     def __len__(self) -> int:
         if self._size is None:
-            self._size = tar_size(self._entries)
+            self._size = cast(Callable[[], int], self._size_of)()
         return self._size
 
     def readable(self) -> bool:
@@ -268,14 +267,14 @@ class TarStream(io.RawIOBase):
         if whence == io.SEEK_CUR and offset == 0:
             return self._pos
         if whence == io.SEEK_SET and offset == 0:
-            self._chunks.close()
+            self._close_chunks()
             self._rewind()
             return 0
-        raise io.UnsupportedOperation("a tar stream can only be rewound to 0")
+        raise io.UnsupportedOperation("a chunk stream can only be rewound to 0")
 
     def readinto(self, buffer: Any) -> int:
         if self.closed:
-            raise ValueError("read from a closed tar stream")
+            raise ValueError("read from a closed stream")
         out = memoryview(buffer).cast("B")
         filled = 0
         # fill the whole buffer (short reads only at the end): naive readers stay correct
@@ -284,15 +283,40 @@ class TarStream(io.RawIOBase):
                 try:
                     self._buf = memoryview(next(self._chunks))
                 except StopIteration:
+                    if self._pos + filled != len(self):
+                        raise PackError(
+                            f"source gave {self._pos + filled} bytes, expected {len(self)}"
+                        ) from None
                     break
             n = min(len(out) - filled, len(self._buf))
             out[filled : filled + n] = self._buf[:n]
             self._buf = self._buf[n:]
             filled += n
         self._pos += filled
+        if self._pos > len(self):
+            raise PackError(f"source gave more than the {len(self)} bytes expected")
         return filled
+
+    def _close_chunks(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
     def close(self) -> None:
         if not self.closed:
-            self._chunks.close()
+            self._close_chunks()
         super().close()
+
+
+class TarStream(ChunkStream):
+    """A read-only file object over ``iter_tar``: an upload body or a blob source.
+
+    ``len()`` is the archive size (so HTTP clients send Content-Length); ``seek(0)`` rewinds.
+    """
+
+    def __init__(self, entries: Sequence[TarEntry], *, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self._entries = tuple(entries)
+        super().__init__(
+            lambda: iter_tar(self._entries, chunk_size=chunk_size),
+            lambda: tar_size(self._entries),
+        )
