@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,12 +55,11 @@ def used(path: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def main() -> None:
+def run(work: Path) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=int, default=6)
     args = ap.parse_args()
     size = args.gib << 30
-    work = Path(tempfile.mkdtemp(prefix="hf2oci-bench-huge-"))
     reg = start_registry(work / "reg")
     content = Generated(size, seed="huge")
     with HubServer() as hub:
@@ -116,9 +114,11 @@ def main() -> None:
     (ROOT / "benchmarks" / "last-huge.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
+def main() -> None:
+    # the registry holds GiBs: the folder goes, whatever happens
+    with tempfile.TemporaryDirectory(prefix="hf2oci-bench-huge-") as work:
+        run(Path(work))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    finally:  # the registry holds GiBs: never leave it behind
-        for left in Path(tempfile.gettempdir()).glob("hf2oci-bench-*"):
-            shutil.rmtree(left, ignore_errors=True)
+    main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,14 +43,13 @@ def mirror(
     return {"seconds": round(took, 2), "peak_rss_mib": round(rss, 1)}
 
 
-def main() -> None:
+def run(work: Path) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--cap-mb-s", type=float, default=25.0)
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args()
     size = args.mib << 20
-    work = Path(tempfile.mkdtemp(prefix="hf2oci-bench-parallel-"))
     reg = start_registry(work / "reg")
     with HubServer() as hub:
         hub.add_repo(
@@ -73,9 +71,11 @@ def main() -> None:
     (ROOT / "benchmarks" / "last-parallel.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
+def main() -> None:
+    # the registry holds GiBs: the folder goes, whatever happens
+    with tempfile.TemporaryDirectory(prefix="hf2oci-bench-parallel-") as work:
+        run(Path(work))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    finally:  # the registry holds GiBs: never leave it behind
-        for left in Path(tempfile.gettempdir()).glob("hf2oci-bench-*"):
-            shutil.rmtree(left, ignore_errors=True)
+    main()

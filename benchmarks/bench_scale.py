@@ -38,12 +38,11 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     return time.perf_counter() - t, int(out.read_text().split()[-1]) * 1024
 
 
-def main() -> None:
+def bench(work: Path) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", type=int, default=20_000)
     ap.add_argument("--shards", type=int, default=2000)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="hf2oci-bench-scale-"))
     reg = start_registry(work / "reg")
     with HubServer() as hub:
         files = {f"meta/{i % 20:02d}/{i:06d}.json": b'{"i": %d}\n' % i for i in range(args.small)}
@@ -73,6 +72,12 @@ def main() -> None:
     reg.stop()
     print(json.dumps(report, indent=1))
     (ROOT / "benchmarks" / "last-scale.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def main() -> None:
+    # the registry and the hub cache hold GiBs: the folder goes, whatever happens
+    with tempfile.TemporaryDirectory(prefix="hf2oci-bench-scale-") as work:
+        bench(Path(work))
 
 
 if __name__ == "__main__":
