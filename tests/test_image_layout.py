@@ -264,6 +264,10 @@ def test_many_images_share_one_layout(tmp_path: Path) -> None:
     expected |= {layer.digest.split(":")[1] for img in (a, b) for layer in img.layers}
     assert blobs == expected
     assert len(expected) == 2 * 2 + 4  # base + weights shared; small-files layers differ
+    # readable by every user, as skopeo and umoci write them: a server running as another
+    # user (the serve image's 65532) reads a layout mounted into it
+    unreadable = [p for p in oci.rglob("*") if p.is_file() and p.stat().st_mode & 0o044 != 0o044]
+    assert not unreadable
     for tag, files in (("org--a", FILES), ("org--b", b_files)):
         inspect = json.loads(run("skopeo", "inspect", f"oci:{oci}:{tag}"))
         assert inspect["Digest"] == layout.resolve_tag(oci, tag).digest  # type: ignore[union-attr]

