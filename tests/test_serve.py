@@ -3,6 +3,8 @@ answered from mirrored images, in a layout and in a registry."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +15,11 @@ import requests
 import uvicorn
 
 from helpers import cli, make_project
-from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.image import MT_LAYER_TAR
+from hf2oci.oci.layers import FileBlobLayer
+from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.serve.app import create_app
-from hf2oci.serve.store import Store
+from hf2oci.serve.store import ReadBudget, Store
 from servers import free_port
 
 MiB = 1 << 20
@@ -233,6 +237,7 @@ def test_serving_from_a_registry_with_tokens(
         assert Path(path).read_bytes() == files["model.safetensors"]
         metrics = requests.get(f"{server.url}/metrics").text
         assert "hf2oci_serve_bytes_total" in metrics and "s3cret" not in metrics
+        assert "hf2oci_serve_downloads 0.0" in metrics  # each download counted out at its end
     finally:
         server.stop()
 
@@ -312,3 +317,43 @@ def test_big_trees_page_and_a_filtered_repo_serves_only_its_kept_files(
         ]  # fmt: skip
     finally:
         server.stop()
+
+
+def test_downloads_share_a_read_budget() -> None:
+    """Each read is the budget over the downloads in flight, within bounds: 8 downloads read
+    4 MiB at a time, 32 read 1 MiB, thousands 64 KiB; the count follows starts and ends."""
+    budget = ReadBudget(budget=32 * MiB, low=64 << 10, high=4 * MiB)
+    assert budget.piece() == 4 * MiB
+    sizes = []
+    for n in range(1, 1001):
+        budget.start()
+        if n in (1, 8, 32, 1000):
+            sizes.append(budget.piece())
+    assert sizes == [4 * MiB, 4 * MiB, 1 * MiB, 64 << 10]
+    for _ in range(1000):
+        budget.end()
+    assert budget.active == 0
+
+
+@pytest.mark.parametrize("where", ["registry", "layout"])
+def test_ranges_are_read_in_the_pieces_asked_before_each_read(
+    where: str, registry, tmp_path: Path
+) -> None:
+    """A Range read asks its piece size before every read, so a download started alone shrinks
+    its reads when others start (registry blobs and layout files alike)."""
+    data = __import__("random").Random(7).randbytes(3 * MiB + 5)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if where == "registry":
+        client = RegistryClient(registry.host)
+        client.upload_blob("srv/pieces", digest, len(data), lambda: io.BytesIO(data))
+        layer: RemoteLayer | FileBlobLayer = RemoteLayer(
+            client, "srv/pieces", digest, len(data), MT_LAYER_TAR, digest
+        )
+    else:
+        (tmp_path / "blob").write_bytes(data)
+        layer = FileBlobLayer(tmp_path / "blob", media_type=MT_LAYER_TAR, diff_id=digest)
+    asked = iter([MiB, 64 << 10, 64 << 10, 4 * MiB])
+    got = list(layer.iter_range(100, len(data) - 200, lambda: next(asked)))
+    assert b"".join(got) == data[100:-100]
+    rest = len(data) - 200 - MiB - (128 << 10)
+    assert [len(g) for g in got] == [MiB, 64 << 10, 64 << 10, rest]

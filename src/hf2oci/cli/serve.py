@@ -60,7 +60,9 @@ def serve(
 
     from hf2oci.oci.registry import RegistryClient
     from hf2oci.serve.app import create_app
-    from hf2oci.serve.store import Store
+    from hf2oci.serve.store import Store, tune_malloc
+
+    tune_malloc()  # before uvicorn's threads exist
 
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip

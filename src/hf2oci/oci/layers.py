@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from hf2oci.errors import DigestMismatch, PackError
-from hf2oci.oci.image import MT_LAYER_TAR
+from hf2oci.oci.image import MT_LAYER_TAR, Piece, piece_size
 from hf2oci.oci.reference import DIGEST
 from hf2oci.oci.tarstream import (
     DEFAULT_CHUNK,
@@ -167,12 +167,12 @@ class FileBlobLayer:
         except OSError as e:
             raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
 
-    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    def iter_range(self, start: int, length: int, chunk: Piece = 1 << 20) -> Iterator[bytes]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(start)
                 while length > 0:
-                    data = f.read(min(chunk, length))
+                    data = f.read(min(piece_size(chunk), length))
                     if not data:
                         raise PackError(f"{str(self.path)!r} ended {length} bytes early")
                     length -= len(data)

@@ -23,6 +23,8 @@ from hf2oci.oci.image import (
     MT_DOCKER_MANIFEST,
     MT_INDEX,
     MT_MANIFEST,
+    Piece,
+    piece_size,
     sha256_digest,
 )
 from hf2oci.oci.reference import api_base, normalise_registry
@@ -72,7 +74,7 @@ class RemoteLayer:
         length = max(0, min(length, self.size - start))  # fewer bytes only at the blob's end
         return b"".join(self.client.iter_blob_range(self.repository, self.digest, start, length))
 
-    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    def iter_range(self, start: int, length: int, chunk: Piece = 1 << 20) -> Iterator[bytes]:
         return self.client.iter_blob_range(self.repository, self.digest, start, length, chunk)
 
 
@@ -274,10 +276,11 @@ class RegistryClient:
         return io.BufferedReader(_VerifiedBody(resp, digest, self.registry), 1024 * 1024)
 
     def iter_blob_range(
-        self, repo: str, digest: str, start: int, length: int, chunk: int = 1 << 20
+        self, repo: str, digest: str, start: int, length: int, chunk: Piece = 1 << 20
     ) -> Iterator[bytes]:
         """``length`` bytes of a blob from ``start``, streamed from one Range request in pieces
-        of at most ``chunk`` (memory stays at one piece, whatever the length)."""
+        of at most ``chunk`` (memory stays at one piece, whatever the length; a callable is
+        asked before each read)."""
         if length <= 0:
             return
         resp = self.transport.request(
@@ -291,13 +294,13 @@ class RegistryClient:
             raw = resp.raw
             skip = start if resp.status_code != 206 else 0
             while skip:
-                got = raw.read(min(skip, chunk))
+                got = raw.read(min(skip, piece_size(chunk)))
                 if not got:
                     raise RegistryError(f"registry {self.registry}: blob {digest} is short")
                 skip -= len(got)
             left = length
             while left:
-                data = raw.read(min(left, chunk))
+                data = raw.read(min(left, piece_size(chunk)))
                 if not data:
                     raise RegistryError(
                         f"registry {self.registry}: blob {digest} ended {left} bytes early",

@@ -26,6 +26,7 @@ from hf2oci.oci.image import (
     Descriptor,
     Image,
     Layer,
+    Piece,
     json_object,
     platform_of,
 )
@@ -82,8 +83,9 @@ class StoredLayer(Layer, Protocol):
         """``length`` bytes of the blob from ``start`` (fewer only at its end)."""
         ...
 
-    def iter_range(self, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """``length`` bytes of the blob from ``start``, streamed in pieces of ``chunk`` at most."""
+    def iter_range(self, start: int, length: int, chunk: Piece = 1 << 20) -> Iterator[bytes]:
+        """``length`` bytes of the blob from ``start``, streamed in pieces of ``chunk`` at most
+        (a callable is asked before each read)."""
         ...
 
 

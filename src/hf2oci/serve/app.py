@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode
 
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,7 +24,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hf2oci import labels as L
 from hf2oci.errors import Hf2ociError
 from hf2oci.serve.ranges import Unsatisfiable, parse_range
-from hf2oci.serve.store import RepoFile, ServeError, Snapshot, Store, image_labels, lfs_pointer
+from hf2oci.serve.store import (
+    ReadBudget,
+    RepoFile,
+    ServeError,
+    Snapshot,
+    Store,
+    image_labels,
+    lfs_pointer,
+)
 from hf2oci.spec import RepoType
 
 log = logging.getLogger("hf2oci.serve")
@@ -51,6 +59,9 @@ class Metrics:
             "hf2oci_serve_upstream_errors", "Registry or layout reads that failed",
             registry=self.registry,
         )  # fmt: skip
+        self.downloads = Gauge(
+            "hf2oci_serve_downloads", "File downloads in flight", registry=self.registry
+        )
         self.latency = Histogram(
             "hf2oci_serve_request_seconds", "Time to the response's start", ["route"],
             registry=self.registry,
@@ -97,6 +108,8 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
     """The ASGI app serving ``store``; with ``tokens``, every request but /health and /metrics
     needs ``Authorization: Bearer <one of them>``."""
     metrics = Metrics()
+    budget = ReadBudget()
+    metrics.downloads.set_function(lambda: budget.active)
 
     async def call(fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -192,14 +205,17 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
         return StreamingResponse(_body(f, start, length), status_code=status, headers=headers)
 
     def _body(f: RepoFile, start: int, length: int) -> Iterator[bytes]:
+        budget.start()
         try:
-            for chunk in f.chunks(start, length):
+            for chunk in f.chunks(start, length, budget.piece):
                 metrics.bytes.inc(len(chunk))
                 yield chunk
         except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
             metrics.upstream_errors.inc()
             log.warning("reading %s failed mid-body: %s", f.path, e)
             raise
+        finally:
+            budget.end()
 
     routes = [
         Route("/health", health, methods=["GET"]),

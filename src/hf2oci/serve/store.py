@@ -8,9 +8,11 @@ for ``ttl`` seconds (``sync`` moves tags); indexes by manifest digest, for good.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import threading
@@ -27,7 +29,7 @@ from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError
 from hf2oci.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.oci import layout
-from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image
+from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
@@ -38,8 +40,8 @@ _SHORT = re.compile(r"[0-9a-f]{12}")
 #: for images made before the file index (no hub hashes): what the hub's default .gitattributes
 #: stores in LFS, and files of 10 MB and more
 LFS_THRESHOLD = 10 * 1000 * 1000
-#: bytes read from the storage at a time, per download (memory: this, times the downloads)
-CHUNK = 1 << 20
+#: bytes read from the storage at a time by one download, at most (see ``ReadBudget``)
+CHUNK = 4 << 20
 _LFS_NAMES = re.compile(
     r".*\.(7z|arrow|bin|bz2|ckpt|ftz|gz|h5|joblib|mlmodel|model|msgpack|npy|npz|onnx|ot|parquet"
     r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
@@ -71,10 +73,12 @@ class RepoFile:
     def lfs(self) -> bool:
         return self.sha256 is not None
 
-    def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """The file's bytes from ``start`` (a sub-range of its layer blob)."""
+    def chunks(
+        self, start: int = 0, length: int | None = None, piece: Piece = CHUNK
+    ) -> Iterator[bytes]:
+        """The file's bytes from ``start`` (a sub-range of its layer blob), ``piece`` at a time."""
         n = self.size - start if length is None else length
-        return self.layer.iter_range(self.offset + start, n, CHUNK)
+        return self.layer.iter_range(self.offset + start, n, piece)
 
     def ensure_hashes(self) -> None:
         """Images made before the file index carry no hub hashes: compute them once."""
@@ -101,6 +105,49 @@ class RepoFile:
     def etag(self) -> str:
         self.ensure_hashes()
         return self.sha256 or cast(str, self.blob_id)
+
+
+class ReadBudget:
+    """The downloads in flight share one memory budget: each read is ``budget / n`` bytes
+    (within ``low``..``high``), n counted at the time of the read. Fewer, bigger reads cost
+    less CPU (8 downloads in 1 MiB reads took 1.4x the time of 4 MiB ones here), and the bytes
+    in flight stay near ``budget`` whatever the number of clients."""
+
+    def __init__(self, budget: int = 32 << 20, low: int = 64 << 10, high: int = CHUNK) -> None:
+        self.budget, self.low, self.high = budget, low, high
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def piece(self) -> int:
+        """The size of the next read."""
+        return max(self.low, min(self.high, self.budget // max(1, self.active)))
+
+    def start(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+#: glibc's mallopt parameters, and what ``serve`` sets them to unless the environment does
+_MALLOPT = {"MALLOC_ARENA_MAX": (-8, 2), "MALLOC_MMAP_THRESHOLD_": (-3, 8 << 20),
+            "MALLOC_TRIM_THRESHOLD_": (-1, 64 << 20)}  # fmt: skip
+
+
+def tune_malloc() -> None:
+    """Keep the server's read buffers in glibc's heap: each download's 4 MiB reads otherwise
+    get fresh pages from the kernel (mmap, zeroing, faults) and are returned at once, and every
+    worker thread keeps an arena of its own. Measured here: 8 downloads 10% faster, peak RSS of
+    32 downloads 186 → 140 MiB. Does nothing where there is no glibc (musl)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    for var, (param, value) in _MALLOPT.items():
+        if var not in os.environ:
+            mallopt(param, value)
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
