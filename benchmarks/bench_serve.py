@@ -2,7 +2,8 @@
 
 One run, side by side, on this machine (loopback registry on local disk):
 - `snapshot_download` of a SIZE MiB model through `serve` (registry-backed) vs `hf2oci extract`
-  of the same image (both fresh processes, into fresh folders);
+  of the same image (both fresh processes, into fresh folders), and vs `extract --no-direct`
+  (through the page cache, as the hub client writes);
 - 8 concurrent downloads of 128 MiB files through `serve` vs reading the same blobs straight
   from the registry (8 concurrent GETs);
 - peak RSS of the `serve` process under 32 concurrent downloads;
@@ -70,6 +71,12 @@ def drain(url: str) -> int:
     return got
 
 
+GET_DIRECT = (
+    "import sys; from huggingface_hub.file_download import http_get\n"
+    "with open(sys.argv[2], 'wb') as f: http_get(sys.argv[1], f)"
+)
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -123,6 +130,11 @@ def main() -> None:
             except requests.RequestException:
                 time.sleep(0.1)
         client_env = {**env, "HF_ENDPOINT": url, "HF_HOME": str(work / "hf-home")}
+        big_manifest = requests.get(
+            f"{reg.url}/v2/bench/models/manifests/bench--big",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).json()
+        big_blob = max(big_manifest["layers"], key=lambda d: d["size"])["digest"]
         try:
             rounds = []
             for r in range(args.rounds):
@@ -143,11 +155,36 @@ def main() -> None:
                         capture_output=True,
                     )
                 )
+                # the same through the page cache, as the hub client writes (extract's default
+                # writes big files with O_DIRECT, which is faster on this disk)
+                ext_pc = work / f"ext-pc-{r}"
+                via_extract_pc = timed(
+                    lambda: subprocess.run(
+                        [HF2OCI, "extract", f"{reg.host}/bench/models:bench--big", str(ext_pc),
+                         "-q", "--no-direct"],
+                        env=env, check=True, capture_output=True,
+                    )
+                )
+                shutil.rmtree(ext_pc)
+                # the hub client's own download loop (http_get) reading the layer blob straight
+                # from the registry: what the client costs with no server in between
+                blob_url = f"{reg.url}/v2/bench/models/blobs/{big_blob}"
+                direct = timed(
+                    lambda: subprocess.run(
+                        [sys.executable, "-c", GET_DIRECT, blob_url, str(work / "direct.bin")],
+                        env=env,
+                        check=True,
+                    )
+                )
+                (work / "direct.bin").unlink()
                 same = (dest / "model.safetensors").read_bytes() == big.read_bytes()
 
                 raw = timed(lambda: drain(f"{url}/bench/big/resolve/main/model.safetensors"))
                 rounds.append({"snapshot_download_via_serve_s": via_serve,
                                "extract_s": via_extract, "ratio": via_serve / via_extract,
+                               "extract_page_cache_s": via_extract_pc,
+                               "hub_client_from_registry_s": direct,
+                               "ratio_page_cache": via_serve / via_extract_pc,
                                "plain_get_via_serve_s": raw,
                                "same_bytes": same})  # fmt: skip
                 shutil.rmtree(dest)
