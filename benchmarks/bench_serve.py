@@ -160,9 +160,17 @@ def main() -> None:
                 ext_pc = work / f"ext-pc-{r}"
                 via_extract_pc = timed(
                     lambda: subprocess.run(
-                        [HF2OCI, "extract", f"{reg.host}/bench/models:bench--big", str(ext_pc),
-                         "-q", "--no-direct"],
-                        env=env, check=True, capture_output=True,
+                        [
+                            HF2OCI,
+                            "extract",
+                            f"{reg.host}/bench/models:bench--big",
+                            str(ext_pc),
+                            "-q",
+                            "--no-direct",
+                        ],
+                        env=env,
+                        check=True,
+                        capture_output=True,
                     )
                 )
                 shutil.rmtree(ext_pc)
