@@ -95,6 +95,21 @@ def test_a_file_over_the_layer_limit_fails_at_plan_time_with_one_line() -> None:
     assert decide(kept, state(files=big), None, max_layer_size=10**8).kind == "mirror"
 
 
+def test_files_that_need_too_many_layers_fail_at_plan_time_with_one_line() -> None:
+    shards = tuple(
+        HubFile(f"model-{i:05d}.safetensors", 43 * 10**8, sha256=f"{i:064x}", blob_id=f"{i:040x}")
+        for i in range(250)
+    )
+    failed = decide(SPEC, state(files=shards), None, max_layer_size=10 * 10**9)
+    assert failed.kind == "fail" and "\n" not in failed.reason
+    assert failed.reason.startswith("the files need 125 layers, over the 99")
+    assert "max_layer_size" in failed.reason
+    # 196 of them fit (98 layers): no failure here; the grouping packs them (test_format_image)
+    assert decide(SPEC, state(files=shards[:196]), None, max_layer_size=10 * 10**9).kind == (
+        "mirror"
+    )
+
+
 @pytest.mark.parametrize(
     ("registry", "limit"),
     [

@@ -15,7 +15,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.filters import select
-from hf2oci.formats.image import check_sizes
+from hf2oci.formats.image import check_layer_count, check_sizes
 from hf2oci.formats.modelpack import check_file_count
 from hf2oci.spec import RepoSpec, RepoType
 
@@ -61,8 +61,9 @@ def decide(
     platforms: Sequence[str] = (),
 ) -> Action:
     """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
-    moving tag (None: there is none). A file bigger than ``max_layer_size`` fails the repo
-    here, before anything is uploaded. ``platforms``: those asked for (none: the base's, which
+    moving tag (None: there is none). A file bigger than ``max_layer_size``, or files
+    that need more layers than an image can have, fail the repo here, before anything is
+    uploaded. ``platforms``: those asked for (none: the base's, which
     planning does not read). Pure: no I/O."""
     try:
         selection = select(
@@ -77,9 +78,12 @@ def decide(
         return Action(spec, "fail", "the filters keep no file", state=state)
     kept = set(selection.kept)
     try:
-        check_sizes([(f.path, f.size) for f in state.files if f.path in kept], max_layer_size)
+        sized = [(f.path, f.size) for f in state.files if f.path in kept]
+        check_sizes(sized, max_layer_size)
         if spec.format == "modelpack":
-            check_file_count(len(kept))
+            check_file_count(len(kept))  # a layer per file
+        else:
+            check_layer_count(sized, max_layer_size)
     except PackError as e:
         return Action(spec, "fail", str(e), state=state, error=e)
     tags = tags_for(spec.repo_id, state.commit)

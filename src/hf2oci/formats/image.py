@@ -130,6 +130,31 @@ def check_sizes(sized: Sequence[tuple[str, int]], max_layer_size: int | None) ->
             )
 
 
+def check_layer_count(
+    sized: Sequence[tuple[str, int]],
+    max_layer_size: int | None,
+    *,
+    small_limit: int = DEFAULT_SMALL_FILE_LIMIT,
+) -> None:
+    """PackError when the files cannot fit the layer count on any base (cheap, for plan time):
+    the fewest groups there can be, over what an image on a base with no layer may have."""
+    budget = layer_budget(0)
+    large = sorted((p, s) for p, s in sized if s >= small_limit)
+    small_bytes = sum(s for _, s in sized if s < small_limit)
+    small_cap = min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES)
+    least = len(_first_fit(large, max_layer_size)) + -(-small_bytes // small_cap)
+    if least > budget:
+        raise PackError(_too_many_layers(least, budget))
+
+
+def _too_many_layers(need: int, budget: int) -> str:
+    return (
+        f"the files need {need} layers, over the {budget} this image can have: set a higher "
+        "max_layer_size in get_hf/config.yaml (or --max-layer-size) if the registry takes "
+        "bigger layers, or exclude files"
+    )
+
+
 def split_files(
     sized: Sequence[tuple[str, int]],
     *,
@@ -175,11 +200,7 @@ def split_files(
     large_groups = _first_fit(large, max_layer_size)  # the fewest groups there can be
     if len(small_groups) + len(large_groups) <= max_layers:
         return small_groups, large_groups
-    raise PackError(
-        f"the files need {len(small_groups) + len(large_groups)} layers, over the "
-        f"{max_layers} this image can have: set a higher max_layer_size in get_hf/config.yaml "
-        "(or --max-layer-size) if the registry takes bigger layers, or exclude files"
-    )
+    raise PackError(_too_many_layers(len(small_groups) + len(large_groups), max_layers))
 
 
 def _first_fit(files: Sequence[tuple[str, int]], cap: int | None) -> list[tuple[str, ...]]:
