@@ -14,15 +14,6 @@ from hf2oci.errors import PackError
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
-#: the size of each read of a range: fixed, or asked before each read (a budget shared by
-#: readers in flight)
-Piece = int | Callable[[], int]
-
-
-def piece_size(piece: Piece) -> int:
-    return max(1, piece() if callable(piece) else piece)
-
-
 MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MT_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -36,6 +27,15 @@ MT_LAYER_FOREIGN_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar
 
 #: annotation naming a tag in an image layout's index.json
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+
+#: the size of each read of a range: fixed, or asked before each read (a budget shared by
+#: readers in flight)
+Piece = int | Callable[[], int]
+
+
+def piece_size(piece: Piece) -> int:
+    return max(1, piece() if callable(piece) else piece)
+
 
 #: Docker layer media types and their OCI equivalents (same bytes, same digest)
 _OCI_LAYER_TYPES = {
