@@ -14,6 +14,7 @@ import pytest
 from helpers import cli, make_project
 from hf2oci.oci.source import open_image
 from hf2oci.serve.store import read_files
+from servers import Registry
 
 
 @pytest.fixture
@@ -140,3 +141,53 @@ def test_a_large_file_comes_over_parallel_range_parts_in_order(
     image = open_image(f"oci:{project / 'oci-images/hgfkeep/models'}:scale--parts")
     got = read_files(image)["model.safetensors"]
     assert b"".join(got.chunks()) == data
+
+
+@pytest.mark.parametrize(("at", "layers"), [(85, 1), (89, 2), (73, 3)])
+def test_one_shard_more_of_163_uploads_only_the_layers_the_grouping_changes(
+    at: int, layers: int, hub, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stable grouping measured end to end: 163 shards of 1 MiB under a 2.5 MiB layer limit
+    (two shards a layer at most, as 4.3 GB shards under GHCR's 10 GB). A revision with one
+    shard more uploads its layer, a neighbour's or (rarely, as here at 73) two (what the
+    grouping says), then the file index, config and manifest; only the files of those layers
+    are downloaded."""
+    from hf2oci.formats.image import group_files, layer_budget
+    from servers import start_registry
+
+    reg = start_registry(tmp_path / "reg")
+    try:
+        rng = random.Random("163")
+        names = [f"model-{i:05d}-of-00326.safetensors" for i in range(0, 326, 2)]
+        files = {name: rng.randbytes(1 << 20) for name in names}
+        hub.add_repo("scale/shards", files)
+        limit = int(2.5 * (1 << 20))
+        make_project(project, models=["scale/shards"], config={
+            "registry": reg.host, "base_image": "scratch", "max_layer_size": "2.5MiB"})  # fmt: skip
+        assert cli("sync", "-q").exit_code == 0
+        before = _registry_blobs(reg)
+        image = open_image(f"{reg.host}/hgfkeep/models:scale--shards", plain_http=True)
+        assert len(image.layers) <= 100 and all(la.size <= limit for la in image.layers)
+
+        added = f"model-{at:05d}-of-00326.safetensors"  # between two shards
+        sized = [(n, 1 << 20) for n in files]
+        old = group_files(sized, max_layers=layer_budget(0), max_layer_size=limit)
+        new = group_files([*sized, (added, 1 << 20)], max_layers=layer_budget(0),
+                          max_layer_size=limit)  # fmt: skip
+        changed = set(new) - set(old)
+        assert len(changed) == layers and any(added in g for g in changed)
+        hub.commit("scale/shards", {added: rng.randbytes(1 << 20)})
+        monkeypatch.setenv("HF2OCI_CACHE", str(project / "other-cache"))  # another runner
+        hub.reset_log()
+        assert cli("sync", "-q").exit_code == 0
+        uploaded = _registry_blobs(reg) - before
+        assert len(uploaded) == len(changed) + 3  # + the file index, the config, the manifest
+        fetched = {p.rsplit("/", 1)[1] for m, p in hub.requests if m == "GET" and "/resolve/" in p}
+        assert fetched == {name for group in changed for name in group}
+    finally:
+        reg.stop()
+
+
+def _registry_blobs(reg: Registry) -> set[str]:
+    root = reg.root / "docker" / "registry" / "v2" / "blobs"
+    return {p.parent.name for p in root.rglob("data")}
