@@ -53,22 +53,30 @@ fi
   "llama-cpp-python[server]==$LLAMA"
 "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
 # The Rust hf-hub client (the crate TGI and TEI download models with), built from the copy in
-# tests/rust/hf-hub with Debian's Rust and crate sources (crates.io is not reachable): ~30 s once
-RS_CRATES="librust-ureq-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev
+# tests/rust/hf-hub with Debian's crate sources (crates.io is not reachable): ~30 s once. Any
+# Rust >= 1.77 on PATH does; else Debian 12's rustc-web (its plain rustc, 1.63, is too old, and
+# rustc-web replaces it).
+RS_CRATES=(librust-ureq-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev
   librust-thiserror-dev librust-dirs-dev librust-indicatif-dev librust-log-dev librust-rand-dev
-  librust-http-dev"
-if ! dpkg -s cargo-web rustc-web $RS_CRATES >/dev/null 2>&1; then
+  librust-http-dev)
+rust_ok() {
+  command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 \
+    && rustc --version | awk '{ split($2, v, "."); exit !(v[1] > 1 || v[2] >= 77) }'
+}
+rs_pkgs=()
+dpkg -s "${RS_CRATES[@]}" >/dev/null 2>&1 || rs_pkgs+=("${RS_CRATES[@]}")
+rust_ok || rs_pkgs+=(cargo-web rustc-web)
+if [ ${#rs_pkgs[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # shellcheck disable=SC2086
-  apt-get install -y -qq cargo-web rustc-web $RS_CRATES >/dev/null
+  apt-get install -y -qq "${rs_pkgs[@]}" >/dev/null
 fi
 HF_HUB_RS_TARGET=${HF2OCI_HF_HUB_RS_TARGET:-/var/cache/hf2oci/hf-hub-rs}
-(cd tests/rust/hf-hub && RUSTC=/usr/bin/rustc /usr/bin/cargo build -q --release --example fetch \
+(cd tests/rust/hf-hub && cargo build -q --release --example fetch \
   --target-dir "$HF_HUB_RS_TARGET" 2>/dev/null) \
   || { echo "building the Rust hf-hub client failed:"; (cd tests/rust/hf-hub && \
-       RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --example fetch \
-       --target-dir "$HF_HUB_RS_TARGET" 2>&1 | tail -30); exit 1; }
+       cargo build --release --example fetch --target-dir "$HF_HUB_RS_TARGET" 2>&1 | tail -30)
+       exit 1; }
 export HF2OCI_HF_HUB_RS="$HF_HUB_RS_TARGET/release/examples/fetch"
 
 # The hub server image's wheelhouse (hf2oci deploy dockerfile --serve --wheels): this checkout's
