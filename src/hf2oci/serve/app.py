@@ -107,58 +107,81 @@ def _error(e: ServeError, head: bool = False) -> Response:
 def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
     """The ASGI app serving ``store``; with ``tokens``, every request but /health and /metrics
     needs ``Authorization: Bearer <one of them>``."""
-    metrics = Metrics()
-    budget = ReadBudget()
-    metrics.downloads.set_function(lambda: budget.active)
+    hub = _Hub(store)
+    routes = [
+        Route("/health", hub.health, methods=["GET"]),
+        Route("/metrics", hub.metrics_page, methods=["GET"]),
+        Route("/api/agent-harnesses", hub.harnesses, methods=["GET"]),
+        Route("/api/{rest:path}", hub.api, methods=["GET", "POST"]),
+        Route("/{rest:path}", hub.resolve, methods=["GET", "HEAD"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(_Gate, tokens=list(tokens), metrics=hub.metrics)
+    return app
 
-    async def call(fn: Callable[..., T], *args: Any) -> T:
+
+class _Hub:
+    """The Hub API's endpoints over one store: storage work runs in threads, a storage failure
+    is a 502 with the hub's error shape, and files stream within a shared read budget."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.metrics = Metrics()
+        self.budget = ReadBudget()
+        self.metrics.downloads.set_function(lambda: self.budget.active)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await run_in_threadpool(fn, *args)
         except ServeError:
             raise
         except Hf2ociError as e:
-            metrics.upstream_errors.inc()
+            self.metrics.upstream_errors.inc()
             log.warning("storage: %s", e)
             raise ServeError(502, "UpstreamError", "the image storage failed") from e
 
-    async def health(request: Request) -> Response:
-        ok = await run_in_threadpool(store.healthy)
+    async def health(self, request: Request) -> Response:
+        ok = await run_in_threadpool(self.store.healthy)
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
-    async def metrics_page(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(
+            generate_latest(self.metrics.registry), media_type="text/plain; version=0.0.4"
+        )
 
-    async def harnesses(request: Request) -> Response:
+    async def harnesses(self, request: Request) -> Response:
         return JSONResponse({"standardEnvVars": [], "harnesses": {}})
 
-    async def api(request: Request) -> Response:
+    async def api(self, request: Request) -> Response:
+        store = self.store
         try:
             parts = _segments(request, 1)
             if not parts or parts[0] not in _KINDS:
                 raise ServeError(404, "NotFound", "no such API")
             repo_type = _KINDS[parts[0]]
             if len(parts) == 1:
-                return await call(_listing, store, repo_type, request.query_params.get("search"))
+                search = request.query_params.get("search")
+                return await self.call(_listing, store, repo_type, search)
             repo_id, action, rest = _split_repo(parts[1:], _ACTIONS)
             if action is None or action == "revision":
                 revision = rest[0] if rest else "main"
-                snap = await call(store.snapshot, repo_type, repo_id, revision)
+                snap = await self.call(store.snapshot, repo_type, repo_id, revision)
                 blobs = request.query_params.get("blobs", "").lower() in ("1", "true")
-                return JSONResponse(await call(_info, snap, blobs))
+                return JSONResponse(await self.call(_info, snap, blobs))
             if not rest:
                 raise ServeError(404, "RevisionNotFound", "no revision given")
-            snap = await call(store.snapshot, repo_type, repo_id, rest[0])
+            snap = await self.call(store.snapshot, repo_type, repo_id, rest[0])
             if action == "tree":
-                return await call(_tree_page, snap, "/".join(rest[1:]), request)
+                return await self.call(_tree_page, snap, "/".join(rest[1:]), request)
             if request.method != "POST":
                 raise ServeError(405, "MethodNotAllowed", "paths-info takes a POST")
             form = parse_qs((await request.body()).decode("utf-8", "replace"))
             wanted = [p.strip("/") for p in form.get("paths", [])]
-            return JSONResponse(await call(_paths_info, snap, wanted))
+            return JSONResponse(await self.call(_paths_info, snap, wanted))
         except ServeError as e:
             return _error(e)
 
-    async def resolve(request: Request) -> Response:
+    async def resolve(self, request: Request) -> Response:
         head = request.method == "HEAD"
         try:
             parts = _segments(request, 0)
@@ -169,16 +192,16 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
             repo_id, action, rest = _split_repo(parts, ("resolve",))
             if action != "resolve" or len(rest) < 2:
                 raise ServeError(404, "NotFound", "no such page")
-            snap = await call(store.snapshot, repo_type, repo_id, rest[0])
-            return await _file(snap, "/".join(rest[1:]), request, head)
+            snap = await self.call(self.store.snapshot, repo_type, repo_id, rest[0])
+            return await self._file(snap, "/".join(rest[1:]), request, head)
         except ServeError as e:
             return _error(e, head)
 
-    async def _file(snap: Snapshot, path: str, request: Request, head: bool) -> Response:
+    async def _file(self, snap: Snapshot, path: str, request: Request, head: bool) -> Response:
         f = snap.files.get(path)
         if f is None:
             raise ServeError(404, "EntryNotFound", f"{path} not found", commit=snap.commit)
-        etag = await call(lambda: f.etag)
+        etag = await self.call(lambda: f.etag)
         headers = {
             "X-Repo-Commit": snap.commit,
             "ETag": f'"{etag}"',
@@ -202,31 +225,21 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
         if head or length == 0:
             return Response(status_code=status, headers=headers)
-        return StreamingResponse(_body(f, start, length), status_code=status, headers=headers)
+        body = self._body(f, start, length)
+        return StreamingResponse(body, status_code=status, headers=headers)
 
-    def _body(f: RepoFile, start: int, length: int) -> Iterator[bytes]:
-        budget.start()
+    def _body(self, f: RepoFile, start: int, length: int) -> Iterator[bytes]:
+        self.budget.start()
         try:
-            for chunk in f.chunks(start, length, budget.piece):
-                metrics.bytes.inc(len(chunk))
+            for chunk in f.chunks(start, length, self.budget.piece):
+                self.metrics.bytes.inc(len(chunk))
                 yield chunk
         except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
-            metrics.upstream_errors.inc()
+            self.metrics.upstream_errors.inc()
             log.warning("reading %s failed mid-body: %s", f.path, e)
             raise
         finally:
-            budget.end()
-
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics_page, methods=["GET"]),
-        Route("/api/agent-harnesses", harnesses, methods=["GET"]),
-        Route("/api/{rest:path}", api, methods=["GET", "POST"]),
-        Route("/{rest:path}", resolve, methods=["GET", "HEAD"]),
-    ]
-    app = Starlette(routes=routes)
-    app.add_middleware(_Gate, tokens=list(tokens), metrics=metrics)
-    return app
+            self.budget.end()
 
 
 class _Gate:
