@@ -374,3 +374,42 @@ def test_the_rust_hf_hub_client_downloads_through_serve(
     text = log.read_text()
     assert "/serve-org/rusty/resolve/main/model.safetensors 206 1 " in text  # its probe
     assert TOKEN not in text
+
+
+def test_connections_past_the_limit_get_503_and_memory_stays_bounded(
+    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-connections: clients that hold downloads open (reading nothing) take their slots;
+    one more is answered 503, which clients retry; once they let go, it is served again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    big = os.urandom(32 << 20)  # more than the sockets' buffers hold
+    hub.add_repo("serve-org/held", {"big.safetensors": big, "config.json": b"{}"})
+    make_project(tmp_path, models=["serve-org/held"], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    proc, url = start_serve(
+        ["--layout", "oci-images", "--max-connections", "3"], tmp_path, tmp_path / "serve.log"
+    )
+    held = [requests.Session() for _ in range(2)]
+    try:
+        streams = [
+            s.get(f"{url}/serve-org/held/resolve/main/big.safetensors", stream=True) for s in held
+        ]
+        assert all(r.status_code == 200 for r in streams)
+        busy = requests.get(f"{url}/serve-org/held/resolve/main/config.json")
+        assert busy.status_code == 503
+        for r in streams:
+            assert len(r.content) == len(big)  # the held ones finish whole
+            r.close()
+        for s in held:
+            s.close()
+        deadline = time.monotonic() + 10
+        while (
+            ok := requests.get(f"{url}/serve-org/held/resolve/main/config.json")
+        ).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert ok.status_code == 200 and ok.content == b"{}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

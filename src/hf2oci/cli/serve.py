@@ -41,6 +41,11 @@ from hf2oci.errors import ConfigError
     "--ttl", type=click.FloatRange(0), default=30.0, show_default=True,
     help="Seconds a tag's image is cached (sync moves tags).",
 )  # fmt: skip
+@click.option(
+    "--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+    help="Connections served at once; more are answered 503 (clients retry), so memory stays "
+    "bounded whatever the number of clients.",
+)  # fmt: skip
 @get_hf_option
 @verbosity
 @handle_errors
@@ -53,6 +58,7 @@ def serve(
     token_file: Path | None,
     plain_http: bool | None,
     ttl: float,
+    max_connections: int,
     get_hf: Path,
 ) -> None:
     """Serve the Hub API (models, datasets, files with Range) from the mirrored images."""
@@ -85,7 +91,7 @@ def serve(
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
     server = uvicorn.Config(
         create_app(store, tokens=tokens), host=host, port=port, access_log=False,
-        log_level="warning", timeout_graceful_shutdown=30,
+        log_level="warning", timeout_graceful_shutdown=30, limit_concurrency=max_connections,
     )  # fmt: skip
     _GracefulServer(server).run()
     echo("stopped")
