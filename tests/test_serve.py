@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -357,3 +360,49 @@ def test_ranges_are_read_in_the_pieces_asked_before_each_read(
     assert b"".join(got) == data[100:-100]
     rest = len(data) - 200 - MiB - (128 << 10)
     assert [len(g) for g in got] == [MiB, 64 << 10, 64 << 10, rest]
+
+
+ARENAS = """
+import ctypes, sys, tempfile, threading, time
+if sys.argv[1] == "tune":
+    from hf2oci.serve.store import tune_malloc
+    tune_malloc()
+libc = ctypes.CDLL(None)
+done = threading.Event()
+def work():
+    held = [bytearray(200_000) for _ in range(20)]
+    done.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+time.sleep(0.5)
+fd, path = tempfile.mkstemp()
+libc.fdopen.restype = ctypes.c_void_p
+out = ctypes.c_void_p(libc.fdopen(fd, b"w"))
+libc.malloc_info(0, out)
+libc.fflush(out)
+done.set()
+for t in threads:
+    t.join()
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.parametrize(("how", "env", "most"), [
+    ("plain", {}, None), ("tune", {}, 2), ("tune", {"MALLOC_ARENA_MAX": "6"}, 6),
+])  # fmt: skip
+def test_serve_caps_glibcs_arenas_unless_the_environment_says(
+    how: str, env: dict[str, str], most: int | None
+) -> None:
+    """8 threads allocating: glibc gives them an arena each (9 with the main one); serve's
+    tune_malloc caps them at 2, and a MALLOC_ARENA_MAX in the environment wins."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS, how], env={**base, **env},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    arenas = int(done.stdout.strip())
+    if most is None:
+        assert arenas > 2  # what the cap changes
+    else:
+        assert arenas == most
