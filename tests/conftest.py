@@ -6,6 +6,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,6 +57,14 @@ def hub(
 
 
 RandomRepo = Callable[..., tuple[str, str, dict[str, bytes]]]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder of its own, the working directory, with its own layer cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+    return tmp_path
 
 
 @pytest.fixture

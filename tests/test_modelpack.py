@@ -52,13 +52,6 @@ def _uploads(proxy: Any) -> int:
     return proxy.attempts("POST", r"/blobs/uploads/$")
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def _minilm() -> dict[str, Path]:
     return {
         p.relative_to(SOURCE).as_posix(): p
@@ -286,22 +279,18 @@ print(json.dumps({"path": path, "sha": info.sha, "lfs": lfs}))
 
 def test_serve_answers_the_hub_api_from_a_modelpack_artifact(hub, project: Path) -> None:
     """A raw layer is the file: serve reads files straight from the blobs."""
-    from test_serve_clients import client_env, start_serve
+    from test_serve_clients import client_env, serving
 
     files = _minilm()
     sha = hub.add_repo(REPO, files, card_data={"license": "apache-2.0"})
     make_project(project, models=[f"{REPO} preset=safetensors format=modelpack"], config={})
     assert cli("sync", "-q").exit_code == 0
-    proc, url = start_serve(["--layout", "oci-images"], project, project / "serve.log")
-    try:
+    with serving(["--layout", "oci-images"], project) as url:
         env = client_env(url, project / "hf-home")
         out = subprocess.run(
             [sys.executable, "-c", SNAPSHOT, REPO, str(project / "dl")],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["sha"] == sha

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import cli, make_project, read_tree, skopeo_inspect
+from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
 from hf2oci import labels as L
 from hf2oci.errors import RegistryError
 from hf2oci.extract import extract
@@ -19,16 +19,6 @@ from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import Platform, open_image
 from hf2oci.serve.store import read_files
 from test_registry import push_multi_platform_base
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _tag(repo_id: str) -> str:
-    return repo_id.replace("/", "--")
 
 
 def _manifests(ref: str) -> dict[str, dict[str, Any]]:
@@ -61,7 +51,7 @@ def test_sync_makes_an_index_of_every_platform_of_the_base_with_shared_layers(
     )  # fmt: skip
     result = cli("sync", "-q", "--json")
     assert result.exit_code == 0, result.output
-    ref = f"{registry.host}/plat/models:{_tag(model)}"
+    ref = f"{registry.host}/plat/models:{tag_of(model)}"
 
     by_arch = _manifests(ref)
     assert sorted(by_arch) == ["amd64", "arm64"]
@@ -136,7 +126,7 @@ def test_index_is_reproducible_and_layouts_get_it_too(
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         digests.append(json.loads(result.stdout)["results"][0]["digest"])
-        layout = f"oci:{project / out / 'hgfkeep/models'}:{_tag(model)}"
+        layout = f"oci:{project / out / 'hgfkeep/models'}:{tag_of(model)}"
         assert skopeo_inspect(layout, raw=True)["mediaType"] == MT_INDEX
     assert digests[0] == digests[1]
     # the same index, written to a registry, has the same digest
@@ -146,7 +136,7 @@ def test_index_is_reproducible_and_layouts_get_it_too(
     )  # fmt: skip
     assert json.loads(pushed.stdout)["results"][0]["digest"] == digests[0]
     # extract reads the layout's index
-    extract(f"oci:{project / 'a' / 'hgfkeep/models'}:{_tag(model)}", project / "x")
+    extract(f"oci:{project / 'a' / 'hgfkeep/models'}:{tag_of(model)}", project / "x")
     assert read_tree(project / "x") == files
     # a platform the base lacks fails before anything is fetched
     hub.reset_log()
@@ -162,7 +152,7 @@ def test_scratch_and_single_platform_bases_give_one_manifest(
     make_project(project, models=[model], config={"base_image": "scratch"})
     result = cli("mirror", model, "--json", "-q")
     assert result.exit_code == 0, result.output
-    layout = f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(model)}"
+    layout = f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(model)}"
     assert skopeo_inspect(layout, raw=True)["mediaType"] != MT_INDEX
     # a single-platform base cannot give another platform: one clear line
     base_repo = f"single/base-{uuid.uuid4().hex[:8]}"
@@ -189,7 +179,7 @@ def test_an_index_without_this_machines_platform_is_still_read(
         project, models=[model], config={"base_image": f"{registry.host}/{base_repo}:multi"}
     )
     assert cli("sync", "-q").exit_code == 0
-    ref = f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(model)}"
+    ref = f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(model)}"
     index = skopeo_inspect(ref, raw=True)
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["arm64", "riscv64"]
     extract(ref, project / "x")

@@ -282,11 +282,9 @@ def test_real_llamacpp_server_answers_offline_from_a_mirrored_gguf(hub, project_
 
 
 @pytest.fixture
-def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "src").mkdir()
-    return tmp_path
+def project_dir(project: Path) -> Path:
+    (project / "src").mkdir()
+    return project
 
 
 def test_compose_example_is_accepted_by_docker_compose(tmp_path: Path) -> None:

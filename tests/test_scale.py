@@ -17,13 +17,6 @@ from hf2oci.serve.store import read_files
 from servers import Registry
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def _files(n: int, *, seed: str, big: int = 0) -> dict[str, bytes]:
     """``n`` small files in a few folders, and ``big`` files of 1.5 MiB (streamed)."""
     rng = random.Random(seed)

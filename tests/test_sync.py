@@ -9,17 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _tag(repo_id: str) -> str:
-    return repo_id.replace("/", "--")
+from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect, tag_of
 
 
 def test_sync_pushes_images_with_every_file_byte_for_byte(
@@ -40,16 +30,16 @@ def test_sync_pushes_images_with_every_file_byte_for_byte(
     result = cli("sync", "-q")
     assert result.exit_code == 0, result.output
 
-    ref = f"{registry.host}/e2e/models:{_tag(model)}"
+    ref = f"{registry.host}/e2e/models:{tag_of(model)}"
     got = docker_files(ref, project / "out")
     assert got == files
 
-    dref = f"{registry.host}/e2e/datasets:{_tag(dataset)}"
+    dref = f"{registry.host}/e2e/datasets:{tag_of(dataset)}"
     assert docker_files(dref, project / "dout") == dfiles
 
     # the immutable tag points at the same manifest; labels and annotations say what it is
     info = skopeo_inspect(f"docker://{ref}")
-    pinned = skopeo_inspect(f"docker://{registry.host}/e2e/models:{_tag(model)}--{sha[:12]}")
+    pinned = skopeo_inspect(f"docker://{registry.host}/e2e/models:{tag_of(model)}--{sha[:12]}")
     assert info["Digest"] == pinned["Digest"]
     labels = info["Labels"]
     assert labels["org.opencontainers.image.revision"] == sha
@@ -72,10 +62,10 @@ def test_sync_pushes_images_with_every_file_byte_for_byte(
     assert entry["size"] == sum(len(b) for b in files.values())
     assert ledger["datasets"][dataset]["revision"] == dsha
     assert (
-        f"docker pull {registry.host}/e2e/models:{_tag(model)}"
+        f"docker pull {registry.host}/e2e/models:{tag_of(model)}"
         in (project / "models.md").read_text()
     )
-    assert _tag(dataset) in (project / "datasets.md").read_text()
+    assert tag_of(dataset) in (project / "datasets.md").read_text()
 
 
 def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
@@ -92,7 +82,7 @@ def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
         config={"registry": registry.host, "namespace": "rerun", "base_image": busybox_base},
     )
     assert cli("sync", "-q").exit_code == 0
-    first = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+    first = skopeo_inspect(f"docker://{registry.host}/rerun/models:{tag_of(model)}")
 
     hub.reset_log()
     again = cli("sync", "--json")
@@ -105,11 +95,11 @@ def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
     moved = cli("sync", "--json")
     assert moved.exit_code == 0, moved.output
     assert json.loads(moved.stdout)["mirrored"] == 1
-    second = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+    second = skopeo_inspect(f"docker://{registry.host}/rerun/models:{tag_of(model)}")
     assert second["Labels"]["org.opencontainers.image.revision"] == new_sha
     assert second["Digest"] != first["Digest"]
     # the old immutable tag still holds the old revision
-    old = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}--{sha[:12]}")
+    old = skopeo_inspect(f"docker://{registry.host}/rerun/models:{tag_of(model)}--{sha[:12]}")
     assert old["Digest"] == first["Digest"]
 
     # the same commit asked for by its sha: same files, but the image now says so (ref label)
@@ -118,7 +108,7 @@ def test_rerun_skips_with_metadata_calls_only_and_follows_moved_revisions(
     assert pinned.exit_code == 0, pinned.output
     assert "revision asked for changed: main →" in pinned.output
     assert json.loads(cli("sync", "--json").stdout)["mirrored"] == 1
-    third = skopeo_inspect(f"docker://{registry.host}/rerun/models:{_tag(model)}")
+    third = skopeo_inspect(f"docker://{registry.host}/rerun/models:{tag_of(model)}")
     assert third["Labels"]["io.huggingface.ref"] == new_sha
     assert json.loads(cli("sync", "--json").stdout)["skipped"] == 1
 
@@ -135,8 +125,8 @@ def test_same_input_gives_the_same_digest(
     common = ["--registry", registry.host, "--base-image", busybox_base, "-q"]
     assert cli("sync", "--namespace", "repro-a", *common).exit_code == 0
     assert cli("sync", "--namespace", "repro-b", "--force", *common).exit_code == 0
-    a = skopeo_inspect(f"docker://{registry.host}/repro-a/models:{_tag(model)}")
-    b = skopeo_inspect(f"docker://{registry.host}/repro-b/models:{_tag(model)}")
+    a = skopeo_inspect(f"docker://{registry.host}/repro-a/models:{tag_of(model)}")
+    b = skopeo_inspect(f"docker://{registry.host}/repro-b/models:{tag_of(model)}")
     assert a["Digest"] == b["Digest"]
 
 
@@ -148,7 +138,7 @@ def test_layout_output_needs_no_registry_or_engine(
     result = cli("sync", "-q")
     assert result.exit_code == 0, result.output
     layout = project / "oci-images" / "local" / "models"
-    tag = _tag(model)
+    tag = tag_of(model)
     info = skopeo_inspect(f"oci:{layout}:{tag}")
     assert info["Labels"]["org.opencontainers.image.revision"] == sha
     # an independent tool unpacks it to the same bytes
@@ -247,7 +237,7 @@ def test_gated_repo_with_token_never_leaks_it(
     result = cli("sync", "--json")
     assert result.exit_code == 0, result.output
     assert token not in result.output
-    ref = f"docker://{registry.host}/gated/models:{_tag(gated)}"
+    ref = f"docker://{registry.host}/gated/models:{tag_of(gated)}"
     assert token not in json.dumps(skopeo_inspect(ref, config=True))
     assert token not in json.dumps(skopeo_inspect(ref, raw=True))
     for name in ("get_hf/mirrored.json", "models.md"):
@@ -302,7 +292,7 @@ rm "$OUT_DIR/config.json"
     layout = project / "oci-images" / "hgfkeep" / "models"
     bundle = project / "bundle"
     subprocess.run(
-        ["umoci", "raw", "unpack", "--image", f"{layout}:{_tag(ok)}", str(bundle)],
+        ["umoci", "raw", "unpack", "--image", f"{layout}:{tag_of(ok)}", str(bundle)],
         check=True,
         capture_output=True,
     )
@@ -359,7 +349,7 @@ def test_platform_is_chosen_not_inherited_from_the_runner(
         assert out.exit_code == 0, out.output
         digests[platform] = json.loads(out.stdout)["results"][0]["digest"]
         layout = project / platform / "hgfkeep/models"
-        config = skopeo_inspect(f"oci:{layout}:{_tag(model)}", config=True)
+        config = skopeo_inspect(f"oci:{layout}:{tag_of(model)}", config=True)
         assert config["architecture"] == platform.split("/")[1]
     assert digests["linux/amd64"] != digests["linux/arm64"]
     make_project(project, config={"base_image": base, "platform": "linux/arm64"})
@@ -403,7 +393,7 @@ def test_mirror_one_repo_and_tag_command(
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["results"][0]["revision"] == sha
-    got = docker_files(f"{registry.host}/one/models:{_tag(model)}", project / "o")
+    got = docker_files(f"{registry.host}/one/models:{tag_of(model)}", project / "o")
     assert got == {k: v for k, v in files.items() if not k.endswith(".safetensors")}
 
     assert cli("tag", "facebook/opt-125m").stdout.strip() == "facebook--opt-125m"
@@ -425,11 +415,13 @@ def test_docker_builder_gives_the_same_files_and_labels_as_oci(
     assert cli("sync", "--namespace", "by-oci", "--builder", "oci", *common).exit_code == 0
     result = cli("sync", "--namespace", "by-docker", "--builder", "docker", *common)
     assert result.exit_code == 0, result.output
-    via_oci = skopeo_inspect(f"docker://{registry.host}/by-oci/models:{_tag(model)}")
-    via_docker = skopeo_inspect(f"docker://{registry.host}/by-docker/models:{_tag(model)}")
+    via_oci = skopeo_inspect(f"docker://{registry.host}/by-oci/models:{tag_of(model)}")
+    via_docker = skopeo_inspect(f"docker://{registry.host}/by-docker/models:{tag_of(model)}")
     assert via_docker["Labels"] == via_oci["Labels"]
-    assert docker_files(f"{registry.host}/by-docker/models:{_tag(model)}", project / "d") == files
-    pinned = skopeo_inspect(f"docker://{registry.host}/by-docker/models:{_tag(model)}--{sha[:12]}")
+    assert docker_files(f"{registry.host}/by-docker/models:{tag_of(model)}", project / "d") == files
+    pinned = skopeo_inspect(
+        f"docker://{registry.host}/by-docker/models:{tag_of(model)}--{sha[:12]}"
+    )
     assert pinned["Digest"] == via_docker["Digest"]
     # the docker builder is idempotent too
     again = cli(
@@ -458,7 +450,7 @@ def test_docker_builder_without_a_registry_records_the_engine(
     assert result.exit_code == 0, result.output
     entry = json.loads((project / "get_hf/mirrored.json").read_text())["models"][model]
     assert entry["destination"] == "docker-engine" and entry["builder"] == "docker"
-    name = f"engine-only/models:{_tag(model)}"
+    name = f"engine-only/models:{tag_of(model)}"
     assert entry["image"] == "engine-only/models"
     image_id = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", name],
@@ -520,10 +512,10 @@ def test_cli_shape_flags_anywhere_dry_run_repo_type_and_digest_lines(
     assert done.exit_code == 0, done.output
     (line,) = done.stdout.splitlines()
     image, _, digest = line.partition("@")
-    assert image == f"oci-images/hgfkeep/datasets:{_tag(dataset)}"
+    assert image == f"oci-images/hgfkeep/datasets:{tag_of(dataset)}"
     assert (
         digest
-        == skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/datasets'}:{_tag(dataset)}")[
+        == skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/datasets'}:{tag_of(dataset)}")[
             "Digest"
         ]
     )
@@ -545,7 +537,9 @@ def test_models_md_links_the_hub_the_labels_name(hub, random_repo, project: Path
     model, _, _ = random_repo()
     make_project(project, models=[model], config={"base_image": "scratch"})
     assert cli("sync", "-q").exit_code == 0
-    labels = skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/models'}:{_tag(model)}")["Labels"]
+    labels = skopeo_inspect(f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(model)}")[
+        "Labels"
+    ]
     source = labels["org.opencontainers.image.source"]
     assert source == f"{hub.url}/{model}"
     assert f"]({source})" in (project / "models.md").read_text()
@@ -577,7 +571,7 @@ def test_max_layer_size_fails_oversized_files_at_plan_time_and_caps_layers(
     assert failure["repo_id"] == big and "model.safetensors is 3.0 MiB" in failure["message"]
     assert "max_layer_size" in failure["message"]
     assert not hub.count("GET", f"{big}/resolve/")  # nothing of it was downloaded
-    manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{_tag(ok)}", raw=True)
+    manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{tag_of(ok)}", raw=True)
     assert all(layer["size"] <= 2 * 1024 * 1024 for layer in manifest["layers"])
     bad = cli("sync", "--max-layer-size", "lots")
     assert bad.exit_code == 2 and "max_layer_size" in bad.stderr
