@@ -139,10 +139,9 @@ def check_layer_count(
     """PackError when the files cannot fit the layer count on any base (cheap, for plan time):
     the fewest groups there can be, over what an image on a base with no layer may have."""
     budget = layer_budget(0)
-    large = sorted((p, s) for p, s in sized if s >= small_limit)
-    small_bytes = sum(s for _, s in sized if s < small_limit)
-    small_cap = min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES)
-    least = len(_first_fit(large, max_layer_size)) + -(-small_bytes // small_cap)
+    small, large = _by_size(sized, small_limit)
+    small_bytes = sum(s for _, s in small)
+    least = len(_first_fit(large, max_layer_size)) + -(-small_bytes // _small_cap(max_layer_size))
     if least > budget:
         raise PackError(_too_many_layers(least, budget))
 
@@ -176,16 +175,14 @@ def split_files(
     error that names the setting to change.
     """
     check_sizes(sized, max_layer_size)
-    ordered = sorted(sized)
-    small = [(p, s) for p, s in ordered if s < small_limit]
-    large = [(p, s) for p, s in ordered if s >= small_limit]
-    small_cap = min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES)
+    small, large = _by_size(sized, small_limit)
+    small_cap = _small_cap(max_layer_size)
     total_small = sum(s for _, s in small)
     small_groups: list[tuple[str, ...]] = []
     # longer runs (spread) when the groups are too many; then runs packed tighter, one by one
     for packed in (False, True):
         spread = 1
-        while spread <= 2 * max(1, len(ordered)):
+        while spread <= 2 * max(1, len(sized)):
             if total_small <= small_cap:
                 small_groups = [tuple(p for p, _ in small)] if small else []
             else:  # by folder (sorted paths keep a folder together), then by size
@@ -203,19 +200,40 @@ def split_files(
     raise PackError(_too_many_layers(len(small_groups) + len(large_groups), max_layers))
 
 
+def _by_size(
+    sized: Sequence[tuple[str, int]], small_limit: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """``(small files, large files)``, each sorted by path."""
+    ordered = sorted(sized)
+    return [f for f in ordered if f[1] < small_limit], [f for f in ordered if f[1] >= small_limit]
+
+
+def _small_cap(max_layer_size: int | None) -> int:
+    return min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES)
+
+
 def _first_fit(files: Sequence[tuple[str, int]], cap: int | None) -> list[tuple[str, ...]]:
-    """The fewest groups of consecutive files within ``cap``: each file joins the group before
-    it while that fits (a file added moves every group after it: the last resort)."""
-    groups: list[list[str]] = []
+    """The fewest groups of consecutive files within ``cap`` (a file added moves every group
+    after it: the last resort)."""
+    groups: dict[int, list[str]] = {}
+    for (path, _), k in zip(files, _greedy_groups([n for _, n in files], cap), strict=True):
+        groups.setdefault(k, []).append(path)
+    return [tuple(g) for g in groups.values()]
+
+
+def _greedy_groups(sizes: Sequence[int], cap: int | None) -> list[int]:
+    """Each size's group, counted from 0, when each joins the group before it while that fits
+    ``cap``: the fewest groups of consecutive sizes there can be."""
+    out: list[int] = []
     total = 0
-    for path, n in files:
-        if groups and (cap is None or total + n <= cap):
-            groups[-1].append(path)
+    for n in sizes:
+        if out and (cap is None or total + n <= cap):
             total += n
+            out.append(out[-1])
         else:
-            groups.append([path])
             total = n
-    return [tuple(g) for g in groups]
+            out.append(out[-1] + 1 if out else 0)
+    return out
 
 
 def _files_per_group(files: Sequence[tuple[str, int]], target: int) -> int:
@@ -288,14 +306,7 @@ def _fit(
 
 def _greedy_counts(sizes: Sequence[int], cap: int) -> list[int]:
     """``out[k]``: the fewest groups within ``cap`` of the first ``k`` sizes, in order."""
-    out, groups, total = [0], 0, 0
-    for n in sizes:
-        if groups and total + n <= cap:
-            total += n
-        else:
-            groups, total = groups + 1, n
-        out.append(groups)
-    return out
+    return [0, *(k + 1 for k in _greedy_groups(sizes, cap))]
 
 
 def _merge(run: Sequence[tuple[str, int]], cap: int) -> list[tuple[str, ...]]:
