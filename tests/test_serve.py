@@ -357,7 +357,7 @@ def test_ranges_are_read_in_the_pieces_asked_before_each_read(
 ARENAS = """
 import ctypes, sys, tempfile, threading, time
 if sys.argv[1] == "tune":
-    from hf2oci.serve.store import tune_malloc
+    from hf2oci.cli.serve import tune_malloc
     tune_malloc()
 libc = ctypes.CDLL(None)
 done = threading.Event()
