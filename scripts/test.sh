@@ -11,6 +11,18 @@ for tool in dockerd:docker.io docker-registry:docker-registry skopeo:skopeo umoc
 done
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh || need_apt+=(busybox-static)
 python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# The Rust hf-hub client's build (below): Debian's crate sources (crates.io is not reachable),
+# and any Rust >= 1.77 on PATH, else Debian 12's rustc-web (its plain rustc, 1.63, is too old;
+# rustc-web replaces it)
+RS_CRATES=(librust-ureq-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev
+  librust-thiserror-dev librust-dirs-dev librust-indicatif-dev librust-log-dev librust-rand-dev
+  librust-http-dev)
+rust_ok() {
+  command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 \
+    && rustc --version | awk '{ split($2, v, "."); exit !(v[1] > 1 || v[2] >= 77) }'
+}
+dpkg -s "${RS_CRATES[@]}" >/dev/null 2>&1 || need_apt+=("${RS_CRATES[@]}")
+rust_ok || need_apt+=(cargo-web rustc-web)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -53,24 +65,7 @@ fi
   "llama-cpp-python[server]==$LLAMA"
 "$VENV/bin/pip" install -q --find-links "$WHEELS" -e '.[test]'
 # The Rust hf-hub client (the crate TGI and TEI download models with), built from the copy in
-# tests/rust/hf-hub with Debian's crate sources (crates.io is not reachable): ~30 s once. Any
-# Rust >= 1.77 on PATH does; else Debian 12's rustc-web (its plain rustc, 1.63, is too old, and
-# rustc-web replaces it).
-RS_CRATES=(librust-ureq-dev librust-serde-dev librust-serde-derive-dev librust-serde-json-dev
-  librust-thiserror-dev librust-dirs-dev librust-indicatif-dev librust-log-dev librust-rand-dev
-  librust-http-dev)
-rust_ok() {
-  command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 \
-    && rustc --version | awk '{ split($2, v, "."); exit !(v[1] > 1 || v[2] >= 77) }'
-}
-rs_pkgs=()
-dpkg -s "${RS_CRATES[@]}" >/dev/null 2>&1 || rs_pkgs+=("${RS_CRATES[@]}")
-rust_ok || rs_pkgs+=(cargo-web rustc-web)
-if [ ${#rs_pkgs[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${rs_pkgs[@]}" >/dev/null
-fi
+# tests/rust/hf-hub (~30 s once)
 HF_HUB_RS_TARGET=${HF2OCI_HF_HUB_RS_TARGET:-/var/cache/hf2oci/hf-hub-rs}
 (cd tests/rust/hf-hub && cargo build -q --release --example fetch \
   --target-dir "$HF_HUB_RS_TARGET" 2>/dev/null) \
