@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ def make_project(
 def tag_of(repo_id: str) -> str:
     """The moving tag of a repo's image, written out here (test_naming checks the rule)."""
     return repo_id.replace("/", "--")
+
+
+def run_json(code: str, *args: str, env: dict[str, str], timeout: float = 300) -> Any:
+    """Python ``code`` in a process of its own (a real client), with ``env``; fails the test
+    with its stderr unless it exits 0; the JSON of its last line of output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cli(*args: str) -> Result:

