@@ -165,9 +165,9 @@ def test_files_without_numbers_change_one_or_two_layers_rarely_three() -> None:
 
 def test_runs_are_packed_by_their_own_paths_not_by_the_count() -> None:
     """At the layer count limit (163 unnumbered files of 4.3 GB need 98 layers of 10 GB),
-    the runs packed tighter are those whose paths hash below a share, so one file more or
-    less flips no other run: 2.01 new layers for one added (7.29 when runs were packed one
-    by one until the count fitted, as one file less let one run unpack)."""
+    the runs packed tighter are those whose paths hash below a share (in eighths), so one
+    file more or less rarely flips another run: 1.90 new layers for one added (7.29 when
+    runs were packed one by one until the count fitted, as one file less let a run unpack)."""
     budget, cap = layer_budget(1), 10 * GB
     files = _unnumbered(163)
     full = group_files(files, max_layers=budget, max_layer_size=cap)
@@ -177,7 +177,7 @@ def test_runs_are_packed_by_their_own_paths_not_by_the_count() -> None:
         before = group_files(files[:which] + files[which + 1 :], max_layers=budget,
                              max_layer_size=cap)  # fmt: skip
         added.append(_changed(before, full))
-    assert sum(added) / len(added) <= 2.5  # measured: 2.01
+    assert sum(added) / len(added) <= 2.2  # measured: 1.90
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_irregular_numbers_fall_back_to_runs_and_still_fit() -> None:
     for w in range(0, 180, 9):
         without = shards[:w] + shards[w + 1 :]
         moved.append(_changed(group_files(without, max_layers=98, max_layer_size=10 * GB), groups))
-    assert sum(moved) / len(moved) < 15  # measured: 8.8
+    assert sum(moved) / len(moved) < 15  # measured: 10.0 (at the count limit: 96 of 98)
 
 
 @pytest.mark.parametrize("n", [150, 170, 190, 196])

@@ -277,8 +277,9 @@ def _chunk(
     """Groups of about ``per`` files within ``cap``, in path order: a family's files (named
     alike but for one number, as shards are) in blocks of consecutive numbers (``_blocks``),
     the others in runs cut after boundary paths and split to fit. Past ``room`` groups, the
-    runs whose paths hash below a share (1/16, 1/8, … all) take their fewest groups: a run is
-    packed or not by its own paths, not by how many groups the others make."""
+    runs whose last path hashes below a share (1/8, 2/8, … all) take their fewest groups: a
+    run is packed or not by its own paths, and the share moves only when the count passes a
+    step, not with every file."""
     families: dict[str, list[tuple[int, str, int]]] = {}
     for path, n in files if by_number else ():
         if (key := _numbered(path)) is not None:
@@ -295,9 +296,9 @@ def _chunk(
     split = [_fit(r, cap) for r in runs]
     if room is not None and len(blocks) + sum(map(len, split)) > room:
         tight = [_fit(r, cap, fewest=True) for r in runs]
-        for share in (4, 3, 2, 1, 0):
+        for eighths in range(1, 9):
             packed = [
-                t if _rank(r[-1][0]) >> (64 - share) == 0 else s
+                t if len(t) < len(s) and _rank(r[-1][0]) < (eighths << 64) // 8 else s
                 for r, s, t in zip(runs, split, tight, strict=True)
             ]
             if len(blocks) + sum(map(len, packed)) <= room:
