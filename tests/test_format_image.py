@@ -95,49 +95,79 @@ SHARD_NAMES = [
 
 
 @pytest.mark.parametrize("name", SHARD_NAMES)
-def test_one_shard_more_or_less_changes_its_own_layer_only(name: str) -> None:
+def test_one_shard_more_or_less_changes_its_own_layer_and_at_most_one_more(name: str) -> None:
     """163 shards of 4.3 GB under GHCR's 10 GB limit: count-based grouping changed 29 of 64
     layers for one added shard; runs cut by path hashes moved 1.55 on average (up to 3; 7.13
-    up to 11 for ``pytorch_model-…``, next to the layer count limit), and took 97 layers.
-    Blocks of shard numbers take the fewest (82) and move exactly one layer: the shard's."""
+    up to 11 for ``pytorch_model-…``, next to the layer count limit). Blocks of shard numbers,
+    joined two by two as the count needs, move the shard's layer and at most one join."""
     budget, cap = layer_budget(1), 10 * GB
     shards = [(name.format(i), SHARD) for i in range(1, 164)]
     full = group_files(shards, max_layers=budget, max_layer_size=cap)
-    assert len(full) == 82
+    assert len(full) <= budget and all(len(g) <= 2 for g in full)
+    added, removed = [], []
     for which in range(163):
         without = shards[:which] + shards[which + 1 :]
         before = group_files(without, max_layers=budget, max_layer_size=cap)
-        added = set(full) - set(before)
-        assert len(added) == 1 and shards[which][0] in next(iter(added))
-        assert _changed(full, before) <= 1  # removed: its partner alone, or nothing new
+        new = set(full) - set(before)
+        assert any(shards[which][0] in g for g in new)
+        added.append(len(new))
+        removed.append(_changed(full, before))
+    assert max(added) <= 2 and max(removed) <= 2
+    assert sum(added) / len(added) <= 1.25  # measured: 1.20
     appended = group_files(
         [*shards, (name.format(164), SHARD)], max_layers=budget, max_layer_size=cap
     )
-    assert _changed(full, appended) == 1
+    assert _changed(full, appended) <= 2
 
 
 @pytest.mark.parametrize(
-    ("size", "numbers", "layers"),
+    ("size", "numbers"),
     [
-        (int(3.3 * GB), range(250), 84),  # three a layer: blocks of 3 numbers
-        (int(1.9 * GB), range(400), 80),  # five a layer
-        (int(3.3 * GB), range(0, 750, 3), 84),  # numbered in steps of 3: the steps count
+        (int(3.3 * GB), range(250)),  # three a layer: blocks of 1, then 3, 6…
+        (int(1.9 * GB), range(400)),  # five a layer
+        (int(3.3 * GB), range(0, 750, 3)),  # numbered in steps of 3: the steps count
     ],
 )
-def test_shards_fill_layers_whatever_the_limit_holds(
-    size: int, numbers: range, layers: int
-) -> None:
-    """Blocks hold as many shards as the limit takes of the largest (not a power of two):
-    the fewest layers, and one added or removed changes its block only, or splits it in two.
-    The hash-run grouping took 98 layers for these and moved up to 22 (3.3 GB) and 27."""
+def test_shards_fill_layers_whatever_the_limit_holds(size: int, numbers: range) -> None:
+    """Blocks hold as many shards as the limit takes of the largest (not a power of two), and
+    one added or removed changes its block and at most one join. The hash-run grouping took 98
+    layers for these and moved up to 22 (3.3 GB) and 27 (1.9 GB)."""
     budget, cap = layer_budget(1), 10 * GB
     shards = [(f"model-{i:05d}.safetensors", size) for i in numbers]
     full = group_files(shards, max_layers=budget, max_layer_size=cap)
-    assert len(full) == layers and all(len(g) * size <= cap for g in full)
+    assert len(full) <= budget and all(len(g) * size <= cap for g in full)
     for which in range(0, len(shards), 3):
         before = group_files(shards[:which] + shards[which + 1 :], max_layers=budget,
                              max_layer_size=cap)  # fmt: skip
-        assert _changed(before, full) <= 2 and _changed(full, before) <= 1
+        assert _changed(before, full) <= 2 and _changed(full, before) <= 2
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "start", "end"),
+    [
+        ("train/{:05d}.parquet", 200 * 10**6, 50, 420),  # 50 a layer
+        ("w/{:05d}.bin", 2 * GB, 50, 420),  # five a layer
+        ("model-{:05d}.safetensors", SHARD, 50, 196),  # two a layer, up to all 98
+    ],
+)
+def test_a_growing_repo_uploads_its_new_file_and_at_most_one_join(
+    name: str, size: int, start: int, end: int
+) -> None:
+    """A dataset that gains a file a revision: when the count passes the limit (99, 197, 393
+    files…), blocks join one at a time as the count needs, instead of all at once. Blocks
+    sized by the count re-uploaded 50 layers at 99, 197 and 393 files (79 for 2 GB files)."""
+    budget, cap = layer_budget(1), 10 * GB
+    before = group_files([(name.format(i), size) for i in range(start)], max_layers=budget,
+                         max_layer_size=cap)  # fmt: skip
+    uploads = []
+    for n in range(start + 1, end + 1):
+        after = group_files([(name.format(i), size) for i in range(n)], max_layers=budget,
+                            max_layer_size=cap)  # fmt: skip
+        assert len(after) <= budget
+        uploads.append(_changed(before, after))
+        before = after
+    assert max(uploads) <= 2
+    assert sum(uploads) <= 1.5 * len(uploads)  # measured: 1.02, 1.09, 1.46
 
 
 def _unnumbered(n: int) -> list[tuple[str, int]]:

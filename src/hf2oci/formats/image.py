@@ -169,39 +169,37 @@ def split_files(
     over ``max_layer_size``.
 
     Which files share a layer depends on the files alone, so a new revision re-uploads little.
-    Shards (files named alike but for one number) share a layer with the shards of the next
-    numbers, in blocks of consecutive numbers (``_blocks``): one added, removed or changed
-    changes its own layer, or splits it in two (163 shards of 4.3 GB in 10 GB layers: 82
-    layers, the fewest there can be, and one new layer for any one added or removed). Other
-    files go in runs that end after a path that hashes to a boundary (content-defined, like
-    a rolling hash over the sorted paths), split where the paths say (``_fit``): one or two
-    new groups a change, rarely three. With few files every large file has a layer of its
-    own and the small files share one. Too many groups: runs packed tighter, then longer
-    runs and blocks, then no blocks, then the fewest groups there can be, else an error
-    that names the setting to change.
+    Shards (files named alike but for one number) share layers in blocks of consecutive
+    numbers (``_blocks``), joined into the next level's blocks one at a time as the count
+    needs: one added, removed or changed changes its own layer and at most one join (163
+    shards of 4.3 GB in 10 GB layers: 1.20 new layers on average, at most 2; a dataset that
+    grows a file at a time never re-uploads more than 2). Other files go in runs that end
+    after a path that hashes to a boundary (content-defined, like a rolling hash over the
+    sorted paths), split where the paths say (``_fit``): one or two new groups a change,
+    rarely more. With few files every large file has a layer of its own and the small files
+    share one. Too many groups: blocks joined, runs packed tighter, the next level; then the
+    small files' groups longer; then no blocks; then the fewest groups there can be, else an
+    error that names the setting to change.
     """
     check_sizes(sized, max_layer_size)
     small, large = _by_size(sized, small_limit)
     small_cap = _small_cap(max_layer_size)
     total_small = sum(s for _, s in small)
     small_groups: list[tuple[str, ...]] = []
-    # too many groups: runs packed tighter, then longer runs (spread), then no number blocks
     for by_number in (True, False):
-        spread = 1
-        while spread <= 2 * max(1, len(sized)):
+        for spread in [1] if total_small <= small_cap else _doublings(len(small)):
             if total_small <= small_cap:
                 small_groups = [tuple(p for p, _ in small)] if small else []
             else:  # by folder (sorted paths keep a folder together), then by size
-                per = _files_per_group(small, small_cap) * spread
-                small_groups = _chunk(small, per=per, cap=small_cap, by_number=by_number)
+                level = (_files_per_group(small, small_cap) * spread).bit_length() - 1
+                small_groups = _chunk(small, level=level, cap=small_cap, by_number=by_number)
             room = max(1, max_layers - len(small_groups))
-            per = _power_of_two(len(large) / room) * spread
-            large_groups = _chunk(
-                large, per=per, cap=max_layer_size, room=room, by_number=by_number
-            )
-            if len(small_groups) + len(large_groups) <= max_layers:
-                return small_groups, large_groups
-            spread *= 2
+            for level in range(len(_doublings(len(large)))):
+                large_groups = _chunk(
+                    large, level=level, cap=max_layer_size, room=room, by_number=by_number
+                )
+                if len(small_groups) + len(large_groups) <= max_layers:
+                    return small_groups, large_groups
     large_groups = _first_fit(large, max_layer_size)  # the fewest groups there can be
     if len(small_groups) + len(large_groups) <= max_layers:
         return small_groups, large_groups
@@ -258,6 +256,11 @@ def _power_of_two(x: float) -> int:
     return n
 
 
+def _doublings(n: int) -> list[int]:
+    """1, 2, 4, … up to twice ``n``."""
+    return [1 << k for k in range(max(1, 2 * n).bit_length())]
+
+
 def _boundary(path: str, per: int) -> bool:
     """Whether a group ends after ``path``: true for about one path in ``per``, by its hash."""
     if per <= 1:
@@ -269,70 +272,131 @@ def _boundary(path: str, per: int) -> bool:
 def _chunk(
     files: Sequence[tuple[str, int]],
     *,
-    per: int,
+    level: int,
     cap: int | None,
     room: int | None = None,
     by_number: bool = True,
 ) -> list[tuple[str, ...]]:
-    """Groups of about ``per`` files within ``cap``, in path order: a family's files (named
+    """Groups of files within ``cap``, about ``2 ** level`` files each: a family's (files named
     alike but for one number, as shards are) in blocks of consecutive numbers (``_blocks``),
-    the others in runs cut after boundary paths and split to fit. Past ``room`` groups, the
-    runs whose last path hashes below a share (1/8, 2/8, … all) take their fewest groups: a
-    run is packed or not by its own paths, and the share moves only when the count passes a
-    step, not with every file."""
-    families: dict[str, list[tuple[int, str, int]]] = {}
+    the others in runs cut after boundary paths and split to fit (``_fit``).
+
+    Past ``room`` groups, blocks are joined into those of the next level, one at a time in
+    hash order, until the groups fit: one file more joins one block more, so the count steps
+    into the next level a join at a time, not all at once. Still too many: the runs whose
+    last path hashes below a share (1/8, 2/8, … all) take their fewest groups."""
+    named: dict[str, list[tuple[int, str, int]]] = {}
     for path, n in files if by_number else ():
-        if (key := _numbered(path)) is not None:
-            families.setdefault(key[0], []).append((key[1], path, n))
-    blocks = [g for f in families.values() if len(f) > 1 for g in _blocks(f, per=per, cap=cap)]
-    numbered = {p for g in blocks for p in g}
+        if (number := _numbered(path)) is not None:
+            named.setdefault(number[0], []).append((number[1], path, n))
+    families = {f: _Family.of(m, cap) for f, m in named.items() if len(m) > 1}
+    numbered = {path for f in families.values() for _, path, _ in f.files}
     runs: list[list[tuple[str, int]]] = [[]]
     for path, n in files:
         if path not in numbered:
             runs[-1].append((path, n))
-            if _boundary(path, per):
+            if _boundary(path, 1 << level):
                 runs.append([])
-    runs = [r for r in runs if r]
-    split = [_fit(r, cap) for r in runs]
-    if room is not None and len(blocks) + sum(map(len, split)) > room:
+    split = [_fit(r, cap) for r in runs if r]
+    blocks = {f: family.blocks(level) for f, family in families.items()}
+    count = sum(map(len, split)) + sum(map(len, blocks.values()))
+    if room is None or count <= room:
+        return sorted([g for groups in split for g in groups] + _flat(blocks))
+    joins = [(_rank(f"{f}\0{key}"), f, key, saved) for f, family in families.items()
+             for key, saved in family.joins(level)]  # fmt: skip
+    joined: dict[str, set[int]] = {}
+    for _, f, key, saved in sorted(joins):
+        if count <= room:
+            break
+        joined.setdefault(f, set()).add(key)
+        count -= saved
+    for f, keys in joined.items():
+        blocks[f] = families[f].blocks(level, joined=keys)
+    if count > room:
+        runs = [r for r in runs if r]
         tight = [_fit(r, cap, fewest=True) for r in runs]
         for eighths in range(1, 9):
             packed = [
                 t if len(t) < len(s) and _rank(r[-1][0]) < (eighths << 64) // 8 else s
                 for r, s, t in zip(runs, split, tight, strict=True)
             ]
-            if len(blocks) + sum(map(len, packed)) <= room:
+            if count - sum(map(len, split)) + sum(map(len, packed)) <= room:
                 break
         split = packed
-    return sorted(blocks + [g for groups in split for g in groups])
+    return sorted([g for groups in split for g in groups] + _flat(blocks))
 
 
-def _blocks(
-    family: Sequence[tuple[int, str, int]], *, per: int, cap: int | None
-) -> list[tuple[str, ...]]:
-    """A family's ``(number, path, size)`` in blocks of ``per`` consecutive numbers. Past as many
-    files of its largest as ``cap`` holds (``k``), blocks span a power of two times ``k``
-    numbers (for sparse numbers), halved where one passes ``cap``: a block of ``k`` numbers
-    always fits. So a file added or removed changes its own block, or splits it in two."""
-    step = math.gcd(*(number for number, _, _ in family)) or 1  # numbered 0, 2, 4…: steps of 2
-    holds = per if cap is None else cap // max(n for _, _, n in family)
-    span = per if per <= holds else holds * (per >> (holds.bit_length() - 1))
-    return _halve([(k // step, p, n) for k, p, n in family], span=span, holds=holds, cap=cap)
+def _flat(blocks: Mapping[str, list[tuple[str, ...]]]) -> list[tuple[str, ...]]:
+    return [g for groups in blocks.values() for g in groups]
 
 
-def _halve(
-    family: Sequence[tuple[int, str, int]], *, span: int, holds: int, cap: int | None
-) -> list[tuple[str, ...]]:
-    blocks: dict[int, list[tuple[int, str, int]]] = {}
-    for file in family:
-        blocks.setdefault(file[0] // span, []).append(file)
-    out: list[tuple[str, ...]] = []
-    for block in blocks.values():
-        if span > holds and cap is not None and sum(n for _, _, n in block) > cap:
-            out += _halve(block, span=span // 2, holds=holds, cap=cap)
-        else:
-            out.append(tuple(path for _, path, _ in block))
-    return out
+@dataclass(frozen=True)
+class _Family:
+    """Files named alike but for one number, as ``(number, path, size)``: numbers count in
+    steps of their gcd (0, 2, 4…: steps of 2). ``holds``: how many of its largest file a
+    layer holds (None: no size limit)."""
+
+    files: tuple[tuple[int, str, int], ...]
+    holds: int | None
+    cap: int | None
+
+    @classmethod
+    def of(cls, members: Sequence[tuple[int, str, int]], cap: int | None) -> _Family:
+        step = math.gcd(*(number for number, _, _ in members)) or 1
+        holds = None if cap is None else cap // max(n for _, _, n in members)
+        return cls(tuple(sorted((k // step, p, n) for k, p, n in members)), holds, cap)
+
+    def span(self, level: int) -> int:
+        """How many numbers a block spans at ``level``: 1, then the odd part of ``holds``
+        doubled up to ``holds``, then doubled on. Each is a multiple of the one before, so a
+        level's blocks join into the next level's; blocks past ``holds`` numbers are halved
+        where they pass the limit (``_halve``), and a block of ``holds`` always fits."""
+        if self.holds is None:
+            return 1 << level
+        odd = self.holds >> ((self.holds & -self.holds).bit_length() - 1)
+        chain = [1] + [odd << k for k in range((self.holds // odd).bit_length()) if odd << k > 1]
+        return chain[level] if level < len(chain) else self.holds << (level - len(chain) + 1)
+
+    def blocks(
+        self, level: int, joined: set[int] | frozenset[int] = frozenset()
+    ) -> list[tuple[str, ...]]:
+        """The groups of the blocks of ``level``, and of the next level's blocks whose keys
+        are ``joined``. A file added or removed changes its own block, or splits it in two."""
+        span, up = self.span(level), self.span(level + 1)
+        blocks: dict[tuple[int, int], list[tuple[int, str, int]]] = {}
+        for file in self.files:
+            key = (up, file[0] // up) if file[0] // up in joined else (span, file[0] // span)
+            blocks.setdefault(key, []).append(file)
+        return [g for (size, _), block in sorted(blocks.items()) for g in self._halve(block, size)]
+
+    def joins(self, level: int) -> list[tuple[int, int]]:
+        """``(key, groups saved)`` of each block of the next level that fits the limit and
+        would join two or more of this level's groups."""
+        span, up = self.span(level), self.span(level + 1)
+        regions: dict[int, dict[int, list[tuple[int, str, int]]]] = {}
+        for file in self.files:
+            regions.setdefault(file[0] // up, {}).setdefault(file[0] // span, []).append(file)
+        out = []
+        for key, region in regions.items():
+            groups = sum(len(self._halve(b, span)) for b in region.values())
+            if groups > 1 and _fits([(p, n) for b in region.values() for _, p, n in b], self.cap):
+                out.append((key, groups - 1))
+        return out
+
+    def _halve(self, block: Sequence[tuple[int, str, int]], span: int) -> list[tuple[str, ...]]:
+        """A block as groups: whole where it fits the limit (or spans ``holds`` numbers or
+        fewer), else its halves, each the same way."""
+        paths = [(p, n) for _, p, n in block]
+        if self.holds is None or span <= self.holds or _fits(paths, self.cap):
+            return [tuple(p for p, _ in paths)]
+        halves: dict[int, list[tuple[int, str, int]]] = {}
+        for file in block:
+            halves.setdefault(file[0] // (span // 2), []).append(file)
+        return [g for half in halves.values() for g in self._halve(half, span // 2)]
+
+
+def _fits(files: Sequence[tuple[str, int]], cap: int | None) -> bool:
+    return cap is None or sum(n for _, n in files) <= cap
 
 
 _OF = re.compile(r"(\d+)-of-\d+")
