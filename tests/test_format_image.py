@@ -6,7 +6,7 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf2oci.errors import PackError
@@ -50,6 +50,35 @@ def test_many_shards_stay_under_the_layer_limit(n: int, with_small: bool) -> Non
     assert groups == group_files(list(reversed(sized)))  # order of input does not matter
     small, _ = split_files(sized)
     assert ([("config.json",)] if with_small else []) == small
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, 300), st.integers(40, 120),
+       st.integers(10, 98))  # fmt: skip
+def test_any_files_fit_the_limits_once_each(
+    rng: random.Random, n: int, cap: int, budget: int
+) -> None:
+    """Families with any numbers (dense, sparse, repeated gcds) and sizes, with unnumbered
+    files: every file in exactly one group, no group over the size limit, no more groups than
+    the budget (or the error), whatever the order given."""
+    names = ["a/s-{}.bin", "b/{:05d}.parquet", "w/x{}y.st", "u.{}", "m-{}-of-00300.gguf"]
+    step = rng.choice([1, 1, 2, 3, 7])
+    sized = {
+        rng.choice(names).format(rng.randrange(0, 4 * n + 1) * step): rng.randint(1, 40) * MiB
+        for _ in range(n)
+    }
+    for i in range(rng.randrange(0, 20)):
+        sized[f"unnumbered/{chr(97 + i % 26)}{'z' * (i // 26)}.bin"] = rng.randint(1, 40) * MiB
+    files = list(sized.items())
+    try:
+        groups = group_files(files, max_layers=budget, max_layer_size=cap * MiB)
+    except PackError as e:
+        assert str(e).startswith("the files need")
+        return
+    assert len(groups) <= budget
+    assert sorted(p for g in groups for p in g) == sorted(sized)
+    assert all(sum(sized[p] for p in g) <= cap * MiB for g in groups)
+    assert groups == group_files(files[::-1], max_layers=budget, max_layer_size=cap * MiB)
 
 
 def test_content_key_depends_on_paths_and_hashes_only() -> None:
