@@ -170,7 +170,7 @@ def split_files(
 
     Which files share a layer depends on the files alone, so a new revision re-uploads little.
     Shards (files named alike but for one number) share layers in blocks of consecutive
-    numbers (``_blocks``), joined into the next level's blocks one at a time as the count
+    numbers (``_Family``), joined into the next level's blocks one at a time as the count
     needs: one added, removed or changed changes its own layer and at most one join (163
     shards of 4.3 GB in 10 GB layers: 1.20 new layers on average, at most 2; a dataset that
     grows a file at a time never re-uploads more than 2). Other files go in runs that end
@@ -278,7 +278,7 @@ def _chunk(
     by_number: bool = True,
 ) -> list[tuple[str, ...]]:
     """Groups of files within ``cap``, about ``2 ** level`` files each: a family's (files named
-    alike but for one number, as shards are) in blocks of consecutive numbers (``_blocks``),
+    alike but for one number, as shards are) in blocks of consecutive numbers (``_Family``),
     the others in runs cut after boundary paths and split to fit (``_fit``).
 
     Past ``room`` groups, blocks are joined into those of the next level, one at a time in
@@ -297,7 +297,8 @@ def _chunk(
             runs[-1].append((path, n))
             if _boundary(path, 1 << level):
                 runs.append([])
-    split = [_fit(r, cap) for r in runs if r]
+    runs = [r for r in runs if r]
+    split = [_fit(r, cap) for r in runs]
     blocks = {f: family.blocks(level) for f, family in families.items()}
     count = sum(map(len, split)) + sum(map(len, blocks.values()))
     if room is None or count <= room:
@@ -313,7 +314,6 @@ def _chunk(
     for f, keys in joined.items():
         blocks[f] = families[f].blocks(level, joined=keys)
     if count > room:
-        runs = [r for r in runs if r]
         tight = [_fit(r, cap, fewest=True) for r in runs]
         for eighths in range(1, 9):
             packed = [
@@ -367,7 +367,7 @@ class _Family:
         for file in self.files:
             key = (up, file[0] // up) if file[0] // up in joined else (span, file[0] // span)
             blocks.setdefault(key, []).append(file)
-        return [g for (size, _), block in sorted(blocks.items()) for g in self._halve(block, size)]
+        return [g for (w, _), block in sorted(blocks.items()) for g in self._halve(block, w)]
 
     def joins(self, level: int) -> list[tuple[int, int]]:
         """``(key, groups saved)`` of each block of the next level that fits the limit and
@@ -428,8 +428,8 @@ def _fit(
 
     Each file is joined to the next one, in the order of their paths' hashes, unless that would
     pass ``cap``: whether two files share a group depends on them and their near neighbours,
-    so a file added or removed moves one or two groups, rarely three (163 unnumbered files of
-    4.3 GB in 10 GB layers, 140 of them: 4 of 280 changes moved 3). It makes ~12% more groups
+    so a file added or removed moves one or two groups, rarely three (140 unnumbered files of
+    4.3 GB in 10 GB layers: 4 of 280 changes moved 3). It makes ~12% more groups
     than the fewest; with ``fewest``, the run is split after the file whose path hashes lowest
     among the places that cost no extra group, then each side the same way (up to 6 moved)."""
     sizes = [n for _, n in run]
