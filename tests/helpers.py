@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -32,6 +33,13 @@ def make_project(
     if prepare is not None:
         (get_hf / "prepare.sh").write_text(prepare)
     return root
+
+
+def unnumbered_name(i: int) -> str:
+    """A file name without a digit (its hash's digits turned to letters): grouped as a file
+    that is not a shard."""
+    letters = str.maketrans("0123456789", "ghijklmnop")
+    return f"w/{hashlib.sha256(b'%d' % i).hexdigest()[:12].translate(letters)}.st"
 
 
 def tag_of(repo_id: str) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import unnumbered_name
 from hf2oci.errors import PackError
 from hf2oci.formats.image import (
     MAX_REPO_LAYERS,
@@ -199,17 +199,11 @@ def test_a_growing_repo_uploads_its_new_file_and_at_most_one_join(
     assert sum(uploads) <= 1.5 * len(uploads)  # measured: 1.02, 1.09, 1.46
 
 
-def _unnumbered(n: int) -> list[tuple[str, int]]:
-    letters = str.maketrans("0123456789", "ghijklmnop")
-    return [(f"w/{hashlib.sha256(b'%d' % i).hexdigest()[:12].translate(letters)}.st", SHARD)
-            for i in range(n)]  # fmt: skip
-
-
 def test_files_without_numbers_change_one_or_two_layers_rarely_three() -> None:
     """Unnumbered files go in runs cut by their path hashes: 140 of 4.3 GB in 10 GB layers
     move 1.43 layers on average for one added (up to 3) and 0.70 for one removed (up to 2)."""
     budget, cap = layer_budget(1), 10 * GB
-    files = _unnumbered(140)
+    files = [(unnumbered_name(i), SHARD) for i in range(140)]
     full = group_files(files, max_layers=budget, max_layer_size=cap)
     added, removed = [], []
     for which in range(140):
@@ -228,7 +222,7 @@ def test_runs_are_packed_by_their_own_paths_not_by_the_count() -> None:
     file more or less rarely flips another run: 1.90 new layers for one added (7.29 when
     runs were packed one by one until the count fitted, as one file less let a run unpack)."""
     budget, cap = layer_budget(1), 10 * GB
-    files = _unnumbered(163)
+    files = [(unnumbered_name(i), SHARD) for i in range(163)]
     full = group_files(files, max_layers=budget, max_layer_size=cap)
     assert len(full) <= budget
     added = []

@@ -4,7 +4,6 @@ thousands of files, and a hub that fails 1 request in 50 (503s and bodies cut in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, make_project
+from helpers import cli, make_project, unnumbered_name
 from hf2oci.oci.source import open_image
 from hf2oci.serve.store import read_files
 from servers import Registry
@@ -137,11 +136,6 @@ def test_a_large_file_comes_over_parallel_range_parts_in_order(
     assert b"".join(got.chunks()) == data
 
 
-def _unnumbered(i: int) -> str:
-    letters = str.maketrans("0123456789", "ghijklmnop")
-    return f"w/{hashlib.sha256(b'%d' % i).hexdigest()[:12].translate(letters)}.st"
-
-
 def _one_missing(at: int) -> tuple[list[str], str]:
     names = [f"model-{i:05d}-of-00164.safetensors" for i in range(1, 165)]
     return [n for n in names if n != names[at - 1]], names[at - 1]
@@ -150,7 +144,7 @@ def _one_missing(at: int) -> tuple[list[str], str]:
 SHARDS_163 = {  # 163 shards, and the one a second revision adds
     "85 missing": _one_missing(85),
     "74 missing": _one_missing(74),
-    "unnumbered": ([_unnumbered(i) for i in range(163)], _unnumbered(174)),
+    "unnumbered": ([unnumbered_name(i) for i in range(163)], unnumbered_name(174)),
 }
 
 

@@ -194,7 +194,7 @@ def split_files(
                 level = (_files_per_group(small, small_cap) * spread).bit_length() - 1
                 small_groups = _chunk(small, level=level, cap=small_cap, by_number=by_number)
             room = max(1, max_layers - len(small_groups))
-            for level in range(len(_doublings(len(large)))):
+            for level in range(max(1, 2 * len(large)).bit_length()):  # 2 ** level up to 2n
                 large_groups = _chunk(
                     large, level=level, cap=max_layer_size, room=room, by_number=by_number
                 )
