@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.oci.transport import load_credentials
 from hf2oci.spec import RepoType
 
+log = logging.getLogger(__name__)
+
 Kind = Literal["registry", "oci-layout", "docker-engine"]
 Progress = Callable[[int], None]
 
@@ -35,7 +38,7 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class Destination:
     """Where images go: a registry, OCI layouts under ``layout_root`` (no registry), or the local
-    Docker engine (``engine``; pushed from there when a registry is set too)."""
+    Docker engine (``engine``; with a registry too, pushed there and pulled by the engine)."""
 
     namespace: str
     registry: str | None = None
@@ -170,10 +173,9 @@ class LayoutTarget:
 
 
 class EngineTarget:
-    """The local Docker engine; with a registry, images are pushed from the engine too.
-
-    The engine holds one platform per tag: of an index, the image for this machine's platform
-    (else the first) is loaded, and only that one is pushed.
+    """The local Docker engine. With a registry, the image is pushed there as the oci builder
+    pushes it (the same digest, every platform), then the engine pulls it; without, it is
+    loaded into the engine, which holds one platform per tag: this machine's (else the first).
     """
 
     def __init__(self, client: Any, name: str, registry: RegistryTarget | None) -> None:
@@ -188,16 +190,26 @@ class EngineTarget:
         return daemon.labels(self.client, f"{self.name}:{tag}")
 
     def stored_layer(self, digest: str, size: int) -> Layer | None:
-        return None  # the engine keeps no blobs that could be read back as they were sent
+        # the engine keeps no blobs that could be read back as they were sent; a registry does
+        return self.registry.stored_layer(digest, size) if self.registry is not None else None
 
     def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
-        image = _for_this_machine(image)
-        daemon.load(self.client, image, [f"{self.name}:{tag}" for tag in tags])
-        if self.registry is None:
-            return image.digest
-        creds = load_credentials(self.registry.client.registry)
-        auth = {"username": creds.username, "password": creds.password} if creds else None
-        return daemon.push(self.client, self.name, tags, auth=auth)
+        if self.registry is not None:
+            digest = self.registry.write(image, tags, on_progress=on_progress)
+            creds = load_credentials(self.registry.client.registry)
+            auth = {"username": creds.username, "password": creds.password} if creds else None
+            daemon.pull(self.client, self.name, tags, auth=auth)
+            return digest
+        one = _for_this_machine(image)
+        skipped = [_platform_name(i) for i in images_of(image) if i is not one]
+        if skipped:
+            log.warning(
+                "the Docker engine holds one platform per tag: loading %s, skipping %s "
+                "(set a registry to keep every platform)",
+                _platform_name(one), ", ".join(skipped),
+            )  # fmt: skip
+        daemon.load(self.client, one, [f"{self.name}:{tag}" for tag in tags])
+        return one.digest
 
 
 class Targets:
@@ -258,6 +270,11 @@ def _first_entry(index: dict[str, Any]) -> str | None:
         digest = entries[0].get("digest")
         return digest if isinstance(digest, str) else None
     return None
+
+
+def _platform_name(image: Image) -> str:
+    doc = platform_of(image)
+    return "/".join(doc[k] for k in ("os", "architecture", "variant") if doc.get(k))
 
 
 def _for_this_machine(image: Artifact) -> Image:

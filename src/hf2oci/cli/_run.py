@@ -28,8 +28,8 @@ def destination_options(func: F) -> F:
         click.option(
             "--builder",
             type=click.Choice(["oci", "docker"]),
-            help="oci: write images directly; docker: load them into the Docker engine (and "
-            "push from there).",
+            help="oci: write images directly; docker: the same images, also in the Docker "
+            "engine (pushed, then pulled by it; without a registry, loaded into it).",
         ),
         click.option(
             "--plain-http/--no-plain-http",

@@ -1,5 +1,5 @@
-"""Load one Image into a Docker engine (``docker load`` of a docker-archive, streamed: nothing is
-written to disk on the way), and push it from there with the engine's own credentials."""
+"""The Docker engine as a sink: load one Image (``docker load`` of a docker-archive, streamed:
+nothing is written to disk on the way), or pull what was pushed to a registry."""
 
 from __future__ import annotations
 
@@ -48,22 +48,20 @@ def load(client: Any, image: Image, names: Sequence[str]) -> None:
     log.info("loaded %s into the engine as %s", image.digest, ", ".join(names))
 
 
-def push(client: Any, name: str, tags: Sequence[str], *, auth: dict[str, str] | None) -> str:
-    """``docker push name:tag`` for each tag (in order); returns the digest the last one got."""
+def pull(client: Any, name: str, tags: Sequence[str], *, auth: dict[str, str] | None) -> None:
+    """``docker pull name:tag`` for each tag: the engine takes its own platform of an index."""
     import docker.errors
 
-    digest = ""
     for tag in tags:
         try:
-            for chunk in client.api.push(name, tag=tag, auth_config=auth, stream=True, decode=True):
+            for chunk in client.api.pull(name, tag=tag, auth_config=auth, stream=True, decode=True):
                 if "error" in chunk:
                     raise BuilderError(
-                        f"docker push {name}:{tag} failed: {_one_line(chunk['error'])}"
+                        f"docker pull {name}:{tag} failed: {_one_line(chunk['error'])}"
                     )
-                digest = (chunk.get("aux") or {}).get("Digest", digest)
+                log.debug("docker pull: %s", chunk)
         except docker.errors.APIError as e:
-            raise BuilderError(f"docker push {name}:{tag} failed: {_one_line(e)}") from e
-    return str(digest)
+            raise BuilderError(f"docker pull {name}:{tag} failed: {_one_line(e)}") from e
 
 
 def labels(client: Any, name: str) -> dict[str, str] | None:

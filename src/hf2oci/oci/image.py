@@ -147,12 +147,15 @@ class Image:
         render: Callable[[], tuple[bytes, bytes]] | None = None,
         media_type: str = MT_MANIFEST,
         name: str = "",
+        platform: Mapping[str, str] | None = None,
     ) -> None:
         if (config is None or manifest is None) and render is None:
             raise PackError("an image needs its config and manifest, or a way to make them")
         self.layers = tuple(layers)
         self.media_type = media_type
         self.name = name
+        #: the platform its config states, when known before the config is made (assembled)
+        self.platform = dict(platform) if platform is not None else None
         self._blobs = (config, manifest) if config is not None and manifest is not None else None
         self._render = render
         self._lock = threading.Lock()
@@ -268,6 +271,14 @@ class Base:
 _PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant")
 
 
+def _platform_keys(base_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The platform keys of an image made on ``base_config`` (scratch: linux/amd64)."""
+    keys: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
+    keys.setdefault("architecture", "amd64")
+    keys.setdefault("os", "linux")
+    return keys
+
+
 def _config(
     base_config: Mapping[str, Any],
     base_diff_ids: list[Any],
@@ -277,9 +288,7 @@ def _config(
     history_comment: str,
 ) -> dict[str, Any]:
     """The image config: the base's platform and run settings, its labels under ours."""
-    config: dict[str, Any] = {k: base_config[k] for k in _PLATFORM_KEYS if k in base_config}
-    config.setdefault("architecture", "amd64")
-    config.setdefault("os", "linux")
+    config: dict[str, Any] = _platform_keys(base_config)
     run_config = dict(base_config.get("config") or {})
     merged_labels = {**(run_config.get("Labels") or {}), **labels}
     if merged_labels:
@@ -345,7 +354,9 @@ def assemble(
             manifest["annotations"] = dict(annotations)
         return config, canonical_json(manifest)
 
-    return Image((*base.layers, *layers), render=render, media_type=MT_MANIFEST)
+    # known now, unlike the config: a sink may pick a platform before any layer was written
+    platform = _platform_doc(_platform_keys(base_config))
+    return Image((*base.layers, *layers), render=render, media_type=MT_MANIFEST, platform=platform)
 
 
 class ImageIndex:
@@ -418,8 +429,14 @@ def images_of(artifact: Artifact) -> tuple[Image, ...]:
 
 
 def platform_of(image: Image) -> dict[str, str]:
-    """The ``platform`` object of an index entry for ``image``, from its config."""
-    config = image.config_doc
+    """The ``platform`` object of an index entry for ``image``: as assembled, else from its
+    config (reading it renders an assembled image, which needs its layers' digests)."""
+    if image.platform is not None:
+        return dict(image.platform)
+    return _platform_doc(image.config_doc)
+
+
+def _platform_doc(config: Mapping[str, Any]) -> dict[str, str]:
     doc: dict[str, str] = {k: str(config[k]) for k in ("architecture", "os") if k in config}
     if config.get("variant"):
         doc["variant"] = str(config["variant"])
