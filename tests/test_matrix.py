@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from modelpack_client import ModelPackClient
 
-from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
+from helpers import cli, make_project, read_tree, skopeo_inspect, skopeo_tags, tag_of
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import host_platform
 from servers import Registry
@@ -262,3 +262,76 @@ def test_matrix(
                 one = json.loads(blob.read_text())
             layers.append([d["digest"] for d in one["layers"][1:]])  # each base has 1 layer
         assert layers[0] == layers[1] and len(layers[0]) >= 2
+
+
+#: the other options, once with each builder and destination: (args, the files expected)
+PREPARE = 'set -e\necho prepared > "$OUT_DIR/extra é.txt"\nrm "$OUT_DIR/with space.txt"\n'
+OPTIONS: dict[str, list[str]] = {
+    "dry-run": ["--dry-run"],
+    "platform": ["--platform", "linux/arm64"],
+    "max-layer-size": ["--max-layer-size", str(3 * MiB + 100 * 1024)],
+    "prepare": [],  # get_hf/prepare.sh
+    "preset": ["--preset", "safetensors"],
+}
+WAYS = [("oci", "registry"), ("oci", "local"), ("docker", "registry"), ("docker", "local")]
+
+
+def _expected(option: str) -> dict[str, bytes]:
+    if option == "prepare":
+        return {
+            **{p: d for p, d in FILES.items() if p != "with space.txt"},
+            "extra é.txt": b"prepared\n",
+        }
+    if option == "preset":  # the safetensors preset keeps no other weights format
+        return {p: d for p, d in FILES.items() if p != "flax_model.msgpack"}
+    return FILES
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("way", WAYS, ids=["-".join(w) for w in WAYS])
+def test_options(
+    option: str, way: tuple[str, str], hub: Any, registry: Registry, bases: dict[str, str],
+    project: Path,
+) -> None:  # fmt: skip
+    builder, dest = way
+    ns = f"opt-{builder}-{dest}-{option}-{uuid.uuid4().hex[:6]}"
+    base = bases["multi" if option == "platform" else "single"]
+    args = ["--builder", builder, "--base-image", base, "--namespace", ns, *OPTIONS[option]]
+    args += ["--output-dir", str(project / "oci-images")]
+    if dest == "registry":
+        args += ["--registry", registry.host]
+    make_project(project, models=[REPO], prepare=PREPARE if option == "prepare" else None)
+    code, doc, out = _mirror(project, *args)
+    assert code == 0, out
+    (result,) = doc["results"]
+    ref = f"{registry.host}/{ns}/models:{TAG}"
+    layout = project / "oci-images" / ns / "models"
+    engine = f"{ns}/models:{TAG}" if dest == "local" else ref
+    if option == "dry-run":  # planned, and nothing written anywhere
+        assert result["status"] == "planned" and result["message"].startswith("would mirror 8")
+        assert not hub.count("GET", "/resolve/")
+        assert not layout.exists() and not skopeo_tags(f"{registry.host}/{ns}/models")
+        gone = subprocess.run(["docker", "image", "inspect", engine], capture_output=True)
+        assert gone.returncode != 0
+        return
+    assert result["status"] == "mirrored", result
+    if builder == "docker":
+        got = _engine_files(engine, project / "cp")
+        arch = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Architecture}}", engine],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        subprocess.run(["docker", "rmi", "-f", engine], capture_output=True)
+        assert got == _expected(option)
+        assert arch == ("arm64" if option == "platform" else str(host_platform().architecture))
+        if dest == "local":
+            return
+    source = f"docker://{ref}" if dest == "registry" else f"oci:{layout}:{TAG}"
+    if option == "platform":  # one platform asked for: one manifest, not an index
+        assert skopeo_inspect(source, raw=True)["mediaType"] != MT_INDEX
+        assert skopeo_inspect(source, config=True)["architecture"] == "arm64"
+        return
+    assert _umoci_files(source, project / "umoci") == _expected(option)
+    if option == "max-layer-size":
+        sizes = [d["size"] for d in skopeo_inspect(source, raw=True)["layers"][1:]]
+        assert max(sizes) <= 3 * MiB + 100 * 1024 and len(sizes) >= 3
