@@ -213,3 +213,13 @@ def test_the_shipped_config_loads() -> None:
     if not shipped.exists():
         pytest.skip("no get_hf/config.yaml in this checkout")
     assert load_config(shipped).namespace == "hgfkeep"
+
+
+def test_every_setting_has_a_row_in_the_readme() -> None:
+    """The README's config table names each key Config reads (small_file_limit and record
+    were missing from it)."""
+    import dataclasses
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    assert [f.name for f in dataclasses.fields(Config) if f.name not in rows] == []

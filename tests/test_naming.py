@@ -51,8 +51,11 @@ def test_examples() -> None:
     )
     assert naming.repo_id_from_tag("facebook--opt-125m") == "facebook/opt-125m"
     assert naming.repo_id_from_tag("facebook--opt-125m--0123456789ab") == "facebook/opt-125m"
-    assert naming.image_repository("hgfkeep", "model") == "hgfkeep/models"
-    assert naming.image_repository("a/b", "dataset") == "a/b/datasets"
+    # the image repository of a repo type: what the pipeline writes to
+    from hf2oci.destination import Destination
+
+    assert Destination(namespace="hgfkeep").repository("model") == "hgfkeep/models"
+    assert Destination(namespace="a/b").repository("dataset") == "a/b/datasets"
 
 
 @pytest.mark.parametrize(

@@ -575,3 +575,32 @@ def test_max_layer_size_fails_oversized_files_at_plan_time_and_caps_layers(
     assert all(layer["size"] <= 2 * 1024 * 1024 for layer in manifest["layers"])
     bad = cli("sync", "--max-layer-size", "lots")
     assert bad.exit_code == 2 and "max_layer_size" in bad.stderr
+
+
+def test_tag_reverse_reads_a_shortened_tag_from_the_ledger(hub, project: Path) -> None:
+    """The README said the shortened-tag mapping is kept in mirrored.json, but nothing read it
+    back: `tag --reverse` refused every shortened tag."""
+    from hf2oci.naming import repo_tag
+
+    repo_id = "an-organisation-with-a-long-name-0123456/" + "r" * 90 + "-v2"
+    tag = repo_tag(repo_id)
+    make_project(project, config={"base_image": "scratch"})
+    missing = cli("tag", "--reverse", tag)
+    assert missing.exit_code == 2
+    assert f"tag {tag!r} was shortened, and get_hf/mirrored.json does not record it" in (
+        missing.stderr
+    )
+    hub.add_repo(repo_id, {"config.json": b"{}"})
+    make_project(project, models=[repo_id], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    assert cli("tag", "--reverse", tag).stdout.strip() == repo_id
+    # --get-hf elsewhere, and a ledger of another name (config key `record`)
+    other = project / "elsewhere"
+    make_project(other, config={"record": "ledger.json"})
+    (other / "get_hf" / "ledger.json").write_bytes(
+        (project / "get_hf" / "mirrored.json").read_bytes()
+    )
+    found = cli("tag", "--reverse", tag, "--get-hf", str(other / "get_hf"))
+    assert found.stdout.strip() == repo_id, found.output
+    # the rule still reverses plain tags without any ledger
+    assert cli("tag", "--reverse", "org--name--0123456789ab").stdout.strip() == "org/name"

@@ -68,7 +68,8 @@ class Config:
     #: the platforms to build for ("linux/amd64", "linux/arm64"); None: every linux platform
     #: the base image offers. More than one makes the tag an image index
     platforms: tuple[str, ...] | None = None
-    #: stream large files from the hub straight into the image (oci builder, no prepare hook);
+    #: stream large files from the hub straight into the image (either builder; not with a
+    #: prepare hook);
     #: false: download every file to disk first
     stream: bool = True
     output_dir: str = "oci-images"

@@ -122,3 +122,12 @@ class BuilderError(Hf2ociError):
 
 class RecordError(Hf2ociError):
     """The records could not be read, written or committed."""
+
+
+class ServeError(Hf2ociError):
+    """A request ``serve`` answers as the hub would refuse it: ``status`` and ``code`` (its
+    ``X-Error-Code``), with the commit for a miss the client may cache."""
+
+    def __init__(self, status: int, code: str, message: str, *, commit: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.commit = status, code, commit

@@ -81,7 +81,6 @@ class RepoState:
     #: ISO 8601 UTC time of the commit (used as the image's creation time: reproducible)
     last_modified: str
     license: str | None = None
-    gated: bool = False
     #: the repo info named 1,000 files or more and the tree listing was not read yet: ``files``
     #: may miss some (``complete_listing`` reads them all)
     partial: bool = False
@@ -103,6 +102,16 @@ def _what(spec: RepoSpec | RepoState) -> str:
     return f"{kind} {spec.repo_id}"
 
 
+def _gated(what: str, has_token: bool) -> GatedRepo:
+    """The one message for a gated repo: what to do depends on whether a token was sent."""
+    hint = (
+        "the token in HF_TOKEN has no access: accept the terms on the hub with that account"
+        if has_token
+        else "accept its terms on the hub and set HF_TOKEN to a token with access"
+    )
+    return GatedRepo(f"{what} is gated: {hint}")
+
+
 def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> HubError:
     """Map huggingface_hub's exceptions onto ours, with a one-line message that says what to do."""
     from huggingface_hub import errors as hf_errors
@@ -110,12 +119,7 @@ def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> Hub
     what = _what(spec)
     has_token = bool(os.environ.get("HF_TOKEN"))
     if isinstance(exc, hf_errors.GatedRepoError):
-        hint = (
-            "the token in HF_TOKEN has no access: accept the terms on the hub with that account"
-            if has_token
-            else "accept its terms on the hub and set HF_TOKEN to a token with access"
-        )
-        return GatedRepo(f"{what} is gated: {hint}")
+        return _gated(what, has_token)
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
         hint = "" if has_token else " (if it is private, set HF_TOKEN)"
         return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
@@ -245,7 +249,6 @@ def _with_files(
         files=tuple(sorted(files, key=lambda f: f.path)),
         last_modified=_iso(info.get("lastModified")),
         license=_license(card if isinstance(card, dict) else None),
-        gated=bool(info.get("gated", False)),
     )
 
 
@@ -381,12 +384,7 @@ def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
     message = resp.headers.get("X-Error-Message", "")
     has_token = token() is not None
     if code == "GatedRepo":
-        hint = (
-            "the token in HF_TOKEN has no access: accept the terms on the hub with that account"
-            if has_token
-            else "accept its terms on the hub and set HF_TOKEN to a token with access"
-        )
-        return GatedRepo(f"{what} is gated: {hint}")
+        return _gated(what, has_token)
     if code == "RevisionNotFound":
         return RevisionNotFound(f"{what}: revision {revision!r} not found")
     if code == "RepoNotFound" or (

@@ -1,6 +1,6 @@
 """Remembers which layer blob a content key produced, so a rerun can skip the download.
 
-A layer is a pure function of its files (paths + hub hashes, see ``pack.CONTENT_KEY``), so once
+A layer is a pure function of its files (paths + hub hashes, see ``labels.CONTENT_KEY``), so once
 a layer was streamed anywhere its digest is known for good; whether the destination still has
 the blob is always checked (HEAD) before it is relied on. Kept in ``$HF2OCI_CACHE`` (default
 ``~/.cache/hf2oci``) as one small JSON file, updated atomically after every layer.

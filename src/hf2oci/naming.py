@@ -14,7 +14,6 @@ from hf2oci.spec import RepoType
 __all__ = [
     "MAX_TAG_LENGTH",
     "InvalidRepoId",
-    "image_repository",
     "is_shortened",
     "repo_id_from_tag",
     "repo_tag",
@@ -126,7 +125,7 @@ def is_shortened(tag: str) -> bool:
 def repo_id_from_tag(tag: str) -> str:
     """The repo id of ``org--name`` or ``org--name--<12 hex>``; InvalidRepoId otherwise.
 
-    A shortened tag cannot be reversed: the caller looks it up in the record.
+    A shortened tag cannot be reversed by the rule: ``hf2oci tag --reverse`` reads the ledger.
     """
     if not TAG.fullmatch(tag):
         raise InvalidRepoId(f"invalid tag {tag!r}: not a docker tag")
@@ -142,11 +141,6 @@ def repo_id_from_tag(tag: str) -> str:
     if reason:
         raise InvalidRepoId(f"invalid tag {tag!r}: {repo_id!r} is not a repo id ({reason})")
     return repo_id
-
-
-def image_repository(namespace: str, repo_type: RepoType) -> str:
-    """The image repository (without registry) for a repo type: ``ns/models``, ``ns/datasets``."""
-    return f"{namespace}/{repo_type}s"
 
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

@@ -22,12 +22,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hf2oci import labels as L
-from hf2oci.errors import Hf2ociError
+from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.serve.ranges import Unsatisfiable, parse_range
 from hf2oci.serve.store import (
     ReadBudget,
     RepoFile,
-    ServeError,
     Snapshot,
     Store,
     image_labels,

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError
+from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError
 from hf2oci.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.oci import layout
@@ -45,14 +45,6 @@ _LFS_NAMES = re.compile(
     r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
     r"|saved_model/.*|.*\.tar\..*|.*\.lfs\..*"
 )
-
-
-class ServeError(Hf2ociError):
-    """A request the hub would refuse: ``code`` is its ``X-Error-Code``."""
-
-    def __init__(self, status: int, code: str, message: str, *, commit: str | None = None):
-        super().__init__(message)
-        self.status, self.code, self.commit = status, code, commit
 
 
 @dataclass
