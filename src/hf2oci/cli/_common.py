@@ -61,6 +61,15 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def plain_http_option(func: F) -> F:
+    """``--plain-http/--no-plain-http``: for every command that reads or writes a registry."""
+    return click.option(
+        "--plain-http/--no-plain-http",
+        default=None,
+        help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
+    )(func)
+
+
 def get_hf_option(func: F) -> F:
     """``--get-hf DIR``: where the lists, config.yaml, prepare.sh and the record are."""
     return click.option(

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hf2oci.cli._common import byte_meter, echo, redact
+from hf2oci.cli._common import byte_meter, echo, plain_http_option, redact
 from hf2oci.config import Config
 from hf2oci.destination import Destination, Targets, default_max_layer_size
 from hf2oci.oci.source import parse_platform
@@ -31,11 +31,7 @@ def destination_options(func: F) -> F:
             help="oci: write images directly; docker: the same images, also in the Docker "
             "engine (pushed, then pulled by it; without a registry, loaded into it).",
         ),
-        click.option(
-            "--plain-http/--no-plain-http",
-            default=None,
-            help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
-        ),
+        plain_http_option,
         click.option("--output-dir", help="Where OCI layouts go when no registry is set."),
         click.option(
             "--max-layer-size",

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import byte_meter, echo, handle_errors, is_quiet, verbosity
+from hf2oci.cli._common import (
+    byte_meter,
+    echo,
+    handle_errors,
+    is_quiet,
+    plain_http_option,
+    verbosity,
+)
 from hf2oci.extract import extract as do_extract
 from hf2oci.units import human_size
 
@@ -27,11 +34,7 @@ from hf2oci.units import human_size
     show_default=True,
     help="Write files of 16 MiB and more with O_DIRECT, not through the page cache.",
 )
-@click.option(
-    "--plain-http/--no-plain-http",
-    default=None,
-    help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
-)
+@plain_http_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @verbosity
 @handle_errors

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from hf2oci.cli._common import echo, get_hf_option, handle_errors, load, verbosity
+from hf2oci.cli._common import (
+    echo,
+    get_hf_option,
+    handle_errors,
+    load,
+    plain_http_option,
+    verbosity,
+)
 from hf2oci.errors import ConfigError
 
 
@@ -34,11 +41,7 @@ from hf2oci.errors import ConfigError
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Tokens, one per line: every request must carry `Authorization: Bearer <one>`.",
 )
-@click.option(
-    "--plain-http/--no-plain-http",
-    default=None,
-    help="HTTP instead of HTTPS to the registry (default: only for localhost/127.x).",
-)
+@plain_http_option
 @click.option(
     "--ttl", type=click.FloatRange(0), default=30.0, show_default=True,
     help="Seconds a tag's image is cached (sync moves tags).",
