@@ -86,6 +86,11 @@ def skopeo_tags(repository: str) -> list[str]:
 def docker_files(image: str, dest: Path) -> dict[str, bytes]:
     """docker pull + create + cp /REPO → {relative path: bytes}."""
     subprocess.run(["docker", "pull", "-q", image], check=True, capture_output=True)
+    return engine_files(image, dest)
+
+
+def engine_files(image: str, dest: Path) -> dict[str, bytes]:
+    """docker create + cp /REPO of the engine's ``image`` (no pull) → {relative path: bytes}."""
     cid = subprocess.run(
         ["docker", "create", image, "sh"], check=True, capture_output=True, text=True
     ).stdout.strip()

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from modelpack_client import ModelPackClient
 
-from helpers import cli, make_project, read_tree, skopeo_inspect, skopeo_tags, tag_of
+from helpers import (
+    cli,
+    engine_files,
+    make_project,
+    read_tree,
+    skopeo_inspect,
+    skopeo_tags,
+    tag_of,
+)
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import host_platform
 from servers import Registry
@@ -115,18 +123,6 @@ def _umoci_files(source: str, dest: Path) -> dict[str, bytes]:
         check=True, capture_output=True,
     )  # fmt: skip
     return read_tree(dest / "root" / "REPO")
-
-
-def _engine_files(name: str, dest: Path) -> dict[str, bytes]:
-    """``docker create`` + ``docker cp /REPO`` of the engine's image ``name`` (no pull)."""
-    cid = subprocess.run(
-        ["docker", "create", name, "sh"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["docker", "cp", f"{cid}:/REPO", str(dest)], check=True, capture_output=True)
-    finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
-    return read_tree(dest)
 
 
 def _layout_modelpack_files(layout: Path, tag: str) -> dict[str, bytes]:
@@ -226,7 +222,7 @@ def test_matrix(
 
     if builder == "docker":
         name = ref if dest == "registry" else f"{ns}/models:{TAG}"
-        assert _engine_files(name, project / "cp") == FILES
+        assert engine_files(name, project / "cp") == FILES
         engine_id = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Id}}", name],
             check=True, capture_output=True, text=True,
@@ -316,7 +312,7 @@ def test_options(
         return
     assert result["status"] == "mirrored", result
     if builder == "docker":
-        got = _engine_files(engine, project / "cp")
+        got = engine_files(engine, project / "cp")
         arch = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Architecture}}", engine],
             check=True, capture_output=True, text=True,
