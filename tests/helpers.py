@@ -107,3 +107,18 @@ def read_tree(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def umoci_files(source: str, dest: Path) -> dict[str, bytes]:
+    """No engine: skopeo copies ``source`` (``docker://…`` or ``oci:DIR:TAG``; of an index,
+    this machine's platform) into a layout of its own, umoci unpacks it; /REPO's files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", source, f"oci:{dest / 'layout'}:t"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{dest / 'layout'}:t", str(dest / "root")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return read_tree(dest / "root" / "REPO")

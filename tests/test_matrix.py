@@ -27,6 +27,7 @@ from helpers import (
     skopeo_inspect,
     skopeo_tags,
     tag_of,
+    umoci_files,
 )
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import host_platform
@@ -108,21 +109,6 @@ def _platform_manifest(layout: Path, platform: str) -> tuple[str, dict[str, Any]
         ]  # fmt: skip
         doc = blob(digest)
     return digest, doc
-
-
-def _umoci_files(source: str, dest: Path) -> dict[str, bytes]:
-    """skopeo copies ``source`` (this machine's platform of an index) into a layout of its
-    own; umoci unpacks it; /REPO's files."""
-    dest.mkdir(parents=True)
-    subprocess.run(
-        ["skopeo", "copy", "--src-tls-verify=false", source, f"oci:{dest / 'layout'}:t"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(
-        ["umoci", "raw", "unpack", "--image", f"{dest / 'layout'}:t", str(dest / "root")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return read_tree(dest / "root" / "REPO")
 
 
 def _layout_modelpack_files(layout: Path, tag: str) -> dict[str, bytes]:
@@ -242,7 +228,7 @@ def test_matrix(
         if dest == "local":
             return
     source = f"docker://{ref}" if dest == "registry" else f"oci:{layout}:{TAG}"
-    assert _umoci_files(source, project / "umoci") == FILES
+    assert umoci_files(source, project / "umoci") == FILES
     manifest = skopeo_inspect(source, raw=True)
     assert (manifest["mediaType"] == MT_INDEX) == (base == "multi")
     if base == "multi":  # every platform of the base, each with the same repo layers
@@ -327,7 +313,7 @@ def test_options(
         assert skopeo_inspect(source, raw=True)["mediaType"] != MT_INDEX
         assert skopeo_inspect(source, config=True)["architecture"] == "arm64"
         return
-    assert _umoci_files(source, project / "umoci") == _expected(option)
+    assert umoci_files(source, project / "umoci") == _expected(option)
     if option == "max-layer-size":
         sizes = [d["size"] for d in skopeo_inspect(source, raw=True)["layers"][1:]]
         assert max(sizes) <= 3 * MiB + 100 * 1024 and len(sizes) >= 3

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, docker_files, make_project, read_tree, skopeo_inspect, skopeo_tags, tag_of
+from helpers import (
+    cli,
+    docker_files,
+    make_project,
+    read_tree,
+    skopeo_inspect,
+    skopeo_tags,
+    tag_of,
+    umoci_files,
+)
 from servers import Registry, start_registry
 
 MiB = 1 << 20
@@ -122,25 +131,8 @@ def test_new_revision_uploads_and_downloads_only_the_changed_file(
 
 
 def docker_free_read(reg: Registry, repo: str, tag: str, dest: Path) -> dict[str, bytes]:
-    """Copy the image with skopeo into a layout and unpack it with umoci (no engine)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--src-tls-verify=false",
-            f"docker://{reg.host}/{repo}:{tag}",
-            f"oci:{dest / 'layout'}:{tag}",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["umoci", "raw", "unpack", "--image", f"{dest / 'layout'}:{tag}", str(dest / "root")],
-        check=True,
-        capture_output=True,
-    )
-    return read_tree(dest / "root" / "REPO")
+    """The image's /REPO files read with skopeo and umoci (no engine)."""
+    return umoci_files(f"docker://{reg.host}/{repo}:{tag}", dest)
 
 
 def test_hub_faults_mid_stream_are_resumed(hub, own_registry: Registry, project: Path) -> None:

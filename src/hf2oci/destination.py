@@ -21,6 +21,7 @@ from hf2oci.oci.image import (
     Layer,
     images_of,
     json_object,
+    platform_name,
     platform_of,
 )
 from hf2oci.oci.layers import FileBlobLayer
@@ -201,12 +202,12 @@ class EngineTarget:
             daemon.pull(self.client, self.name, tags, auth=auth)
             return digest
         one = _for_this_machine(image)
-        skipped = [_platform_name(i) for i in images_of(image) if i is not one]
+        skipped = [platform_name(i) for i in images_of(image) if i is not one]
         if skipped:
             log.warning(
                 "the Docker engine holds one platform per tag: loading %s, skipping %s "
                 "(set a registry to keep every platform)",
-                _platform_name(one), ", ".join(skipped),
+                platform_name(one), ", ".join(skipped),
             )  # fmt: skip
         daemon.load(self.client, one, [f"{self.name}:{tag}" for tag in tags])
         return one.digest
@@ -270,11 +271,6 @@ def _first_entry(index: dict[str, Any]) -> str | None:
         digest = entries[0].get("digest")
         return digest if isinstance(digest, str) else None
     return None
-
-
-def _platform_name(image: Image) -> str:
-    doc = platform_of(image)
-    return "/".join(doc[k] for k in ("os", "architecture", "variant") if doc.get(k))
 
 
 def _for_this_machine(image: Artifact) -> Image:

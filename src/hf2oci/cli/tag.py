@@ -43,7 +43,7 @@ def _reverse(tag_name: str, get_hf: Path) -> str:
     from hf2oci.record.ledger import load_ledger
 
     ledger = get_hf / load(get_hf / "config.yaml").record
-    found = load_ledger(ledger).lookup_tag(tag_name) if ledger.is_file() else None
+    found = load_ledger(ledger).lookup_tag(tag_name)  # a missing ledger records nothing
     if found is None:
         raise UsageError(f"tag {tag_name!r} was shortened, and {ledger} does not record it")
     return found.repo_id

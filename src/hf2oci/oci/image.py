@@ -258,12 +258,7 @@ class Base:
     @property
     def platforms(self) -> tuple[str, ...]:
         """``os/arch[/variant]`` of each image, in order."""
-        return tuple(
-            "/".join(platform_of(i).get(k, "") for k in ("os", "architecture", "variant")).rstrip(
-                "/"
-            )
-            for i in self.images
-        )
+        return tuple(platform_name(i) for i in self.images)
 
 
 #: config keys of the OCI image config spec carried over from the base
@@ -433,6 +428,12 @@ def platform_of(image: Image) -> dict[str, str]:
     if image.platform is not None:
         return dict(image.platform)
     return _platform_doc(image.config_doc)
+
+
+def platform_name(image: Image) -> str:
+    """``os/arch[/variant]`` of ``image`` (``linux/arm64/v8``)."""
+    doc = platform_of(image)
+    return "/".join(doc.get(k, "") for k in ("os", "architecture", "variant")).rstrip("/")
 
 
 def _platform_doc(config: Mapping[str, Any]) -> dict[str, str]:
