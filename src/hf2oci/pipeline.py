@@ -16,7 +16,8 @@ from typing import BinaryIO, Literal, cast
 from hf2oci import labels as L
 from hf2oci.destination import Destination, Target, Targets
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.formats.image import DEFAULT_SMALL_FILE_LIMIT, PackFile, Reuse, build_image, scan
+from hf2oci.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
+from hf2oci.formats.image import PackFile, Reuse, build_image, scan
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
 from hf2oci.plan import Action, plan

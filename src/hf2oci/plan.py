@@ -15,7 +15,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.filters import select
-from hf2oci.formats.image import check_layer_count, check_sizes
+from hf2oci.formats.grouping import check_layer_count, check_sizes
 from hf2oci.formats.modelpack import check_file_count
 from hf2oci.spec import RepoSpec, RepoType
 
