@@ -4,11 +4,13 @@ server answering a chat completion offline from a mirrored GGUF."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from helpers import cli, make_project, read_tree
 from servers import docker_build, free_port, start_model_server, wait_openai_server
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "runtime.py"
+GGUF = ENTRYPOINT.with_name("gguf.py")
 
 RECORDER = """#!/usr/bin/env python3
 import json, os, sys
@@ -35,10 +38,21 @@ def recorder(tmp_path: Path) -> Path:
     return exe
 
 
+@functools.cache
+def _deployed() -> Path:
+    """The entrypoint as `deploy dockerfile` writes it into a build folder."""
+    from hf2oci.cli.deploy import write_entrypoint
+
+    folder = Path(tempfile.mkdtemp(prefix="entrypoint-"))
+    write_entrypoint(folder)
+    return folder / "entrypoint.py"
+
+
 def run_entrypoint(runtime: str, env: dict[str, str], *extra: str) -> tuple[int, str]:
-    """Run runtime.py as the image does: a plain script, not importing hf2oci."""
+    """Run the entrypoint as the image does: a plain script beside its gguf module, with no
+    site-packages (-S), so it cannot import hf2oci."""
     proc = subprocess.run(
-        [sys.executable, str(ENTRYPOINT), runtime, *extra],
+        [sys.executable, "-S", str(_deployed()), runtime, *extra],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
@@ -210,6 +224,8 @@ def test_runtime_dockerfiles_and_compose_render(tmp_path: Path) -> None:
         assert f"FROM {image} AS model" in text and "COPY --from=model /REPO/ /REPO/" in text
         assert 'SERVED_MODEL_NAME="ggml-org/gemma-3-270m-GGUF"' in text
         assert (tmp_path / server / "entrypoint.py").read_text() == ENTRYPOINT.read_text()
+        assert (tmp_path / server / "hf2oci_gguf.py").read_text() == GGUF.read_text()
+        assert "COPY hf2oci_gguf.py /usr/local/bin/hf2oci_gguf.py" in text
     r = cli("deploy", "compose", image, "--runtime", "llamacpp")
     doc = yaml.safe_load(r.stdout)
     assert doc["services"]["model"]["image"] == image
@@ -611,7 +627,8 @@ def _gguf_with(path: Path, kv: dict[str, object]) -> Path:
 
 
 def test_chat_format_from_the_gguf_header(tmp_path: Path) -> None:
-    from hf2oci.runtime import chat_format, gguf_metadata
+    from hf2oci.gguf import gguf_metadata
+    from hf2oci.runtime import chat_format
 
     qwen = _gguf_with(tmp_path / "q.gguf", {"general.architecture": "qwen2", "x.n": 7})
     assert gguf_metadata(qwen, ("general.architecture", "x.n")) == {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from hf2oci.errors import PresetError
-from hf2oci.runtime import KNOWN_QUANT, has_quant
+from hf2oci.gguf import KNOWN_QUANT, has_quant
 
 PRESET_HELP = "safetensors, gguf:QUANT (e.g. gguf:Q4_K_M) or none"
 

@@ -1,7 +1,8 @@
 """Entrypoint of the runtime images: find the model, go offline, exec the server.
 
-Standard library only: the runtime image templates copy this file in as their entrypoint
-(``hf2oci deploy dockerfile``), so it runs where hf2oci itself is not installed. ``RUNTIMES``
+Standard library and ``gguf`` only: the runtime image templates copy this file in as their
+entrypoint, with ``gguf.py`` beside it (``hf2oci deploy dockerfile``), so it runs where hf2oci
+itself is not installed. ``RUNTIMES``
 is the one list of the servers hf2oci deploys.
 
     python runtime.py llamacpp [EXTRA SERVER ARGS...]
@@ -17,7 +18,6 @@ builds).
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shlex
@@ -25,7 +25,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+
+try:  # in a runtime image this file is entrypoint.py, beside gguf.py copied as hf2oci_gguf.py
+    from hf2oci_gguf import gguf_metadata, has_quant  # type: ignore[import-not-found]
+except ImportError:
+    from hf2oci.gguf import gguf_metadata, has_quant
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q4_K_S", "IQ4_XS", "BF16", "F16")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -48,30 +52,6 @@ def model_dir(env: Mapping[str, str]) -> Path:
     if not folder.is_dir() or not any(folder.iterdir()):
         raise RuntimeSetupError(f"no model found: {folder} is missing or empty (set MODEL_DIR)")
     return folder
-
-
-#: quantization names as llama.cpp and the usual uploaders write them
-KNOWN_QUANT = re.compile(
-    r"(?<![A-Za-z0-9])((?:I?Q|TQ)\d+(?:_[A-Za-z0-9]+)*|BF16|FP?16|FP?32|MXFP4(?:_MOE)?)(?=[-./]|$)",
-    re.IGNORECASE,
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _quant_pattern(quant: str) -> re.Pattern[str]:
-    # delimited on both sides, so Q4_K never matches Q4_K_M and F16 never matches BF16
-    return re.compile(rf"(?:^|(?<=[-._/])){re.escape(quant)}(?=[-./]|$)", re.IGNORECASE)
-
-
-def has_quant(path: str, quant: str) -> bool:
-    """Whether a file name is of quantization ``quant``: the one rule for ``preset=gguf:QUANT``
-    (what the mirror keeps) and ``LLAMA_QUANT`` (what the server picks)."""
-    # a match that starts inside a longer quant name (K_M in Q4_K_M) is no match
-    inside = [m.span(1) for m in KNOWN_QUANT.finditer(path)]
-    return any(
-        not any(start < m.start() < end for start, end in inside)
-        for m in _quant_pattern(quant).finditer(path)
-    )
 
 
 def pick_gguf(
@@ -111,75 +91,12 @@ def pick_gguf(
     return max((p for _, p in candidates), key=size)
 
 
-#: GGUF value types (gguf.md): fixed sizes in bytes; 8 is a string, 9 an array
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 #: llama-cpp-python's chat format for a GGUF without a chat template, by general.architecture
 CHAT_FORMATS = {
     "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
     "llama": "llama-3", "mistral": "mistral-instruct", "qwen2": "chatml", "qwen3": "chatml",
     "qwen2moe": "chatml", "phi3": "chatml", "granite": "chatml", "olmo": "chatml",
 }  # fmt: skip
-
-
-def gguf_metadata(source: Path | BinaryIO, keys: Sequence[str]) -> dict[str, object]:
-    """The string and number values of ``keys`` in a GGUF file's header (arrays skipped), read
-    with the standard library from a path or a seekable file; {} for a file that is not GGUF.
-    Reading stops once every key is found."""
-    if isinstance(source, Path):
-        with open(source, "rb") as f:
-            return gguf_metadata(f, keys)
-    return _gguf_metadata(source, keys)
-
-
-def _gguf_metadata(f: BinaryIO, keys: Sequence[str]) -> dict[str, object]:
-    import struct
-
-    wanted: set[str] = set(keys)
-    found: dict[str, object] = {}
-
-    def read(n: int) -> bytes:
-        data = f.read(n)
-        if len(data) != n:
-            raise EOFError
-        return data
-
-    def string() -> str:
-        (n,) = struct.unpack("<Q", read(8))
-        return read(n).decode("utf-8", "replace")
-
-    def skip(kind: int) -> None:
-        if kind == 8:
-            (n,) = struct.unpack("<Q", read(8))
-            f.seek(n, 1)
-        elif kind == 9:
-            inner, count = struct.unpack("<IQ", read(12))
-            if inner in _GGUF_SIZES:
-                f.seek(_GGUF_SIZES[inner] * count, 1)
-            else:
-                for _ in range(count):
-                    skip(inner)
-        else:
-            f.seek(_GGUF_SIZES[kind], 1)
-
-    try:
-        if read(4) != b"GGUF":
-            return {}
-        _version, _tensors, count = struct.unpack("<IQQ", read(20))
-        for _ in range(count):
-            key = string()
-            (kind,) = struct.unpack("<I", read(4))
-            if key in wanted and kind == 8:
-                found[key] = string()
-            elif key in wanted and kind in (4, 5, 10, 11):
-                fmt = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
-                found[key] = struct.unpack(fmt, read(_GGUF_SIZES[kind]))[0]
-            else:
-                skip(kind)
-            if wanted <= found.keys():
-                break
-    except (EOFError, KeyError, struct.error):
-        pass
-    return found
 
 
 def chat_format(gguf: Path, env: Mapping[str, str]) -> str | None:

@@ -10,6 +10,7 @@ from typing import cast
 
 import click
 
+from hf2oci import gguf
 from hf2oci import runtime as entrypoint
 from hf2oci.cli._common import echo, handle_errors, verbosity
 from hf2oci.errors import UsageError
@@ -119,8 +120,14 @@ def dockerfile(
             wheels=bool(wheel_files),
         )
     )
-    shutil.copyfile(entrypoint.__file__, output / "entrypoint.py")
+    write_entrypoint(output)
     echo(f"wrote {output}/Dockerfile and entrypoint.py: docker build -t NAME {output}")
+
+
+def write_entrypoint(folder: Path) -> None:
+    """The runtime image's entrypoint: runtime.py, and beside it the gguf module it imports."""
+    shutil.copyfile(entrypoint.__file__, folder / "entrypoint.py")
+    shutil.copyfile(gguf.__file__, folder / "hf2oci_gguf.py")
 
 
 def _hub_dockerfile(output: Path, wheels: Path | None, python_image: str, image: str) -> None:
