@@ -20,7 +20,7 @@ import pytest
 import zstandard
 
 from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
-from hf2oci.extract import extract
+from hf2oci.consume.extract import extract
 from hf2oci.oci import layout
 from hf2oci.oci.image import MT_LAYER_GZIP, MT_LAYER_ZSTD, SCRATCH, assemble
 from hf2oci.oci.push import push

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import hf2oci
 from hf2oci.errors import Hf2ociError, PresetError
-from hf2oci.filters import Selection, parse_preset, select, select_files
+from hf2oci.intake.filters import Selection, parse_preset, select, select_files
 
 BERT = [
     ".gitattributes",
@@ -315,7 +315,7 @@ def test_unknown_presets(text: str) -> None:
 
 
 def test_filters_do_not_import_huggingface_hub() -> None:
-    code = "import sys, hf2oci.filters; assert 'huggingface_hub' not in sys.modules"
+    code = "import sys, hf2oci.intake.filters; assert 'huggingface_hub' not in sys.modules"
     src = str(Path(hf2oci.__file__).parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

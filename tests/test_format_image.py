@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf2oci.formats.image import layer_annotations
+from hf2oci.build.formats.image import layer_annotations
 from hf2oci.labels import CONTENT_KEY
 
 

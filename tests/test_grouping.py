@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import unnumbered_name
-from hf2oci.errors import PackError
-from hf2oci.formats.grouping import (
+from hf2oci.build.formats.grouping import (
     MAX_REPO_LAYERS,
     LayerTooBig,
     _numbered,
@@ -18,6 +17,7 @@ from hf2oci.formats.grouping import (
     layer_budget,
     split_files,
 )
+from hf2oci.errors import PackError
 
 MiB = 1 << 20
 

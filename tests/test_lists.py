@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hf2oci.errors import ListError
-from hf2oci.lists import format_line, parse_list, read_lists
+from hf2oci.intake.lists import format_line, parse_list, read_lists
 from hf2oci.spec import RepoSpec
 
 PATH = "get_hf/to_get_models.txt"

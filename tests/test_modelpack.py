@@ -19,7 +19,7 @@ from modelpack_client import ModelPackClient
 from modelpack_client.schema import CONFIG_SCHEMA
 
 from helpers import cli, make_project, read_tree, run_json, skopeo_inspect
-from hf2oci.formats.modelpack import (
+from hf2oci.build.formats.modelpack import (
     ARTIFACT_TYPE,
     FILEPATH,
     MT_DOC,

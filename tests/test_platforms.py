@@ -13,11 +13,11 @@ import pytest
 
 from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
 from hf2oci import labels as L
+from hf2oci.consume.extract import extract
+from hf2oci.consume.serve.store import read_files
 from hf2oci.errors import RegistryError
-from hf2oci.extract import extract
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import Platform, open_image
-from hf2oci.serve.store import read_files
 from test_registry import push_multi_platform_base
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.errors import DigestMismatch
-from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
 
 BUF = 4096  # small buffers, so that every span crosses several of them
 

@@ -20,8 +20,8 @@ import yaml
 from helpers import cli, make_project, read_tree
 from servers import docker_build, free_port, start_model_server, wait_openai_server
 
-ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "runtime.py"
-GGUF = ENTRYPOINT.with_name("gguf.py")
+ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "consume" / "runtime.py"
+GGUF = ENTRYPOINT.parents[1] / "gguf.py"
 
 RECORDER = """#!/usr/bin/env python3
 import json, os, sys
@@ -120,7 +120,7 @@ def test_the_server_picks_what_the_preset_would_have_kept(
     """LLAMA_QUANT and preset=gguf:QUANT are one rule: the server never serves a file the preset
     would have dropped (LLAMA_QUANT=Q4_K used to serve model-Q4_K_M.gguf)."""
     from hf2oci.errors import PresetError
-    from hf2oci.filters import select
+    from hf2oci.intake.filters import select
 
     try:
         kept = set(select(NAMES, preset=f"gguf:{quant}").kept)
@@ -627,8 +627,8 @@ def _gguf_with(path: Path, kv: dict[str, object]) -> Path:
 
 
 def test_chat_format_from_the_gguf_header(tmp_path: Path) -> None:
+    from hf2oci.consume.runtime import chat_format
     from hf2oci.gguf import gguf_metadata
-    from hf2oci.runtime import chat_format
 
     qwen = _gguf_with(tmp_path / "q.gguf", {"general.architecture": "qwen2", "x.n": 7})
     assert gguf_metadata(qwen, ("general.architecture", "x.n")) == {

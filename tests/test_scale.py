@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, make_project, unnumbered_name
+from hf2oci.consume.serve.store import read_files
 from hf2oci.oci.source import open_image
-from hf2oci.serve.store import read_files
 from servers import Registry
 
 
@@ -112,7 +112,7 @@ def test_a_large_file_comes_over_parallel_range_parts_in_order(
 ) -> None:
     """Parts of 1 MiB over 4 connections (sizes scaled down from 4 MiB parts from 64 MiB on),
     through cut connections and 503s: the layer holds the file exactly (hub hash checked)."""
-    from hf2oci import hub as hub_module
+    from hf2oci.intake import hub as hub_module
 
     monkeypatch.setattr(hub_module, "PARALLEL_MIN_SIZE", 4 << 20)
     monkeypatch.setattr(hub_module, "PART_SIZE", 1 << 20)
@@ -160,7 +160,7 @@ def test_one_shard_more_of_163_uploads_only_the_layers_the_grouping_changes(
     for names without numbers next to the layer count limit, what the path-hash runs and
     their joins say (here 5); then the file index, config and manifest. Only the files of
     those layers are downloaded."""
-    from hf2oci.formats.grouping import group_files, layer_budget
+    from hf2oci.build.formats.grouping import group_files, layer_budget
     from servers import start_registry
 
     reg = start_registry(tmp_path / "reg")

@@ -18,11 +18,11 @@ import requests
 import uvicorn
 
 from helpers import cli, make_project
+from hf2oci.consume.serve.app import create_app
+from hf2oci.consume.serve.store import ReadBudget, Store
 from hf2oci.oci.image import MT_LAYER_TAR
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
-from hf2oci.serve.app import create_app
-from hf2oci.serve.store import ReadBudget, Store
 from servers import free_port
 
 MiB = 1 << 20
@@ -264,8 +264,8 @@ def test_old_images_without_a_file_index_still_serve(
     served: Served, mirrored: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
     """An image made before the index layer: files found by walking the tar headers."""
+    from hf2oci.consume.serve.store import read_files
     from hf2oci.oci.source import open_image
-    from hf2oci.serve.store import read_files
 
     root, files, _ = mirrored
     image = open_image(f"oci:{root / 'hgfkeep/models'}:serve-org--tiny")

@@ -450,7 +450,7 @@ def test_serve_reads_a_registry_behind_token_auth(
     from huggingface_hub import hf_hub_download
 
     from helpers import cli, make_project
-    from hf2oci.serve.store import Store
+    from hf2oci.consume.serve.store import Store
     from test_serve import Served
 
     reg, service = token_registry

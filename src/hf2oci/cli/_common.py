@@ -16,7 +16,7 @@ import click
 from hf2oci.cli._verbosity import is_quiet, verbosity
 from hf2oci.config import Config, load_config
 from hf2oci.errors import ConfigError, Hf2ociError, ListError
-from hf2oci.lists import read_lists
+from hf2oci.intake.lists import read_lists
 from hf2oci.redact import redact
 from hf2oci.spec import RepoSpec
 from hf2oci.units import human_size

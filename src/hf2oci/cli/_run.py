@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import click
 
+from hf2oci.build.destination import Destination, Targets, default_max_layer_size
+from hf2oci.build.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.cli._common import byte_meter, echo, plain_http_option, redact
 from hf2oci.config import Config
-from hf2oci.destination import Destination, Targets, default_max_layer_size
 from hf2oci.oci.source import parse_platform
-from hf2oci.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.spec import RepoSpec, RepoType
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -11,10 +11,9 @@ from typing import cast
 import click
 
 from hf2oci import gguf
-from hf2oci import runtime as entrypoint
 from hf2oci.cli._common import echo, handle_errors, verbosity
-from hf2oci.errors import UsageError
-from hf2oci.k8s import (
+from hf2oci.consume import runtime as entrypoint
+from hf2oci.consume.k8s import (
     DEFAULT_SERVE_IMAGE,
     KSERVE_BACKENDS,
     MODES,
@@ -27,9 +26,10 @@ from hf2oci.k8s import (
     manifests,
     served_model_name,
 )
+from hf2oci.consume.runtime import RUNTIMES
+from hf2oci.errors import UsageError
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
-from hf2oci.runtime import RUNTIMES
 
 LLAMA_CPP_VERSION = "0.3.36"
 WHEEL_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"

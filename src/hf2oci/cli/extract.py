@@ -17,7 +17,7 @@ from hf2oci.cli._common import (
     plain_http_option,
     verbosity,
 )
-from hf2oci.extract import extract as do_extract
+from hf2oci.consume.extract import extract as do_extract
 from hf2oci.units import human_size
 
 

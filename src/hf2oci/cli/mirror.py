@@ -19,7 +19,7 @@ from hf2oci.cli._common import (
 )
 from hf2oci.cli._run import outcome_json, run_specs, summarize, target_options
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.lists import parse_list
+from hf2oci.intake.lists import parse_list
 from hf2oci.spec import RepoSpec, RepoType
 
 

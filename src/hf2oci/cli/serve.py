@@ -69,9 +69,9 @@ def serve(
     """Serve the Hub API (models, datasets, files with Range) from the mirrored images."""
     import uvicorn
 
+    from hf2oci.consume.serve.app import create_app
+    from hf2oci.consume.serve.store import Store
     from hf2oci.oci.registry import RegistryClient
-    from hf2oci.serve.app import create_app
-    from hf2oci.serve.store import Store
 
     tune_malloc()  # before uvicorn's threads exist
 

@@ -29,7 +29,8 @@ import urllib3.exceptions
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
 from hf2oci.oci.reference import normalise_registry
-from hf2oci.oci.retry import (
+from hf2oci.redact import redact_url
+from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
     causes,
@@ -37,7 +38,6 @@ from hf2oci.oci.retry import (
     parse_retry_after,
     retrying,
 )
-from hf2oci.redact import redact_url
 
 log = logging.getLogger(__name__)
 

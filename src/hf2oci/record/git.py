@@ -13,8 +13,8 @@ from pathlib import Path
 import git
 
 from hf2oci.errors import RecordError
-from hf2oci.oci.retry import RetryPolicy, retrying
 from hf2oci.redact import redact
+from hf2oci.retry import RetryPolicy, retrying
 from hf2oci.spec import REPO_TYPES, Mirrored
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hf2oci import labels as L
-from hf2oci.errors import Hf2ociError, ServeError
-from hf2oci.serve.ranges import Unsatisfiable, parse_range
-from hf2oci.serve.store import (
+from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
+from hf2oci.consume.serve.store import (
     ReadBudget,
     RepoFile,
     Snapshot,
@@ -32,6 +31,7 @@ from hf2oci.serve.store import (
     image_labels,
     lfs_pointer,
 )
+from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import RepoType
 
 log = logging.getLogger("hf2oci.serve")

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from hf2oci.errors import PrepareError
-from hf2oci.hub import RepoState
+from hf2oci.intake.hub import RepoState
 
 #: the hook gets this long before it is stopped
 TIMEOUT_S = 6 * 3600

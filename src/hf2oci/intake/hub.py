@@ -33,7 +33,7 @@ from hf2oci.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from hf2oci.oci.retry import (
+from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
     Temporary,

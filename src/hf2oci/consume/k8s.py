@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hf2oci import naming
+from hf2oci.consume.runtime import RUNTIMES
 from hf2oci.errors import InvalidRepoId, UsageError
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
-from hf2oci.runtime import RUNTIMES
 
 Mode = Literal["init", "image-volume"]
 MODES: tuple[Mode, ...] = ("init", "image-volume")

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from hf2oci import labels as L
-from hf2oci.destination import Destination, Target, Targets
+from hf2oci.build.destination import Destination, Target, Targets
+from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
+from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
+from hf2oci.build.plan import Action, plan
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
-from hf2oci.formats.image import PackFile, Reuse, build_image, scan
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
-from hf2oci.plan import Action, plan
 from hf2oci.spec import Format, Mirrored, RepoSpec
 from hf2oci.units import human_size
 
@@ -175,7 +175,7 @@ def mirror_action(
 
 def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -> Artifact:
     """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
-    from hf2oci.formats.modelpack import build_modelpack
+    from hf2oci.build.formats.modelpack import build_modelpack
 
     state = action.state
     assert state is not None
@@ -205,7 +205,7 @@ def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -
 
 def _head_opener(action: Action) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
     """Opens a file's first bytes: from disk when downloaded, else by Range reads of the hub."""
-    from hf2oci import hub
+    from hf2oci.intake import hub
     from hf2oci.oci.source import RangeReader
 
     assert action.state is not None
@@ -229,8 +229,8 @@ def fetch_files(
 ) -> list[PackFile]:
     """The files to pack: those not streamed downloaded into ``scratch`` (and reshaped by the
     prepare hook, if any), the streamed ones as hub sources read while their layer is written."""
-    from hf2oci import hub
-    from hf2oci.prepare import run_prepare
+    from hf2oci.intake import hub
+    from hf2oci.intake.prepare import run_prepare
 
     state = action.state
     assert state is not None

@@ -23,9 +23,9 @@ from typing import Any, cast
 
 from hf2oci import labels as L
 from hf2oci import naming
+from hf2oci.build.formats.image import INDEX_PATH, REPO_DIR
+from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError
-from hf2oci.formats.image import INDEX_PATH, REPO_DIR
-from hf2oci.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.reference import Reference

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
+from hf2oci.build.formats.image import REPO_DIR
+from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
-from hf2oci.filters import match_patterns
-from hf2oci.formats.image import REPO_DIR
 from hf2oci.fsutil import atomic_write
+from hf2oci.intake.filters import match_patterns
 from hf2oci.labels import DEFAULT_REF
 from hf2oci.labels import REF as LABEL_REF
 from hf2oci.labels import REPO_ID as LABEL_REPO_ID
@@ -35,7 +36,6 @@ from hf2oci.labels import REPO_TYPE as LABEL_REPO_TYPE
 from hf2oci.labels import REVISION as LABEL_REVISION
 from hf2oci.naming import InvalidRepoId, validate_repo_id
 from hf2oci.oci.image import Image, Layer
-from hf2oci.oci.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.oci.source import StoredLayer, open_image
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ def _unpack_all(
 
 def _modelpack_paths(source: Image) -> list[str] | None:
     """The file path of each layer of a ModelPack artifact (checked); None for an image."""
-    from hf2oci.formats.modelpack import file_paths, is_modelpack
+    from hf2oci.build.formats.modelpack import file_paths, is_modelpack
 
     manifest = source.manifest_doc
     if not is_modelpack(manifest):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import cast
 
 from hf2oci.errors import Hf2ociError, ListError
-from hf2oci.filters import parse_preset
+from hf2oci.intake.filters import parse_preset
 from hf2oci.naming import validate_repo_id
 from hf2oci.spec import FORMATS, Format, RepoSpec, RepoType
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import cast
 
 from hf2oci import labels as L
+from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT, group_files, layer_budget
+from hf2oci.build.layercache import LayerCache
 from hf2oci.errors import PackError
-from hf2oci.formats.grouping import DEFAULT_SMALL_FILE_LIMIT, group_files, layer_budget
-from hf2oci.layercache import LayerCache
 from hf2oci.oci.image import (
     MT_LAYER_TAR,
     Artifact,

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Literal
 
 from hf2oci import labels as L
 from hf2oci import naming
+from hf2oci.build.formats.grouping import check_layer_count, check_sizes
+from hf2oci.build.formats.modelpack import check_file_count
 from hf2oci.errors import Hf2ociError, PackError
-from hf2oci.filters import select
-from hf2oci.formats.grouping import check_layer_count, check_sizes
-from hf2oci.formats.modelpack import check_file_count
+from hf2oci.intake.filters import select
 from hf2oci.spec import RepoSpec, RepoType
 
 if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
-    from hf2oci.hub import RepoState
+    from hf2oci.intake.hub import RepoState
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def plan_repo(
     platforms: Sequence[str] = (),
 ) -> Action:
     """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
-    from hf2oci import hub
+    from hf2oci.intake import hub
 
     try:
         state = hub.fetch_state(spec, complete=False)

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from hf2oci import labels as L
+from hf2oci.build.formats.image import PackFile
 from hf2oci.errors import PackError
-from hf2oci.formats.image import PackFile
 from hf2oci.gguf import KNOWN_QUANT, gguf_metadata
 from hf2oci.oci.image import MT_MANIFEST, Descriptor, Image, Layer, canonical_json, sha256_digest
 from hf2oci.oci.layers import FileBlobLayer, RawStreamLayer

@@ -1,0 +1,2 @@
+"""Building images: the plan, the pipeline, the image formats, where images go, the layer
+cache."""

@@ -1,0 +1,2 @@
+"""The consumers: extract, the runtime images' entrypoint, Kubernetes manifests, the hub
+server."""
