@@ -3,11 +3,12 @@ annotations). Plan, extract and serve read these; the formats write them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hf2oci.intake.hub import RepoState
+    from hf2oci.oci.image import Image
     from hf2oci.spec import RepoSpec
 
 PREFIX = "io.huggingface"
@@ -75,7 +76,13 @@ def image_labels(
     return labels
 
 
-def config_labels(config: Mapping[str, Any]) -> dict[str, str]:
-    """The labels of an image config document."""
-    found = (config.get("config") or {}).get("Labels") or {}
-    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+def read(annotations: Mapping[str, str], config: Callable[[], Mapping[str, str]]) -> dict[str, str]:
+    """What hf2oci wrote about an image: its manifest's annotations when they hold its labels
+    (hf2oci writes them there too; a ModelPack artifact has nowhere else), else its config's
+    labels (``config()``: an image the Docker engine pushed, whose manifest has none)."""
+    return dict(annotations) if REVISION in annotations else dict(config())
+
+
+def of_image(image: Image) -> dict[str, str]:
+    """``read`` for an image at hand."""
+    return read(image.annotations, lambda: image.labels)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from hf2oci.errors import InvalidRepoId, UsageError
 from hf2oci.oci.reference import TAG
-from hf2oci.spec import RepoType
+from hf2oci.spec import RepoType, plural
 
 __all__ = [
     "MAX_TAG_LENGTH",
@@ -153,5 +153,15 @@ def hub_endpoint() -> str:
 
 def hub_url(repo_id: str, repo_type: RepoType) -> str:
     """The repo's page on the hub in use: the same URL in labels and in models.md."""
+    return f"{hub_endpoint()}/{hub_path(repo_id, repo_type)}"
+
+
+def hub_path(repo_id: str, repo_type: RepoType) -> str:
+    """The repo's path on the hub (``org/name``, ``datasets/org/name``), quoted."""
     prefix = "datasets/" if repo_type == "dataset" else ""
-    return f"{hub_endpoint()}/{prefix}{quote(repo_id, safe='/')}"
+    return prefix + quote(repo_id, safe="/")
+
+
+def image_repository(namespace: str, repo_type: RepoType) -> str:
+    """The image repository of a repo type in a namespace: ``hgfkeep/models``."""
+    return f"{namespace}/{plural(repo_type)}"

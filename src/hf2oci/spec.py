@@ -15,6 +15,12 @@ Format = Literal["image", "modelpack"]
 FORMATS: tuple[Format, ...] = ("image", "modelpack")
 
 
+def plural(repo_type: RepoType) -> str:
+    """``models`` or ``datasets``: the hub's API paths, image repositories, list files, pages,
+    the ledger's sections and the HF cache's folders all name a repo type so."""
+    return f"{repo_type}s"
+
+
 @dataclass(frozen=True)
 class RepoSpec:
     """One repo to mirror, as parsed from a list line or the command line."""

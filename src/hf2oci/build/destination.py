@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from hf2oci import labels as L
-from hf2oci.labels import config_labels
+from hf2oci.naming import image_repository
 from hf2oci.oci import daemon, layout, push
 from hf2oci.oci.image import (
     INDEX_TYPES,
@@ -19,10 +19,12 @@ from hf2oci.oci.image import (
     Artifact,
     Image,
     Layer,
+    config_labels,
     images_of,
     json_object,
     platform_name,
     platform_of,
+    string_map,
 )
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import parse_reference
@@ -48,7 +50,7 @@ class Destination:
     engine: bool = False
 
     def repository(self, repo_type: RepoType) -> str:
-        return f"{self.namespace}/{'datasets' if repo_type == 'dataset' else 'models'}"
+        return image_repository(self.namespace, repo_type)
 
     def image(self, repo_type: RepoType) -> str:
         """The image name users pull, without tag."""
@@ -255,13 +257,14 @@ def _labels(
     its config's labels (an image whose manifest carries none, e.g. pushed by docker)."""
     if manifest is None:
         return None
-    found = manifest.get("annotations") or {}
-    if isinstance(found, dict) and L.REVISION in found:
-        return {str(k): str(v) for k, v in found.items()}
-    digest = (manifest.get("config") or {}).get("digest")
-    if not isinstance(digest, str):
-        return {}
-    return config_labels(json_object(read_blob(digest), f"config of {what}"))
+
+    def config() -> dict[str, str]:
+        digest = (manifest.get("config") or {}).get("digest")
+        if not isinstance(digest, str):
+            return {}
+        return config_labels(json_object(read_blob(digest), f"config of {what}"))
+
+    return L.read(string_map(manifest.get("annotations")), config)
 
 
 def _first_entry(index: dict[str, Any]) -> str | None:

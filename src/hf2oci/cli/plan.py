@@ -27,7 +27,7 @@ from hf2oci.cli._run import (
 )
 from hf2oci.errors import ConfigError
 from hf2oci.intake.lists import format_line
-from hf2oci.spec import RepoType
+from hf2oci.spec import RepoType, plural
 
 
 @click.command("plan")
@@ -72,7 +72,7 @@ def plan_command(
     if only:
         specs = [s for s in specs if s.repo_id == only and s.repo_type == repo_type]
         if not specs and not list_errors:
-            listed = "to_get_datasets.txt" if repo_type == "dataset" else "to_get_models.txt"
+            listed = f"to_get_{plural(repo_type)}.txt"
             raise ConfigError(f"{only} is not listed in {get_hf / listed}")
     annotate = github_output or gha.in_actions()
     for e in list_errors:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
+from hf2oci import labels as L
 from hf2oci.build.formats.image import REPO_DIR
 from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
@@ -37,6 +38,7 @@ from hf2oci.labels import REVISION as LABEL_REVISION
 from hf2oci.naming import InvalidRepoId, validate_repo_id
 from hf2oci.oci.image import Image, Layer
 from hf2oci.oci.source import StoredLayer, open_image
+from hf2oci.spec import REPO_TYPES, plural
 
 log = logging.getLogger(__name__)
 
@@ -348,8 +350,8 @@ def extract(
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
     source = open_image(image, plain_http=plain_http)
-    paths = _modelpack_paths(source)  # checked before anything is written
-    labels = source.labels if paths is None else source.annotations
+    _modelpack_paths(source)  # checked before anything is written
+    labels = L.of_image(source)
     cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
@@ -421,13 +423,13 @@ def _cache_place(image: str, labels: dict[str, str]) -> _CachePlace:
     if not _COMMIT.fullmatch(commit):
         raise ExtractError(f"{image}: label {LABEL_REVISION} {commit!r} is not a commit sha")
     repo_type = labels.get(LABEL_REPO_TYPE, "model")
-    if repo_type not in ("model", "dataset"):
+    if repo_type not in REPO_TYPES:
         raise ExtractError(f"{image}: label {LABEL_REPO_TYPE} {repo_type!r} is not model/dataset")
     ref = labels.get(LABEL_REF, DEFAULT_REF)  # images made before the label: main
     if not _REF.fullmatch(ref) or ".." in ref or len(ref) > 255:
         raise ExtractError(f"{image}: label {LABEL_REF} {ref!r} is not a revision name")
     return _CachePlace(
-        folder=f"{repo_type}s--{repo_id.replace('/', '--')}",
+        folder=f"{plural(repo_type)}--{repo_id.replace('/', '--')}",
         commit=commit,
         # like huggingface_hub: a revision asked for by its sha gets no ref of its own
         ref=None if _COMMIT.fullmatch(ref) else ref,

@@ -42,7 +42,7 @@ from hf2oci.retry import (
     parse_retry_after,
     retrying,
 )
-from hf2oci.spec import RepoSpec, RepoType
+from hf2oci.spec import RepoSpec, RepoType, plural
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -199,7 +199,7 @@ def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
     what = _what(spec)
     if _offline():
         raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
-    kind = "datasets" if spec.repo_type == "dataset" else "models"
+    kind = plural(spec.repo_type)
     url = f"{endpoint()}/api/{kind}/{spec.repo_id}/revision/{quote(revision, safe='')}"
     info = _api_get(url, spec, revision, params={"blobs": "true"})
     commit = info.get("sha")
@@ -231,7 +231,7 @@ def complete_listing(state: RepoState) -> RepoState:
     """``state`` with every file, from the tree listing when it is ``partial``."""
     if not state.partial:
         return state
-    kind = "datasets" if state.repo_type == "dataset" else "models"
+    kind = plural(state.repo_type)
     spec = RepoSpec(state.repo_id, state.repo_type, state.requested)
     files = sorted(_tree_files(spec, kind, state.commit), key=lambda f: f.path)
     return dataclasses.replace(state, files=tuple(files), partial=False)
@@ -510,10 +510,8 @@ def _resolve(
     failed: str,
 ) -> _T:
     """GET a file's ``resolve`` URL (``_hub_get``) and give the answer to ``body``."""
-    prefix = "datasets/" if state.repo_type == "dataset" else ""
-    url = (
-        f"{endpoint()}/{prefix}{state.repo_id}/resolve/{state.commit}/{quote(file.path, safe='/')}"
-    )
+    repo = naming.hub_path(state.repo_id, state.repo_type)
+    url = f"{endpoint()}/{repo}/resolve/{state.commit}/{quote(file.path, safe='/')}"
 
     def read(resp: Any) -> _T:
         if resp.status_code >= 400:

@@ -16,12 +16,11 @@ from typing import cast
 from hf2oci.errors import Hf2ociError, ListError
 from hf2oci.intake.filters import parse_preset
 from hf2oci.naming import validate_repo_id
-from hf2oci.spec import FORMATS, Format, RepoSpec, RepoType
+from hf2oci.spec import FORMATS, REPO_TYPES, Format, RepoSpec, RepoType, plural
 
 #: the list files in get_hf/, and the repo type of their lines
-LIST_FILES: tuple[tuple[str, RepoType], ...] = (
-    ("to_get_models.txt", "model"),
-    ("to_get_datasets.txt", "dataset"),
+LIST_FILES: tuple[tuple[str, RepoType], ...] = tuple(
+    (f"to_get_{plural(t)}.txt", t) for t in REPO_TYPES
 )
 OPTIONS = ("include", "exclude", "preset", "format")
 OPTIONS_HELP = (

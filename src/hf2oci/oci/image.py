@@ -74,6 +74,16 @@ def canonical_json(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def string_map(found: object) -> dict[str, str]:
+    """A JSON object of annotations or labels as strings; {} for anything else."""
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def config_labels(config: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of an image config document."""
+    return string_map((config.get("config") or {}).get("Labels"))
+
+
 @runtime_checkable
 class Layer(Protocol):
     """A layer blob, wherever its bytes come from (hub file, disk, registry).
@@ -124,7 +134,7 @@ class Descriptor:
             media_type=str(doc["mediaType"]),
             digest=str(doc["digest"]),
             size=size,
-            annotations={str(k): str(v) for k, v in (doc.get("annotations") or {}).items()},
+            annotations=string_map(doc.get("annotations")),
         )
 
 
@@ -196,14 +206,12 @@ class Image:
     @property
     def annotations(self) -> dict[str, str]:
         """The manifest's annotations."""
-        found = self.manifest_doc.get("annotations") or {}
-        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        return string_map(self.manifest_doc.get("annotations"))
 
     @property
     def labels(self) -> dict[str, str]:
         """The config's labels."""
-        found = (self.config_doc.get("config") or {}).get("Labels") or {}
-        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        return config_labels(self.config_doc)
 
     @property
     def config_descriptor(self) -> Descriptor:

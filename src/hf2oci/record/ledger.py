@@ -11,11 +11,11 @@ from types import MappingProxyType
 
 from hf2oci.errors import RecordError
 from hf2oci.fsutil import atomic_write
-from hf2oci.spec import REPO_TYPES, Mirrored, RepoType
+from hf2oci.spec import REPO_TYPES, Mirrored, RepoType, plural
 
 LEDGER_VERSION = 1
 DEFAULT_LEDGER = "mirrored.json"
-SECTIONS: Mapping[RepoType, str] = MappingProxyType({"model": "models", "dataset": "datasets"})
+SECTIONS: Mapping[RepoType, str] = MappingProxyType({t: plural(t) for t in REPO_TYPES})
 
 
 @dataclass(frozen=True)

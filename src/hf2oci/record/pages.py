@@ -17,12 +17,11 @@ from hf2oci.record.ledger import (
     write_if_changed,
 )
 from hf2oci.render import render
-from hf2oci.spec import REPO_TYPES, Mirrored, RepoType
+from hf2oci.spec import REPO_TYPES, Mirrored, RepoType, plural
 from hf2oci.units import human_size
 
 #: the markdown page of each repo type, relative to the project root
-PAGES: Mapping[RepoType, str] = MappingProxyType({"model": "models.md", "dataset": "datasets.md"})
-_PLURAL: Mapping[RepoType, str] = MappingProxyType({"model": "models", "dataset": "datasets"})
+PAGES: Mapping[RepoType, str] = MappingProxyType({t: f"{plural(t)}.md" for t in REPO_TYPES})
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def render_markdown(
     return render(
         "records.md.j2",
         kind=repo_type,
-        plural=_PLURAL[repo_type],
+        plural=plural(repo_type),
         source=source,
         rows=[_row(e) for e in entries],
         example=example,

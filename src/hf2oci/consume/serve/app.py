@@ -28,11 +28,10 @@ from hf2oci.consume.serve.store import (
     RepoFile,
     Snapshot,
     Store,
-    image_labels,
     lfs_pointer,
 )
 from hf2oci.errors import Hf2ociError, ServeError
-from hf2oci.spec import RepoType
+from hf2oci.spec import REPO_TYPES, RepoType, plural
 
 log = logging.getLogger("hf2oci.serve")
 access_log = logging.getLogger("hf2oci.serve.access")
@@ -40,7 +39,7 @@ access_log = logging.getLogger("hf2oci.serve.access")
 T = TypeVar("T")
 #: tree entries per page (the hub pages its trees too; clients follow Link: rel="next")
 PAGE = 1000
-_KINDS: dict[str, RepoType] = {"models": "model", "datasets": "dataset"}
+_KINDS: dict[str, RepoType] = {plural(t): t for t in REPO_TYPES}
 _ACTIONS = ("revision", "tree", "paths-info")
 _OPEN = ("/health", "/metrics")
 _BAD_CREDENTIALS = "Invalid credentials in Authorization header"
@@ -307,7 +306,7 @@ def _listing(store: Store, repo_type: RepoType, search: str | None) -> Response:
     for repo_id, image in store.listed(repo_type):
         if search and search.lower() not in repo_id.lower():
             continue
-        labels = image_labels(image)
+        labels = L.of_image(image)
         doc: dict[str, Any] = {"_id": repo_id, "id": repo_id, "sha": labels.get(L.REVISION),
                "lastModified": labels.get(L.CREATED), "private": False, "tags": []}  # fmt: skip
         if repo_type == "model":

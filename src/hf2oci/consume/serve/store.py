@@ -139,7 +139,7 @@ class Snapshot:
 
     @property
     def labels(self) -> dict[str, str]:
-        return image_labels(self.image)
+        return L.of_image(self.image)
 
     @property
     def last_modified(self) -> str:
@@ -167,7 +167,7 @@ class Store:
         self._lock = threading.Lock()
 
     def repository(self, repo_type: RepoType) -> str:
-        return f"{self.namespace}/{'datasets' if repo_type == 'dataset' else 'models'}"
+        return naming.image_repository(self.namespace, repo_type)
 
     # -- images --------------------------------------------------------------------------
 
@@ -230,19 +230,19 @@ class Store:
         except InvalidRepoId as e:
             raise ServeError(404, "RepoNotFound", f"{repo_id!r} is not a repo id") from e
         current = self.image(repo_type, naming.repo_tag(repo_id))
-        if current is None or image_labels(current).get(L.REPO_ID, repo_id) != repo_id:
+        if current is None or L.of_image(current).get(L.REPO_ID, repo_id) != repo_id:
             raise ServeError(404, "RepoNotFound", f"Repository {repo_id} not found")
         image = None
         if _COMMIT.fullmatch(revision) or _SHORT.fullmatch(revision):
             image = self.image(repo_type, naming.revision_tag(repo_id, revision))
-            commit = image_labels(image).get(L.REVISION, "") if image is not None else ""
+            commit = L.of_image(image).get(L.REVISION, "") if image is not None else ""
             if image is None or not commit.startswith(revision):
                 image = None
-        elif revision in ("main", image_labels(current).get(L.REF, "main")):
+        elif revision in ("main", L.of_image(current).get(L.REF, "main")):
             image = current
         if image is None:
             raise ServeError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        commit = image_labels(image).get(L.REVISION, "")
+        commit = L.of_image(image).get(L.REVISION, "")
         if not _COMMIT.fullmatch(commit):
             raise ServeError(404, "RevisionNotFound", f"{repo_id}: the image names no commit")
         return Snapshot(repo_id, repo_type, commit, image, self.files(image))
@@ -254,7 +254,7 @@ class Store:
             if _is_revision_tag(tag):
                 continue
             image = self.image(repo_type, tag)
-            repo_id = image_labels(image).get(L.REPO_ID) if image is not None else None
+            repo_id = L.of_image(image).get(L.REPO_ID) if image is not None else None
             if image is not None and repo_id and naming.repo_tag(repo_id) == tag:
                 out.append((repo_id, image))
         return out
@@ -274,12 +274,6 @@ class Store:
             while len(self._files) > self.max_indexes:
                 self._files.popitem(last=False)
         return found
-
-
-def image_labels(image: Image) -> dict[str, str]:
-    """What hf2oci wrote about an image: its manifest's annotations (a ModelPack artifact has
-    nothing else), else its config's labels (images pushed by the Docker engine)."""
-    return image.annotations or image.labels
 
 
 def _is_revision_tag(tag: str) -> bool:
