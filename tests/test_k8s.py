@@ -77,7 +77,7 @@ def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--name", "Bad_Name"], "invalid name"),
+        (["--name", "Bad_Name"], "invalid --name 'Bad_Name'"),
         (["--memory", "lots"], "not a Kubernetes quantity"),
         (["--runtime-image", "bad ref"], "invalid image reference"),
     ],
@@ -124,7 +124,18 @@ def test_hub_server_manifests_validate_and_match_golden(secrets: bool, tmp_path:
     [
         (["--serve", "--registry", "r.io"], "--registry and --namespace"),
         (["--serve", "--registry", "r.io", "--namespace", "n", "--runtime", "vllm"], "no MODEL"),
-        (["--serve", "--registry", "r.io", "--namespace", "n", "--token-secret", "Bad"], "invalid"),
+        (
+            ["--serve", "--registry", "r.io", "--namespace", "n", "--token-secret", "Bad"],
+            "invalid --token-secret 'Bad'",
+        ),
+        (
+            ["--serve", "--registry", "r.io", "--namespace", "n", "--registry-secret", "a_b"],
+            "invalid --registry-secret 'a_b'",
+        ),
+        (
+            ["--serve", "--registry", "r.io", "--namespace", "n", "--cpu", "lots"],
+            "--cpu 'lots' is not a Kubernetes quantity",
+        ),
         ([IMAGE], "give --runtime"),
     ],
 )

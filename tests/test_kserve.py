@@ -95,7 +95,7 @@ def test_kserve_validator_catches_a_bad_manifest() -> None:
     ("args", "words"),
     [
         (["not a ref"], "invalid image reference 'not a ref'"),
-        ([IMAGE, "--name", "Bad_Name"], "invalid name 'Bad_Name'"),
+        ([IMAGE, "--name", "Bad_Name"], "invalid --name 'Bad_Name'"),
         ([IMAGE, "--memory", "lots"], "--memory 'lots' is not a Kubernetes quantity"),
         ([IMAGE, "--backend", "tgi"], "'tgi' is not one of"),
     ],

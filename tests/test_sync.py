@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,26 @@ def test_gated_repo_with_token_never_leaks_it(
     assert token not in json.dumps(skopeo_inspect(ref, raw=True))
     for name in ("get_hf/mirrored.json", "models.md"):
         assert token not in (project / name).read_text()
+
+
+def test_a_gated_repo_says_the_token_file_has_no_access(hub, project: Path, tmp_path: Path) -> None:
+    """A token found in the token file (as huggingface_hub finds it), not in HF_TOKEN: the
+    message says the token sent has no access, not to set HF_TOKEN, also where the refusal
+    comes to a streamed file (a fresh process: the client reads HF_TOKEN_PATH at import)."""
+    gated = "gated/only-large"
+    hub.add_repo(gated, {"model.safetensors": os.urandom(3 << 20)}, gated=True)
+    make_project(project, models=[gated], config={"base_image": "scratch"})
+    token_file = tmp_path / "token"
+    token_file.write_text("hf_notAllowed0000000000\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env["HF_TOKEN_PATH"] = str(token_file)
+    proc = subprocess.run([sys.executable, "-m", "hf2oci", "mirror", gated], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{gated} is gated: the token sent (HF_TOKEN or the token file) has no access" in (
+        proc.stderr
+    )
+    assert "hf_notAllowed" not in proc.stderr
 
 
 def test_registry_refusal_fails_that_repo_with_one_line(

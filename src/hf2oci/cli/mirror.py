@@ -19,7 +19,7 @@ from hf2oci.cli._common import (
 )
 from hf2oci.cli._run import outcome_json, run_specs, summarize, target_options
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.intake.lists import parse_list
+from hf2oci.intake.lists import format_line, parse_list
 from hf2oci.spec import RepoSpec, RepoType
 
 
@@ -72,12 +72,9 @@ def mirror(
                 raise UsageError("give either REPO_ID (with its options) or --lines, not both")
             specs = parse_specs(lines, repo_type=repo_type)
         elif repo_id:
-            specs = parse_specs(
-                spec_line(
-                    repo_id, revision=revision, include=include, exclude=exclude, preset=preset
-                ),
-                repo_type=repo_type,
-            )
+            # the options as one list line, so both inputs obey one set of rules
+            asked = RepoSpec(repo_id, repo_type, revision, include, exclude, preset)
+            specs = parse_specs(format_line(asked), repo_type=repo_type)
         else:
             raise UsageError("give a REPO_ID or --lines")
         config = load(get_hf / "config.yaml", **overrides)
@@ -107,25 +104,6 @@ def mirror(
 
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
     sys.exit(summarize(report, as_json=as_json))
-
-
-def spec_line(
-    repo_id: str,
-    *,
-    revision: str | None,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    preset: str | None,
-) -> str:
-    """The options as one list line, so both inputs obey one set of rules."""
-    words = [repo_id + (f"@{revision}" if revision else "")]
-    if include:
-        words.append("include=" + ",".join(include))
-    if exclude:
-        words.append("exclude=" + ",".join(exclude))
-    if preset:
-        words.append(f"preset={preset}")
-    return " ".join(words)
 
 
 def parse_specs(text: str, *, repo_type: RepoType) -> list[RepoSpec]:

@@ -4,6 +4,7 @@ server, or a KServe InferenceService reading the image as a modelcar."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,18 @@ class ServeSpec:
     cpu: str = "2"
     memory: str | None = None
     gpu: int = 0
+
+
+def _check(*, names: Mapping[str, str | None], quantities: Mapping[str, str]) -> None:
+    """UsageError, naming the option, for a name or a quantity that Kubernetes would refuse."""
+    for what, value in names.items():
+        if value is not None and (len(value) > 63 or not _DNS1123.fullmatch(value)):
+            raise UsageError(
+                f"invalid {what} {value!r}: lower-case letters, digits and '-', at most 63"
+            )
+    for what, value in quantities.items():
+        if not _QUANTITY.fullmatch(value):
+            raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
 
 
 def served_model_name(model_image: str) -> str:
@@ -63,14 +76,8 @@ def manifests(spec: ServeSpec) -> str:
     runtime_image = spec.runtime_image or runtime.default_image
     parse_reference(runtime_image)
     name = spec.name or default_name(spec.model_image, spec.runtime)
-    if len(name) > 63 or not _DNS1123.fullmatch(name):
-        raise UsageError(
-            f"invalid name {name!r}: lower-case letters, digits and '-', at most 63 characters"
-        )
     memory = spec.memory or runtime.default_memory
-    for what, value in (("--cpu", spec.cpu), ("--memory", memory)):
-        if not _QUANTITY.fullmatch(value):
-            raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    _check(names={"--name": name}, quantities={"--cpu": spec.cpu, "--memory": memory})
     return render(
         "k8s/deployment.yaml.j2",
         app=name,
@@ -115,16 +122,9 @@ class HubSpec:
 def hub_manifests(spec: HubSpec) -> str:
     """kubectl-ready YAML for the hub server; UsageError for what Kubernetes would refuse."""
     parse_reference(spec.serve_image)
-    for what, value in (
-        ("--name", spec.name), ("--token-secret", spec.token_secret),
-        ("--registry-secret", spec.registry_secret),
-    ):  # fmt: skip
-        if value is not None and (len(value) > 63 or not _DNS1123.fullmatch(value)):
-            raise UsageError(
-                f"invalid {what} {value!r}: lower-case letters, digits and '-', at most 63"
-            )
-    if not _QUANTITY.fullmatch(spec.cpu):
-        raise UsageError(f"--cpu {spec.cpu!r} is not a Kubernetes quantity (e.g. 2, 500m)")
+    names = {"--name": spec.name, "--token-secret": spec.token_secret,
+             "--registry-secret": spec.registry_secret}  # fmt: skip
+    _check(names=names, quantities={"--cpu": spec.cpu})
     return render("k8s/hub.yaml.j2", spec=spec)
 
 
@@ -153,13 +153,7 @@ def inference_service(spec: KServeSpec) -> str:
     if spec.backend not in KSERVE_BACKENDS:
         raise UsageError(f"backend {spec.backend!r}: choose {' or '.join(KSERVE_BACKENDS)}")
     name = spec.name or default_name(spec.model_image, "kserve")
-    if len(name) > 63 or not _DNS1123.fullmatch(name):
-        raise UsageError(
-            f"invalid name {name!r}: lower-case letters, digits and '-', at most 63 characters"
-        )
-    for what, value in (("--cpu", spec.cpu), ("--memory", spec.memory)):
-        if not _QUANTITY.fullmatch(value):
-            raise UsageError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+    _check(names={"--name": name}, quantities={"--cpu": spec.cpu, "--memory": spec.memory})
     return render(
         "k8s/inferenceservice.yaml.j2",
         spec=spec,

@@ -105,11 +105,18 @@ def _what(spec: RepoSpec | RepoState) -> str:
 def _gated(what: str, has_token: bool) -> GatedRepo:
     """The one message for a gated repo: what to do depends on whether a token was sent."""
     hint = (
-        "the token in HF_TOKEN has no access: accept the terms on the hub with that account"
+        "the token sent (HF_TOKEN or the token file) has no access: accept the terms on the "
+        "hub with that account"
         if has_token
         else "accept its terms on the hub and set HF_TOKEN to a token with access"
     )
     return GatedRepo(f"{what} is gated: {hint}")
+
+
+def _not_found(what: str, has_token: bool) -> RepoNotFound:
+    """The one message for a repo the hub does not show: private ones need a token."""
+    hint = "" if has_token else " (if it is private, set HF_TOKEN)"
+    return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
 
 
 def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> HubError:
@@ -117,12 +124,11 @@ def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> Hub
     from huggingface_hub import errors as hf_errors
 
     what = _what(spec)
-    has_token = bool(os.environ.get("HF_TOKEN"))
+    has_token = token() is not None
     if isinstance(exc, hf_errors.GatedRepoError):
         return _gated(what, has_token)
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
-        return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
+        return _not_found(what, has_token)
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return RevisionNotFound(f"{what}: revision {revision!r} not found")
     if isinstance(exc, hf_errors.EntryNotFoundError):
@@ -390,8 +396,7 @@ def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
     if code == "RepoNotFound" or (
         resp.status_code == 401 and message != "Invalid credentials in Authorization header"
     ):
-        hint = "" if has_token else " (if it is private, set HF_TOKEN)"
-        return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
+        return _not_found(what, has_token)
     detail = message or resp.reason or ""
     return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
 
