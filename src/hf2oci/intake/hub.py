@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from hf2oci import naming
+from hf2oci.digest import git_blob_hash
 from hf2oci.errors import (
     DigestMismatch,
     GatedRepo,
@@ -550,7 +551,7 @@ class _Hasher:
             self.h = hashlib.sha256()
         elif file.blob_id:
             self.expected = file.blob_id
-            self.h = hashlib.sha1(b"blob %d\0" % file.size, usedforsecurity=False)
+            self.h = git_blob_hash(file.size)
         else:
             raise HubError(f"the hub gave no hash for {file.path!r}: cannot verify it")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
+from hf2oci.digest import sha256_digest
 from hf2oci.errors import PackError
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,10 +45,6 @@ _OCI_LAYER_TYPES = {
 
 MANIFEST_TYPES = (MT_MANIFEST, MT_DOCKER_MANIFEST)
 INDEX_TYPES = (MT_INDEX, MT_DOCKER_LIST)
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def json_object(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
+from hf2oci.digest import HashingReader, sha256_of
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.oci.image import MT_LAYER_TAR, Piece, piece_size
 from hf2oci.oci.reference import DIGEST
@@ -32,13 +32,6 @@ def check_digest(digest: str) -> str:
     if not DIGEST.fullmatch(digest):
         raise PackError(f"invalid digest {digest!r}")
     return digest
-
-
-def _sha256_of(chunks: Iterable[bytes]) -> str:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 class _LazyDigest:
@@ -73,7 +66,7 @@ class TarLayer:
         self._digest = _LazyDigest(self._hash, digest)
 
     def _hash(self) -> str:
-        digest = _sha256_of(iter_tar(self.entries, chunk_size=self._chunk_size))
+        digest = sha256_of(iter_tar(self.entries, chunk_size=self._chunk_size))
         log.debug("hashed tar layer of %d entries: %s", len(self.entries), digest)
         return digest
 
@@ -122,7 +115,7 @@ class FileBlobLayer:
     def _hash(self) -> str:
         with self.open() as f:
             try:
-                return _sha256_of(iter(lambda: f.read(DEFAULT_CHUNK), b""))
+                return sha256_of(iter(lambda: f.read(DEFAULT_CHUNK), b""))
             except OSError as e:
                 raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
 
@@ -226,7 +219,7 @@ class StreamLayer:
 
     def open(self) -> BinaryIO:
         stream = TarStream(self.entries, chunk_size=self._chunk_size)
-        return cast(BinaryIO, _Hashing(stream, self._size, self._set_digest))
+        return _hashing(stream, self._size, self._set_digest)
 
     def _set_digest(self, digest: str) -> None:
         if self._digest is not None and self._digest != digest:
@@ -261,41 +254,12 @@ class RawStreamLayer(StreamLayer):
         return self._media_type
 
     def open(self) -> BinaryIO:
-        return cast(
-            BinaryIO, _Hashing(ChunkStream(self._source, self._size), self._size, self._set_digest)
-        )
+        return _hashing(ChunkStream(self._source, self._size), self._size, self._set_digest)
 
     def __repr__(self) -> str:
         return f"RawStreamLayer({self._media_type}, {self._size} bytes)"
 
 
-class _Hashing(io.RawIOBase):
-    """Reads through to a stream, hashing every byte; at its end hands the digest over."""
-
-    def __init__(self, source: io.RawIOBase, size: int, done: Callable[[str], None]) -> None:
-        super().__init__()
-        self._source = source
-        self._size = size
-        self._done = done
-        self._hash = hashlib.sha256()
-        self._read = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = int(self._source.readinto(buffer) or 0)
-        if n:
-            self._hash.update(memoryview(buffer)[:n])
-            self._read += n
-            if self._read == self._size:  # the last byte: a reader may never ask for EOF
-                self._done("sha256:" + self._hash.hexdigest())
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._source.close()
-        super().close()
+def _hashing(stream: io.RawIOBase, size: int, done: Callable[[str], None]) -> BinaryIO:
+    """``stream`` read through a sha256 that hands the digest to ``done`` at its last byte."""
+    return cast(BinaryIO, HashingReader(stream.readinto, done, size=size, close=stream.close))

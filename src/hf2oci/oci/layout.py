@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
+from hf2oci.digest import HashingReader
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.fsutil import atomic_write, fsync_dir
 from hf2oci.oci.image import (
@@ -199,17 +200,19 @@ def _write_hashed(
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     tmp = Path(tmp_name)
     try:
-        h = hashlib.sha256()
+        digest: list[str] = []
         written = 0
+        buffer = bytearray(DEFAULT_CHUNK)
+        view = memoryview(buffer)
         with os.fdopen(fd, "wb") as out, opener() as src:
-            while chunk := src.read(DEFAULT_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                written += len(chunk)
+            reader = HashingReader(cast(Any, src).readinto, digest.append)
+            while n := reader.readinto(buffer):
+                out.write(view[:n])
+                written += n
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600: a server running as another user reads it
-        place(tmp, "sha256:" + h.hexdigest(), written)
+        place(tmp, digest[0], written)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):

@@ -3,7 +3,6 @@ manifests, tags. Pushing a whole image is ``push.py``; reading one is ``source.p
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import io
 import json
@@ -17,6 +16,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import requests
 import urllib3.exceptions
 
+from hf2oci.digest import HashingReader, sha256_digest
 from hf2oci.errors import DigestMismatch, RegistryError
 from hf2oci.oci.image import (
     MT_DOCKER_LIST,
@@ -25,7 +25,6 @@ from hf2oci.oci.image import (
     MT_MANIFEST,
     Piece,
     piece_size,
-    sha256_digest,
 )
 from hf2oci.oci.reference import api_base, normalise_registry
 from hf2oci.oci.transport import (
@@ -273,7 +272,7 @@ class RegistryClient:
         resp = self.transport.request(
             "GET", self._url(repo, "blobs", digest), scope=registry_scope(repo), stream=True
         )
-        return io.BufferedReader(_VerifiedBody(resp, digest, self.registry), 1024 * 1024)
+        return io.BufferedReader(_verified_body(resp, digest, self.registry), 1024 * 1024)
 
     def iter_blob_range(
         self, repo: str, digest: str, start: int, length: int, chunk: Piece = 1 << 20
@@ -414,43 +413,24 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-class _VerifiedBody(io.RawIOBase):
+def _verified_body(resp: requests.Response, digest: str, registry: str) -> HashingReader:
     """A response body that hashes what it gives and checks the digest at its end."""
 
-    def __init__(self, resp: requests.Response, digest: str, registry: str) -> None:
-        self._resp = resp
-        self._digest = digest
-        self._registry = registry
-        self._hash = hashlib.sha256()
-        self._checked = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def readinto(buffer: Any) -> int:
         try:
-            data = self._resp.raw.read(len(buffer), decode_content=True)
+            data = resp.raw.read(len(buffer), decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise RegistryError(
-                f"registry {self._registry}: reading blob {self._digest} failed: {e}",
-                temporary=True,
+                f"registry {registry}: reading blob {digest} failed: {e}", temporary=True
             ) from e
-        if not data:
-            if not self._checked:
-                self._checked = True
-                got = "sha256:" + self._hash.hexdigest()
-                if got != self._digest:
-                    raise DigestMismatch(
-                        f"registry {self._registry}: blob {self._digest} hashed to {got}"
-                    )
-            return 0
-        self._hash.update(data)
         buffer[: len(data)] = data
         return len(data)
 
-    def close(self) -> None:
-        self._resp.close()
-        super().close()
+    def check(got: str) -> None:
+        if got != digest:
+            raise DigestMismatch(f"registry {registry}: blob {digest} hashed to {got}")
+
+    return HashingReader(readinto, check, close=resp.close)
 
 
 class BlobBody(io.RawIOBase):

@@ -19,6 +19,7 @@ from typing import cast
 from hf2oci import labels as L
 from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT, group_files, layer_budget
 from hf2oci.build.layercache import LayerCache
+from hf2oci.digest import sha256_digest
 from hf2oci.errors import PackError
 from hf2oci.oci.image import (
     MT_LAYER_TAR,
@@ -28,7 +29,6 @@ from hf2oci.oci.image import (
     Layer,
     assemble,
     canonical_json,
-    sha256_digest,
 )
 from hf2oci.oci.layers import StreamLayer, TarLayer
 from hf2oci.oci.tarstream import (

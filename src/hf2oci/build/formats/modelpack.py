@@ -5,7 +5,6 @@ files say cheaply (format, architecture, parameter count, precision)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -18,9 +17,10 @@ from typing import Any, BinaryIO
 
 from hf2oci import labels as L
 from hf2oci.build.formats.image import PackFile
+from hf2oci.digest import sha256_digest, sha256_file
 from hf2oci.errors import PackError
 from hf2oci.gguf import KNOWN_QUANT, gguf_metadata
-from hf2oci.oci.image import MT_MANIFEST, Descriptor, Image, Layer, canonical_json, sha256_digest
+from hf2oci.oci.image import MT_MANIFEST, Descriptor, Image, Layer, canonical_json
 from hf2oci.oci.layers import FileBlobLayer, RawStreamLayer
 from hf2oci.spec import RepoType
 
@@ -167,14 +167,10 @@ def _layer(f: PackFile, kind: str) -> Layer:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as src:
-            while chunk := src.read(1 << 20):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError as e:
         raise PackError(f"cannot read {str(path)!r}: {e.strerror}") from e
-    return "sha256:" + h.hexdigest()
 
 
 # -- what the files say ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.build.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
+from hf2oci.digest import git_blob_hash
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
@@ -77,7 +78,7 @@ class RepoFile:
         with self._lock:
             if self.blob_id is not None:
                 return
-            sha1 = hashlib.sha1(b"blob %d\0" % self.size, usedforsecurity=False)
+            sha1 = git_blob_hash(self.size)
             sha256 = hashlib.sha256()
             for chunk in self.chunks():
                 sha1.update(chunk)
@@ -85,9 +86,9 @@ class RepoFile:
             if self.size >= LFS_THRESHOLD or _LFS_NAMES.fullmatch(self.path):
                 self.sha256 = sha256.hexdigest()
                 pointer = lfs_pointer(self.sha256, self.size)
-                self.blob_id = hashlib.sha1(
-                    b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False
-                ).hexdigest()
+                blob = git_blob_hash(len(pointer))
+                blob.update(pointer)
+                self.blob_id = blob.hexdigest()
             else:
                 self.blob_id = sha1.hexdigest()
 
