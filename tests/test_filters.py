@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import hf2oci
 from hf2oci.errors import Hf2ociError, PresetError
-from hf2oci.intake.filters import Selection, parse_preset, select, select_files
+from hf2oci.intake.filters import Selection, parse_preset, select
 
 BERT = [
     ".gitattributes",
@@ -138,24 +138,24 @@ def test_include_exclude_agree_with_huggingface_hub(
             ignore_patterns=exclude or None,
         )
     )
-    assert select_files(files, include=include, exclude=exclude) == sorted(expected)
+    assert _kept(files, include=include, exclude=exclude) == sorted(expected)
 
 
 def test_include_exclude_examples() -> None:
     files = ["a.json", "data/x.json", "data/sub/y.json", "data/z.bin", "README.md"]
-    assert select_files(files, include=["data/*.json"]) == ["data/sub/y.json", "data/x.json"]
-    assert select_files(files, include=["data/"]) == [
+    assert _kept(files, include=["data/*.json"]) == ["data/sub/y.json", "data/x.json"]
+    assert _kept(files, include=["data/"]) == [
         "data/sub/y.json",
         "data/x.json",
         "data/z.bin",
     ]
-    assert select_files(files, exclude=["data/"]) == ["README.md", "a.json"]
-    assert select_files(files, include=["*.json"], exclude=["*/sub/*"]) == [
+    assert _kept(files, exclude=["data/"]) == ["README.md", "a.json"]
+    assert _kept(files, include=["*.json"], exclude=["*/sub/*"]) == [
         "a.json",
         "data/x.json",
     ]
-    assert select_files(files, include=["*.JSON"]) == []  # case-sensitive, like the hub
-    assert select_files(files) == sorted(files)
+    assert _kept(files, include=["*.JSON"]) == []  # case-sensitive, like the hub
+    assert _kept(files) == sorted(files)
 
 
 def test_selection_reports_what_was_dropped() -> None:
@@ -183,7 +183,7 @@ def test_safetensors_on_bert_drops_other_formats() -> None:
 
 
 def test_safetensors_keeps_its_index_and_drops_other_indexes_and_export_folders() -> None:
-    kept = select_files(SHARDED, preset="safetensors")
+    kept = _kept(SHARDED, preset="safetensors")
     assert kept == [
         "config.json",
         "generation_config.json",
@@ -196,7 +196,7 @@ def test_safetensors_keeps_its_index_and_drops_other_indexes_and_export_folders(
 
 
 def test_safetensors_on_a_diffusers_repo_keeps_subfolders() -> None:
-    kept = select_files(DIFFUSERS, preset="safetensors")
+    kept = _kept(DIFFUSERS, preset="safetensors")
     assert kept == [
         "README.md",
         "model_index.json",
@@ -226,7 +226,7 @@ def test_include_exclude_apply_before_the_preset() -> None:
     got = select(BERT, exclude=["*.safetensors"], preset="safetensors")
     assert "pytorch_model.bin" in got.kept and "model.safetensors" in got.dropped
     assert got.note is not None
-    kept = select_files(THEBLOKE, include=["*.gguf"], preset="gguf:Q8_0")
+    kept = _kept(THEBLOKE, include=["*.gguf"], preset="gguf:Q8_0")
     assert kept == ["llama-2-7b-chat.Q8_0.gguf"]
 
 
@@ -240,13 +240,13 @@ def test_include_exclude_apply_before_the_preset() -> None:
     ],
 )
 def test_gguf_keeps_one_quant_and_the_small_files(preset: str, weights: list[str]) -> None:
-    kept = select_files(THEBLOKE, preset=preset)
+    kept = _kept(THEBLOKE, preset=preset)
     small = [".gitattributes", "LICENSE.txt", "Notice", "README.md", "config.json"]
     assert kept == sorted(small + weights)
 
 
 def test_gguf_sharded_quant_folders_and_token_boundaries() -> None:
-    assert select_files(SHARDED_GGUF, preset="gguf:Q4_K_M") == [
+    assert _kept(SHARDED_GGUF, preset="gguf:Q4_K_M") == [
         "Q4_K_M/Model-Q4_K_M-00001-of-00002.gguf",
         "Q4_K_M/Model-Q4_K_M-00002-of-00002.gguf",
         "README.md",
@@ -254,16 +254,16 @@ def test_gguf_sharded_quant_folders_and_token_boundaries() -> None:
         "template.jinja",
     ]
     # F16 is not BF16; mmproj-F16 is an F16 GGUF too
-    f16 = select_files(SHARDED_GGUF, preset="gguf:F16")
+    f16 = _kept(SHARDED_GGUF, preset="gguf:F16")
     assert [p for p in f16 if p.endswith(".gguf")] == ["mmproj-F16.gguf", "model-f16.gguf"]
-    bf16 = select_files(SHARDED_GGUF, preset="gguf:bf16")
+    bf16 = _kept(SHARDED_GGUF, preset="gguf:bf16")
     assert [p for p in bf16 if p.endswith(".gguf")] == [
         "BF16/Model-BF16-00001-of-00003.gguf",
         "BF16/Model-BF16-00002-of-00003.gguf",
         "BF16/Model-BF16-00003-of-00003.gguf",
     ]
-    assert "model.q8_0.gguf" in select_files(SHARDED_GGUF, preset="gguf:Q8_0")
-    iq2 = select_files(SHARDED_GGUF, preset="gguf:IQ2_XXS")
+    assert "model.q8_0.gguf" in _kept(SHARDED_GGUF, preset="gguf:Q8_0")
+    iq2 = _kept(SHARDED_GGUF, preset="gguf:IQ2_XXS")
     assert "UD-IQ2_XXS/Model-UD-IQ2_XXS-00001-of-00001.gguf" in iq2
     assert "model.safetensors" not in iq2
 
@@ -289,7 +289,7 @@ def test_gguf_on_a_repo_without_gguf() -> None:
 
 @pytest.mark.parametrize("preset", [None, "none"])
 def test_no_preset_keeps_everything(preset: str | None) -> None:
-    assert select_files(BERT, preset=preset) == sorted(BERT)
+    assert _kept(BERT, preset=preset) == sorted(BERT)
 
 
 @pytest.mark.parametrize(
@@ -319,3 +319,10 @@ def test_filters_do_not_import_huggingface_hub() -> None:
     src = str(Path(hf2oci.__file__).parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def _kept(
+    paths: list[str], *, include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (), preset: str | None = None,
+) -> list[str]:  # fmt: skip
+    return list(select(paths, include=include, exclude=exclude, preset=preset).kept)

@@ -118,17 +118,6 @@ def select(
     )
 
 
-def select_files(
-    paths: Sequence[str],
-    *,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    preset: str | None = None,
-) -> list[str]:
-    """The sorted paths that :func:`select` keeps."""
-    return list(select(paths, include=include, exclude=exclude, preset=preset).kept)
-
-
 def _is_weight(path: str) -> bool:
     """Weights in any format, and the index files of sharded weights."""
     return path.lower().removesuffix(".index.json").endswith(WEIGHT_SUFFIXES)
