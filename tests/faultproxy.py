@@ -39,6 +39,7 @@ class FaultProxy:
         self.upstream = upstream
         self.faults: list[Fault] = []
         self.seen: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str | None]] = []  # (path, Range header) of each GET
         self.page_tags = 0  # > 0: serve tags/list in pages of this size, with Link headers
         self.ignore_range = False  # True: Range headers are not passed on (a full 200 answer)
         self.gzip_bodies = False  # True: GET answers are sent gzip-encoded
@@ -54,6 +55,8 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.seen.append((self.command, self.path))
+                if self.command == "GET":
+                    proxy.ranges.append((self.path, self.headers.get("Range")))
                 cut_after = None
                 for fault in proxy.faults:
                     if (

@@ -455,13 +455,36 @@ def test_a_proxy_that_gzips_what_it_passes_on_still_gives_the_exact_bytes(
     assert read_tree(project / "dest") == files
 
 
+def test_a_blob_cut_again_and_again_resumes_where_each_cut_stopped(
+    registry, project: Path
+) -> None:
+    """Every read of the blob cut after 100,000 bytes, 12 times: each cut is picked up at the
+    byte it stopped at (a Range request), so the bytes arrive whole and exact."""
+    from faultproxy import FaultProxy
+
+    files = {"w.bin": os.urandom(1 << 20)}
+    digest = _pushed(registry, files, "cut/often")
+    proxy = FaultProxy(registry.host)
+    try:
+        proxy.fault("GET", f"/blobs/{digest}", "cut-after:100000", times=12)
+        r = cli("extract", f"{proxy.host}/cut/often:t", str(project / "dest"))
+        ranges = [r for p, r in proxy.ranges if digest in p]
+    finally:
+        proxy.server.shutdown()
+    assert r.exit_code == 0, r.output
+    assert read_tree(project / "dest") == files
+    starts = [int(v.split("=")[1].split("-")[0]) for v in ranges if v]
+    assert len(starts) >= 10 and starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
 def test_a_blob_that_keeps_being_cut_fails_cleanly(registry, project: Path) -> None:
+    """No byte comes however often it is asked: the retry policy gives up, with one line."""
     from faultproxy import FaultProxy
 
     digest = _pushed(registry, {"w.bin": os.urandom(2 << 20)}, "cut/always")
     proxy = FaultProxy(registry.host)
     try:
-        proxy.fault("GET", f"/blobs/{digest}", "cut-after:100000", times=10)
+        proxy.fault("GET", f"/blobs/{digest}", "cut-after:0", times=100)
         r = cli("extract", f"{proxy.host}/cut/always:t", str(project / "dest"))
     finally:
         proxy.server.shutdown()

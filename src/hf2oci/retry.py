@@ -1,6 +1,7 @@
 """The one retry policy: jittered exponential backoff, bounded in attempts and in time, honouring a
-server's Retry-After. The registry transport, the hub (metadata, small files, streamed files) and
-the git push of the records all retry through ``retrying``; nothing else loops on failures.
+server's Retry-After. The registry transport, the hub (metadata, small files), every resumed body
+(``http.ResumableBody``: hub downloads, registry blob reads) and the git push of the records all
+retry through ``retrying``; nothing else loops on failures.
 """
 
 from __future__ import annotations

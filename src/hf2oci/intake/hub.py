@@ -1,8 +1,9 @@
 """The only module that talks to the Hugging Face Hub.
 
-Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, so a
-no-change run never loads ``huggingface_hub``; files are downloaded through it (small files) or
-streamed over its HTTP client (large files). Every request goes through the one retry policy.
+Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, small
+files one GET each, large files a ``ResumableBody`` each (or one per part, several at once):
+all over this thread's ``hub_session``, under the one retry policy, read as ``huggingface_hub``
+reads the hub (its headers, error codes and token file) without loading it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,11 +34,11 @@ from hf2oci.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
+from hf2oci.http import ResumableBody, hub_session, read_exactly
 from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
     Temporary,
-    backoff,
     name_not_resolved,
     parse_retry_after,
     retrying,
@@ -118,35 +118,6 @@ def _not_found(what: str, has_token: bool) -> RepoNotFound:
     """The one message for a repo the hub does not show: private ones need a token."""
     hint = "" if has_token else " (if it is private, set HF_TOKEN)"
     return RepoNotFound(f"{what} not found on {endpoint()}{hint}")
-
-
-def _translate(exc: Exception, spec: RepoSpec | RepoState, revision: str) -> HubError:
-    """Map huggingface_hub's exceptions onto ours, with a one-line message that says what to do."""
-    from huggingface_hub import errors as hf_errors
-
-    what = _what(spec)
-    has_token = token() is not None
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return _gated(what, has_token)
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return _not_found(what, has_token)
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return RevisionNotFound(f"{what}: revision {revision!r} not found")
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return HubError(f"{what}@{revision}: a listed file is missing on the hub ({exc})")
-    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
-        return HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
-    if isinstance(exc, hf_errors.HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else "?"
-        return HubError(f"{what}: the hub answered HTTP {status}: {_first_line(exc)}")
-    if isinstance(exc, OSError) or "httpx" in type(exc).__module__:
-        return HubUnreachable(f"{what}: cannot reach the hub at {endpoint()}: {_first_line(exc)}")
-    return HubError(f"{what}: {type(exc).__name__}: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _iso(value: Any) -> str:
@@ -295,21 +266,6 @@ def _tree_files(spec: RepoSpec, kind: str, commit: str) -> list[HubFile]:
     return files
 
 
-_session_lock = threading.Lock()
-_sessions: dict[int, Any] = {}
-
-
-def _http() -> Any:
-    """One ``requests`` session per thread (connections kept alive between repos)."""
-    import requests
-
-    key = threading.get_ident()
-    with _session_lock:
-        if key not in _sessions:
-            _sessions[key] = requests.Session()
-        return _sessions[key]
-
-
 def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
     """GET a Hub API document under the retry policy; hub errors become ours."""
     doc, _ = _api_page(url, spec, revision, params=params)
@@ -352,36 +308,59 @@ def _hub_get(
     raises Temporary for a cut body, or the hub's error). Connection failures and 429/5xx
     answers are tried again (``Retry-After`` honoured); a name that does not resolve is not.
     The token goes to the hub only: ``requests`` drops it on a redirect to another host."""
-    import requests
-
-    from hf2oci.oci.transport import unreachable_reason
-
-    sent = {"user-agent": f"hf2oci/{_version()}", **(headers or {})}
-    secret = token()
-    if secret:
-        sent["authorization"] = f"Bearer {secret}"
+    sent = _headers(headers)
 
     def once() -> _T:
-        try:
-            with _http().get(
-                url, params=params, headers=sent, timeout=(10, 60), stream=True
-            ) as resp:
-                if resp.status_code in RETRY_STATUSES:
-                    after = parse_retry_after(resp.headers.get("Retry-After"))
-                    raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
+        import requests
+
+        from hf2oci.oci.transport import unreachable_reason
+
+        with _get(url, what, sent, params=params) as resp:
+            try:
                 return read(resp)
-        except requests.RequestException as e:
-            if name_not_resolved(e):
-                raise HubUnreachable(
-                    f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
-                ) from e
-            raise Temporary(unreachable_reason(e)) from e
+            except requests.RequestException as e:  # the body cut on the way
+                raise Temporary(unreachable_reason(e)) from e
 
     try:
         return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
                         policy=HUB_POLICY)  # fmt: skip
     except Temporary as e:
         raise HubUnreachable(f"{what}: {failed}: {e}") from e
+
+
+def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What every hub request sends: who asks, and the token (``requests`` drops it on a
+    redirect to another host, such as a CDN or Xet bridge)."""
+    sent = {"user-agent": f"hf2oci/{_version()}", **(extra or {})}
+    secret = token()
+    if secret:
+        sent["authorization"] = f"Bearer {secret}"
+    return sent
+
+
+def _get(
+    url: str, what: str, headers: Mapping[str, str], *, params: Mapping[str, str] | None = None
+) -> Any:
+    """One GET of the hub, streamed: Temporary for a connection failure or a 429/5xx answer
+    (with its Retry-After), HubUnreachable for a name that does not resolve."""
+    import requests
+
+    from hf2oci.oci.transport import unreachable_reason
+
+    try:
+        resp = hub_session().get(url, params=params, headers=headers, timeout=(10, 60),
+                                 stream=True)  # fmt: skip
+    except requests.RequestException as e:
+        if name_not_resolved(e):
+            raise HubUnreachable(
+                f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
+            ) from e
+        raise Temporary(unreachable_reason(e)) from e
+    if resp.status_code in RETRY_STATUSES:
+        resp.close()
+        after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
+    return resp
 
 
 def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
@@ -516,8 +495,7 @@ def _resolve(
     failed: str,
 ) -> _T:
     """GET a file's ``resolve`` URL (``_hub_get``) and give the answer to ``body``."""
-    repo = naming.hub_path(state.repo_id, state.repo_type)
-    url = f"{endpoint()}/{repo}/resolve/{state.commit}/{quote(file.path, safe='/')}"
+    url = _resolve_url(state, file)
 
     def read(resp: Any) -> _T:
         if resp.status_code >= 400:
@@ -526,6 +504,11 @@ def _resolve(
 
     sent = {"accept-encoding": "identity", **(headers or {})}
     return _hub_get(url, f"{_what(state)}: {file.path}", read, headers=sent, failed=failed)
+
+
+def _resolve_url(state: RepoState, file: HubFile) -> str:
+    repo = naming.hub_path(state.repo_id, state.repo_type)
+    return f"{endpoint()}/{repo}/resolve/{state.commit}/{quote(file.path, safe='/')}"
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
@@ -543,9 +526,13 @@ def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
 
 
 class _Hasher:
-    """What the hub says a file hashes to: sha256 (LFS) or the git blob sha1."""
+    """What the hub says a file hashes to: sha256 (LFS) or the git blob sha1. ``background``:
+    hashed in a thread of its own, beside the layer's digest in the consumer's (two cores do
+    both at once; at most ``AHEAD`` chunks wait for it)."""
 
-    def __init__(self, file: HubFile) -> None:
+    AHEAD = 4
+
+    def __init__(self, file: HubFile, *, background: bool = False) -> None:
         if file.sha256:
             self.expected = file.sha256
             self.h = hashlib.sha256()
@@ -554,14 +541,27 @@ class _Hasher:
             self.h = git_blob_hash(file.size)
         else:
             raise HubError(f"the hub gave no hash for {file.path!r}: cannot verify it")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hub-hash") if background else None
+        self._queued: collections.deque[Future[None]] = collections.deque()
 
     def update(self, chunk: bytes) -> None:
-        self.h.update(chunk)
+        if self._pool is None:
+            self.h.update(chunk)
+            return
+        self._queued.append(self._pool.submit(self.h.update, chunk))
+        while len(self._queued) > self.AHEAD:
+            self._queued.popleft().result()
 
     def check(self, what: str) -> None:
+        while self._queued:
+            self._queued.popleft().result()
         got = self.h.hexdigest()
         if got != self.expected:
             raise DigestMismatch(f"{what}: content hashes to {got}, the hub says {self.expected}")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 #: files from this size on are fetched over several connections at once, in parts of
@@ -601,8 +601,8 @@ def iter_file(
     if n > 1 and file.size >= PARALLEL_MIN_SIZE:
         chunks = _parts(state, file, n, policy)
     else:
-        chunks = _resuming(_Download(state, file, chunk_size), policy, what)
-    hasher = _Hasher(file)
+        chunks = _serial(_body(state, file, policy=policy), chunk_size)
+    hasher = _Hasher(file, background=file.size >= PARALLEL_MIN_SIZE)
     pending = b""  # held back until the next chunk (or the hash check) says it may go
     received = 0
     try:
@@ -614,59 +614,61 @@ def iter_file(
             if pending:
                 yield pending
             pending = chunk
+        hasher.check(what)
     finally:
+        hasher.close()
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    hasher.check(what)
     if pending:
         yield pending
 
 
-def _resuming(download: _Download, policy: RetryPolicy, what: str) -> Iterator[bytes]:
-    """The download's chunks; a failure resumes at the offset reached (a generator cannot be
-    re-run by a retry wrapper)."""
-    for attempt in itertools.count(1):
-        try:
-            yield from download.chunks()
-            return
-        except Temporary as e:
-            if attempt >= policy.attempts:
-                raise HubUnreachable(f"{what}: download failed after {attempt} tries: {e}") from e
-            delay = backoff(policy, attempt, e.retry_after)
-            log.info("%s: %s; resuming at byte %d in %.1fs", what, e, download.offset, delay)
-            time.sleep(delay)
+def _serial(body: ResumableBody, chunk_size: int) -> Iterator[bytes]:
+    """The body's bytes in chunks of ``chunk_size`` (the last one shorter)."""
+    with body:
+        while True:
+            chunk = bytearray(chunk_size)
+            n = read_exactly(body, chunk)
+            if not n:
+                return
+            yield chunk if n == chunk_size else chunk[:n]  # type: ignore[misc]
 
 
 def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iterator[bytes]:
     """The file in order, as parts fetched by ``n`` connections at once (n + 1 parts ahead:
-    the next ones to give out are fetched while the consumer is slower or a part lags)."""
+    the next ones to give out are fetched while the consumer is slower or a part lags).
+
+    The n + 1 part buffers are made once and handed on: each part read is copied out to its
+    consumer and its buffer goes to the next part's fetch, so memory stays at those buffers
+    (fresh buffers per part, freed in other threads, grew glibc's arenas by ~25 MiB a file)."""
     what = f"{_what(state)}: {file.path}"
     starts = iter(range(0, file.size, PART_SIZE))
     stop = threading.Event()
 
-    def fetch(start: int) -> bytes:
+    def fetch(start: int, buffer: bytearray) -> tuple[bytearray, int]:
         end = min(start + PART_SIZE, file.size)
-        download = _Download(state, file, 256 << 10, offset=start, end=end)
-        data = bytearray(end - start)  # filled in place: one buffer per part, no copies
-        view = memoryview(data)
-        for chunk in _resuming(download, policy, f"{what} (bytes {start}-{end - 1})"):
-            if stop.is_set():
-                raise HubError(f"{what}: download stopped")
-            at = download.offset - start
-            view[at - len(chunk) : at] = chunk
-        return data  # type: ignore[return-value]  # bytes-like: hashed and written as is
+        view = memoryview(buffer)[: end - start]
+        with _body(state, file, start=start, end=end, policy=policy) as body:
+            got = 0
+            while got < len(view):
+                if stop.is_set():
+                    raise HubError(f"{what}: download stopped")
+                got += body.readinto(view[got : got + (256 << 10)])
+        return buffer, len(view)
 
     with ThreadPoolExecutor(n, thread_name_prefix="hub-part") as pool:
-        ahead: collections.deque[Future[bytes]] = collections.deque(
-            pool.submit(fetch, start) for start in itertools.islice(starts, n + 1)
+        ahead: collections.deque[Future[tuple[bytearray, int]]] = collections.deque(
+            pool.submit(fetch, start, bytearray(PART_SIZE))
+            for start in itertools.islice(starts, n + 1)
         )
         try:
             while ahead:
-                data = ahead.popleft().result()
+                buffer, length = ahead.popleft().result()
+                data = bytes(memoryview(buffer)[:length])
                 nxt = next(starts, None)
                 if nxt is not None:
-                    ahead.append(pool.submit(fetch, nxt))
+                    ahead.append(pool.submit(fetch, nxt, buffer))
                 yield data
         finally:
             stop.set()
@@ -674,66 +676,34 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
                 future.cancel()
 
 
-class _Download:
-    """One file's bytes over huggingface_hub's HTTP client, from ``offset`` on (Range)."""
+def _body(
+    state: RepoState,
+    file: HubFile,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    policy: RetryPolicy = HUB_POLICY,
+) -> ResumableBody:
+    """A file's bytes ``[start, end)`` from its ``resolve`` URL, resumed where a cut stops it."""
+    what = f"{_what(state)}: {file.path}"
+    stop = file.size if end is None else end
+    url, headers = _resolve_url(state, file), _headers({"accept-encoding": "identity"})
 
-    def __init__(
-        self,
-        state: RepoState,
-        file: HubFile,
-        chunk_size: int,
-        *,
-        offset: int = 0,
-        end: int | None = None,
-    ) -> None:
-        from huggingface_hub import hf_hub_url
+    def open_at(offset: int) -> Any:
+        sent = dict(headers)
+        if offset or stop < file.size:
+            sent["range"] = f"bytes={offset}-{stop - 1}"
+        resp = _get(url, what, sent)
+        if resp.status_code >= 400:
+            error = _file_error(resp, state, file.path)
+            resp.close()
+            raise error
+        return resp
 
-        self.state, self.file, self.chunk_size = state, file, chunk_size
-        self.url = hf_hub_url(
-            state.repo_id, file.path, repo_type=state.repo_type, revision=state.commit,
-            endpoint=endpoint(),
-        )  # fmt: skip
-        self.offset = offset
-        #: where the bytes wanted end (exclusive): the file's end unless a part is wanted
-        self.end = file.size if end is None else end
-        self.ranged = offset > 0 or self.end < file.size
+    def gave_up(e: BaseException) -> HubUnreachable:
+        return HubUnreachable(f"{what}: download failed: {e}")
 
-    def chunks(self) -> Iterator[bytes]:
-        """The bytes from ``offset`` to the end; Temporary when another try may help."""
-        import httpx2
-        from huggingface_hub.utils import (  # type: ignore[attr-defined]
-            build_hf_headers,
-            get_session,
-            hf_raise_for_status,
-        )
-
-        headers = build_hf_headers()
-        if self.offset or self.ranged:
-            headers["Range"] = f"bytes={self.offset}-{self.end - 1}"
-        try:
-            with get_session().stream(
-                "GET", self.url, headers=headers, follow_redirects=True, timeout=60.0
-            ) as resp:
-                if resp.status_code in RETRY_STATUSES:
-                    after = parse_retry_after(resp.headers.get("Retry-After"))
-                    raise Temporary(f"HTTP {resp.status_code}", retry_after=after)
-                try:
-                    hf_raise_for_status(resp)
-                except Exception as e:
-                    raise _translate(e, self.state, self.state.commit) from e
-                if "Range" in headers and resp.status_code != 206:
-                    what = f"{_what(self.state)}: {self.file.path}"
-                    raise HubError(f"{what}: the hub ignored a Range request")
-                for chunk in resp.iter_bytes(self.chunk_size):
-                    if self.offset + len(chunk) > self.end:
-                        what = f"{_what(self.state)}: {self.file.path}"
-                        raise HubError(f"{what}: the hub sent more than asked for")
-                    self.offset += len(chunk)
-                    yield chunk
-        except (httpx2.TransportError, OSError) as e:
-            raise Temporary(f"{type(e).__name__}: {_first_line(e)}") from e
-        if self.offset < self.end:
-            raise Temporary(f"connection closed at byte {self.offset} of {self.end}")
+    return ResumableBody(open_at, what=what, start=start, end=stop, policy=policy, gave_up=gave_up)
 
 
 def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:

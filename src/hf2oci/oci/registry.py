@@ -3,21 +3,20 @@ manifests, tags. Pushing a whole image is ``push.py``; reading one is ``source.p
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
-import urllib3.exceptions
 
 from hf2oci.digest import HashingReader, sha256_digest
 from hf2oci.errors import DigestMismatch, RegistryError
+from hf2oci.http import ResumableBody, read_exactly
 from hf2oci.oci.image import (
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
@@ -31,6 +30,7 @@ from hf2oci.oci.transport import (
     Transport,
     error_code,
     error_from_response,
+    is_temporary,
     load_credentials,
     registry_scope,
 )
@@ -65,9 +65,9 @@ class RemoteLayer:
     def open(self) -> BinaryIO:
         return self.client.get_blob(self.repository, self.digest)
 
-    def open_raw(self) -> BlobBody:
+    def open_raw(self) -> ResumableBody:
         """The blob's bytes unchecked (the reader hashes them), resumed if the connection is cut."""
-        return BlobBody(self.client, self.repository, self.digest, self.size)
+        return self.client.blob_body(self.repository, self.digest, end=self.size)
 
     def read_range(self, start: int, length: int) -> bytes:
         length = max(0, min(length, self.size - start))  # fewer bytes only at the blob's end
@@ -269,10 +269,42 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str) -> BinaryIO:
         """A stream of the blob (redirects followed); reading it to the end checks its digest."""
-        resp = self.transport.request(
-            "GET", self._url(repo, "blobs", digest), scope=registry_scope(repo), stream=True
-        )
-        return io.BufferedReader(_verified_body(resp, digest, self.registry), 1024 * 1024)
+        body = self.blob_body(repo, digest)
+
+        def check(got: str) -> None:
+            if got != digest:
+                raise DigestMismatch(f"registry {self.registry}: blob {digest} hashed to {got}")
+
+        verified = HashingReader(body.readinto, check, close=body.close)
+        return io.BufferedReader(verified, 1024 * 1024)
+
+    def blob_body(
+        self, repo: str, digest: str, *, start: int = 0, end: int | None = None
+    ) -> ResumableBody:
+        """The blob's bytes ``[start, end)`` (to its end when None) as the registry sends them,
+        unchecked, resumed where a cut stops them (``ResumableBody``)."""
+        url = self._url(repo, "blobs", digest)
+
+        def open_at(offset: int) -> requests.Response:
+            headers = {"Accept-Encoding": "identity"}  # a blob is sent as stored
+            if offset or end is not None:
+                headers["Range"] = f"bytes={offset}-" + ("" if end is None else str(end - 1))
+            return self.transport.request(
+                "GET", url, headers=headers, scope=registry_scope(repo), stream=True, retry=False
+            )
+
+        def gave_up(e: BaseException) -> RegistryError:
+            return RegistryError(
+                f"registry {self.registry}: reading blob {digest} failed after "
+                f"{body.offset - start} bytes: {e}",
+                temporary=True,
+            )
+
+        body = ResumableBody(
+            open_at, what=f"registry {self.registry}: blob {digest}", start=start, end=end,
+            policy=self.transport.policy, is_temporary=is_temporary, gave_up=gave_up,
+        )  # fmt: skip
+        return body
 
     def iter_blob_range(
         self, repo: str, digest: str, start: int, length: int, chunk: Piece = 1 << 20
@@ -282,38 +314,18 @@ class RegistryClient:
         asked before each read)."""
         if length <= 0:
             return
-        resp = self.transport.request(
-            "GET",
-            self._url(repo, "blobs", digest),
-            headers={"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"},
-            scope=registry_scope(repo),
-            stream=True,
-        )
-        try:
-            raw = resp.raw
-            skip = start if resp.status_code != 206 else 0
-            while skip:
-                got = raw.read(min(skip, piece_size(chunk)))
-                if not got:
-                    raise RegistryError(f"registry {self.registry}: blob {digest} is short")
-                skip -= len(got)
+        with self.blob_body(repo, digest, start=start, end=start + length) as body:
             left = length
             while left:
-                data = raw.read(min(left, piece_size(chunk)))
-                if not data:
+                data = bytearray(min(left, piece_size(chunk)))
+                n = read_exactly(body, data)
+                if not n:
                     raise RegistryError(
                         f"registry {self.registry}: blob {digest} ended {left} bytes early",
                         temporary=True,
                     )
-                left -= len(data)
-                yield data
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(
-                f"registry {self.registry}: reading blob {digest} at {start} failed: {e}",
-                temporary=True,
-            ) from e
-        finally:
-            resp.close()
+                left -= n
+                yield bytes(data) if n == len(data) else bytes(data[:n])
 
     # -- manifests and tags -----------------------------------------------------------------
 
@@ -411,115 +423,6 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
         parts.append(data)
         n -= len(data)
     return b"".join(parts)
-
-
-def _verified_body(resp: requests.Response, digest: str, registry: str) -> HashingReader:
-    """A response body that hashes what it gives and checks the digest at its end."""
-
-    def readinto(buffer: Any) -> int:
-        try:
-            data = resp.raw.read(len(buffer), decode_content=True)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(
-                f"registry {registry}: reading blob {digest} failed: {e}", temporary=True
-            ) from e
-        buffer[: len(data)] = data
-        return len(data)
-
-    def check(got: str) -> None:
-        if got != digest:
-            raise DigestMismatch(f"registry {registry}: blob {digest} hashed to {got}")
-
-    return HashingReader(readinto, check, close=resp.close)
-
-
-class BlobBody(io.RawIOBase):
-    """A blob's bytes as the registry sends them, for a reader that checks the digest itself.
-
-    ``readinto`` goes straight from the socket into the caller's buffer (no copy on the way).
-    A connection cut before ``size`` bytes is picked up where it stopped, with a Range request,
-    a few times at most; a registry that ignores Range is read past what was already given.
-    """
-
-    RESUMES = 3
-
-    def __init__(self, client: RegistryClient, repo: str, digest: str, size: int) -> None:
-        self._client, self._repo, self._digest, self._size = client, repo, digest, size
-        self._url = client._url(repo, "blobs", digest)
-        self._got = 0
-        self._resumes = 0
-        self._resp: requests.Response | None = None
-        self._readinto: Callable[[Any], int] = self._decoded_readinto
-        self._open()
-
-    def readable(self) -> bool:
-        return True
-
-    def _open(self) -> None:
-        headers = {"Accept-Encoding": "identity"}  # a blob is sent as stored
-        if self._got:
-            headers["Range"] = f"bytes={self._got}-"
-        resp = self._client.transport.request(
-            "GET", self._url, headers=headers, scope=registry_scope(self._repo), stream=True
-        )
-        self._resp = resp
-        # urllib3 reads into a new bytes object and copies it; http.client's response (what
-        # urllib3 wraps) reads into the caller's buffer. Used when nothing needs decoding.
-        inner = getattr(resp.raw, "_fp", None)
-        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
-        if isinstance(inner, http.client.HTTPResponse) and encoding in ("", "identity"):
-            self._readinto = inner.readinto
-        else:
-            self._readinto = self._decoded_readinto
-        if self._got and resp.status_code != 206:
-            skip, buf = self._got, memoryview(bytearray(1 << 20))
-            while skip:
-                n = self._readinto(buf[: min(skip, len(buf))])
-                if not n:
-                    raise self._cut(None)
-                skip -= n
-
-    def _decoded_readinto(self, buffer: Any) -> int:
-        assert self._resp is not None
-        data = self._resp.raw.read(len(buffer), decode_content=True)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _cut(self, error: BaseException | None) -> RegistryError:
-        why = f": {error}" if error else ""
-        return RegistryError(
-            f"registry {self._client.registry}: reading blob {self._digest} failed after"
-            f" {self._got} of {self._size} bytes{why}",
-            temporary=True,
-        )
-
-    def readinto(self, buffer: Any) -> int:
-        while True:
-            error: BaseException | None = None
-            try:
-                n = self._readinto(buffer)
-            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
-                n, error = 0, e
-            if n:
-                self._got += n
-                return int(n)
-            if error is None and self._got >= self._size:
-                return 0
-            if self._resumes >= self.RESUMES:
-                raise self._cut(error)
-            self._resumes += 1
-            log.info("blob %s cut after %d bytes; resuming", self._digest[:19], self._got)
-            self.close_response()
-            self._open()
-
-    def close_response(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-
-    def close(self) -> None:
-        self.close_response()
-        super().close()
 
 
 class _SentBytes:

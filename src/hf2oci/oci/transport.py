@@ -1,7 +1,9 @@
-"""HTTP to registries: one session, auth (Basic, Bearer challenge, docker config), one retry policy.
+"""HTTP to registries: one session (``http.new_session``), auth (Basic, Bearer challenge, docker
+config), the one retry policy.
 
-Retrying happens here and only here: ``Transport.request`` retries single requests, and
-``Transport.retrying`` runs a multi-request operation (a blob upload session) under the same policy.
+``Transport.request`` retries single requests, ``Transport.retrying`` runs a multi-request
+operation (a blob upload session) under the same policy, and blob reads resume through
+``http.ResumableBody`` with it (``RegistryClient.blob_body``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import IO, Any, BinaryIO, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import requests
-import requests.adapters
 import urllib3.exceptions
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
+from hf2oci.http import new_session
 from hf2oci.oci.reference import normalise_registry
 from hf2oci.redact import redact_url
 from hf2oci.retry import (
@@ -47,8 +49,6 @@ Body = bytes | Callable[[], BinaryIO] | None
 ENV_USERNAME = "HF2OCI_REGISTRY_USERNAME"
 ENV_PASSWORD = "HF2OCI_REGISTRY_PASSWORD"
 _LOGIN_HINT = f"set {ENV_USERNAME}/PASSWORD or docker login"
-#: bigger socket writes than urllib3's 16 KiB default: blobs are large
-_SEND_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,15 +189,25 @@ class _SizedReader:
         self._left = size
         self._size = size
         self._on_read = on_read
+        self._block = bytearray()
 
     def __len__(self) -> int:
         return self._size
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes | memoryview:
+        """Up to ``n`` bytes. A block read (``n`` set) comes in one buffer used again for the
+        next block: the HTTP client sends each block before it asks for another."""
         if self._left <= 0:
             return b""
         want = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._stream.read(want)
+        data: bytes | memoryview
+        readinto = getattr(self._stream, "readinto", None)
+        if n is not None and n >= 0 and readinto is not None:
+            if len(self._block) < want:
+                self._block = bytearray(want)
+            data = memoryview(self._block)[: readinto(memoryview(self._block)[:want]) or 0]
+        else:
+            data = self._stream.read(want)
         if not data:
             raise DigestMismatch(
                 f"blob stream ended {self._left} bytes short of its stated size {self._size}"
@@ -206,12 +216,6 @@ class _SizedReader:
         if self._on_read is not None:
             self._on_read(len(data))
         return data
-
-
-class _BigBlockAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = _SEND_BLOCK
-        super().init_poolmanager(*args, **kwargs)
 
 
 def _keep_headers(r: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -233,12 +237,7 @@ class Transport:
         self.registry = registry
         self.credentials = credentials
         self.policy = retry or RetryPolicy()
-        if session is None:
-            session = requests.Session()
-            adapter = _BigBlockAdapter(pool_maxsize=16)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self.session = session
+        self.session = session or new_session()
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._basic = False  # the registry asked for Basic auth

@@ -1,0 +1,195 @@
+"""HTTP for every client of hf2oci: ``requests`` sessions made one way, and the one resumable
+reader of a response body.
+
+The hub client keeps a session per thread (``hub_session``), a registry ``Transport`` one for its
+registry (``new_session``); both pool connections and write big blocks. ``ResumableBody`` reads
+a resource's bytes straight into the caller's buffer and, when the connection is cut or a read
+fails, opens it again at the byte it stopped at (a Range request) under the one retry policy:
+hub downloads, registry blob reads and serve's Range reads all read through it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+
+from hf2oci.errors import Temporary
+from hf2oci.retry import DEFAULT_POLICY, RetryPolicy, name_not_resolved, retrying
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: bigger socket writes than urllib3's 16 KiB default: blobs are large
+SEND_BLOCK = 1 << 20
+#: what a failed read raises, from the socket up through urllib3 and requests
+READ_ERRORS = (
+    OSError,
+    http.client.HTTPException,
+    urllib3.exceptions.HTTPError,
+    requests.RequestException,
+)
+
+
+class _BigBlockAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = SEND_BLOCK
+        super().init_poolmanager(*args, **kwargs)
+
+
+def new_session(*, pool: int = 16) -> requests.Session:
+    """A session that keeps up to ``pool`` connections per host and writes big blocks."""
+    session = requests.Session()
+    adapter = _BigBlockAdapter(pool_connections=4, pool_maxsize=pool)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+_local = threading.local()
+
+
+def hub_session() -> requests.Session:
+    """This thread's session to the hub (connections kept alive between files and repos)."""
+    session: requests.Session | None = getattr(_local, "hub", None)
+    if session is None:
+        session = _local.hub = new_session(pool=4)
+    return session
+
+
+class ResumableBody(io.RawIOBase):
+    """The bytes ``[start, end)`` of a resource, read straight into the caller's buffer.
+
+    ``open_at(offset)`` sends one request for the bytes from ``offset`` (a Range request past
+    ``start`` or short of the end) and returns the streamed response, or raises: ``Temporary``
+    (or an error ``is_temporary`` accepts) when another try may help. A read that fails, or a
+    body that ends before ``end``, is resumed at the byte reached, under ``policy``: each place
+    where no byte comes gets the policy's tries, so a body cut many times still arrives whole
+    while it makes progress. A server that ignores Range is read past what was already had.
+    ``end`` None: the first response's length says where the resource ends (no length: read
+    to the end of the body, with no resume past a cut).
+    """
+
+    def __init__(
+        self,
+        open_at: Callable[[int], requests.Response],
+        *,
+        what: str,
+        start: int = 0,
+        end: int | None = None,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        is_temporary: Callable[[BaseException], bool] = lambda e: isinstance(e, Temporary),
+        gave_up: Callable[[BaseException], Exception] | None = None,
+    ) -> None:
+        super().__init__()
+        self._open_at, self.what = open_at, what
+        self.offset, self.end = start, end
+        self._policy, self._temporary, self._gave_up = policy, is_temporary, gave_up
+        self._resp: requests.Response | None = None
+        self._readinto: Callable[[Any], int] = self._decoded
+        self._tried(self._open)  # the first request fails here, before any byte is read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.end is not None:
+            view = view[: max(0, self.end - self.offset)]
+        if not len(view):
+            return 0
+        return self._tried(lambda: self._read(view))
+
+    def _tried(self, fn: Callable[[], _T]) -> _T:
+        """``fn`` under the policy; what it raises when the policy gives up, as ``gave_up``
+        words it."""
+        try:
+            return retrying(fn, is_temporary=self._retry, what=self.what, policy=self._policy)
+        except Exception as e:
+            if self._gave_up is None or not self._retry(e):
+                raise
+            raise self._gave_up(e) from e
+
+    def _retry(self, exc: BaseException) -> bool:
+        if isinstance(exc, Temporary) or self._temporary(exc):
+            return True
+        # a cut or failed read may pass; a name that does not resolve or a bad certificate not
+        unfixable = name_not_resolved(exc) or isinstance(
+            exc, (ssl.SSLError, requests.exceptions.SSLError)
+        )
+        return isinstance(exc, READ_ERRORS) and not unfixable
+
+    def _read(self, view: memoryview) -> int:
+        if self._resp is None:
+            self._open()
+        try:
+            n = self._readinto(view)
+        except READ_ERRORS:
+            self.close_response()
+            raise
+        if not n and (self.end is None or self.offset < self.end):
+            self.close_response()
+            if self.end is None:
+                return 0  # the body's end is the resource's end
+            raise Temporary(f"connection closed at byte {self.offset} of {self.end}")
+        self.offset += n
+        return n
+
+    def _open(self) -> None:
+        resp = self._open_at(self.offset)
+        self._resp = resp
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        length = resp.headers.get("Content-Length", "")
+        if self.end is None and encoding in ("", "identity") and length.isdigit():
+            self.end = self.offset + int(length)  # (an encoded body's length is not the bytes')
+        # urllib3 reads into a new bytes object and copies it; http.client's response (what
+        # urllib3 wraps) reads into the caller's buffer: used when nothing needs decoding
+        inner = getattr(resp.raw, "_fp", None)
+        if isinstance(inner, http.client.HTTPResponse) and encoding in ("", "identity"):
+            self._readinto = inner.readinto
+        else:
+            self._readinto = self._decoded
+        if self.offset and resp.status_code != 206:  # Range ignored: skip what was had
+            skip, scratch = self.offset, memoryview(bytearray(min(self.offset, 1 << 20)))
+            while skip:
+                n = self._readinto(scratch[: min(skip, len(scratch))])
+                if not n:
+                    self.close_response()
+                    raise Temporary(f"connection closed while skipping to byte {self.offset}")
+                skip -= n
+        log.debug("%s: reading from byte %d", self.what, self.offset)
+
+    def _decoded(self, buffer: Any) -> int:
+        assert self._resp is not None
+        data = self._resp.raw.read(len(buffer), decode_content=True)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def close(self) -> None:
+        self.close_response()
+        super().close()
+
+
+def read_exactly(body: io.RawIOBase, buffer: bytearray | memoryview) -> int:
+    """Fill ``buffer`` from ``body`` (fewer bytes only at its end); returns how many came."""
+    view = memoryview(buffer).cast("B")
+    got = 0
+    while got < len(view):
+        n = body.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
