@@ -455,9 +455,7 @@ def test_a_proxy_that_gzips_what_it_passes_on_still_gives_the_exact_bytes(
     assert read_tree(project / "dest") == files
 
 
-def test_a_blob_cut_again_and_again_resumes_where_each_cut_stopped(
-    registry, project: Path
-) -> None:
+def test_a_blob_cut_again_and_again_resumes_where_each_cut_stopped(registry, project: Path) -> None:
     """Every read of the blob cut after 100,000 bytes, 12 times: each cut is picked up at the
     byte it stopped at (a Range request), so the bytes arrive whole and exact."""
     from faultproxy import FaultProxy

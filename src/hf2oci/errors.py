@@ -128,6 +128,15 @@ class ServeError(Hf2ociError):
     """A request ``serve`` answers as the hub would refuse it: ``status`` and ``code`` (its
     ``X-Error-Code``), with the commit for a miss the client may cache."""
 
-    def __init__(self, status: int, code: str, message: str, *, commit: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        commit: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.commit = status, code, commit
+        self.retry_after = retry_after

@@ -87,7 +87,7 @@ class ResumableBody(io.RawIOBase):
         end: int | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
         is_temporary: Callable[[BaseException], bool] = lambda e: isinstance(e, Temporary),
-        gave_up: Callable[[BaseException], Exception] | None = None,
+        gave_up: Callable[[BaseException, int], Exception] | None = None,
     ) -> None:
         super().__init__()
         self._open_at, self.what = open_at, what
@@ -110,13 +110,13 @@ class ResumableBody(io.RawIOBase):
 
     def _tried(self, fn: Callable[[], _T]) -> _T:
         """``fn`` under the policy; what it raises when the policy gives up, as ``gave_up``
-        words it."""
+        words it (given the error and the byte reached)."""
         try:
             return retrying(fn, is_temporary=self._retry, what=self.what, policy=self._policy)
         except Exception as e:
             if self._gave_up is None or not self._retry(e):
                 raise
-            raise self._gave_up(e) from e
+            raise self._gave_up(e, self.offset) from e
 
     def _retry(self, exc: BaseException) -> bool:
         if isinstance(exc, Temporary) or self._temporary(exc):

@@ -11,7 +11,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import tenacity
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_POLICY", "RetryPolicy", "Temporary", "backoff", "retrying"]
+__all__ = ["DEFAULT_POLICY", "REQUEST_POLICY", "RetryPolicy", "Temporary", "backoff", "retrying"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,18 @@ class RetryPolicy:
     max_retry_after: float = 60.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    #: told of each failure about to be tried again (metrics)
+    on_retry: Callable[[BaseException], None] | None = field(default=None, compare=False)
 
 
+#: the mirror's: minutes-long jobs ride out minutes of trouble
 DEFAULT_POLICY = RetryPolicy()
+#: a request's (serve answering a client): quick tries within 4 s, so that a blip never reaches
+#: the client and a registry that is gone fails fast, before the client's own timeout (10 s)
+REQUEST_POLICY = RetryPolicy(
+    attempts=4, initial=0.1, max_wait=1.0, total=4.0, max_retry_after=1.0,
+    connect_timeout=2.0, read_timeout=10.0,
+)  # fmt: skip
 #: HTTP statuses worth another try: request timeout, rate limit, server-side trouble
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -111,6 +120,8 @@ def retrying(
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        if policy.on_retry is not None and exc is not None:
+            policy.on_retry(exc)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         log.info(
             "%s failed (attempt %d/%d), trying again: %s",

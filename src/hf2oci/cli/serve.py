@@ -47,6 +47,11 @@ from hf2oci.errors import ConfigError
     help="Seconds a tag's image is cached (sync moves tags).",
 )  # fmt: skip
 @click.option(
+    "--stale-if-error", "stale", type=click.FloatRange(0), default=60.0, show_default=True,
+    help="Seconds past --ttl that an image's metadata still answers while the registry fails "
+    "(file bytes always come from the registry).",
+)  # fmt: skip
+@click.option(
     "--max-connections", type=click.IntRange(1), default=1024, show_default=True,
     help="Connections served at once; more are answered 503 (clients retry), so memory stays "
     "bounded whatever the number of clients.",
@@ -63,6 +68,7 @@ def serve(
     token_file: Path | None,
     plain_http: bool | None,
     ttl: float,
+    stale: float,
     max_connections: int,
     get_hf: Path,
 ) -> None:
@@ -70,8 +76,7 @@ def serve(
     import uvicorn
 
     from hf2oci.consume.serve.app import create_app
-    from hf2oci.consume.serve.store import Store
-    from hf2oci.oci.registry import RegistryClient
+    from hf2oci.consume.serve.store import Store, registry_store
 
     tune_malloc()  # before uvicorn's threads exist
 
@@ -85,8 +90,8 @@ def serve(
         store = Store(config.namespace, root=root, ttl=ttl)
         where = f"layouts under {root}"
     else:
-        client = RegistryClient(config.registry, plain_http=config.plain_http)
-        store = Store(config.namespace, client=client, ttl=ttl)
+        store = registry_store(config.registry, config.namespace, plain_http=config.plain_http,
+                               ttl=ttl, stale=stale)  # fmt: skip
         where = f"{config.registry}/{config.namespace}"
     # one access-log line per request on stderr (method, path, status, bytes, time: no header)
     serve_log = logging.getLogger("hf2oci.serve")

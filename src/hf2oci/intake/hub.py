@@ -700,7 +700,7 @@ def _body(
             raise error
         return resp
 
-    def gave_up(e: BaseException) -> HubUnreachable:
+    def gave_up(e: BaseException, offset: int) -> HubUnreachable:
         return HubUnreachable(f"{what}: download failed: {e}")
 
     return ResumableBody(open_at, what=what, start=start, end=stop, policy=policy, gave_up=gave_up)

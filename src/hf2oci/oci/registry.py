@@ -293,18 +293,17 @@ class RegistryClient:
                 "GET", url, headers=headers, scope=registry_scope(repo), stream=True, retry=False
             )
 
-        def gave_up(e: BaseException) -> RegistryError:
+        def gave_up(e: BaseException, offset: int) -> RegistryError:
             return RegistryError(
                 f"registry {self.registry}: reading blob {digest} failed after "
-                f"{body.offset - start} bytes: {e}",
+                f"{offset - start} bytes: {e}",
                 temporary=True,
             )
 
-        body = ResumableBody(
+        return ResumableBody(
             open_at, what=f"registry {self.registry}: blob {digest}", start=start, end=end,
             policy=self.transport.policy, is_temporary=is_temporary, gave_up=gave_up,
         )  # fmt: skip
-        return body
 
     def iter_blob_range(
         self, repo: str, digest: str, start: int, length: int, chunk: Piece = 1 << 20

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -66,6 +67,22 @@ class Metrics:
         )  # fmt: skip
 
 
+class _StoreCounts:
+    """The store's counts as metrics: retries of registry reads, and stale answers."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self.store.counts.snapshot()
+        yield CounterMetricFamily("hf2oci_serve_upstream_retries",
+                                  "Registry reads tried again within a request's budget",
+                                  value=counts.get("retries", 0))  # fmt: skip
+        yield CounterMetricFamily("hf2oci_serve_stale_answers",
+                                  "Metadata answered from the cache while the registry failed",
+                                  value=counts.get("stale", 0))  # fmt: skip
+
+
 def _segments(request: Request, skip: int) -> list[str]:
     """The path's segments after the first ``skip``, each percent-decoded on its own (so a
     revision ``refs%2Fpr%2F1`` stays one segment); 400 for anything that could climb."""
@@ -97,6 +114,8 @@ def _error(e: ServeError, head: bool = False) -> Response:
     headers = {"X-Error-Code": e.code, "X-Error-Message": str(e)}
     if e.commit:
         headers["X-Repo-Commit"] = e.commit
+    if e.retry_after is not None:
+        headers["Retry-After"] = str(e.retry_after)
     if head:
         return Response(status_code=e.status, headers=headers)
     return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
@@ -127,6 +146,7 @@ class _Hub:
         self.metrics = Metrics()
         self.budget = ReadBudget()
         self.metrics.downloads.set_function(lambda: self.budget.active)
+        self.metrics.registry.register(_StoreCounts(store))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -136,6 +156,9 @@ class _Hub:
         except Hf2ociError as e:
             self.metrics.upstream_errors.inc()
             log.warning("storage: %s", e)
+            if getattr(e, "temporary", False):  # unreachable, or failing past the budget
+                raise ServeError(503, "UpstreamUnavailable", "the image storage is unavailable",
+                                 retry_after=5) from e  # fmt: skip
             raise ServeError(502, "UpstreamError", "the image storage failed") from e
 
     async def health(self, request: Request) -> Response:
@@ -223,13 +246,25 @@ class _Hub:
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
         if head or length == 0:
             return Response(status_code=status, headers=headers)
-        body = self._body(f, start, length)
+        self.budget.start()
+        chunks = f.chunks(start, length, self.budget.piece)
+        try:  # the first piece before the status: a storage that fails answers 503/502 here
+            first = await self.call(next, chunks, b"")
+        except BaseException:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+            self.budget.end()
+            raise
+        body = self._body(f, first, chunks)
         return StreamingResponse(body, status_code=status, headers=headers)
 
-    def _body(self, f: RepoFile, start: int, length: int) -> Iterator[bytes]:
-        self.budget.start()
+    def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``first``, then the rest of ``chunks``, within the read budget taken for them."""
         try:
-            for chunk in f.chunks(start, length, self.budget.piece):
+            self.metrics.bytes.inc(len(first))
+            yield first
+            for chunk in chunks:
                 self.metrics.bytes.inc(len(chunk))
                 yield chunk
         except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
@@ -237,6 +272,9 @@ class _Hub:
             log.warning("reading %s failed mid-body: %s", f.path, e)
             raise
         finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
             self.budget.end()
 
 

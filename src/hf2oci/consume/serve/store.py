@@ -8,9 +8,11 @@ for ``ttl`` seconds (``sync`` moves tags); indexes by manifest digest, for good.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
+import logging
 import re
 import tarfile
 import threading
@@ -33,6 +35,8 @@ from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
 from hf2oci.spec import RepoType
+
+log = logging.getLogger(__name__)
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHORT = re.compile(r"[0-9a-f]{12}")
@@ -147,6 +151,22 @@ class Snapshot:
         return self.labels.get(L.CREATED, "1970-01-01T00:00:00Z")
 
 
+class Counts:
+    """Event counts that serve's metrics show (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class Store:
     """Images under ``namespace``: in a registry (``client``) or in layouts under ``root``."""
 
@@ -157,11 +177,16 @@ class Store:
         client: RegistryClient | None = None,
         root: Path | None = None,
         ttl: float = 30.0,
+        stale: float = 60.0,
         max_indexes: int = 256,
+        counts: Counts | None = None,
     ) -> None:
         if (client is None) == (root is None):
             raise ValueError("a store reads a registry or layouts, one of them")
         self.namespace, self.client, self.root, self.ttl = namespace, client, root, ttl
+        #: past ``ttl``, how long an image read before still answers while the registry fails
+        self.stale = stale
+        self.counts = counts or Counts()
         self.max_indexes = max_indexes
         self._by_tag: dict[tuple[str, str], tuple[float, Image | None]] = {}
         self._files: OrderedDict[str, dict[str, RepoFile]] = OrderedDict()
@@ -180,7 +205,15 @@ class Store:
             cached = self._by_tag.get(key)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        found = self._open(repo_type, tag)
+        try:
+            found = self._open(repo_type, tag)
+        except Hf2ociError as e:
+            if cached is None or now - cached[0] >= self.ttl + self.stale:
+                raise
+            self.counts.add("stale")  # stale-if-error: the metadata, never file bytes
+            log.warning("storage: %s; answering %s:%s as read %.0f s ago", e,
+                        self.repository(repo_type), tag, now - cached[0])  # fmt: skip
+            return cached[1]
         with self._lock:
             self._by_tag[key] = (now, found)
         return found
@@ -344,3 +377,26 @@ def _from_index(layers: list[StoredLayer], at: int) -> dict[str, RepoFile]:
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise PackError(f"the file index is malformed ({e})") from e
     return files
+
+
+def registry_store(
+    registry: str,
+    namespace: str,
+    *,
+    plain_http: bool | None = None,
+    ttl: float = 30.0,
+    stale: float = 60.0,
+) -> Store:
+    """A store over a registry, read under a request's budget of the one retry policy (a blip
+    never reaches a client; a registry that is gone fails in seconds), with its retries
+    counted; credentials from where the mirror finds them."""
+    from dataclasses import replace
+
+    from hf2oci.oci.transport import Transport, load_credentials
+    from hf2oci.retry import REQUEST_POLICY
+
+    counts = Counts()
+    policy = replace(REQUEST_POLICY, on_retry=lambda _: counts.add("retries"))
+    transport = Transport(registry, retry=policy, credentials=load_credentials(registry))
+    client = RegistryClient(registry, transport=transport, plain_http=plain_http)
+    return Store(namespace, client=client, ttl=ttl, stale=stale, counts=counts)

@@ -1,0 +1,112 @@
+"""`serve` under registry faults (issue 22, first part): transient errors retried within a
+request's budget and never shown to clients, a registry that is gone failing fast, stale
+metadata while it is gone, and answers again once it is back. A real registry, a fault proxy in
+front of it, the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers import cli, make_project
+from hf2oci.consume.serve.store import registry_store
+from servers import start_registry
+from test_serve import Served
+
+REPO = "faults/tiny"
+
+
+def _files() -> dict[str, bytes]:
+    rng = random.Random("faults")
+    return {"config.json": b'{"model_type": "bert"}\n', "model.safetensors": rng.randbytes(3 << 20)}
+
+
+@pytest.fixture
+def mirrored(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A registry of its own (stopped and started again by the tests) holding REPO."""
+    monkeypatch.chdir(tmp_path)
+    hub.add_repo(REPO, _files())
+    reg = start_registry(tmp_path / "reg")
+    config = {"base_image": "scratch", "registry": reg.host, "namespace": "f"}
+    make_project(tmp_path, models=[REPO], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    yield reg, tmp_path
+    reg.stop()
+
+
+def _metric(url: str, name: str) -> float:
+    for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_transient_registry_errors_never_reach_clients(mirrored, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from faultproxy import FaultProxy
+
+    reg, _ = mirrored
+    proxy = FaultProxy(reg.host)
+    proxy.fault("GET", "/manifests/", "503", times=2)
+    proxy.fault("GET", "/blobs/sha256:", "cut-after:50000", times=4)
+    server = Served(registry_store(proxy.host, "f", ttl=0))
+    try:
+        info = HfApi(endpoint=server.url).model_info(REPO)
+        assert info.sha
+        got = hf_hub_download(REPO, "model.safetensors", endpoint=server.url,
+                              cache_dir=tmp_path / "c")  # fmt: skip
+        assert Path(got).read_bytes() == _files()["model.safetensors"]
+        assert _metric(server.url, "hf2oci_serve_upstream_retries_total") >= 2
+    finally:
+        server.stop()
+        proxy.server.shutdown()
+    assert sum(f.hits for f in proxy.faults) == 6  # every fault was met, none reached a client
+
+
+def test_a_registry_that_is_gone_fails_fast_and_comes_back(mirrored) -> None:
+    reg, workdir = mirrored
+    server = Served(registry_store(reg.host, "f", ttl=0, stale=0))
+    api = f"{server.url}/api/models/{REPO}"
+    try:
+        assert requests.get(api, timeout=10).status_code == 200
+        reg.stop()
+        for url in (api, f"{server.url}/health", f"{server.url}/{REPO}/resolve/main/config.json"):
+            t = time.monotonic()
+            r = requests.get(url, timeout=30)
+            assert time.monotonic() - t < 5, url
+            assert r.status_code == 503, (url, r.status_code)
+        r = requests.get(api, timeout=30)
+        assert r.headers["X-Error-Code"] == "UpstreamUnavailable" and r.headers["Retry-After"]
+        back = start_registry(workdir / "reg", host=reg.host)  # the same storage; serve runs on
+        try:
+            assert requests.get(api, timeout=10).status_code == 200
+            assert requests.get(f"{server.url}/health", timeout=10).json() == {"ok": True}
+        finally:
+            back.stop()
+    finally:
+        server.stop()
+
+
+def test_stale_metadata_answers_while_the_registry_is_gone_but_file_bytes_do_not(
+    mirrored,
+) -> None:
+    from huggingface_hub import HfApi
+
+    reg, _ = mirrored
+    server = Served(registry_store(reg.host, "f", ttl=0.2, stale=60))
+    try:
+        sha = HfApi(endpoint=server.url).model_info(REPO).sha
+        reg.stop()
+        time.sleep(0.3)  # past the ttl: the registry is asked, and fails
+        assert HfApi(endpoint=server.url).model_info(REPO).sha == sha
+        assert _metric(server.url, "hf2oci_serve_stale_answers_total") >= 1
+        t = time.monotonic()
+        r = requests.get(f"{server.url}/{REPO}/resolve/main/model.safetensors", timeout=30)
+        assert r.status_code == 503 and time.monotonic() - t < 5
+    finally:
+        server.stop()
