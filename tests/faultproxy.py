@@ -30,6 +30,23 @@ class Fault:
     action: str
     times: int
     hits: int = 0
+    #: > 0: only every ``every``-th matching request gets the fault (the others pass)
+    every: int = 0
+    matched: int = 0
+
+    def take(self) -> str | None:
+        """The action for one more matching request, or None to let it pass. Several actions
+        between ``|`` take turns ("503|cut-after:1000")."""
+        with _LOCK:
+            self.matched += 1
+            if self.hits >= self.times or (self.every and self.matched % self.every):
+                return None
+            self.hits += 1
+            actions = self.action.split("|")
+            return actions[(self.hits - 1) % len(actions)]
+
+
+_LOCK = threading.Lock()
 
 
 class FaultProxy:
@@ -59,16 +76,15 @@ class FaultProxy:
                     proxy.ranges.append((self.path, self.headers.get("Range")))
                 cut_after = None
                 for fault in proxy.faults:
-                    if (
-                        fault.method == self.command
-                        and re.search(fault.path, self.path)
-                        and fault.hits < fault.times
-                    ):
-                        fault.hits += 1
-                        if not fault.action.startswith("cut-after:"):
-                            return self.fail(fault.action)
-                        cut_after = int(fault.action.partition(":")[2])
-                        break
+                    if fault.method != self.command or not re.search(fault.path, self.path):
+                        continue
+                    action = fault.take()
+                    if action is None:
+                        continue
+                    if not action.startswith("cut-after:"):
+                        return self.fail(action)
+                    cut_after = int(action.partition(":")[2])
+                    break
                 if proxy.page_tags and "/tags/list" in self.path:
                     return self.tags_page()
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
@@ -146,8 +162,10 @@ class FaultProxy:
         self.server = serve(Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
 
-    def fault(self, method: str, path: str, action: str, times: int = 1) -> Fault:
-        fault = Fault(method, path, action, times)
+    def fault(
+        self, method: str, path: str, action: str, times: int = 1, *, every: int = 0
+    ) -> Fault:
+        fault = Fault(method, path, action, times, every=every)
         self.faults.append(fault)
         return fault
 

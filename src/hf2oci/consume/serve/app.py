@@ -78,6 +78,13 @@ class _StoreCounts:
         yield CounterMetricFamily("hf2oci_serve_upstream_retries",
                                   "Registry reads tried again within a request's budget",
                                   value=counts.get("retries", 0))  # fmt: skip
+        faults = CounterMetricFamily("hf2oci_serve_upstream_faults",
+                                     "Registry reads that failed and were tried again, by kind",
+                                     labels=["kind"])  # fmt: skip
+        for key, n in sorted(counts.items()):
+            if key.startswith("fault:"):
+                faults.add_metric([key.removeprefix("fault:")], n)
+        yield faults
         yield CounterMetricFamily("hf2oci_serve_stale_answers",
                                   "Metadata answered from the cache while the registry failed",
                                   value=counts.get("stale", 0))  # fmt: skip

@@ -28,7 +28,7 @@ from hf2oci import naming
 from hf2oci.build.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.digest import git_blob_hash
-from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError
+from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Temporary
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.reference import Reference
@@ -379,6 +379,17 @@ def _from_index(layers: list[StoredLayer], at: int) -> dict[str, RepoFile]:
     return files
 
 
+def fault_kind(e: BaseException) -> str:
+    """What went wrong with a registry read, for the metrics: ``status`` (a 429/5xx answer),
+    ``cut`` (a body that ended or broke early) or ``connection`` (refused, reset, timed out)."""
+    if getattr(e, "status", None):
+        return "status"
+    text = f"{type(e).__name__} {e}"
+    if isinstance(e, Temporary) or "IncompleteRead" in text or "ChunkedEncoding" in text:
+        return "cut"
+    return "connection"
+
+
 def registry_store(
     registry: str,
     namespace: str,
@@ -396,7 +407,12 @@ def registry_store(
     from hf2oci.retry import REQUEST_POLICY
 
     counts = Counts()
-    policy = replace(REQUEST_POLICY, on_retry=lambda _: counts.add("retries"))
+
+    def on_retry(e: BaseException) -> None:
+        counts.add("retries")
+        counts.add(f"fault:{fault_kind(e)}")
+
+    policy = replace(REQUEST_POLICY, on_retry=on_retry)
     transport = Transport(registry, retry=policy, credentials=load_credentials(registry))
     client = RegistryClient(registry, transport=transport, plain_http=plain_http)
     return Store(namespace, client=client, ttl=ttl, stale=stale, counts=counts)
