@@ -67,12 +67,44 @@ def raw_put(reg: Registry, weights: list[Path]) -> int:
     return 0
 
 
+def _methods(
+    args: argparse.Namespace, env: dict[str, str], hub_url: str, name: str, weights: list[Path]
+) -> dict[str, Callable[[Registry, Path], int]]:
+    """Each method, as ``fn(registry, scratch folder) -> peak RSS``."""
+
+    def hf2oci(cmd: list[str], extra: dict[str, str]) -> Callable[[Registry, Path], int]:
+        def go(reg: Registry, scratch: Path) -> int:
+            args = [*cmd, "mirror", f"bench/{name}", "--registry", reg.host,
+                    "--base-image", "scratch", "--no-record", "-q", "--force"]  # fmt: skip
+            return run(args, {**env, "HF2OCI_CACHE": str(scratch / "cache"), **extra}, scratch)
+
+        return go
+
+    def peer(reg: Registry, scratch: Path) -> int:
+        cmd = [args.oci_modelcar, "push", "--hf-repo", f"bench/{name}", "--hf-endpoint", hub_url,
+               "--registry", reg.host, "--target-repo", f"bench/{name}", "--target-tag", "t",
+               "--spool-dir", str(scratch / "spool"), "--quiet"]  # fmt: skip
+        return run(cmd, {**env, "HF_HOME": str(scratch / "hf")}, scratch)
+
+    methods = {
+        "hf2oci": hf2oci([HF2OCI], {}),
+        "limit": lambda reg, scratch: raw_put(reg, weights),
+    }
+    if args.before:
+        methods["hf2oci before"] = hf2oci([sys.executable, "-m", "hf2oci"],
+                                          {"PYTHONPATH": args.before})  # fmt: skip
+    if args.oci_modelcar:
+        methods["oci-modelcar"] = peer
+    return methods
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--oci-modelcar", default=None, help="the peer's console script")
-    ap.add_argument("--before", default=None,
-                    help="the src/ folder of another hf2oci (e.g. a git worktree) to run too")  # fmt: skip
+    ap.add_argument(
+        "--before", default=None, help="the src/ of another hf2oci (a git worktree) to run too"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hf2oci-peers-"))
     cases: dict[str, dict[str, Path | bytes]] = {}
@@ -96,26 +128,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, files in cases.items():
                 weights = [p for p in files.values() if isinstance(p, Path)]
-                methods: dict[str, Callable[[Registry, Path], int]] = {
-                    "hf2oci": lambda reg, scratch, name=name: run(
-                        [HF2OCI, "mirror", f"bench/{name}", "--registry", reg.host,
-                         "--base-image", "scratch", "--no-record", "-q", "--force"],
-                        {**env, "HF2OCI_CACHE": str(scratch / "cache")}, scratch),  # fmt: skip
-                    "limit": lambda reg, scratch, weights=weights: raw_put(reg, weights),
-                }
-                if args.before:
-                    methods["hf2oci before"] = lambda reg, scratch, name=name: run(
-                        [sys.executable, "-m", "hf2oci", "mirror", f"bench/{name}", "--registry",
-                         reg.host, "--base-image", "scratch", "--no-record", "-q", "--force"],
-                        {**env, "HF2OCI_CACHE": str(scratch / "cache"),
-                         "PYTHONPATH": args.before}, scratch)  # fmt: skip
-                if args.oci_modelcar:
-                    methods["oci-modelcar"] = lambda reg, scratch, name=name: run(
-                        [args.oci_modelcar, "push", "--hf-repo", f"bench/{name}",
-                         "--hf-endpoint", hub.url, "--registry", reg.host,
-                         "--target-repo", f"bench/{name}", "--target-tag", "t",
-                         "--spool-dir", str(scratch / "spool"), "--quiet"],
-                        {**env, "HF_HOME": str(scratch / "hf")}, scratch)  # fmt: skip
+                methods = _methods(args, env, hub.url, name, weights)
                 for method, fn in methods.items():
                     reg = start_registry(work / "reg")
                     scratch = work / "scratch"
