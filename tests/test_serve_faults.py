@@ -167,3 +167,43 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
              if line.startswith("hf2oci_serve_upstream_faults_total{")}  # fmt: skip
     assert kinds.get("status", 0) >= 1 and kinds.get("cut", 0) >= 1
     assert sum(kinds.values()) >= faults.hits  # each injected fault was retried, and counted
+
+
+def test_a_registry_that_refuses_serves_credentials_is_one_line_and_a_502(
+    hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve finds registry credentials where the mirror does (here HF2OCI_REGISTRY_*); a
+    refused one is one line in its log and a 502 in the hub's error shape, never the
+    password, while the right one serves."""
+    from huggingface_hub import HfApi
+
+    monkeypatch.chdir(tmp_path)
+    hub.add_repo(REPO, _files())
+    htpasswd = tmp_path / "htpasswd"  # bcrypt of "secret" for user "u"
+    htpasswd.write_text("u:$2b$05$qeuDtKINKrS8vHsQ2FM.auzvq99qppFUw6rSiWwp76.7gW6Ro07bm\n")
+    auth = f"auth:\n  htpasswd:\n    realm: t\n    path: {htpasswd}\n"
+    reg = start_registry(tmp_path / "authreg", extra_config=auth)
+    try:
+        monkeypatch.setenv("HF2OCI_REGISTRY_USERNAME", "u")
+        monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "secret")
+        config = {"base_image": "scratch", "registry": reg.host, "namespace": "f"}
+        make_project(tmp_path, models=[REPO], config=config)
+        assert cli("sync", "-q").exit_code == 0
+        server = Served(registry_store(reg.host, "f"))
+        try:
+            assert HfApi(endpoint=server.url).model_info(REPO).sha
+        finally:
+            server.stop()
+        monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "wrong-pa55word")
+        server = Served(registry_store(reg.host, "f"))
+        try:
+            with caplog.at_level("WARNING", logger="hf2oci.serve"):
+                r = requests.get(f"{server.url}/api/models/{REPO}", timeout=30)
+        finally:
+            server.stop()
+    finally:
+        reg.stop()
+    assert r.status_code == 502 and r.headers["X-Error-Code"] == "UpstreamError"
+    assert "wrong-pa55word" not in r.text + str(r.headers) + caplog.text
+    said = [rec.getMessage() for rec in caplog.records if rec.name == "hf2oci.serve"]
+    assert len(said) == 1 and "\n" not in said[0] and reg.host in said[0]

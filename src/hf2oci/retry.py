@@ -49,7 +49,7 @@ DEFAULT_POLICY = RetryPolicy()
 #: the client and a registry that is gone fails fast, before the client's own timeout (10 s)
 REQUEST_POLICY = RetryPolicy(
     attempts=4, initial=0.1, max_wait=1.0, total=4.0, max_retry_after=1.0,
-    connect_timeout=2.0, read_timeout=10.0,
+    connect_timeout=2.0, read_timeout=4.0,
 )  # fmt: skip
 #: HTTP statuses worth another try: request timeout, rate limit, server-side trouble
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
