@@ -530,7 +530,7 @@ class _Hasher:
     hashed in a thread of its own, beside the layer's digest in the consumer's (two cores do
     both at once; at most ``AHEAD`` chunks wait for it)."""
 
-    AHEAD = 4
+    AHEAD = 1
 
     def __init__(self, file: HubFile, *, background: bool = False) -> None:
         if file.sha256:
@@ -565,10 +565,16 @@ class _Hasher:
 
 
 #: files from this size on are fetched over several connections at once, in parts of
-#: ``PART_SIZE`` (a hub or CDN may cap each connection's speed); at most ``connections + 1``
-#: parts are held, so memory stays bounded whatever the file's size
+#: ``PART_SIZE`` (a hub or CDN may cap each connection's speed)
 PARALLEL_MIN_SIZE = 64 << 20
-PART_SIZE = 2 << 20
+PART_SIZE = 4 << 20
+#: the part buffers of all files streamed at once: a file takes up to ``connections + 1`` of
+#: them while they last, and 2 when they do not (never waiting), so memory stays bounded
+PART_BUDGET = 24 << 20
+#: a part is given out in copies of this size (its buffer is used again for the next part)
+PIECE = 1 << 20
+_budget = {"left": PART_BUDGET}
+_budget_lock = threading.Lock()
 DEFAULT_CONNECTIONS = 6
 
 
@@ -636,10 +642,11 @@ def _serial(body: ResumableBody, chunk_size: int) -> Iterator[bytes]:
 
 
 def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iterator[bytes]:
-    """The file in order, as parts fetched by ``n`` connections at once (n + 1 parts ahead:
-    the next ones to give out are fetched while the consumer is slower or a part lags).
+    """The file in order, as parts fetched by ``n`` connections at once (n + 1 parts ahead
+    while ``PART_BUDGET`` lasts: the next ones to give out are fetched while the consumer is
+    slower or a part lags).
 
-    The n + 1 part buffers are made once and handed on: each part read is copied out to its
+    The part buffers are made once and handed on: each part read is copied out to its
     consumer and its buffer goes to the next part's fetch, so memory stays at those buffers
     (fresh buffers per part, freed in other threads, grew glibc's arenas by ~25 MiB a file)."""
     what = f"{_what(state)}: {file.path}"
@@ -657,23 +664,31 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
                 got += body.readinto(view[got : got + (256 << 10)])
         return buffer, len(view)
 
-    with ThreadPoolExecutor(n, thread_name_prefix="hub-part") as pool:
+    with _budget_lock:  # the window: n + 1 parts ahead while the budget lasts, else 2
+        window = max(2, min(n + 1, _budget["left"] // PART_SIZE))
+        _budget["left"] -= window * PART_SIZE
+    with ThreadPoolExecutor(min(n, window), thread_name_prefix="hub-part") as pool:
         ahead: collections.deque[Future[tuple[bytearray, int]]] = collections.deque(
             pool.submit(fetch, start, bytearray(PART_SIZE))
-            for start in itertools.islice(starts, n + 1)
+            for start in itertools.islice(starts, window)
         )
         try:
             while ahead:
                 buffer, length = ahead.popleft().result()
-                data = bytes(memoryview(buffer)[:length])
-                nxt = next(starts, None)
-                if nxt is not None:
-                    ahead.append(pool.submit(fetch, nxt, buffer))
-                yield data
+                view = memoryview(buffer)
+                for at in range(0, length, PIECE):  # each piece copied out in turn; once the
+                    piece = bytes(view[at : min(at + PIECE, length)])
+                    if at + PIECE >= length:  # last one is, the buffer goes to the next fetch
+                        nxt = next(starts, None)
+                        if nxt is not None:
+                            ahead.append(pool.submit(fetch, nxt, buffer))
+                    yield piece
         finally:
             stop.set()
             for future in ahead:
                 future.cancel()
+            with _budget_lock:
+                _budget["left"] += window * PART_SIZE
 
 
 def _body(
