@@ -439,6 +439,28 @@ def test_a_blob_cut_part_way_is_resumed_where_it_stopped(
     assert result.bytes == len(files["w.bin"]) + 2
 
 
+def test_a_cut_while_skipping_what_was_had_starts_that_answer_over(
+    registry, project: Path
+) -> None:
+    """A registry that ignores Range sends the blob from its start again: the bytes already
+    had are skipped. A cut inside that skip must drop the answer, not read on from the middle
+    of it (which gave wrong bytes, caught only by the digest)."""
+    from faultproxy import FaultProxy
+
+    files = {"w.bin": os.urandom(5 << 20), "c.json": b"{}"}
+    digest = _pushed(registry, files, "cut/skip")
+    proxy = FaultProxy(registry.host)
+    proxy.ignore_range = True
+    try:
+        proxy.fault("GET", f"/blobs/{digest}", "cut-after:1500000")
+        proxy.fault("GET", f"/blobs/{digest}", "cut-after:700000")  # inside the skip
+        result = extract(f"{proxy.host}/cut/skip:t", project / "dest")
+        assert proxy.attempts("GET", f"/blobs/{digest}") == 3
+    finally:
+        proxy.server.shutdown()
+    assert read_tree(project / "dest") == files and result.files == 2
+
+
 def test_a_proxy_that_gzips_what_it_passes_on_still_gives_the_exact_bytes(
     registry, project: Path
 ) -> None:

@@ -16,7 +16,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import requests
 import requests.adapters
@@ -144,12 +144,23 @@ class ResumableBody(io.RawIOBase):
         return n
 
     def _open(self) -> None:
-        resp = self._open_at(self.offset)
-        self._resp = resp
+        self._resp = self._open_at(self.offset)
+        try:
+            self._start(self._resp)
+        except BaseException:
+            self.close_response()  # never read on from the middle of a failed start
+            raise
+        log.debug("%s: reading from byte %d", self.what, self.offset)
+
+    def _start(self, resp: requests.Response) -> None:
+        """Pick the reader for ``resp``, learn the end, and skip what was had when the server
+        sent the resource from its start (Range ignored)."""
+        ranged = resp.status_code == 206
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         length = resp.headers.get("Content-Length", "")
         if self.end is None and encoding in ("", "identity") and length.isdigit():
-            self.end = self.offset + int(length)  # (an encoded body's length is not the bytes')
+            # (an encoded body's length is not the bytes')
+            self.end = (self.offset if ranged else 0) + int(length)
         # urllib3 reads into a new bytes object and copies it; http.client's response (what
         # urllib3 wraps) reads into the caller's buffer: used when nothing needs decoding
         inner = getattr(resp.raw, "_fp", None)
@@ -157,15 +168,13 @@ class ResumableBody(io.RawIOBase):
             self._readinto = inner.readinto
         else:
             self._readinto = self._decoded
-        if self.offset and resp.status_code != 206:  # Range ignored: skip what was had
+        if self.offset and not ranged:  # Range ignored: skip what was had
             skip, scratch = self.offset, memoryview(bytearray(min(self.offset, 1 << 20)))
             while skip:
                 n = self._readinto(scratch[: min(skip, len(scratch))])
                 if not n:
-                    self.close_response()
                     raise Temporary(f"connection closed while skipping to byte {self.offset}")
                 skip -= n
-        log.debug("%s: reading from byte %d", self.what, self.offset)
 
     def _decoded(self, buffer: Any) -> int:
         assert self._resp is not None
@@ -183,12 +192,16 @@ class ResumableBody(io.RawIOBase):
         super().close()
 
 
-def read_exactly(body: io.RawIOBase, buffer: bytearray | memoryview) -> int:
+class Readable(Protocol):
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
+def read_exactly(body: Readable, buffer: bytearray | memoryview) -> int:
     """Fill ``buffer`` from ``body`` (fewer bytes only at its end); returns how many came."""
     view = memoryview(buffer).cast("B")
     got = 0
     while got < len(view):
-        n = body.readinto(view[got:])
+        n = body.readinto(view[got:]) or 0
         if not n:
             break
         got += n
