@@ -9,14 +9,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
 
 from hf2oci.digest import HashingReader, sha256_digest
 from hf2oci.errors import DigestMismatch, RegistryError
-from hf2oci.http import ResumableBody, read_exactly
+from hf2oci.http import Readable, ResumableBody, read_exactly
 from hf2oci.oci.image import (
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
@@ -414,14 +414,11 @@ def _check_digest(resp: requests.Response, digest: str, what: str) -> None:
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
-    parts = []
-    while n > 0:
-        data = stream.read(n)
-        if not data:
-            raise DigestMismatch(f"blob stream ended {n} bytes short of its stated size")
-        parts.append(data)
-        n -= len(data)
-    return b"".join(parts)
+    chunk = bytearray(n)
+    got = read_exactly(cast(Readable, stream), chunk)
+    if got < n:
+        raise DigestMismatch(f"blob stream ended {n - got} bytes short of its stated size")
+    return bytes(chunk)
 
 
 class _SentBytes:
