@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import requests
+
 from hf2oci import naming
 from hf2oci.digest import git_blob_hash
 from hf2oci.errors import (
@@ -35,6 +37,7 @@ from hf2oci.errors import (
     RevisionNotFound,
 )
 from hf2oci.http import ResumableBody, hub_session, read_exactly
+from hf2oci.oci.transport import unreachable_reason
 from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
@@ -311,10 +314,6 @@ def _hub_get(
     sent = _headers(headers)
 
     def once() -> _T:
-        import requests
-
-        from hf2oci.oci.transport import unreachable_reason
-
         with _get(url, what, sent, params=params) as resp:
             try:
                 return read(resp)
@@ -343,10 +342,6 @@ def _get(
 ) -> Any:
     """One GET of the hub, streamed: Temporary for a connection failure or a 429/5xx answer
     (with its Retry-After), HubUnreachable for a name that does not resolve."""
-    import requests
-
-    from hf2oci.oci.transport import unreachable_reason
-
     try:
         resp = hub_session().get(url, params=params, headers=headers, timeout=(10, 60),
                                  stream=True)  # fmt: skip
@@ -506,6 +501,11 @@ def _resolve(
     return _hub_get(url, f"{_what(state)}: {file.path}", read, headers=sent, failed=failed)
 
 
+def _file_headers() -> dict[str, str]:
+    """What a file request sends: the file's bytes as stored, not compressed on the way."""
+    return _headers({"accept-encoding": "identity"})
+
+
 def _resolve_url(state: RepoState, file: HubFile) -> str:
     repo = naming.hub_path(state.repo_id, state.repo_type)
     return f"{endpoint()}/{repo}/resolve/{state.commit}/{quote(file.path, safe='/')}"
@@ -652,11 +652,12 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
     what = f"{_what(state)}: {file.path}"
     starts = iter(range(0, file.size, PART_SIZE))
     stop = threading.Event()
+    headers = _file_headers()  # read once: the token may come from a file
 
     def fetch(start: int, buffer: bytearray) -> tuple[bytearray, int]:
         end = min(start + PART_SIZE, file.size)
         view = memoryview(buffer)[: end - start]
-        with _body(state, file, start=start, end=end, policy=policy) as body:
+        with _body(state, file, start=start, end=end, policy=policy, headers=headers) as body:
             got = 0
             while got < len(view):
                 if stop.is_set():
@@ -667,28 +668,30 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
     with _budget_lock:  # the window: n + 1 parts ahead while the budget lasts, else 2
         window = max(2, min(n + 1, _budget["left"] // PART_SIZE))
         _budget["left"] -= window * PART_SIZE
-    with ThreadPoolExecutor(min(n, window), thread_name_prefix="hub-part") as pool:
-        ahead: collections.deque[Future[tuple[bytearray, int]]] = collections.deque(
-            pool.submit(fetch, start, bytearray(PART_SIZE))
-            for start in itertools.islice(starts, window)
-        )
-        try:
-            while ahead:
-                buffer, length = ahead.popleft().result()
-                view = memoryview(buffer)
-                for at in range(0, length, PIECE):  # each piece copied out in turn; once the
-                    piece = bytes(view[at : min(at + PIECE, length)])
-                    if at + PIECE >= length:  # last one is, the buffer goes to the next fetch
-                        nxt = next(starts, None)
-                        if nxt is not None:
-                            ahead.append(pool.submit(fetch, nxt, buffer))
-                    yield piece
-        finally:
-            stop.set()
-            for future in ahead:
-                future.cancel()
-            with _budget_lock:
-                _budget["left"] += window * PART_SIZE
+    try:
+        with ThreadPoolExecutor(min(n, window), thread_name_prefix="hub-part") as pool:
+            ahead: collections.deque[Future[tuple[bytearray, int]]] = collections.deque(
+                pool.submit(fetch, start, bytearray(PART_SIZE))
+                for start in itertools.islice(starts, window)
+            )
+            try:
+                while ahead:
+                    buffer, length = ahead.popleft().result()
+                    view = memoryview(buffer)
+                    for at in range(0, length, PIECE):  # each piece copied out in turn; once
+                        piece = bytes(view[at : min(at + PIECE, length)])
+                        if at + PIECE >= length:  # the last one is, the buffer goes on
+                            nxt = next(starts, None)
+                            if nxt is not None:
+                                ahead.append(pool.submit(fetch, nxt, buffer))
+                        yield piece
+            finally:
+                stop.set()
+                for future in ahead:
+                    future.cancel()
+    finally:  # once the pool has finished with the buffers
+        with _budget_lock:
+            _budget["left"] += window * PART_SIZE
 
 
 def _body(
@@ -698,11 +701,13 @@ def _body(
     start: int = 0,
     end: int | None = None,
     policy: RetryPolicy = HUB_POLICY,
+    headers: Mapping[str, str] | None = None,
 ) -> ResumableBody:
-    """A file's bytes ``[start, end)`` from its ``resolve`` URL, resumed where a cut stops it."""
+    """A file's bytes ``[start, end)`` from its ``resolve`` URL, resumed where a cut stops it
+    (``headers``: ``_file_headers()``, when the caller has them already)."""
     what = f"{_what(state)}: {file.path}"
     stop = file.size if end is None else end
-    url, headers = _resolve_url(state, file), _headers({"accept-encoding": "identity"})
+    url, headers = _resolve_url(state, file), headers or _file_headers()
 
     def open_at(offset: int) -> Any:
         sent = dict(headers)
