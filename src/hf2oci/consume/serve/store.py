@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -19,9 +20,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
+
+import requests
+import urllib3.exceptions
 
 from hf2oci import labels as L
 from hf2oci import naming
@@ -34,6 +38,8 @@ from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
+from hf2oci.oci.transport import Transport, load_credentials
+from hf2oci.retry import REQUEST_POLICY
 from hf2oci.spec import RepoType
 
 log = logging.getLogger(__name__)
@@ -384,10 +390,10 @@ def fault_kind(e: BaseException) -> str:
     ``cut`` (a body that ended or broke early) or ``connection`` (refused, reset, timed out)."""
     if getattr(e, "status", None):
         return "status"
-    text = f"{type(e).__name__} {e}"
-    if isinstance(e, Temporary) or "IncompleteRead" in text or "ChunkedEncoding" in text:
-        return "cut"
-    return "connection"
+    # a body that ended early, or broke while read (urllib3 wraps http.client's errors)
+    cut = (Temporary, http.client.IncompleteRead, urllib3.exceptions.ProtocolError,
+           requests.exceptions.ChunkedEncodingError)  # fmt: skip
+    return "cut" if isinstance(e, cut) else "connection"
 
 
 def registry_store(
@@ -400,12 +406,7 @@ def registry_store(
 ) -> Store:
     """A store over a registry, read under a request's budget of the one retry policy (a blip
     never reaches a client; a registry that is gone fails in seconds), with its retries
-    counted; credentials from where the mirror finds them."""
-    from dataclasses import replace
-
-    from hf2oci.oci.transport import Transport, load_credentials
-    from hf2oci.retry import REQUEST_POLICY
-
+    counts; credentials from where the mirror finds them."""
     counts = Counts()
 
     def on_retry(e: BaseException) -> None:
