@@ -109,9 +109,8 @@ def split_files(
     small_groups = _small_groups(small, min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES))
     room = max_layers - len(small_groups)
     units = _Units.of(large, max_layer_size)
-    level = 0
+    level, groups = 0, units.groups(0)
     while True:
-        groups = units.groups(level)
         count = sum(map(len, groups.values()))
         if count <= room:
             return small_groups, sorted(g for gs in groups.values() for g in gs)
@@ -132,7 +131,7 @@ def split_files(
             out = [g for k, gs in groups.items() if parents[k] not in joined
                    for g in gs] + [g for k in joined for g in up[k]]  # fmt: skip
             return small_groups, sorted(out)
-        level += 1
+        level, groups = level + 1, up  # the next level's units, cut once
 
 
 def _too_many_layers(need: int, budget: int) -> str:
