@@ -232,6 +232,9 @@ class HubServer:
         self.flaky_hits = 0
         #: Xet-era redirects: LFS files' resolve answers 302 to a CDN on another host
         self.cdn: Cdn | None = None
+        #: the hub's own scan verdicts, answered by ``paths-info`` with ``expand``:
+        #: (repo_type, repo_id, path) -> securityFileStatus
+        self.security: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -397,6 +400,30 @@ class HubServer:
             self.cdn = Cdn(self).start()
         self.cdn.enabled = on
         return self.cdn
+
+    def set_security(
+        self,
+        repo_id: str,
+        path: str,
+        status: str,
+        *,
+        repo_type: str = "model",
+        imports: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
+        """The hub's verdict on a file as the real hub words it (``status`` "safe", "unsafe",
+        …; ``imports``: (module, name, safety) as its pickle import scan lists them)."""
+        scan = None
+        if imports:
+            levels = ["innocuous", "suspicious", "dangerous"]
+            highest = max((i[2] for i in imports), key=levels.index)
+            listed = [{"module": m, "name": n, "safety": v} for m, n, v in imports]
+            scan = {"highestSafetyLevel": highest, "imports": listed}
+        with self._lock:
+            self.security[(repo_type, repo_id, path)] = {
+                "status": status,
+                "avScan": {"virusFound": False, "virusNames": None},
+                "pickleImportScan": scan,
+            }
 
     def blob_by_sha256(self, sha256: str) -> Blob | None:
         with self._lock:
@@ -627,6 +654,47 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._handle()
+
+    def do_POST(self) -> None:
+        """``paths-info``: the entries of the paths asked for (form ``paths``, ``expand``)."""
+        hub = self.server.hub
+        shown = unquote(self.path)
+        with hub._lock:
+            hub.requests.append((self.command, shown))
+        self._flaky_cut = False
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode())
+        segments = self.path.partition("?")[0].split("/")[1:]
+        try:
+            if segments[:1] != ["api"] or segments[1:2] not in (["models"], ["datasets"]):
+                raise HubError(404, None, "Not found")
+            authorised = hub._authorised(self.headers.get("Authorization"))
+            repo_type = segments[1][:-1]
+            repo, n = hub._lookup(repo_type, segments[2:], authorised)
+            rest = segments[2 + n :]
+            if rest[:1] != ["paths-info"]:
+                raise HubError(404, None, "Not found")
+            commit, _ = hub._split_revision(repo, ["/".join(rest[1:])])
+            expand = form.get("expand", ["false"])[0].lower() in ("true", "1")
+            entries = []
+            for path in form.get("paths", []):
+                blob = commit.files.get(path)
+                if blob is None:
+                    continue
+                entry: dict[str, Any] = {"type": "file", "oid": blob.oid, "size": blob.size,
+                                         "path": path}  # fmt: skip
+                if blob.lfs:
+                    entry["lfs"] = blob.lfs_info("oid")
+                status = hub.security.get((repo_type, repo.repo_id, path))
+                if expand and status is not None:
+                    entry["securityFileStatus"] = status
+                entries.append(entry)
+            self._json(200, entries)
+        except HubError as e:
+            headers = {"X-Error-Message": e.message}
+            if e.code:
+                headers["X-Error-Code"] = e.code
+            self._json(e.status, {"error": e.message}, headers)
 
     def _handle(self) -> None:
         hub = self.server.hub

@@ -439,9 +439,7 @@ def test_a_blob_cut_part_way_is_resumed_where_it_stopped(
     assert result.bytes == len(files["w.bin"]) + 2
 
 
-def test_a_cut_while_skipping_what_was_had_starts_that_answer_over(
-    registry, project: Path
-) -> None:
+def test_a_cut_while_skipping_what_was_had_starts_that_answer_over(registry, project: Path) -> None:
     """A registry that ignores Range sends the blob from its start again: the bytes already
     had are skipped. A cut inside that skip must drop the answer, not read on from the middle
     of it (which gave wrong bytes, caught only by the digest)."""

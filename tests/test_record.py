@@ -117,6 +117,7 @@ def test_ledger_round_trip_is_stable_sorted_and_diff_friendly(tmp_path: Path) ->
     assert set(entry) == {
         "repo_id", "repo_type", "revision", "requested_revision", "image", "tags", "digest",
         "size", "file_count", "mirrored_at", "destination", "builder", "license", "format",
+        "scan",
     }  # fmt: skip
     assert entry["license"] == "apache-2.0" and entry["tags"] == ["org--a", "org--a--0123456789ab"]
     assert doc["datasets"]["org/data"]["builder"] == "docker"
@@ -362,6 +363,7 @@ def test_templates_refuse_missing_variables() -> None:
             rows=[{"repo_id": "org/a"}],  # a row without its other fields
             example={},
             formats=False,
+            scans=False,
         )
     with pytest.raises(jinja2.TemplateNotFound):
         render("../pyproject.toml")

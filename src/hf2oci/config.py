@@ -14,7 +14,7 @@ import yaml
 
 from hf2oci.errors import ConfigError, Hf2ociError
 from hf2oci.oci.reference import COMPONENT, HOST
-from hf2oci.spec import FORMATS, Format
+from hf2oci.spec import FORMATS, SCAN_POLICIES, Format, ScanPolicy
 
 Builder = Literal["oci", "docker"]
 BUILDERS: tuple[Builder, ...] = ("oci", "docker")
@@ -83,6 +83,10 @@ class Config:
     max_layer_size: int | None = None
     #: the ledger of mirrored repos, relative to get_hf/
     record: str = "mirrored.json"
+    #: pickle-based files (.bin, .pt, .pkl, …) are scanned for imports that run code on load:
+    #: "refuse" fails a repo with one, "warn" publishes it with the finding recorded, "off"
+    #: scans nothing
+    scan: ScanPolicy = "refuse"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -229,6 +233,14 @@ def _format(value: object) -> Format:
     return value
 
 
+def _scan(value: object) -> ScanPolicy:
+    if value is False:  # YAML reads a bare off as false
+        return "off"
+    if value not in SCAN_POLICIES:
+        raise _Invalid(f"choose one of {', '.join(SCAN_POLICIES)}")
+    return value
+
+
 def _platforms(value: object) -> tuple[str, ...] | None:
     """A list of platforms, or one string of them between commas; duplicates dropped."""
     if value is None:
@@ -289,4 +301,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "small_file_limit": _size,
     "max_layer_size": _optional_size,
     "record": _string,
+    "scan": _scan,
 }

@@ -76,6 +76,10 @@ class PrepareError(Hf2ociError):
     """``get_hf/prepare.sh`` failed for a repo."""
 
 
+class ScanRefused(Hf2ociError):
+    """A pickle-based file imports something that runs code on load (scan: refuse)."""
+
+
 class PackError(Hf2ociError):
     """The files could not be turned into an image."""
 

@@ -35,6 +35,12 @@ FORMAT = "io.hf2oci.format"
 #: the platforms of a multi-platform image (its index), between commas: a change re-mirrors
 PLATFORMS = "io.hf2oci.platforms"
 
+#: what the pickle scan found (``clean (2 pickle files)``, ``warn: a.bin imports posix.system``,
+#: ``off (…)``): only on images with pickle-based files
+SCAN = "io.hf2oci.scan"
+#: each scanned file's verdict, compact JSON: {"path": {"verdict": …, "imports": […], "hub": …}}
+SCAN_FILES = "io.hf2oci.scan.files"
+
 #: layer annotation: what the layer holds (paths and hub hashes), so a later run can reuse the
 #: layer without downloading the files again (the tar is a pure function of them)
 CONTENT_KEY = "io.hf2oci.content"
@@ -50,6 +56,7 @@ def image_labels(
     base_digest: str | None,
     platforms: Sequence[str] = (),
     format: str = "image",
+    scan: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Config labels (also the manifest's annotations). No secrets, nothing run-dependent."""
     labels = {
@@ -73,6 +80,7 @@ def image_labels(
         labels[PLATFORMS] = ",".join(platforms)
     if format != "image":
         labels[FORMAT] = format
+    labels.update(scan or {})
     return labels
 
 

@@ -13,6 +13,10 @@ REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
 #: what a repo becomes: the busybox image with /REPO, or a CNCF ModelPack artifact
 Format = Literal["image", "modelpack"]
 FORMATS: tuple[Format, ...] = ("image", "modelpack")
+#: what a dangerous import in a pickle-based file does: fail the repo, be recorded, or nothing
+#: is scanned
+ScanPolicy = Literal["refuse", "warn", "off"]
+SCAN_POLICIES: tuple[ScanPolicy, ...] = ("refuse", "warn", "off")
 
 
 def plural(repo_type: RepoType) -> str:
@@ -77,6 +81,8 @@ class Mirrored:
     builder: str = "oci"
     license: str | None = None
     format: Format = "image"
+    #: what the pickle scan found (``clean (1 pickle file)``); None: no pickle-based files
+    scan: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the ledger's entries, the workflow's result files)."""

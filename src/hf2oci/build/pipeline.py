@@ -19,9 +19,10 @@ from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
 from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
 from hf2oci.build.plan import Action, plan
 from hf2oci.errors import Hf2ociError, UsageError
+from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
-from hf2oci.spec import Format, Mirrored, RepoSpec
+from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy
 from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class RunOptions:
     stream: bool = True
     #: makes a byte counter for a repo: ``meter(label, total_bytes)`` → ``count(n)``
     meter: Callable[[str, int], Callable[[int], None]] | None = None
+    #: pickle-based files: a dangerous import fails the repo (refuse), is recorded (warn), or
+    #: nothing is scanned (off)
+    scan: ScanPolicy = "refuse"
 
     @property
     def builder(self) -> str:
@@ -99,13 +103,23 @@ def _quiet(_repo: str, _msg: str) -> None:
 
 
 def streamed_paths(action: Action, options: RunOptions) -> frozenset[str]:
-    """The files that go hub → destination without touching the disk: decided here, once."""
-    if not options.stream or options.prepare_script is not None or action.state is None:
+    """The files that go hub → destination without touching the disk: decided here, once.
+    A raw pickle is not streamed when scanning (reading it all is the only way to scan it):
+    it is downloaded once and scanned on disk."""
+    from hf2oci.intake import hub
+
+    state = action.state
+    if not options.stream or options.prepare_script is not None or state is None:
         return frozenset()
     keep = set(action.files)
-    return frozenset(
-        f.path for f in action.state.files if f.path in keep and f.size >= options.small_file_limit
-    )
+    large = [f for f in state.files if f.path in keep and f.size >= options.small_file_limit]
+    if options.scan != "off":
+        large = [
+            f
+            for f in large
+            if not candidate(f.path) or not whole_read(hub.read_range(state, f, 0, 16))
+        ]
+    return frozenset(f.path for f in large)
 
 
 def mirror_action(
@@ -129,9 +143,9 @@ def mirror_action(
     how = _how(streamed, options)
     progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
-        files = fetch_files(action, streamed, Path(tmp), options, progress)
+        files, scanned = fetch_files(action, streamed, Path(tmp), options, progress)
         if action.spec.format == "modelpack":
-            image = _modelpack(action, files, options)
+            image = _modelpack(action, files, options, scanned)
         else:
             reuse = (
                 Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
@@ -145,6 +159,7 @@ def mirror_action(
                     base_name=base.name,
                     base_digest=base.digest,
                     platforms=base.platforms,
+                    scan=_scan_labels(scanned),
                 ),
                 created=state.last_modified,
                 small_limit=options.small_file_limit,
@@ -170,17 +185,32 @@ def mirror_action(
         builder=options.builder,
         license=state.license,
         format=action.spec.format or "image",
+        scan=scanned.summary if _scan_labels(scanned) else None,
     )
 
 
-def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -> Artifact:
+def _scan_labels(report: ScanReport) -> dict[str, str]:
+    """The scan's labels: none for a repo without pickle-based files."""
+    if not report.files and not report.unscanned:
+        return {}
+    return {L.SCAN: report.summary, L.SCAN_FILES: report.details()}
+
+
+def _modelpack(
+    action: Action, files: Sequence[PackFile], options: RunOptions, scanned: ScanReport
+) -> Artifact:
     """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
     from hf2oci.build.formats.modelpack import build_modelpack
 
     state = action.state
     assert state is not None
     labels = L.image_labels(
-        state, action.spec, base_name=None, base_digest=None, format="modelpack"
+        state,
+        action.spec,
+        base_name=None,
+        base_digest=None,
+        format="modelpack",
+        scan=_scan_labels(scanned),
     )
     descriptor: dict[str, object] = {
         "name": state.repo_id,
@@ -203,8 +233,11 @@ def _modelpack(action: Action, files: Sequence[PackFile], options: RunOptions) -
     )
 
 
-def _head_opener(action: Action) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
-    """Opens a file's first bytes: from disk when downloaded, else by Range reads of the hub."""
+def _head_opener(
+    action: Action, *, block: int = 256 << 10
+) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
+    """Opens a file for reading parts of it: from disk when downloaded, else by ``block``-sized
+    Range reads of the hub."""
     from hf2oci.intake import hub
     from hf2oci.oci.source import RangeReader
 
@@ -214,10 +247,39 @@ def _head_opener(action: Action) -> Callable[[PackFile], AbstractContextManager[
     def open_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
         if isinstance(f.source, Path):
             return cast(AbstractContextManager[BinaryIO], open(f.source, "rb"))
-        reader = RangeReader(hub.RangedFile(state, state.file(f.path)), block=256 << 10)
-        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(reader))
+        reader = RangeReader(hub.RangedFile(state, state.file(f.path)), block=block)
+        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(reader, block))
 
     return open_head
+
+
+def scan_fetched(
+    action: Action, files: Sequence[PackFile], policy: ScanPolicy, progress: Progress = _quiet
+) -> ScanReport:
+    """Scan the pickle-based files among ``files`` (on disk, or streamed: Range reads), with
+    the hub's own verdicts beside ours; ScanRefused when the policy refuses a finding."""
+    from hf2oci.errors import HubError
+    from hf2oci.intake import hub
+    from hf2oci.intake.scan import RANGE_BLOCK
+
+    state = action.state
+    assert state is not None
+    by_path = {f.path: f for f in files}
+    candidates = [p for p in by_path if candidate(p)]
+    hub_verdicts: dict[str, str] = {}
+    if policy != "off" and candidates:
+        try:
+            hub_verdicts = hub.security_verdicts(state, candidates)
+        except HubError as e:  # the hub's verdict is a second opinion: ours still decides
+            log.warning("%s: the hub's scan verdicts not read: %s", action.spec.label, e)
+    opener = _head_opener(action, block=RANGE_BLOCK)
+    report = scan_files(candidates, lambda p: opener(by_path[p]), policy, hub_verdicts=hub_verdicts)
+    if report.files:
+        progress(
+            action.spec.label, f"scan: {report.summary} ({human_size(report.bytes_read)} read)"
+        )
+    report.check(state.repo_id)
+    return report
 
 
 def fetch_files(
@@ -226,9 +288,11 @@ def fetch_files(
     scratch: Path,
     options: RunOptions,
     progress: Progress = _quiet,
-) -> list[PackFile]:
+) -> tuple[list[PackFile], ScanReport]:
     """The files to pack: those not streamed downloaded into ``scratch`` (and reshaped by the
-    prepare hook, if any), the streamed ones as hub sources read while their layer is written."""
+    prepare hook, if any), the streamed ones as hub sources read while their layer is written;
+    and the scan of the hub's files, made before the hook runs (it may load them) and before
+    anything is written."""
     from hf2oci.intake import hub
     from hf2oci.intake.prepare import run_prepare
 
@@ -238,17 +302,18 @@ def fetch_files(
     snapshot = hub.download(
         state, local, cache_dir=scratch / "hub", max_workers=options.hub_workers
     )
-    if options.prepare_script is not None:
-        progress(action.spec.label, f"running {options.prepare_script.name}")
-        out = scratch / "out"
-        run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
-        return scan(out)  # no hub hashes: the hook may have changed any file
     files = []
     for path in [*local, *sorted(streamed)]:
         f = state.file(path)
         source = hub.file_source(state, f) if path in streamed else (snapshot / path).resolve()
         files.append(PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id))
-    return files
+    scanned = scan_fetched(action, files, options.scan, progress)
+    if options.prepare_script is not None:
+        progress(action.spec.label, f"running {options.prepare_script.name}")
+        out = scratch / "out"
+        run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
+        return scan(out), scanned  # no hub hashes: the hook may have changed any file
+    return files, scanned
 
 
 def _how(streamed: frozenset[str], options: RunOptions) -> str:
@@ -274,6 +339,7 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
         force=options.force,
         max_layer_size=options.max_layer_size,
         platforms=[str(p) for p in options.platforms or ()],
+        scan=options.scan,
     )
     outcomes: dict[int, Outcome] = {}
     todo = []

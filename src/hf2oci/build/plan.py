@@ -17,7 +17,8 @@ from hf2oci.build.formats.grouping import check_layer_count, check_sizes
 from hf2oci.build.formats.modelpack import check_file_count
 from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.intake.filters import select
-from hf2oci.spec import RepoSpec, RepoType
+from hf2oci.intake.scan import candidate
+from hf2oci.spec import RepoSpec, RepoType, ScanPolicy
 
 if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
     from hf2oci.intake.hub import RepoState
@@ -59,12 +60,14 @@ def decide(
     force: bool = False,
     max_layer_size: int | None = None,
     platforms: Sequence[str] = (),
+    scan: ScanPolicy = "off",
 ) -> Action:
     """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
     moving tag (None: there is none). A file bigger than ``max_layer_size``, or files
     that need more layers than an image can have, fail the repo here, before anything is
     uploaded. ``platforms``: those asked for (none: the base's, which
-    planning does not read). Pure: no I/O."""
+    planning does not read). ``scan``: the policy; an image of pickle-based files made
+    unscanned is made again once scanning is on. Pure: no I/O."""
     try:
         selection = select(
             [f.path for f in state.files],
@@ -109,6 +112,12 @@ def decide(
         and _platforms_changed(platforms, current.get(L.PLATFORMS))
     ):
         return replace(mirror, reason=f"platforms changed: now {', '.join(platforms)}")
+    if (
+        scan != "off"
+        and (current.get(L.SCAN) or "off").startswith("off")
+        and any(candidate(p) for p in selection.kept)
+    ):
+        return replace(mirror, reason=f"pickle-based files not scanned yet (scan: {scan})")
     return replace(mirror, kind="skip", reason=f"up to date at {state.commit[:12]}")
 
 
@@ -131,6 +140,7 @@ def plan_repo(
     force: bool = False,
     max_layer_size: int | None = None,
     platforms: Sequence[str] = (),
+    scan: ScanPolicy = "off",
 ) -> Action:
     """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
     from hf2oci.intake import hub
@@ -142,14 +152,22 @@ def plan_repo(
         if state.partial:
             # a big repo: seeing that nothing changed needs no file list (its tree takes a
             # request per 1,000 files); anything else decides on every file
-            quick = decide(spec, state, current, max_layer_size=None, platforms=platforms)
+            quick = decide(
+                spec, state, current, max_layer_size=None, platforms=platforms, scan=scan
+            )
             if quick.kind == "skip":
                 return quick
             state = hub.complete_listing(state)
     except Hf2ociError as e:
         return Action(spec, "fail", str(e), error=e)
     return decide(
-        spec, state, current, force=force, max_layer_size=max_layer_size, platforms=platforms
+        spec,
+        state,
+        current,
+        force=force,
+        max_layer_size=max_layer_size,
+        platforms=platforms,
+        scan=scan,
     )
 
 
@@ -160,12 +178,18 @@ def plan(
     force: bool = False,
     max_layer_size: int | None = None,
     platforms: Sequence[str] = (),
+    scan: ScanPolicy = "off",
     on_action: Callable[[Action], None] | None = None,
 ) -> list[Action]:
     actions = []
     for spec in specs:
         action = plan_repo(
-            spec, current_labels, force=force, max_layer_size=max_layer_size, platforms=platforms
+            spec,
+            current_labels,
+            force=force,
+            max_layer_size=max_layer_size,
+            platforms=platforms,
+            scan=scan,
         )
         log.debug("plan %s: %s (%s)", spec.label, action.kind, action.reason)
         if on_action:

@@ -46,7 +46,7 @@ def destination_options(func: F) -> F:
 
 
 def build_options(func: F) -> F:
-    """--base-image, --platform, --format, --stream/--staged: how images are built."""
+    """--base-image, --platform, --format, --stream/--staged, --scan: how images are built."""
     options = [
         click.option("--base-image", help="Base image reference, or 'scratch'."),
         click.option(
@@ -65,6 +65,13 @@ def build_options(func: F) -> F:
             "--stream/--staged",
             default=None,
             help="Stream large files hub → image (default), or download all to disk first.",
+        ),
+        click.option(
+            "--scan",
+            type=click.Choice(["refuse", "warn", "off"]),
+            help="Pickle-based files (.bin, .pt, .pkl, …) with an import that runs code on "
+            "load: refuse the repo (default), warn (publish, record the finding), or off "
+            "(scan nothing).",
         ),
     ]
     for option in reversed(options):
@@ -120,6 +127,7 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
             revision=m.revision,
             size=m.size,
             file_count=m.file_count,
+            scan=m.scan,
         )
     return doc
 
@@ -180,6 +188,7 @@ def run_specs(
         small_file_limit=config.small_file_limit,
         max_layer_size=max_layer_size(config),
         stream=config.stream,
+        scan=config.scan,
         meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,
         force=force,

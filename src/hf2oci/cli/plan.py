@@ -86,6 +86,7 @@ def plan_command(
         force=force,
         max_layer_size=max_layer_size(config),
         platforms=config.platforms or (),
+        scan=config.scan,
     )
     pending = [a for a in actions if a.kind == "mirror"]
     failed = [a for a in actions if a.kind == "fail"]

@@ -269,6 +269,37 @@ def _tree_files(spec: RepoSpec, kind: str, commit: str) -> list[HubFile]:
     return files
 
 
+def security_verdicts(state: RepoState, paths: Sequence[str]) -> dict[str, str]:
+    """The hub's own scan verdict (``securityFileStatus.status``: "safe", "unsafe", …) of each
+    of ``paths`` that it answers one for, from ``paths-info`` with ``expand`` (as
+    huggingface_hub's ``get_paths_info`` asks), 100 paths a request."""
+    kind = plural(state.repo_type)
+    url = f"{endpoint()}/api/{kind}/{state.repo_id}/paths-info/{state.commit}"
+    spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
+    what = _what(state)
+    verdicts: dict[str, str] = {}
+
+    def read(resp: Any) -> list[Any]:
+        if resp.status_code >= 400:
+            raise _api_error(resp, spec, state.commit)
+        try:
+            doc = resp.json()
+        except ValueError as e:
+            raise HubError(f"{what}: the hub's paths-info answer is not JSON") from e
+        if not isinstance(doc, list):
+            raise HubError(f"{what}: the hub's paths-info answer is not a list")
+        return doc
+
+    for i in range(0, len(paths), 100):
+        form = {"paths": list(paths[i : i + 100]), "expand": "true"}
+        for entry in _hub_get(url, what, read, form=form, failed="paths-info failed"):
+            status = (entry.get("securityFileStatus") or {}).get("status") if isinstance(
+                entry, dict) else None  # fmt: skip
+            if isinstance(status, str) and isinstance(entry.get("path"), str):
+                verdicts[entry["path"]] = status
+    return verdicts
+
+
 def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
     """GET a Hub API document under the retry policy; hub errors become ours."""
     doc, _ = _api_page(url, spec, revision, params=params)
@@ -306,15 +337,17 @@ def _hub_get(
     failed: str,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
 ) -> _T:
-    """GET ``url`` of the hub under its retry policy and give the answer to ``read`` (which
-    raises Temporary for a cut body, or the hub's error). Connection failures and 429/5xx
-    answers are tried again (``Retry-After`` honoured); a name that does not resolve is not.
-    The token goes to the hub only: ``requests`` drops it on a redirect to another host."""
+    """GET ``url`` of the hub (POST ``form``, when given) under its retry policy and give the
+    answer to ``read`` (which raises Temporary for a cut body, or the hub's error). Connection
+    failures and 429/5xx answers are tried again (``Retry-After`` honoured); a name that does
+    not resolve is not. The token goes to the hub only: ``requests`` drops it on a redirect to
+    another host."""
     sent = _headers(headers)
 
     def once() -> _T:
-        with _get(url, what, sent, params=params) as resp:
+        with _get(url, what, sent, params=params, form=form) as resp:
             try:
                 return read(resp)
             except requests.RequestException as e:  # the body cut on the way
@@ -338,13 +371,19 @@ def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _get(
-    url: str, what: str, headers: Mapping[str, str], *, params: Mapping[str, str] | None = None
+    url: str,
+    what: str,
+    headers: Mapping[str, str],
+    *,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
 ) -> Any:
-    """One GET of the hub, streamed: Temporary for a connection failure or a 429/5xx answer
-    (with its Retry-After), HubUnreachable for a name that does not resolve."""
+    """One GET (POST of ``form``) of the hub, streamed: Temporary for a connection failure or a
+    429/5xx answer (with its Retry-After), HubUnreachable for a name that does not resolve."""
+    method = "POST" if form is not None else "GET"
     try:
-        resp = hub_session().get(url, params=params, headers=headers, timeout=(10, 60),
-                                 stream=True)  # fmt: skip
+        resp = hub_session().request(method, url, params=params, data=form, headers=headers,
+                                     timeout=(10, 60), stream=True)  # fmt: skip
     except requests.RequestException as e:
         if name_not_resolved(e):
             raise HubUnreachable(

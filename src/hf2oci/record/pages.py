@@ -36,6 +36,7 @@ class _Row:
     date: str
     pull: str
     format: str
+    scan: str
 
 
 def _daemon_name(entry: Mirrored) -> str:
@@ -74,6 +75,7 @@ def _row(entry: Mirrored) -> _Row:
         date=entry.mirrored_at[:10],
         pull=pull_command(entry),
         format=entry.format,
+        scan=entry.scan or "",
     )
 
 
@@ -110,6 +112,7 @@ def render_markdown(
         rows=[_row(e) for e in entries],
         example=example,
         formats=bool(packs),
+        scans=any(e.scan for e in entries),
     )
 
 
