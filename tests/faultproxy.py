@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -60,6 +61,7 @@ class FaultProxy:
         self.page_tags = 0  # > 0: serve tags/list in pages of this size, with Link headers
         self.ignore_range = False  # True: Range headers are not passed on (a full 200 answer)
         self.gzip_bodies = False  # True: GET answers are sent gzip-encoded
+        self.delay = 0.0  # seconds every request waits before it is passed on (a slow registry)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,6 +74,8 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.seen.append((self.command, self.path))
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 if self.command == "GET":
                     proxy.ranges.append((self.path, self.headers.get("Range")))
                 cut_after = None

@@ -90,6 +90,17 @@ def test_each_kind_of_file_gets_its_verdict(name: str) -> None:
     assert (got.verdict, got.imports) == (verdict, imports), got
 
 
+def test_a_huge_pickle_inside_a_zip_is_a_finding_not_a_memory_blowup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hf2oci.intake import scan
+
+    monkeypatch.setattr(scan, "MAX_MEMBER", 64)  # our own cap, lowered for a small file
+    data = CASES["pytorch_model.bin"][0]
+    got = scan_one("big.bin", io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+    assert got.verdict == "unparsed" and "data.pkl inside is a pickle of" in got.detail, got
+
+
 def test_only_raw_pickles_need_a_whole_read() -> None:
     assert whole_read(pickle.dumps({"a": 1}))
     assert not whole_read(CASES["pytorch_model.bin"][0][:16])  # zip: its directory is at the end

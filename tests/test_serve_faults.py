@@ -207,3 +207,43 @@ def test_a_registry_that_refuses_serves_credentials_is_one_line_and_a_502(
     assert "wrong-pa55word" not in r.text + str(r.headers) + caplog.text
     said = [rec.getMessage() for rec in caplog.records if rec.name == "hf2oci.serve"]
     assert len(said) == 1 and "\n" not in said[0] and reg.host in said[0]
+
+
+def test_a_slow_registry_costs_one_delay_per_round_trip_and_the_budget_is_wall_time(
+    mirrored, tmp_path: Path
+) -> None:
+    """Every registry request delayed 2 s: a small-file download with the metadata cached
+    takes about one delay per registry round trip it makes, and none is tried again (the read
+    timeout outlasts the delay). Delayed past the read timeout, a request fails within the
+    request budget (wall time), not after one timeout per try."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from faultproxy import FaultProxy
+
+    reg, _ = mirrored
+    proxy = FaultProxy(reg.host)
+    server = Served(registry_store(proxy.host, "f", ttl=60, stale=0))
+    try:
+        assert HfApi(endpoint=server.url).model_info(REPO).sha  # metadata cached
+        proxy.delay = 2.0
+        before = len(proxy.seen)
+        retries = _metric(server.url, "hf2oci_serve_upstream_retries_total")
+        t = time.monotonic()
+        got = hf_hub_download(REPO, "config.json", endpoint=server.url, cache_dir=tmp_path / "c")
+        took = time.monotonic() - t
+        trips = len(proxy.seen) - before
+        assert Path(got).read_bytes() == _files()["config.json"]
+        assert trips >= 1
+        assert trips * 2.0 - 0.2 <= took <= trips * 2.0 + 1.5, (trips, took)
+        assert _metric(server.url, "hf2oci_serve_upstream_retries_total") == retries
+        # past the read timeout (4 s): one try's worth of waiting, then the hub's error shape
+        proxy.delay = 6.0
+        t = time.monotonic()
+        r = requests.get(f"{server.url}/{REPO}/resolve/main/model.safetensors", timeout=30)
+        took = time.monotonic() - t
+        assert r.status_code in (502, 503) and r.headers.get("X-Error-Code"), r.status_code
+        assert took < 5.5, took
+    finally:
+        proxy.delay = 0
+        server.stop()
+        proxy.server.shutdown()

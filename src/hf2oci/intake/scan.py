@@ -49,6 +49,9 @@ _TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 #: how many bytes a streamed file is read in while scanning (a zip member's header and first
 #: bytes fit in one)
 RANGE_BLOCK = 8 << 10
+#: the biggest pickle inside a zip that is scanned (a checkpoint's data.pkl is KiBs to MiBs;
+#: the scanner holds a pickle's opcodes in memory): a bigger one is a finding
+MAX_MEMBER = 256 << 20
 
 
 def candidate(path: str) -> bool:
@@ -235,13 +238,16 @@ def _scan_zip(path: str, data: BinaryIO) -> ScanResult:
 
     result = ps.ScanResult([])
     with RelaxedZipFile(data, "r") as archive:
-        for name in archive.namelist():
+        for info in archive.infolist():
+            name = info.filename
             if name.endswith("/"):
                 continue
             with archive.open(name, "r") as member:
                 magic = member.read(8)
             suffix = PurePosixPath(name).suffix.lower()
             is_pickle = suffix in ps._pickle_file_extensions or _is_proto(magic)
+            if is_pickle and info.file_size > MAX_MEMBER:
+                raise ValueError(f"{name} inside is a pickle of {info.file_size} bytes")
             if is_pickle:
                 with archive.open(name, "r") as member:
                     result.merge(ps.scan_pickle_bytes(member, f"{path}:{name}"))
