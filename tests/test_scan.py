@@ -101,6 +101,36 @@ def test_a_huge_pickle_inside_a_zip_is_a_finding_not_a_memory_blowup(
     assert got.verdict == "unparsed" and "data.pkl inside is a pickle of" in got.detail, got
 
 
+def test_read_by_range_a_big_member_is_opened_only_when_named_as_a_pickle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On disk every member's first bytes are checked (picklescan's rule); by Range reads a big
+    member not named as a pickle is not (no loader unpickles it, and each would cost a
+    request); one named as a pickle always is."""
+    import zipfile
+
+    from hf2oci.intake import scan
+
+    monkeypatch.setattr(scan, "RANGED_HEAD_LIMIT", 1000)
+    hidden = pickle.dumps(_Evil()) + bytes(2000)  # a pickle under a storage's name
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"a": 1}))
+        z.writestr("archive/data/0", hidden)
+    data = buf.getvalue()
+
+    def verdict(ranged: bool) -> FileVerdict:
+        return scan_one("m.bin", io.BufferedReader(io.BytesIO(data)), ranged=ranged)  # type: ignore[arg-type]
+
+    assert verdict(False).verdict == "dangerous"
+    assert verdict(True).verdict == "clean"
+    named = io.BytesIO()
+    with zipfile.ZipFile(named, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(_Evil()) + bytes(2000))
+    got = scan_one("n.bin", io.BufferedReader(io.BytesIO(named.getvalue())), ranged=True)  # type: ignore[arg-type]
+    assert got.verdict == "dangerous"
+
+
 def test_only_raw_pickles_need_a_whole_read() -> None:
     assert whole_read(pickle.dumps({"a": 1}))
     assert not whole_read(CASES["pytorch_model.bin"][0][:16])  # zip: its directory is at the end
@@ -300,8 +330,8 @@ def test_the_hubs_own_verdict_is_kept_and_unsafe_refuses(hub, project: Path) -> 
 def test_a_streamed_checkpoint_is_scanned_by_small_range_reads(
     hub, project: Path, tmp_path: Path
 ) -> None:
-    # 24 tensors of 1 MiB: a zip checkpoint well over the small-file limit, so it streams
-    tensors = {f"layer{i}": torch.full((MiB // 4,), float(i)) for i in range(24)}
+    # 12 tensors of 2 MiB: a zip checkpoint well over the small-file limit, so it streams
+    tensors = {f"layer{i}": torch.full((MiB // 2,), float(i)) for i in range(12)}
     blob = _torch(tensors)
     assert len(blob) > 24 * MiB
     hub.add_repo("scan/streamed", {"config.json": b"{}", "pytorch_model.bin": blob})

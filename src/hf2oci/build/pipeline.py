@@ -273,7 +273,10 @@ def scan_fetched(
         except HubError as e:  # the hub's verdict is a second opinion: ours still decides
             log.warning("%s: the hub's scan verdicts not read: %s", action.spec.label, e)
     opener = _head_opener(action, block=RANGE_BLOCK)
-    report = scan_files(candidates, lambda p: opener(by_path[p]), policy, hub_verdicts=hub_verdicts)
+    ranged = frozenset(p for p in candidates if not isinstance(by_path[p].source, Path))
+    report = scan_files(
+        candidates, lambda p: opener(by_path[p]), policy, hub_verdicts=hub_verdicts, ranged=ranged
+    )
     if report.files:
         progress(
             action.spec.label, f"scan: {report.summary} ({human_size(report.bytes_read)} read)"
