@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--serve-log", default=None, help="serve's stderr to this file")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hf2oci-serve-faults-"))
     rng = random.Random("soak")
@@ -107,7 +108,8 @@ def main() -> None:
     port = free_port()
     serve = subprocess.Popen(
         [HF2OCI, "serve", "--registry", proxy.host, "--namespace", "b", "--port", str(port)],
-        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=work, env=env, stdout=subprocess.DEVNULL,
+        stderr=open(args.serve_log, "wb") if args.serve_log else subprocess.DEVNULL,  # noqa: SIM115
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):

@@ -33,6 +33,7 @@ from hf2oci.build.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.digest import git_blob_hash
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Temporary
+from hf2oci.http import new_session
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.reference import Reference
@@ -51,6 +52,8 @@ _SHORT = re.compile(r"[0-9a-f]{12}")
 LFS_THRESHOLD = 10 * 1000 * 1000
 #: bytes read from the storage at a time by one download, at most (see ``ReadBudget``)
 CHUNK = 4 << 20
+#: connections to the registry kept alive (serve's worker threads run at most 40 reads at once)
+UPSTREAM_CONNECTIONS = 48
 _LFS_NAMES = re.compile(
     r".*\.(7z|arrow|bin|bz2|ckpt|ftz|gz|h5|joblib|mlmodel|model|msgpack|npy|npz|onnx|ot|parquet"
     r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
@@ -414,6 +417,12 @@ def registry_store(
         counts.add(f"fault:{fault_kind(e)}")
 
     policy = replace(REQUEST_POLICY, on_retry=on_retry)
-    transport = Transport(registry, retry=policy, credentials=load_credentials(registry))
+    # more kept connections than the default 16: a streaming answer holds its connection
+    # between reads, and bursts of clients opened connections only to drop them (a 40 s soak of
+    # 256 clients: 927 dropped with 16, 261 with 48)
+    session = new_session(pool=UPSTREAM_CONNECTIONS)
+    transport = Transport(
+        registry, retry=policy, credentials=load_credentials(registry), session=session
+    )
     client = RegistryClient(registry, transport=transport, plain_http=plain_http)
     return Store(namespace, client=client, ttl=ttl, stale=stale, counts=counts)
