@@ -30,6 +30,7 @@ from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.oci.transport import load_credentials
+from hf2oci.signing import signature_tag
 from hf2oci.spec import RepoType
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,14 @@ class Target(Protocol):
         """Store ``image`` (layers first, tags last); returns the digest it has there."""
         ...
 
+    def signatures(self) -> Target | None:
+        """Where the signatures of the images written here go (None: nowhere, an engine)."""
+        ...
+
+    def is_signed(self, tag: str) -> bool:
+        """Whether the image at ``tag`` has a signature beside it (True where none can be)."""
+        ...
+
 
 class RegistryTarget:
     def __init__(self, client: RegistryClient, repo: str, mount_from: Sequence[str] = ()):
@@ -138,6 +147,16 @@ class RegistryTarget:
             self.client, image, self.repo, tags=tags, mount_from=self.mount_from,
             on_progress=on_progress,
         )  # fmt: skip
+
+    def signatures(self) -> Target | None:
+        return self
+
+    def is_signed(self, tag: str) -> bool:
+        found = self.client.get_manifest(self.repo, tag)
+        return (
+            found is None
+            or self.client.get_manifest(self.repo, signature_tag(found[2])) is not None
+        )
 
 
 class LayoutTarget:
@@ -173,6 +192,15 @@ class LayoutTarget:
 
     def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
         return layout.write_layout(image, self.path, tags=tags)
+
+    def signatures(self) -> Target | None:
+        return self
+
+    def is_signed(self, tag: str) -> bool:
+        if not (self.path / layout.INDEX_FILE).exists():
+            return True
+        desc = layout.resolve_tag(self.path, tag)
+        return desc is None or layout.resolve_tag(self.path, signature_tag(desc.digest)) is not None
 
 
 class EngineTarget:
@@ -213,6 +241,12 @@ class EngineTarget:
             )  # fmt: skip
         daemon.load(self.client, one, [f"{self.name}:{tag}" for tag in tags])
         return one.digest
+
+    def signatures(self) -> Target | None:
+        return self.registry
+
+    def is_signed(self, tag: str) -> bool:
+        return self.registry.is_signed(tag) if self.registry is not None else True
 
 
 class Targets:

@@ -22,6 +22,7 @@ from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
+from hf2oci.signing import SigningKey
 from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy
 from hf2oci.units import human_size
 
@@ -69,6 +70,8 @@ class RunOptions:
     #: pickle-based files: a dangerous import fails the repo (refuse), is recorded (warn), or
     #: nothing is scanned (off)
     scan: ScanPolicy = "refuse"
+    #: signs every image written (cosign signature and provenance beside it); None: unsigned
+    signing_key: SigningKey | None = None
 
     @property
     def builder(self) -> str:
@@ -170,6 +173,8 @@ def mirror_action(
         progress(label, f"writing {where} ({options.destination.kind})")
         meter = options.meter(label, action.size) if options.meter else None
         digest = target.write(image, action.tags, on_progress=meter)
+        if options.signing_key is not None:
+            sign_published(action, image, target, where, scanned, options, progress)
     return Mirrored(
         repo_id=state.repo_id,
         repo_type=state.repo_type,
@@ -187,6 +192,64 @@ def mirror_action(
         format=action.spec.format or "image",
         scan=scanned.summary if _scan_labels(scanned) else None,
     )
+
+
+def sign_published(
+    action: Action,
+    image: Artifact,
+    target: Target,
+    reference: str,
+    scanned: ScanReport,
+    options: RunOptions,
+    progress: Progress = _quiet,
+) -> None:
+    """Write the image signature and the provenance of ``image`` (and of each platform's
+    image of an index) beside it, as cosign stores them: the ``sha256-<hex>.sig`` and
+    ``.att`` tags of the same repository."""
+    from hf2oci import signing
+    from hf2oci.intake import hub
+    from hf2oci.oci.image import images_of
+
+    key, state = options.signing_key, action.state
+    assert key is not None and state is not None
+    where = target.signatures()
+    if where is None:
+        progress(action.spec.label, "not signed: the Docker engine keeps no signatures "
+                 "(set a registry to sign)")  # fmt: skip
+        return
+    digests = [image.digest, *(one.digest for one in images_of(image) if one is not image)]
+    kept = set(action.files)
+    statement = signing.provenance(
+        subjects=[(reference, d) for d in digests],
+        hub=hub.endpoint(),
+        repo_id=state.repo_id,
+        repo_type=state.repo_type,
+        commit=state.commit,
+        requested=state.requested,
+        files=[
+            signing.SourceFile(f.path, f.size, f.sha256, f.blob_id)
+            for f in state.files
+            if f.path in kept
+        ],
+        selection={
+            "include": list(action.spec.include),
+            "exclude": list(action.spec.exclude),
+            "preset": action.spec.preset,
+            "format": action.spec.format or "image",
+            "prepare_hook": options.prepare_script.name if options.prepare_script else None,
+        },
+        scan={
+            "policy": scanned.policy,
+            "summary": scanned.summary,
+            "files": {v.path: v.to_json() for v in scanned.files},
+        },
+    )
+    attestation = signing.attestation_artifact(key, statement)
+    for digest in digests:
+        where.write(signing.signature_artifact(key, reference, digest),
+                    [signing.signature_tag(digest)], on_progress=None)  # fmt: skip
+        where.write(attestation, [signing.attestation_tag(digest)], on_progress=None)
+    progress(action.spec.label, f"signed {reference}@{image.digest} (key {key.keyid[:12]})")
 
 
 def _scan_labels(report: ScanReport) -> dict[str, str]:
@@ -344,6 +407,12 @@ def run(specs: Sequence[RepoSpec], options: RunOptions, *, progress: Progress = 
         platforms=[str(p) for p in options.platforms or ()],
         scan=options.scan,
     )
+    if options.signing_key is not None:  # signing turned on: an unsigned image is made again
+        for i, action in enumerate(actions):
+            if action.kind == "skip" and action.state is not None:
+                target = targets.for_type(action.spec.repo_type)
+                if not target.is_signed(action.tags[-1]):
+                    actions[i] = replace(action, kind="mirror", reason="not signed yet")
     outcomes: dict[int, Outcome] = {}
     todo = []
     for i, action in enumerate(actions):

@@ -176,7 +176,10 @@ def run_specs(
     force: bool = False,
 ) -> Report:
     """Run the pipeline over ``specs`` with ``config`` and ``get_hf/``'s hook."""
+    from hf2oci.signing import load_signing_key
+
     prepare = get_hf / "prepare.sh"
+    key = None if dry_run else load_signing_key()  # a bad key fails here, before any download
     options = RunOptions(
         destination=destination(config),
         base_image=config.base_image,
@@ -189,6 +192,7 @@ def run_specs(
         max_layer_size=max_layer_size(config),
         stream=config.stream,
         scan=config.scan,
+        signing_key=key,
         meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,
         force=force,

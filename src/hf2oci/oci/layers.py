@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from hf2oci.digest import HashingReader, sha256_of
+from hf2oci.digest import HashingReader, sha256_digest, sha256_of
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.oci.image import MT_LAYER_TAR, Piece, piece_size
 from hf2oci.oci.reference import DIGEST
@@ -92,6 +92,33 @@ class TarLayer:
 
     def __repr__(self) -> str:
         return f"TarLayer({len(self.entries)} entries, {self._size} bytes)"
+
+
+class BytesLayer:
+    """A small blob held in memory (a signature's payload, an attestation), of any media type."""
+
+    def __init__(self, data: bytes, media_type: str) -> None:
+        self._data, self._media_type = bytes(data), media_type
+        self._digest = sha256_digest(self._data)
+
+    @property
+    def digest(self) -> str:
+        return self._digest
+
+    @property
+    def diff_id(self) -> str:
+        return self._digest
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    @property
+    def media_type(self) -> str:
+        return self._media_type
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self._data)
 
 
 class FileBlobLayer:

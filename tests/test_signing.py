@@ -1,0 +1,251 @@
+"""Signatures beside what is published (cosign's formats), checked by independent means:
+``openssl dgst -sha256 -verify`` over the stored payload and over DSSE's pre-authentication
+encoding, the payload's digest against the registry's, the objects against cosign's media types
+and annotations. A real registry, OCI layouts, the test hub."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from helpers import cli, make_project, skopeo_inspect, tag_of
+from hf2oci.signing import SigningKeyError, load_signing_key, pae
+
+KEY_ENV = "HF2OCI_SIGNING_KEY"
+
+
+def _key_pem(password: bytes | None = None) -> tuple[bytes, bytes]:
+    """A fresh P-256 key: (private PEM, public PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    enc = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+def _openssl_verifies(public: Path, signature: bytes, data: bytes, tmp: Path) -> bool:
+    (tmp / "sig.der").write_bytes(signature)
+    (tmp / "data").write_bytes(data)
+    proc = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(tmp / "sig.der"),
+         str(tmp / "data")], capture_output=True, text=True,
+    )  # fmt: skip
+    return proc.returncode == 0 and "Verified OK" in proc.stdout
+
+
+def test_the_key_is_read_from_the_environment_and_bad_keys_are_one_line(tmp_path: Path) -> None:
+    assert load_signing_key({}) is None
+    private, _ = _key_pem()
+    assert load_signing_key({KEY_ENV: private.decode()}) is not None
+    path = tmp_path / "k.pem"
+    path.write_bytes(private)
+    assert load_signing_key({KEY_ENV: str(path)}) is not None
+    locked, _ = _key_pem(b"s3cret-pass")
+    key = load_signing_key({KEY_ENV: locked.decode(), "HF2OCI_SIGNING_KEY_PASSWORD": "s3cret-pass"})
+    assert key is not None and "s3cret" not in repr(key)
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cases = {
+        "not a key": ({KEY_ENV: "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----"},
+                      "not a PEM private key"),
+        "missing file": ({KEY_ENV: str(tmp_path / "absent.pem")}, "cannot read"),
+        "rsa": ({KEY_ENV: rsa_pem.decode()}, "an ECDSA P-256 key is needed"),
+        "locked": ({KEY_ENV: locked.decode()}, "needs HF2OCI_SIGNING_KEY_PASSWORD"),
+        "wrong password": ({KEY_ENV: locked.decode(), "HF2OCI_SIGNING_KEY_PASSWORD": "no"},
+                           "does not open it"),
+    }  # fmt: skip
+    for name, (env, why) in cases.items():
+        with pytest.raises(SigningKeyError) as e:
+            load_signing_key(env)
+        message = str(e.value)
+        assert why in message and "\n" not in message, (name, message)
+        assert "BEGIN" not in message and "nope" not in message, (name, message)
+
+
+def _blob(registry: Any, repo: str, digest: str) -> bytes:
+    r = requests.get(f"{registry.url}/v2/{repo}/blobs/{digest}", timeout=10)
+    r.raise_for_status()
+    return r.content
+
+
+def _manifest(registry: Any, repo: str, ref: str) -> tuple[dict[str, Any], str]:
+    r = requests.get(
+        f"{registry.url}/v2/{repo}/manifests/{ref}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json,"
+                           "application/vnd.oci.image.index.v1+json"},
+        timeout=10,
+    )  # fmt: skip
+    r.raise_for_status()
+    return r.json(), r.headers["Docker-Content-Digest"]
+
+
+def test_a_signed_mirror_carries_a_cosign_signature_and_a_provenance_openssl_verifies(
+    hub, random_repo, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, sha, files = random_repo()
+    private, public = _key_pem(b"pw-Zq81")
+    (tmp_path / "key.pub").write_bytes(public)
+    config = {"registry": registry.host, "namespace": "signed", "base_image": "scratch"}
+    make_project(project, models=[model], config=config)
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    monkeypatch.setenv("HF2OCI_SIGNING_KEY_PASSWORD", "pw-Zq81")
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert "signed " in result.output
+    repo = "signed/models"
+    _, digest = _manifest(registry, repo, tag_of(model))
+
+    # the signature: cosign's tag, media types and annotation, over a payload naming the digest
+    sig_manifest, _ = _manifest(registry, repo, digest.replace(":", "-") + ".sig")
+    assert sig_manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert sig_manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    (layer,) = sig_manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+    payload = _blob(registry, repo, layer["digest"])
+    doc = json.loads(payload)
+    assert doc["critical"]["image"]["docker-manifest-digest"] == digest
+    assert doc["critical"]["type"] == "cosign container image signature"
+    assert doc["critical"]["identity"]["docker-reference"] == f"{registry.host}/{repo}"
+    signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+    assert _openssl_verifies(tmp_path / "key.pub", signature, payload, tmp_path)
+    # another key does not verify it; a changed payload does not verify
+    _, other = _key_pem()
+    (tmp_path / "other.pub").write_bytes(other)
+    assert not _openssl_verifies(tmp_path / "other.pub", signature, payload, tmp_path)
+    assert not _openssl_verifies(
+        tmp_path / "key.pub", signature, payload.replace(b"sha256", b"sha257"), tmp_path
+    )
+
+    # the provenance: a DSSE envelope of an in-toto statement, SLSA provenance, signed over PAE
+    att_manifest, _ = _manifest(registry, repo, digest.replace(":", "-") + ".att")
+    (att,) = att_manifest["layers"]
+    assert att["mediaType"] == "application/vnd.dsse.envelope.v1+json"
+    assert att["annotations"]["predicateType"] == "https://slsa.dev/provenance/v1"
+    envelope = json.loads(_blob(registry, repo, att["digest"]))
+    assert envelope["payloadType"] == "application/vnd.in-toto+json"
+    body = base64.b64decode(envelope["payload"])
+    dsse_sig = base64.b64decode(envelope["signatures"][0]["sig"])
+    assert _openssl_verifies(
+        tmp_path / "key.pub", dsse_sig, pae(envelope["payloadType"], body), tmp_path
+    )
+    statement = json.loads(body)
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["subject"] == [
+        {"name": f"{registry.host}/{repo}", "digest": {"sha256": digest[7:]}}
+    ]
+    build = statement["predicate"]["buildDefinition"]
+    assert build["externalParameters"]["repo_id"] == model
+    deps = build["resolvedDependencies"]
+    assert deps[0]["digest"] == {"gitCommit": sha}
+    listed = {d["name"]: d for d in deps[1:]}
+    assert set(listed) == set(files)
+    assert listed["model.safetensors"]["annotations"]["size"] == len(files["model.safetensors"])
+    assert "sha256" in listed["model.safetensors"]["digest"]
+
+    # signatures live beside the image: an unsigned mirror has the same digest
+    monkeypatch.delenv(KEY_ENV)
+    make_project(project, models=[model], config={**config, "namespace": "unsigned"})
+    assert cli("sync", "-q").exit_code == 0
+    assert _manifest(registry, "unsigned/models", tag_of(model))[1] == digest
+
+    # the key and its password are nowhere: not in the output, records, labels or blobs
+    labels = skopeo_inspect(f"docker://{registry.host}/{repo}:{tag_of(model)}")
+    texts = [
+        result.output,
+        (project / "get_hf" / "mirrored.json").read_text(),
+        (project / "models.md").read_text(),
+        json.dumps(labels),
+    ]
+    stored = b"".join(
+        p.read_bytes() for p in registry.root.rglob("data") if p.stat().st_size < 1 << 20
+    )
+    secret_bits = [private.decode().splitlines()[1], "pw-Zq81"]
+    for secret in secret_bits:
+        assert all(secret not in t for t in texts)
+        assert secret.encode() not in stored
+
+
+def test_a_bad_key_fails_the_run_before_any_download(
+    hub, random_repo, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _, _ = random_repo()
+    make_project(project, models=[model], config={"namespace": "badkey", "base_image": "scratch"})
+    monkeypatch.setenv(
+        KEY_ENV, "-----BEGIN PRIVATE KEY-----\nAAAA-not-a-key\n-----END PRIVATE KEY-----"
+    )
+    hub.reset_log()
+    result = cli("sync")
+    assert result.exit_code != 0
+    assert "error: HF2OCI_SIGNING_KEY: not a PEM private key" in result.output
+    assert "AAAA-not-a-key" not in result.output and "Traceback" not in result.output
+    assert hub.count("GET", "/resolve/") == 0
+
+
+def test_a_layout_gets_the_same_signature_tags(hub, random_repo, project: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    model, _, _ = random_repo()
+    private, public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    make_project(project, models=[model], config={"namespace": "lay", "base_image": "scratch"})
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    layout = project / "oci-images" / "lay" / "models"
+    index = json.loads((layout / "index.json").read_text())
+    names = {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+        for m in index["manifests"]
+    }
+    digest = names[tag_of(model)]
+    sig = json.loads(
+        (layout / "blobs" / "sha256" / names[digest.replace(":", "-") + ".sig"][7:]).read_text()
+    )
+    (layer,) = sig["layers"]
+    payload = (layout / "blobs" / "sha256" / layer["digest"][7:]).read_bytes()
+    assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == digest
+    signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+    assert _openssl_verifies(tmp_path / "key.pub", signature, payload, tmp_path)
+    assert digest.replace(":", "-") + ".att" in names
+
+
+def test_signing_turned_on_signs_what_is_there_once_and_force_signs_again(
+    hub, random_repo, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _, _ = random_repo()
+    make_project(project, models=[model], config={"namespace": "later", "base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0  # unsigned
+    layout = project / "oci-images" / "later" / "models"
+
+    def tags() -> dict[str, str]:
+        index = json.loads((layout / "index.json").read_text())
+        return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+                for m in index["manifests"]}  # fmt: skip
+
+    digest = tags()[tag_of(model)]
+    sig_tag = digest.replace(":", "-") + ".sig"
+    assert sig_tag not in tags()
+    private, _ = _key_pem()
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    plan = cli("sync", "--json")
+    assert plan.exit_code == 0, plan.output
+    assert "not signed yet" in plan.output
+    assert tags()[tag_of(model)] == digest and sig_tag in tags()  # the same image, now signed
+    first = tags()[sig_tag]
+    again = json.loads(cli("sync", "--json").stdout)
+    assert again["skipped"] == 1 and tags()[sig_tag] == first  # nothing signed again
+    assert cli("sync", "--force", "-q").exit_code == 0
+    assert tags()[sig_tag] != first  # a new signature (ECDSA signatures differ each time)
