@@ -249,3 +249,39 @@ def test_signing_turned_on_signs_what_is_there_once_and_force_signs_again(
     assert again["skipped"] == 1 and tags()[sig_tag] == first  # nothing signed again
     assert cli("sync", "--force", "-q").exit_code == 0
     assert tags()[sig_tag] != first  # a new signature (ECDSA signatures differ each time)
+
+
+def test_an_index_and_each_platform_image_are_signed(
+    hub, random_repo, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from test_registry import push_multi_platform_base
+
+    base_repo = f"multi/signed-{uuid.uuid4().hex[:8]}"
+    push_multi_platform_base(registry, base_repo)
+    model, _, _ = random_repo()
+    config = {"base_image": f"{registry.host}/{base_repo}:multi", "registry": registry.host,
+              "namespace": "signedidx"}  # fmt: skip
+    make_project(project, models=[model], config=config)
+    private, public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    result = cli("sync", "--platform", "linux/amd64,linux/arm64", "-q")
+    assert result.exit_code == 0, result.output
+    repo = "signedidx/models"
+    index, digest = _manifest(registry, repo, tag_of(model))
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    signed = [digest, *(m["digest"] for m in index["manifests"])]
+    assert len(signed) == 3
+    for one in signed:
+        sig, _ = _manifest(registry, repo, one.replace(":", "-") + ".sig")
+        (layer,) = sig["layers"]
+        payload = _blob(registry, repo, layer["digest"])
+        assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == one
+        signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+        assert _openssl_verifies(tmp_path / "key.pub", signature, payload, tmp_path)
+    att, _ = _manifest(registry, repo, digest.replace(":", "-") + ".att")
+    envelope = json.loads(_blob(registry, repo, att["layers"][0]["digest"]))
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert [s["digest"]["sha256"] for s in statement["subject"]] == [d[7:] for d in signed]
