@@ -245,10 +245,13 @@ def sign_published(
         },
     )
     attestation = signing.attestation_artifact(key, statement)
-    for digest in digests:
-        where.write(signing.signature_artifact(key, reference, digest),
-                    [signing.signature_tag(digest)], on_progress=None)  # fmt: skip
-        where.write(attestation, [signing.attestation_tag(digest)], on_progress=None)
+    writes = [
+        (signing.signature_artifact(key, reference, d), signing.signature_tag(d)) for d in digests
+    ]
+    writes += [(attestation, signing.attestation_tag(d)) for d in digests]
+    with ThreadPoolExecutor(min(4, len(writes)), thread_name_prefix="sign") as pool:
+        for done in [pool.submit(where.write, a, [t], on_progress=None) for a, t in writes]:
+            done.result()
     progress(action.spec.label, f"signed {reference}@{image.digest} (key {key.keyid[:12]})")
 
 
