@@ -157,6 +157,17 @@ def test_a_signed_mirror_carries_a_cosign_signature_and_a_provenance_openssl_ver
     assert listed["model.safetensors"]["annotations"]["size"] == len(files["model.safetensors"])
     assert "sha256" in listed["model.safetensors"]["digest"]
 
+    # hf2oci verify agrees, reading from the registry
+    checked = cli(
+        "verify", f"{registry.host}/{repo}:{tag_of(model)}", "--key", str(tmp_path / "key.pub")
+    )
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count("ok ") == 3
+    refused = cli(
+        "verify", f"{registry.host}/{repo}:{tag_of(model)}", "--key", str(tmp_path / "other.pub")
+    )
+    assert refused.exit_code == 1 and "FAIL signature" in refused.output
+
     # signatures live beside the image: an unsigned mirror has the same digest
     monkeypatch.delenv(KEY_ENV)
     make_project(project, models=[model], config={**config, "namespace": "unsigned"})
@@ -285,3 +296,112 @@ def test_an_index_and_each_platform_image_are_signed(
     envelope = json.loads(_blob(registry, repo, att["layers"][0]["digest"]))
     statement = json.loads(base64.b64decode(envelope["payload"]))
     assert [s["digest"]["sha256"] for s in statement["subject"]] == [d[7:] for d in signed]
+
+
+def _index(layout: Path) -> dict[str, Any]:
+    return json.loads((layout / "index.json").read_text())
+
+
+def _retag(layout: Path, tag: str, digest: str, media_type: str | None = None) -> None:
+    """Point ``tag`` of the layout at ``digest`` (what someone with write access could do)."""
+    index = _index(layout)
+    for m in index["manifests"]:
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag:
+            blob = layout / "blobs" / "sha256" / digest[7:]
+            m.update(digest=digest, size=blob.stat().st_size)
+            if media_type:
+                m["mediaType"] = media_type
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _drop(layout: Path, tag: str) -> None:
+    index = _index(layout)
+    ref_name = "org.opencontainers.image.ref.name"
+    index["manifests"] = [m for m in index["manifests"] if m["annotations"][ref_name] != tag]
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def test_verify_passes_a_signed_image_and_refuses_each_kind_of_tampering(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf2oci.oci import layout as oci_layout
+    from hf2oci.signing import attestation_artifact, load_signing_key
+
+    a, _, _ = random_repo()
+    b, _, _ = random_repo()
+    private, public = _key_pem()
+    key_pub = tmp_path / "key.pub"
+    key_pub.write_bytes(public)
+    _, other = _key_pem()
+    (tmp_path / "other.pub").write_bytes(other)
+    make_project(project, models=[a, b], config={"namespace": "ver", "base_image": "scratch"})
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    layout = project / "oci-images" / "ver" / "models"
+    ref = f"oci:{layout}:{tag_of(a)}"
+
+    def check(*extra: str, key: Path = key_pub) -> tuple[int, str]:
+        result = cli("verify", ref, "--key", str(key), *extra)
+        return result.exit_code, result.output
+
+    code, out = check()
+    assert code == 0, out
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "ok signature",
+        "ok provenance",
+        "ok tag",
+    ]
+    doc = json.loads(cli("verify", ref, "--key", str(key_pub), "--json").stdout)
+    assert doc["ok"] is True and len(doc["findings"]) == 3
+
+    # signed by another key
+    code, out = check(key=tmp_path / "other.pub")
+    assert code == 1 and "FAIL signature: a signature the key does not verify" in out
+    assert "FAIL provenance: an attestation the key does not verify" in out
+
+    names = {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+        for m in _index(layout)["manifests"]
+    }
+    digest_a, digest_b = names[tag_of(a)], names[tag_of(b)]
+
+    # the tag moved to another (signed) image
+    _retag(layout, tag_of(a), digest_b)
+    code, out = check()
+    assert code == 1 and f"FAIL tag: {tag_of(a)} names {a}, the image holds {b}" in out
+    _retag(layout, tag_of(a), digest_a)
+
+    # the manifest re-written (as when a layer is replaced and the manifest pushed again)
+    manifest = json.loads(oci_layout.read_blob(layout, digest_a))
+    manifest.setdefault("annotations", {})["x"] = "changed"
+    data = json.dumps(manifest).encode()
+    forged = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / forged[7:]).write_bytes(data)
+    _retag(layout, tag_of(a), forged)
+    code, out = check()
+    assert code == 1 and f"FAIL signature: none ({forged.replace(':', '-')}.sig is absent)" in out
+    _retag(layout, tag_of(a), digest_a)
+
+    # a provenance (signed by the right key) of another commit
+    att = digest_a.replace(":", "-") + ".att"
+    envelope_manifest = json.loads(oci_layout.read_blob(layout, names[att]))
+    envelope = json.loads(oci_layout.read_blob(layout, envelope_manifest["layers"][0]["digest"]))
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"]["gitCommit"] = (
+        "0" * 40
+    )
+    key = load_signing_key({KEY_ENV: private.decode()})
+    assert key is not None
+    oci_layout.write_layout(attestation_artifact(key, statement), layout, tags=[att])
+    code, out = check()
+    assert (
+        code == 1
+        and "FAIL provenance: a provenance of commit 0000000000000000000000000000000000000000"
+        in out
+    )
+
+    # the signature deleted
+    _drop(layout, digest_a.replace(":", "-") + ".sig")
+    code, out = check()
+    assert code == 1 and "FAIL signature: none (" in out
+    assert "Traceback" not in out

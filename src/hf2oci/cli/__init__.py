@@ -23,6 +23,7 @@ COMMANDS = {
     "extract": ("hf2oci.cli.extract", "extract", "Unpack an image's /REPO into a folder."),
     "deploy": ("hf2oci.cli.deploy", "deploy", "Serve a model image: Dockerfile, compose, k8s."),
     "serve": ("hf2oci.cli.serve", "serve", "Answer the Hugging Face Hub API from the images."),
+    "verify": ("hf2oci.cli.verify", "verify", "Check an image's signature and provenance."),
 }
 
 
