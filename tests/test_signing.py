@@ -405,3 +405,49 @@ def test_verify_passes_a_signed_image_and_refuses_each_kind_of_tampering(
     code, out = check()
     assert code == 1 and "FAIL signature: none (" in out
     assert "Traceback" not in out
+
+
+def test_extract_with_a_verify_key_refuses_before_writing_and_checks_every_file(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf2oci.oci import layout as oci_layout
+    from hf2oci.signing import attestation_artifact, load_signing_key
+
+    model, _, files = random_repo()
+    private, public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    _, other = _key_pem()
+    (tmp_path / "other.pub").write_bytes(other)
+    make_project(project, models=[model], config={"namespace": "ext", "base_image": "scratch"})
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    layout = project / "oci-images" / "ext" / "models"
+    ref = f"oci:{layout}:{tag_of(model)}"
+    good = cli("extract", ref, str(tmp_path / "ok"), "--verify-key", str(tmp_path / "key.pub"))
+    assert good.exit_code == 0, good.output
+    from helpers import read_tree
+
+    assert read_tree(tmp_path / "ok") == files
+    bad = cli("extract", ref, str(tmp_path / "no"), "--verify-key", str(tmp_path / "other.pub"))
+    assert bad.exit_code != 0 and "not verified, nothing written: FAIL signature" in bad.output
+    assert not (tmp_path / "no").exists()
+
+    # a provenance, signed by the key, whose hash of one file is not the image's bytes
+    names = {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+        for m in _index(layout)["manifests"]
+    }
+    att = names[tag_of(model)].replace(":", "-") + ".att"
+    envelope_manifest = json.loads(oci_layout.read_blob(layout, names[att]))
+    envelope = json.loads(oci_layout.read_blob(layout, envelope_manifest["layers"][0]["digest"]))
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    for dep in statement["predicate"]["buildDefinition"]["resolvedDependencies"][1:]:
+        if dep["name"] == "model.safetensors":
+            dep["digest"] = {"sha256": "0" * 64}
+    key = load_signing_key({KEY_ENV: private.decode()})
+    assert key is not None
+    oci_layout.write_layout(attestation_artifact(key, statement), layout, tags=[att])
+    changed = cli("extract", ref, str(tmp_path / "ch"), "--verify-key", str(tmp_path / "key.pub"))
+    assert changed.exit_code != 0
+    assert "model.safetensors does not match its signed hash; nothing written" in changed.output
+    assert not (tmp_path / "ch").exists()

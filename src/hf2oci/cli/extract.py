@@ -18,6 +18,7 @@ from hf2oci.cli._common import (
     verbosity,
 )
 from hf2oci.consume.extract import extract as do_extract
+from hf2oci.errors import ConfigError
 from hf2oci.units import human_size
 
 
@@ -34,6 +35,12 @@ from hf2oci.units import human_size
     show_default=True,
     help="Write files of 16 MiB and more with O_DIRECT, not through the page cache.",
 )
+@click.option(
+    "--verify-key",
+    type=click.Path(path_type=Path),
+    help="A public key (PEM): refuse an image whose signature or provenance it does not "
+    "verify, before writing anything, and any file whose bytes the provenance does not sign.",
+)
 @plain_http_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @verbosity
@@ -48,6 +55,7 @@ def extract(
     direct: bool,
     plain_http: bool | None,
     as_json: bool,
+    verify_key: Path | None,
 ) -> None:
     """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
 
@@ -55,6 +63,12 @@ def extract(
     (oci:PATH:TAG, or PATH:TAG when PATH holds an oci-layout file). With --hf-cache, DEST is a
     Hugging Face hub cache (HF_HUB_CACHE) and the files land under models--org--name/.
     """
+    key = None
+    if verify_key is not None:
+        try:
+            key = verify_key.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{verify_key}: cannot read the key ({e.strerror})") from e
     result = do_extract(
         image,
         dest,
@@ -65,6 +79,7 @@ def extract(
         direct=direct,
         plain_http=plain_http,
         meter=_meter(image, is_quiet()),
+        verify_key=key,
     )
     if as_json:
         doc = {

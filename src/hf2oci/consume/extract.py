@@ -27,6 +27,7 @@ from typing import BinaryIO, cast
 from hf2oci import labels as L
 from hf2oci.build.formats.image import REPO_DIR
 from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
+from hf2oci.digest import git_blob_hash
 from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
 from hf2oci.fsutil import atomic_write
 from hf2oci.intake.filters import match_patterns
@@ -72,6 +73,8 @@ class _File:
     size: int
     #: hex sha256 of the content, when asked for (the HF cache names blobs by it)
     sha256: str | None
+    #: its git blob id, when asked for (what a signed provenance lists for files not in LFS)
+    git_sha1: str | None = None
 
 
 def _repo_path(member: tarfile.TarInfo) -> str | None:
@@ -249,15 +252,24 @@ class _Unpacker:
         except (NotADirectoryError, IsADirectoryError) as e:
             raise ExtractError(f"refusing {what}: a file and a folder share its path") from e
         h = hashlib.sha256() if self.hash_files else None
+        g = git_blob_hash(size) if self.hash_files else None
+
+        def both(chunk: memoryview) -> None:
+            assert h is not None and g is not None
+            h.update(chunk)
+            g.update(chunk)
+
         try:
             data.seek(offset)
-            copied = data.copy_to(fd, size, h.update if h is not None else None)
+            copied = data.copy_to(fd, size, both if h is not None else None)
         finally:
             os.close(fd)
         if copied != size:
             raise ExtractError(f"refusing {what}: the layer ends inside it")
         with self.lock:
-            self.files[rel] = _File(size, h.hexdigest() if h else None)
+            self.files[rel] = _File(
+                size, h.hexdigest() if h else None, g.hexdigest() if g else None
+            )
 
 
 def _decompressing(stream: BinaryIO, digest: str) -> Callable[[memoryview], int]:
@@ -338,28 +350,47 @@ def extract(
     plain_http: bool | None = None,
     on_layer: Callable[[str], None] | None = None,
     meter: Callable[[int], Callable[[int], None]] | None = None,
+    verify_key: bytes | None = None,
 ) -> ExtractResult:
     """Unpack ``/REPO`` of ``image`` into ``dest`` (or into the HF hub cache at ``dest``).
 
     DEST appears only once every layer has been read and checked; a non-empty DEST is replaced
     only with ``force``. In cache mode other repos in the cache are left alone. ``direct``
     writes big files with O_DIRECT where the filesystem allows it. ``meter``, given the bytes
-    to read, returns what to tell of each part read (progress).
+    to read, returns what to tell of each part read (progress). ``verify_key`` (a PEM public
+    key): the image must verify (``hf2oci verify``) before anything is written, and every file
+    must match the signed provenance's hash of it before DEST appears.
     """
     dest = Path(dest).absolute()
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
+    signed: dict[str, dict[str, str]] | None = None
+    if verify_key is not None:
+        from hf2oci.consume.verify import verify
+
+        report = verify(image, verify_key, plain_http=plain_http)
+        failed = [f.line() for f in report.findings if not f.ok]
+        if failed:
+            raise ExtractError(f"{image}: not verified, nothing written: {failed[0]}")
+        signed = report.files or None  # none listed: a prepare hook made the files
     source = open_image(image, plain_http=plain_http)
+    if verify_key is not None and source.digest not in (report.digest, *report.platforms):
+        raise ExtractError(f"{image}: the tag moved while it was verified; nothing written")
     _modelpack_paths(source)  # checked before anything is written
     labels = L.of_image(source)
     cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
     on_bytes = meter(sum(layer.size for layer in source.layers)) if meter else None
-    unpacker = _Unpacker(staging, include, hash_files=hf_cache, direct=direct, on_bytes=on_bytes)
+    unpacker = _Unpacker(
+        staging, include, hash_files=hf_cache or signed is not None, direct=direct,
+        on_bytes=on_bytes,
+    )  # fmt: skip
     snapshot = None
     try:
         _unpack_all(source, unpacker, workers, on_layer)
+        if signed is not None:
+            _check_signed(unpacker.files, signed, image, complete=not include)
         if cache_place is not None:
             snapshot = _into_hf_cache(unpacker, dest, cache_place)
         else:
@@ -384,6 +415,26 @@ def extract(
         snapshot=snapshot,
         ref=labels.get(LABEL_REF),
     )
+
+
+def _check_signed(
+    files: dict[str, _File], signed: dict[str, dict[str, str]], image: str, *, complete: bool
+) -> None:
+    """Each file unpacked is one the provenance lists, with its hash (sha256, else git blob
+    id); with ``complete``, every listed file was unpacked. ExtractError names the first that
+    is not."""
+    for rel in sorted(files):
+        f, want = files[rel], signed.get(rel)
+        if want is None:
+            raise ExtractError(f"{image}: {rel} is not in the signed file list; nothing written")
+        ok = f.sha256 == want["sha256"] if "sha256" in want else f.git_sha1 == want.get("gitBlob")
+        if not ok:
+            raise ExtractError(f"{image}: {rel} does not match its signed hash; nothing written")
+    if complete:
+        missing = sorted(set(signed) - set(files))
+        if missing:
+            raise ExtractError(f"{image}: {missing[0]} is signed but not in the image; nothing "
+                               "written")  # fmt: skip
 
 
 def _replace(staging: Path, dest: Path) -> None:

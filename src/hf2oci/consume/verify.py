@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class Report:
     image: str
     digest: str
     findings: tuple[Finding, ...]
+    #: the platform images of an index (their manifest digests)
+    platforms: tuple[str, ...] = ()
+    #: the files the verified provenance lists: path → {"sha256": …} or {"gitBlob": …}
+    #: (empty for an image a prepare hook made: its files are not the hub's)
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -143,14 +148,19 @@ def verify(text: str, public_pem: bytes, *, plain_http: bool | None = None) -> R
     if top is None:
         raise UsageError(f"{text}: no such image")
     digest = tag if tag.startswith("sha256:") else sha256_digest(top[0])
+    platforms: tuple[str, ...] = ()
+    doc = json.loads(top[0])
+    if isinstance(doc, dict) and doc.get("mediaType") in INDEX_TYPES:
+        platforms = tuple(str(m.get("digest")) for m in doc.get("manifests") or [])
     labels = L.of_image(open_image(text, plain_http=plain_http))
+    files: dict[str, dict[str, str]] = {}
     findings = [
         _check_signature(repo, key, digest),
-        _check_provenance(repo, key, digest, labels),
+        _check_provenance(repo, key, digest, labels, files),
     ]
     if not tag.startswith("sha256:") and not naming.is_shortened(tag):
         findings.append(_check_tag(tag, labels))
-    return Report(text, digest, tuple(findings))
+    return Report(text, digest, tuple(findings), platforms, files)
 
 
 def _artifact(repo: _Repo, ref: str) -> dict[str, Any] | None:
@@ -188,7 +198,10 @@ def _check_signature(repo: _Repo, key: Any, digest: str) -> Finding:
         return Finding(name, False, f"{tag} is malformed ({e})")
 
 
-def _check_provenance(repo: _Repo, key: Any, digest: str, labels: dict[str, str]) -> Finding:
+def _check_provenance(
+    repo: _Repo, key: Any, digest: str, labels: dict[str, str], files: dict[str, dict[str, str]]
+) -> Finding:
+    """``files`` gets the verified provenance's file list."""
     name = "provenance"
     tag = attestation_tag(digest)
     try:
@@ -223,6 +236,11 @@ def _check_provenance(repo: _Repo, key: Any, digest: str, labels: dict[str, str]
                     f"a provenance of {repo_id}, the image says {labels.get(L.REPO_ID)}"
                 )
             else:
+                # the hub's files, as packed unless a prepare hook reshaped them
+                if not build["externalParameters"].get("prepare_hook"):
+                    for dep in build["resolvedDependencies"][1:]:
+                        digest_of = dep["digest"].items()
+                        files[str(dep["name"])] = {str(k): str(v) for k, v in digest_of}
                 return Finding(name, True, f"{repo_id}@{commit} by the key")
         return Finding(name, False, "; ".join(problems) or f"{tag} holds no DSSE envelope")
     except (Hf2ociError, ValueError, KeyError, TypeError, IndexError, binascii.Error) as e:
