@@ -451,3 +451,68 @@ def test_extract_with_a_verify_key_refuses_before_writing_and_checks_every_file(
     assert changed.exit_code != 0
     assert "model.safetensors does not match its signed hash; nothing written" in changed.output
     assert not (tmp_path / "ch").exists()
+
+
+@pytest.mark.parametrize("where", ["registry", "layout"])
+def test_the_model_signature_verifies_with_openssfs_model_signing_after_extract(
+    where: str, hub, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The independent ``model_signing verify key`` accepts the extracted folder with the
+    signature hf2oci made from the streamed digests, and refuses it once a file changes."""
+    import random
+    import shutil
+    import uuid
+
+    rng = random.Random(where)
+    files = {
+        "config.json": b'{"model_type": "bert"}\n',
+        ".gitattributes": b"*.safetensors filter=lfs\n",
+        "sub/tokenizer.json": b'{"v": 1}\n',
+        "model.safetensors": rng.randbytes(3 << 20),  # streamed, LFS: the hub's sha256
+    }
+    model = f"msig/{where}-{uuid.uuid4().hex[:8]}"
+    hub.add_repo(model, files)
+    private, public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    config: dict[str, Any] = {"namespace": f"ms{where}", "base_image": "scratch"}
+    if where == "registry":
+        config["registry"] = registry.host
+    make_project(project, models=[model], config=config)
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    image = (
+        f"{registry.host}/ms{where}/models:{tag_of(model)}"
+        if where == "registry"
+        else f"oci:{project}/oci-images/ms{where}/models:{tag_of(model)}"
+    )
+    dest, sig = tmp_path / "model", tmp_path / "model.sig"
+    got = cli("extract", image, str(dest), "--signature", str(sig),
+              "--verify-key", str(tmp_path / "key.pub"))  # fmt: skip
+    assert got.exit_code == 0, got.output
+    tool = shutil.which("model_signing") or str(
+        Path(__import__("sys").executable).with_name("model_signing")
+    )
+
+    def ms_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tool, "verify", "key", "--signature", str(sig), "--public_key",
+             str(tmp_path / "key.pub"), str(dest)], capture_output=True, text=True,
+        )  # fmt: skip
+
+    ok = ms_verify()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (dest / "config.json").write_bytes(b'{"model_type": "evil"}\n')
+    bad = ms_verify()
+    assert bad.returncode != 0 and "config.json" in bad.stdout + bad.stderr
+
+
+def test_extract_signature_of_an_unsigned_image_writes_nothing(
+    hub, random_repo, project: Path, tmp_path: Path
+) -> None:
+    model, _, _ = random_repo()
+    make_project(project, models=[model], config={"namespace": "nosig", "base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    ref = f"oci:{project}/oci-images/nosig/models:{tag_of(model)}"
+    got = cli("extract", ref, str(tmp_path / "d"), "--signature", str(tmp_path / "d.sig"))
+    assert got.exit_code != 0 and "no model signature refers to it; nothing written" in got.output
+    assert not (tmp_path / "d").exists() and not (tmp_path / "d.sig").exists()

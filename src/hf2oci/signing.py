@@ -21,7 +21,15 @@ from typing import Any
 
 from hf2oci.digest import sha256_digest
 from hf2oci.errors import UsageError
-from hf2oci.oci.image import MT_CONFIG, MT_MANIFEST, Image, canonical_json
+from hf2oci.oci.image import (
+    MT_CONFIG,
+    MT_INDEX,
+    MT_MANIFEST,
+    Descriptor,
+    Image,
+    ImageIndex,
+    canonical_json,
+)
 from hf2oci.oci.layers import BytesLayer
 
 KEY_ENV = "HF2OCI_SIGNING_KEY"
@@ -287,3 +295,99 @@ def _hub_path(repo_id: str, repo_type: str) -> str:
     from hf2oci.naming import hub_path
 
     return hub_path(repo_id, "dataset" if repo_type == "dataset" else "model")
+
+
+# -- the OpenSSF model signature, attached as an OCI referrer ---------------------------------
+
+MT_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+MT_EMPTY = "application/vnd.oci.empty.v1+json"
+MODEL_SIGNING_PREDICATE = "https://model_signing/signature/v1.0"
+#: what model_signing leaves out of a model folder by default (its ``ignore_paths``)
+MODEL_SIGNING_IGNORED = (".gitignore", ".gitattributes", ".github", ".git")
+
+
+def _ignored(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in MODEL_SIGNING_IGNORED)
+
+
+def model_signature(key: SigningKey, name: str, files: Mapping[str, str]) -> bytes:
+    """A Sigstore bundle in ``model_signing``'s key mode over ``files`` (path → sha256 hex, the
+    digests computed while streaming: no second read), as ``model_signing sign key`` writes it,
+    so that ``model_signing verify key`` checks a folder holding those files."""
+    resources = [
+        {"name": path, "algorithm": "sha256", "digest": digest}
+        for path, digest in sorted(files.items())
+        if not _ignored(path)
+    ]
+    root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": root}}],
+        "predicateType": MODEL_SIGNING_PREDICATE,
+        "predicate": {
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": list(MODEL_SIGNING_IGNORED),
+            },
+            "resources": resources,
+        },
+    }
+    body = json.dumps(statement, separators=(",", ":"), sort_keys=True).encode()
+    sig = key.sign(pae(IN_TOTO_PAYLOAD, body))
+    bundle = {
+        "mediaType": MT_BUNDLE,
+        "verificationMaterial": {
+            "publicKey": {"hint": hashlib.sha256(key.public_pem).hexdigest()},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": {
+            "payload": base64.b64encode(body).decode(),
+            "payloadType": IN_TOTO_PAYLOAD,
+            "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}],
+        },
+    }
+    return json.dumps(bundle, indent=2, sort_keys=True).encode()
+
+
+def referrer(blob: bytes, media_type: str, subject: Descriptor) -> Image:
+    """An OCI 1.1 artifact manifest (``artifactType``, the empty config, ``subject``) holding
+    ``blob``: it refers to the image ``subject`` describes."""
+    empty = b"{}"
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MT_MANIFEST,
+            "artifactType": media_type,
+            "config": {"mediaType": MT_EMPTY, "digest": sha256_digest(empty), "size": len(empty)},
+            "layers": [{"mediaType": media_type, "digest": sha256_digest(blob), "size": len(blob)}],
+            "subject": subject.to_json(),
+        }
+    )
+    return Image([BytesLayer(blob, media_type)], empty, manifest, name="referrer")
+
+
+def referrers_tag(digest: str) -> str:
+    """``sha256-<hex>``: the referrers tag schema's tag (OCI distribution 1.1) for registries
+    without the referrers API, such as distribution 2.8."""
+    return digest.replace(":", "-")
+
+
+class ReferrersIndex(ImageIndex):
+    """The index the referrers tag schema keeps at ``sha256-<hex>``: each referrer's descriptor
+    with its ``artifactType``."""
+
+    @property
+    def manifest(self) -> bytes:
+        if self._manifest is None:
+            entries = []
+            for image in self.images:
+                doc = image.manifest_doc
+                entry = image.manifest_descriptor.to_json()
+                entry["artifactType"] = doc.get("artifactType", "")
+                entries.append(entry)
+            self._manifest = canonical_json(
+                {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries}
+            )
+        return self._manifest

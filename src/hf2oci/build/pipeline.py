@@ -174,7 +174,7 @@ def mirror_action(
         meter = options.meter(label, action.size) if options.meter else None
         digest = target.write(image, action.tags, on_progress=meter)
         if options.signing_key is not None:
-            sign_published(action, image, target, where, scanned, options, progress)
+            sign_published(action, image, files, target, where, scanned, options, progress)
     return Mirrored(
         repo_id=state.repo_id,
         repo_type=state.repo_type,
@@ -197,6 +197,7 @@ def mirror_action(
 def sign_published(
     action: Action,
     image: Artifact,
+    files: Sequence[PackFile],
     target: Target,
     reference: str,
     scanned: ScanReport,
@@ -205,7 +206,8 @@ def sign_published(
 ) -> None:
     """Write the image signature and the provenance of ``image`` (and of each platform's
     image of an index) beside it, as cosign stores them: the ``sha256-<hex>.sig`` and
-    ``.att`` tags of the same repository."""
+    ``.att`` tags of the same repository; and the OpenSSF model signature over ``files`` as a
+    referrer of ``image`` (the referrers tag ``sha256-<hex>``)."""
     from hf2oci import signing
     from hf2oci.intake import hub
     from hf2oci.oci.image import images_of
@@ -252,7 +254,33 @@ def sign_published(
     with ThreadPoolExecutor(min(4, len(writes)), thread_name_prefix="sign") as pool:
         for done in [pool.submit(where.write, a, [t], on_progress=None) for a, t in writes]:
             done.result()
+    digests_of = _file_sha256(files)
+    if digests_of is None:
+        progress(
+            action.spec.label, "no model signature: a streamed file has no sha256 from the hub"
+        )
+    else:
+        bundle = signing.model_signature(key, state.repo_id.rsplit("/", 1)[-1], digests_of)
+        found = signing.referrer(bundle, signing.MT_BUNDLE, image.manifest_descriptor)
+        index = signing.ReferrersIndex([found], annotations={})
+        where.write(index, [signing.referrers_tag(image.digest)], on_progress=None)
     progress(action.spec.label, f"signed {reference}@{image.digest} (key {key.keyid[:12]})")
+
+
+def _file_sha256(files: Sequence[PackFile]) -> dict[str, str] | None:
+    """Each file's sha256: the hub's (checked while streaming), else hashed on disk (small
+    files, a hook's output); None when a streamed file has none (not in LFS)."""
+    from hf2oci.digest import sha256_file
+
+    out = {}
+    for f in files:
+        if f.sha256:
+            out[f.path] = f.sha256
+        elif isinstance(f.source, Path):
+            out[f.path] = sha256_file(f.source).removeprefix("sha256:")
+        else:
+            return None
+    return out
 
 
 def _scan_labels(report: ScanReport) -> dict[str, str]:

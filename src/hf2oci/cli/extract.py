@@ -41,6 +41,12 @@ from hf2oci.units import human_size
     help="A public key (PEM): refuse an image whose signature or provenance it does not "
     "verify, before writing anything, and any file whose bytes the provenance does not sign.",
 )
+@click.option(
+    "--signature",
+    type=click.Path(path_type=Path),
+    help="Also write the image's OpenSSF model signature here (model_signing verify key "
+    "--signature FILE --public_key KEY.pub DEST checks DEST with it).",
+)
 @plain_http_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @verbosity
@@ -56,6 +62,7 @@ def extract(
     plain_http: bool | None,
     as_json: bool,
     verify_key: Path | None,
+    signature: Path | None,
 ) -> None:
     """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
 
@@ -80,6 +87,7 @@ def extract(
         plain_http=plain_http,
         meter=_meter(image, is_quiet()),
         verify_key=key,
+        signature=signature,
     )
     if as_json:
         doc = {

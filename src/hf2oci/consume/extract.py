@@ -351,6 +351,7 @@ def extract(
     on_layer: Callable[[str], None] | None = None,
     meter: Callable[[int], Callable[[int], None]] | None = None,
     verify_key: bytes | None = None,
+    signature: Path | None = None,
 ) -> ExtractResult:
     """Unpack ``/REPO`` of ``image`` into ``dest`` (or into the HF hub cache at ``dest``).
 
@@ -359,7 +360,9 @@ def extract(
     writes big files with O_DIRECT where the filesystem allows it. ``meter``, given the bytes
     to read, returns what to tell of each part read (progress). ``verify_key`` (a PEM public
     key): the image must verify (``hf2oci verify``) before anything is written, and every file
-    must match the signed provenance's hash of it before DEST appears.
+    must match the signed provenance's hash of it before DEST appears. ``signature``: where
+    to write the image's OpenSSF model signature (for ``model_signing verify``); an image
+    without one fails before anything is written.
     """
     dest = Path(dest).absolute()
     if not hf_cache and dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
@@ -377,6 +380,13 @@ def extract(
     if verify_key is not None and source.digest not in (report.digest, *report.platforms):
         raise ExtractError(f"{image}: the tag moved while it was verified; nothing written")
     _modelpack_paths(source)  # checked before anything is written
+    bundle = None
+    if signature is not None:
+        from hf2oci.consume.verify import model_signature
+
+        bundle = model_signature(image, plain_http=plain_http)
+        if bundle is None:
+            raise ExtractError(f"{image}: no model signature refers to it; nothing written")
     labels = L.of_image(source)
     cache_place = _cache_place(image, labels) if hf_cache else None
     cache_existed = dest.exists()
@@ -403,6 +413,13 @@ def extract(
     finally:
         if hf_cache:
             shutil.rmtree(staging, ignore_errors=True)
+    if signature is not None and bundle is not None:
+        try:
+            signature.write_bytes(bundle)
+        except OSError as e:
+            raise ExtractError(
+                f"{signature}: cannot write the model signature ({e.strerror})"
+            ) from e
     log.debug("extracted %d files of %s into %s", len(unpacker.files), source.digest, dest)
     return ExtractResult(
         dest=dest,

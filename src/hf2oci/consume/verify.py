@@ -261,3 +261,38 @@ def _check_tag(tag: str, labels: dict[str, str]) -> Finding:
     if pinned and not commit.startswith(pinned):
         return Finding("tag", False, f"{tag} pins commit {pinned}, the image holds {commit}")
     return Finding("tag", True, f"{tag} holds {held}@{commit[:12]}")
+
+
+def model_signature(text: str, *, plain_http: bool | None = None) -> bytes | None:
+    """The OpenSSF model signature (a Sigstore bundle) that refers to the image ``text`` names,
+    from the referrers tag ``sha256-<hex>``; None when there is none."""
+    from hf2oci.signing import MT_BUNDLE, referrers_tag
+
+    repo, tag, _ = _repo(text, plain_http)
+    top = repo.manifest(tag)
+    if top is None:
+        raise UsageError(f"{text}: no such image")
+    digest = tag if tag.startswith("sha256:") else sha256_digest(top[0])
+    index = _artifact_index(repo, referrers_tag(digest))
+    for entry in index:
+        if entry.get("artifactType") != MT_BUNDLE:
+            continue
+        found = repo.manifest(str(entry["digest"]))
+        if found is None:
+            continue
+        doc = json.loads(found[0])
+        if (doc.get("subject") or {}).get("digest") != digest:
+            continue
+        for layer in doc.get("layers") or []:
+            if layer.get("mediaType") == MT_BUNDLE:
+                return repo.blob(str(layer["digest"]))
+    return None
+
+
+def _artifact_index(repo: _Repo, tag: str) -> list[dict[str, Any]]:
+    found = repo.manifest(tag)
+    if found is None:
+        return []
+    doc = json.loads(found[0])
+    entries = doc.get("manifests") if isinstance(doc, dict) else None
+    return [e for e in entries or [] if isinstance(e, dict)]
