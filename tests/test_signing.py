@@ -516,3 +516,75 @@ def test_extract_signature_of_an_unsigned_image_writes_nothing(
     got = cli("extract", ref, str(tmp_path / "d"), "--signature", str(tmp_path / "d.sig"))
     assert got.exit_code != 0 and "no model signature refers to it; nothing written" in got.output
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.sig").exists()
+
+
+def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_signed(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf2oci.consume.serve.store import Store
+    from hf2oci.oci import layout as oci_layout
+    from hf2oci.signing import attestation_artifact, load_signing_key
+    from test_serve import Served
+
+    signed, _, files = random_repo(size=3 << 20)
+    unsigned, _, _ = random_repo()
+    private, public = _key_pem()
+    _, other = _key_pem()
+    make_project(project, models=[unsigned], config={"namespace": "sv", "base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    make_project(project, models=[signed], config={"namespace": "sv", "base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    root = project / "oci-images"
+    server = Served(Store("sv", root=root, ttl=0, verify_key=public))
+    wrong = Served(Store("sv", root=root, ttl=0, verify_key=other))
+    try:
+        api = HfApi(endpoint=server.url)
+        assert api.model_info(signed).sha
+        got = hf_hub_download(signed, "model.safetensors", endpoint=server.url,
+                              cache_dir=tmp_path / "c")  # fmt: skip
+        assert Path(got).read_bytes() == files["model.safetensors"]
+        with pytest.raises(HfHubHTTPError) as e:
+            api.model_info(unsigned)
+        assert e.value.response.status_code == 403
+        r = requests.get(f"{server.url}/{unsigned}/resolve/main/config.json", timeout=10)
+        assert r.status_code == 403 and r.headers["X-Error-Code"] == "UnverifiedImage"
+        assert "FAIL signature: none" in r.headers["X-Error-Message"]
+        r = requests.get(f"{wrong.url}/{signed}/resolve/main/config.json", timeout=10)
+        assert r.status_code == 403 and "does not verify" in r.headers["X-Error-Message"]
+
+        # the provenance (signed by the key) says other bytes than the image holds: a whole
+        # download is cut before its end, a Range read (bound by the manifest) still answers
+        layout = root / "sv" / "models"
+        names = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+                 for m in _index(layout)["manifests"]}  # fmt: skip
+        att = names[tag_of(signed)].replace(":", "-") + ".att"
+        envelope_manifest = json.loads(oci_layout.read_blob(layout, names[att]))
+        envelope = json.loads(
+            oci_layout.read_blob(layout, envelope_manifest["layers"][0]["digest"])
+        )
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        for dep in statement["predicate"]["buildDefinition"]["resolvedDependencies"][1:]:
+            if dep["name"] == "model.safetensors":
+                dep["digest"] = {"sha256": "1" * 64}
+        key = load_signing_key({KEY_ENV: private.decode()})
+        assert key is not None
+        oci_layout.write_layout(attestation_artifact(key, statement), layout, tags=[att])
+        url = f"{server.url}/{signed}/resolve/main/model.safetensors"
+        received = b""
+        with (
+            pytest.raises(requests.exceptions.RequestException),
+            requests.get(url, stream=True, timeout=10) as r,
+        ):
+            assert r.status_code == 200
+            for chunk in r.iter_content(1 << 16):
+                received += chunk
+        assert len(received) < len(files["model.safetensors"])
+        part = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=10)
+        assert part.status_code == 206 and part.content == files["model.safetensors"][:100]
+    finally:
+        server.stop()
+        wrong.stop()

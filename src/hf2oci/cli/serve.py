@@ -57,6 +57,13 @@ from hf2oci.errors import ConfigError
     "bounded whatever the number of clients.",
 )  # fmt: skip
 @get_hf_option
+@click.option(
+    "--verify-key",
+    type=click.Path(path_type=Path),
+    help="A public key (PEM): serve only images it verifies (403 UnverifiedImage otherwise); "
+    "a whole-file download is checked against the signed hash and cut before its last byte "
+    "on a mismatch.",
+)
 @verbosity
 @handle_errors
 def serve(
@@ -71,6 +78,7 @@ def serve(
     stale: float,
     max_connections: int,
     get_hf: Path,
+    verify_key: Path | None,
 ) -> None:
     """Serve the Hub API (models, datasets, files with Range) from the mirrored images."""
     import uvicorn
@@ -83,15 +91,21 @@ def serve(
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     tokens = _tokens(token_file) if token_file else []
+    key = None
+    if verify_key is not None:
+        try:
+            key = verify_key.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{verify_key}: cannot read the key ({e.strerror})") from e
     if layout is not None or not config.registry:
         root = layout if layout is not None else Path(config.output_dir)
         if not root.is_dir():
             raise ConfigError(f"{root}: no such folder of OCI layouts (pass --layout DIR)")
-        store = Store(config.namespace, root=root, ttl=ttl)
+        store = Store(config.namespace, root=root, ttl=ttl, verify_key=key)
         where = f"layouts under {root}"
     else:
         store = registry_store(config.registry, config.namespace, plain_http=config.plain_http,
-                               ttl=ttl, stale=stale)  # fmt: skip
+                               ttl=ttl, stale=stale, verify_key=key)  # fmt: skip
         where = f"{config.registry}/{config.namespace}"
     # one access-log line per request on stderr (method, path, status, bytes, time: no header)
     serve_log = logging.getLogger("hf2oci.serve")

@@ -92,27 +92,10 @@ def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str, str]:
     rest = text.removeprefix("oci:")
     path, sep, tag = rest.rpartition(":")
     if text.startswith("oci:") or (sep and path and (Path(path) / layout.LAYOUT_FILE).is_file()):
-        root = Path(path)
-
-        def local(ref: str) -> tuple[bytes, str] | None:
-            if ref.startswith("sha256:"):
-                return layout.read_blob(root, ref), ""
-            desc = layout.resolve_tag(root, ref)
-            return None if desc is None else (layout.read_blob(root, desc.digest), desc.media_type)
-
-        return _Repo(local, lambda d: layout.read_blob(root, d)), tag, path
+        return layout_repo(Path(path)), tag, path
     ref = parse_reference(text)
     client = RegistryClient(ref.registry, plain_http=plain_http)
-
-    def remote(name: str) -> tuple[bytes, str] | None:
-        found = client.get_manifest(ref.repository, name)
-        return None if found is None else (found[0], found[1])
-
-    def blob(digest: str) -> bytes:
-        with client.get_blob(ref.repository, digest) as stream:
-            return stream.read()
-
-    return _Repo(remote, blob), ref.identifier, f"{ref.registry}/{ref.repository}"
+    return registry_repo(client, ref.repository), ref.identifier, f"{ref.registry}/{ref.repository}"
 
 
 def _public_key(pem: bytes) -> Any:
@@ -142,17 +125,53 @@ def _verifies(key: Any, signature: bytes, data: bytes) -> bool:
 
 def verify(text: str, public_pem: bytes, *, plain_http: bool | None = None) -> Report:
     """Check the image ``text`` names against the public key; every finding, failed or not."""
-    key = _public_key(public_pem)
     repo, tag, _ = _repo(text, plain_http)
     top = repo.manifest(tag)
     if top is None:
         raise UsageError(f"{text}: no such image")
-    digest = tag if tag.startswith("sha256:") else sha256_digest(top[0])
+    labels = L.of_image(open_image(text, plain_http=plain_http))
+    return check(text, repo, tag, top[0], labels, public_pem)
+
+
+def registry_repo(client: RegistryClient, repository: str) -> _Repo:
+    """A repository of ``client``'s registry, read through it (its credentials and policy)."""
+
+    def remote(name: str) -> tuple[bytes, str] | None:
+        found = client.get_manifest(repository, name)
+        return None if found is None else (found[0], found[1])
+
+    def blob(digest: str) -> bytes:
+        with client.get_blob(repository, digest) as stream:
+            return stream.read()
+
+    return _Repo(remote, blob)
+
+
+def layout_repo(root: Path) -> _Repo:
+    def local(ref: str) -> tuple[bytes, str] | None:
+        if ref.startswith("sha256:"):
+            return layout.read_blob(root, ref), ""
+        desc = layout.resolve_tag(root, ref)
+        return None if desc is None else (layout.read_blob(root, desc.digest), desc.media_type)
+
+    return _Repo(local, lambda d: layout.read_blob(root, d))
+
+
+def check(
+    text: str,
+    repo: _Repo,
+    tag: str,
+    manifest: bytes,
+    labels: dict[str, str],
+    public_pem: bytes,
+) -> Report:
+    """The checks of the image whose ``manifest`` is at ``tag`` (or digest) of ``repo``."""
+    key = _public_key(public_pem)
+    digest = tag if tag.startswith("sha256:") else sha256_digest(manifest)
     platforms: tuple[str, ...] = ()
-    doc = json.loads(top[0])
+    doc = json.loads(manifest)
     if isinstance(doc, dict) and doc.get("mediaType") in INDEX_TYPES:
         platforms = tuple(str(m.get("digest")) for m in doc.get("manifests") or [])
-    labels = L.of_image(open_image(text, plain_http=plain_http))
     files: dict[str, dict[str, str]] = {}
     findings = [
         _check_signature(repo, key, digest),
@@ -194,7 +213,11 @@ def _check_signature(repo: _Repo, key: Any, digest: str) -> Finding:
             else:
                 others.append("a signature the key does not verify")
         return Finding(name, False, "; ".join(others) or f"{tag} holds no simple-signing payload")
-    except (Hf2ociError, ValueError, KeyError, TypeError, binascii.Error) as e:
+    except Hf2ociError as e:
+        if getattr(e, "temporary", False):
+            raise  # the registry failing is not a finding about the image
+        return Finding(name, False, f"{tag} is malformed ({e})")
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
         return Finding(name, False, f"{tag} is malformed ({e})")
 
 
@@ -243,7 +266,11 @@ def _check_provenance(
                         files[str(dep["name"])] = {str(k): str(v) for k, v in digest_of}
                 return Finding(name, True, f"{repo_id}@{commit} by the key")
         return Finding(name, False, "; ".join(problems) or f"{tag} holds no DSSE envelope")
-    except (Hf2ociError, ValueError, KeyError, TypeError, IndexError, binascii.Error) as e:
+    except Hf2ociError as e:
+        if getattr(e, "temporary", False):
+            raise
+        return Finding(name, False, f"{tag} is malformed ({e})")
+    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as e:
         return Finding(name, False, f"{tag} is malformed ({e})")
 
 

@@ -229,6 +229,8 @@ class _Hub:
         f = snap.files.get(path)
         if f is None:
             raise ServeError(404, "EntryNotFound", f"{path} not found", commit=snap.commit)
+        if snap.signed is not None and path not in snap.signed:
+            raise ServeError(403, "UnverifiedImage", f"{path} is not in the signed file list")
         etag = await self.call(lambda: f.etag)
         headers = {
             "X-Repo-Commit": snap.commit,
@@ -264,6 +266,8 @@ class _Hub:
             self.budget.end()
             raise
         body = self._body(f, first, chunks)
+        if snap.signed is not None and span is None:  # a whole file: check it as it goes
+            body = _checked(body, f, snap.signed[f.path])
         return StreamingResponse(body, status_code=status, headers=headers)
 
     def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -283,6 +287,29 @@ class _Hub:
             if close is not None:
                 close()
             self.budget.end()
+
+
+def _checked(body: Iterator[bytes], f: RepoFile, want: dict[str, str]) -> Iterator[bytes]:
+    """``body`` hashed as it is sent, its last piece held back until the hash is the signed
+    one: a file whose bytes are not the signed ones is cut before it is complete (the client
+    sees a short body, never a whole wrong file)."""
+    import hashlib
+
+    from hf2oci.digest import git_blob_hash
+
+    h = hashlib.sha256() if "sha256" in want else git_blob_hash(f.size)
+    expected = want.get("sha256") or want.get("gitBlob")
+    held: bytes | None = None
+    for chunk in body:
+        if held is not None:
+            yield held
+        h.update(chunk)
+        held = chunk
+    if h.hexdigest() != expected:
+        log.warning("%s: its bytes are not the signed ones; the download is cut", f.path)
+        raise ServeError(502, "UnverifiedImage", f"{f.path}: its bytes are not the signed ones")
+    if held is not None:
+        yield held
 
 
 class _Gate:

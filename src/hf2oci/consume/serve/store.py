@@ -150,6 +150,8 @@ class Snapshot:
     commit: str
     image: Image
     files: dict[str, RepoFile]
+    #: with a verify key: each file's hash as the verified provenance lists it
+    signed: dict[str, dict[str, str]] | None = None
 
     @property
     def labels(self) -> dict[str, str]:
@@ -189,6 +191,7 @@ class Store:
         stale: float = 60.0,
         max_indexes: int = 256,
         counts: Counts | None = None,
+        verify_key: bytes | None = None,
     ) -> None:
         if (client is None) == (root is None):
             raise ValueError("a store reads a registry or layouts, one of them")
@@ -200,6 +203,9 @@ class Store:
         self._by_tag: dict[tuple[str, str], tuple[float, Image | None]] = {}
         self._files: OrderedDict[str, dict[str, RepoFile]] = OrderedDict()
         self._lock = threading.Lock()
+        #: a public key (PEM): only images it verifies are served
+        self.verify_key = verify_key
+        self._verified: dict[str, tuple[float, Any]] = {}
 
     def repository(self, repo_type: RepoType) -> str:
         return naming.image_repository(self.namespace, repo_type)
@@ -288,7 +294,38 @@ class Store:
         commit = L.of_image(image).get(L.REVISION, "")
         if not _COMMIT.fullmatch(commit):
             raise ServeError(404, "RevisionNotFound", f"{repo_id}: the image names no commit")
-        return Snapshot(repo_id, repo_type, commit, image, self.files(image))
+        signed = None
+        if self.verify_key is not None:
+            report = self.verification(repo_type, image)
+            failed = [f.line() for f in report.findings if not f.ok]
+            if failed:
+                raise ServeError(403, "UnverifiedImage",
+                                 f"{repo_id}: the image is not verified ({failed[0]})")  # fmt: skip
+            signed = report.files or None
+        return Snapshot(repo_id, repo_type, commit, image, self.files(image), signed)
+
+    def verification(self, repo_type: RepoType, image: Image) -> Any:
+        """``hf2oci verify``'s report on ``image`` (by digest) with the store's key, kept for
+        ``ttl`` seconds: a signature deleted or replaced is seen within that time."""
+        from hf2oci.consume.verify import check, layout_repo, registry_repo
+
+        assert self.verify_key is not None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._verified.get(image.digest)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        repository = self.repository(repo_type)
+        if self.client is not None:
+            repo = registry_repo(self.client, repository)
+        else:
+            assert self.root is not None
+            repo = layout_repo(self.root / repository)
+        report = check(f"{repository}@{image.digest}", repo, image.digest, image.manifest,
+                       L.of_image(image), self.verify_key)  # fmt: skip
+        with self._lock:
+            self._verified[image.digest] = (now, report)
+        return report
 
     def listed(self, repo_type: RepoType) -> list[tuple[str, Image]]:
         """``(repo id, image at its moving tag)`` of every mirrored repo of a type."""
@@ -406,6 +443,7 @@ def registry_store(
     plain_http: bool | None = None,
     ttl: float = 30.0,
     stale: float = 60.0,
+    verify_key: bytes | None = None,
 ) -> Store:
     """A store over a registry, read under a request's budget of the one retry policy (a blip
     never reaches a client; a registry that is gone fails in seconds), with its retries
@@ -425,4 +463,6 @@ def registry_store(
         registry, retry=policy, credentials=load_credentials(registry), session=session
     )
     client = RegistryClient(registry, transport=transport, plain_http=plain_http)
-    return Store(namespace, client=client, ttl=ttl, stale=stale, counts=counts)
+    return Store(
+        namespace, client=client, ttl=ttl, stale=stale, counts=counts, verify_key=verify_key
+    )
