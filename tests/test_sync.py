@@ -299,6 +299,16 @@ def test_prepare_hook_gets_its_environment_and_fails_only_its_repo(
     monkeypatch.setenv("HF2OCI_REGISTRY_PASSWORD", "registry-s3cret")
     monkeypatch.setenv("HF_TOKEN", "hf_hook_secret_token")
     monkeypatch.setenv("SOME_CI_VARIABLE", "x")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"hook-key-pass"),
+    )
+    monkeypatch.setenv("HF2OCI_SIGNING_KEY", pem.decode())  # the ok repo is signed too
+    monkeypatch.setenv("HF2OCI_SIGNING_KEY_PASSWORD", "hook-key-pass")
     hook = f"""set -eu
 if [ "$REPO_ID" = "{bad}" ]; then echo "cannot convert" >&2; exit 3; fi
 printf '%s|%s|%s|%s' "$REPO_ID" "$REPO_TYPE" "$REVISION" "$REPO_URL" > "$OUT_DIR/PREPARED"
@@ -325,6 +335,9 @@ rm "$OUT_DIR/config.json"
     documented = {"REPO_ID", "REPO_TYPE", "REVISION", "REPO_URL", "SRC_DIR", "OUT_DIR"}
     assert documented <= names <= documented | {"PATH", "HOME", "HF_ENDPOINT", "LANG", "LC_ALL",
                                                 "TMPDIR"}  # fmt: skip
+    index = json.loads((layout / "index.json").read_text())
+    ref_names = {m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]}
+    assert any(n.endswith(".sig") for n in ref_names)  # signed, and the key stayed out of the hook
 
 
 @pytest.mark.parametrize(
