@@ -588,3 +588,54 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
     finally:
         server.stop()
         wrong.stop()
+
+
+def test_deploy_policy_makes_containers_tools_demand_a_signature(
+    hub, random_repo, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy hf2oci writes is one containers/image reads: Debian's skopeo applies its
+    sigstoreSigned requirement to the mirror's repository. An unsigned image there has "no
+    signature"; a signed one has its cosign signature found (and then, Debian having sigstore
+    disabled, cannot be checked: cosign-aware nodes check it); an image outside copies."""
+    model, _, _ = random_repo()
+    config = {"registry": registry.host, "namespace": "pol", "base_image": "scratch"}
+    make_project(project, models=[model], config={**config, "namespace": "free"})
+    assert cli("sync", "-q").exit_code == 0
+    make_project(project, models=[model], config={**config, "namespace": "bare"})
+    assert cli("sync", "-q").exit_code == 0
+    private, public = _key_pem()
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    make_project(project, models=[model], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    monkeypatch.delenv(KEY_ENV)
+    (tmp_path / "key.pub").write_bytes(public)
+    out = tmp_path / "node"
+    got = cli("deploy", "policy", f"{registry.host}/pol/models", f"{registry.host}/bare/models",
+              "--key", str(tmp_path / "key.pub"), "-o", str(out))  # fmt: skip
+    assert got.exit_code == 0, got.output
+    doc = json.loads((out / "policy.json").read_text())
+    (req,) = doc["transports"]["docker"][f"{registry.host}/pol/models"]
+    assert req["type"] == "sigstoreSigned" and req["signedIdentity"] == {"type": "matchRepository"}
+    assert "use-sigstore-attachments: true" in (out / "registries.d" / "hf2oci.yaml").read_text()
+    for (one,) in doc["transports"]["docker"].values():
+        one["keyPath"] = str(out / "keys" / "hf2oci.pub")  # where the node would have it
+    (out / "policy.json").write_text(json.dumps(doc))
+
+    def copy(repo: str) -> subprocess.CompletedProcess[str]:
+        source = f"docker://{registry.host}/{repo}:{tag_of(model)}"
+        dest = f"oci:{tmp_path / repo.replace('/', '_')}:t"
+        return subprocess.run(
+            ["skopeo", "--policy", str(out / "policy.json"), "--registries.d",
+             str(out / "registries.d"), "copy", "--src-tls-verify=false", source, dest],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    unsigned = copy("bare/models")
+    assert unsigned.returncode != 0 and "no signature exists" in unsigned.stderr, unsigned.stderr
+    signed = copy("pol/models")
+    assert signed.returncode != 0 and "sigstore disabled" in signed.stderr, signed.stderr
+    assert copy("free/models").returncode == 0
+    bad = cli(
+        "deploy", "policy", "x/y", "--key", str(project / "get_hf" / "config.yaml"), "-o", str(out)
+    )
+    assert bad.exit_code != 0 and "not a PEM public key" in bad.output

@@ -294,3 +294,60 @@ def kserve(
     have no /models: serve those with `deploy k8s --mode image-volume` on CRI-O."""
     spec = KServeSpec(model_image, backend=backend, name=name, cpu=cpu, memory=memory, gpu=gpu)
     click.echo(inference_service(spec), nl=False)
+
+
+#: where the policy expects the public key on each node
+NODE_KEY_PATH = "/etc/containers/keys/hf2oci.pub"
+
+
+@deploy.command("policy")
+@click.argument("repositories", nargs=-1, required=True)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The public key (PEM) that signs the mirror's images.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
+@verbosity
+@handle_errors
+def policy(repositories: tuple[str, ...], key_path: Path, output: Path) -> None:
+    """Write the node files that make CRI-O (or podman, skopeo) refuse any image of
+    REPOSITORIES (e.g. ghcr.io/hgfkeep/models) that the key did not sign: policy.json (a
+    containers-policy.json with a sigstoreSigned requirement per repository), registries.d/
+    hf2oci.yaml (read cosign's signature tags) and keys/hf2oci.pub. Merge the transports entries
+    into the node's own /etc/containers/policy.json."""
+    import json
+
+    from hf2oci.consume.verify import public_key
+
+    try:
+        pem = key_path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{key_path}: cannot read the key ({e.strerror})") from e
+    public_key(pem)  # a PEM ECDSA public key, or one line saying it is not
+    scopes: dict[str, list[dict[str, object]]] = {}
+    registries = set()
+    for repo in repositories:
+        ref = parse_reference(f"{repo.rstrip('/')}:x")
+        name = f"{ref.registry}/{ref.repository}"
+        registries.add(ref.registry)
+        scopes[name] = [
+            {
+                "type": "sigstoreSigned",
+                "keyPath": NODE_KEY_PATH,
+                "signedIdentity": {"type": "matchRepository"},
+            }
+        ]
+    doc = {"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": scopes}}
+    (output / "registries.d").mkdir(parents=True, exist_ok=True)
+    (output / "keys").mkdir(exist_ok=True)
+    (output / "policy.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    lines = ["docker:"]
+    for host in sorted(registries):
+        lines += [f"  {host}:", "    use-sigstore-attachments: true"]
+    (output / "registries.d" / "hf2oci.yaml").write_text("\n".join(lines) + "\n")
+    (output / "keys" / "hf2oci.pub").write_bytes(pem)
+    echo(f"wrote {output}/policy.json, registries.d/hf2oci.yaml and keys/hf2oci.pub "
+         f"(install under /etc/containers on each node)")  # fmt: skip

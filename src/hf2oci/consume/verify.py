@@ -98,7 +98,7 @@ def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str, str]:
     return registry_repo(client, ref.repository), ref.identifier, f"{ref.registry}/{ref.repository}"
 
 
-def _public_key(pem: bytes) -> Any:
+def public_key(pem: bytes) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -166,7 +166,7 @@ def check(
     public_pem: bytes,
 ) -> Report:
     """The checks of the image whose ``manifest`` is at ``tag`` (or digest) of ``repo``."""
-    key = _public_key(public_pem)
+    key = public_key(public_pem)
     digest = tag if tag.startswith("sha256:") else sha256_digest(manifest)
     platforms: tuple[str, ...] = ()
     doc = json.loads(manifest)
