@@ -639,3 +639,29 @@ def test_deploy_policy_makes_containers_tools_demand_a_signature(
         "deploy", "policy", "x/y", "--key", str(project / "get_hf" / "config.yaml"), "-o", str(out)
     )
     assert bad.exit_code != 0 and "not a PEM public key" in bad.output
+
+
+def test_malformed_signature_artifacts_are_findings_not_tracebacks(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf2oci.oci import layout as oci_layout
+    from hf2oci.signing import MT_DSSE, MT_SIMPLE_SIGNING, SIGNATURE_ANNOTATION, _artifact
+
+    model, _, _ = random_repo()
+    private, public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    make_project(project, models=[model], config={"namespace": "mal", "base_image": "scratch"})
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    layout = project / "oci-images" / "mal" / "models"
+    digest = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+              for m in _index(layout)["manifests"]}[tag_of(model)]  # fmt: skip
+    stem = digest.replace(":", "-")
+    bad_sig = _artifact(b"{not json", MT_SIMPLE_SIGNING, {SIGNATURE_ANNOTATION: "%%%"})
+    bad_att = _artifact(b'{"payload": 3}', MT_DSSE, {"predicateType": "x"})
+    oci_layout.write_layout(bad_sig, layout, tags=[f"{stem}.sig"])
+    oci_layout.write_layout(bad_att, layout, tags=[f"{stem}.att"])
+    got = cli("verify", f"oci:{layout}:{tag_of(model)}", "--key", str(tmp_path / "key.pub"))
+    assert got.exit_code == 1 and "Traceback" not in got.output
+    assert f"FAIL signature: {stem}.sig is malformed" in got.output
+    assert f"FAIL provenance: {stem}.att is malformed" in got.output
