@@ -665,3 +665,97 @@ def test_malformed_signature_artifacts_are_findings_not_tracebacks(
     assert got.exit_code == 1 and "Traceback" not in got.output
     assert f"FAIL signature: {stem}.sig is malformed" in got.output
     assert f"FAIL provenance: {stem}.att is malformed" in got.output
+
+
+def test_tampering_in_a_real_registry_is_refused_by_verify_extract_and_serve(
+    hub, random_repo, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the registry itself: the tag moved to another signed image, the manifest pushed again
+    with a layer replaced, a provenance of another commit, the signature deleted. Each is one
+    FAIL line of verify, an extract that writes nothing, and a 403 from serve."""
+    import hashlib
+
+    from hf2oci.consume.serve.store import registry_store
+    from hf2oci.oci import push
+    from hf2oci.oci.registry import RegistryClient
+    from hf2oci.signing import attestation_artifact, load_signing_key
+    from test_serve import Served
+
+    a, _, _ = random_repo()
+    b, _, _ = random_repo()
+    private, public = _key_pem()
+    pub = tmp_path / "key.pub"
+    pub.write_bytes(public)
+    ns = f"tamper{hashlib.sha256(a.encode()).hexdigest()[:6]}"
+    config = {"registry": registry.host, "namespace": ns, "base_image": "scratch"}
+    make_project(project, models=[a, b], config=config)
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    repo = f"{ns}/models"
+    ref = f"{registry.host}/{repo}:{tag_of(a)}"
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    base = f"{registry.url}/v2/{repo}/manifests"
+    good = requests.get(f"{base}/{tag_of(a)}", headers=accept, timeout=10)
+    digest_a = good.headers["Docker-Content-Digest"]
+
+    def put(tag: str, body: bytes) -> None:
+        mt = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+        r = requests.put(f"{base}/{tag}", data=body, timeout=10, headers=mt)
+        r.raise_for_status()
+
+    server = Served(registry_store(registry.host, ns, ttl=0, stale=0, verify_key=public))
+
+    def refused(why: str, n: int) -> None:
+        checked = cli("verify", ref, "--key", str(pub))
+        assert checked.exit_code == 1 and why in checked.output, checked.output
+        dest = tmp_path / f"x{n}"
+        ext = cli("extract", ref, str(dest), "--verify-key", str(pub))
+        assert ext.exit_code != 0 and "nothing written" in ext.output and not dest.exists()
+        r = requests.get(f"{server.url}/{a}/resolve/main/config.json", timeout=10)
+        assert r.status_code == 403 and r.headers["X-Error-Code"] == "UnverifiedImage", (
+            r.status_code
+        )
+
+    try:
+        assert cli("verify", ref, "--key", str(pub)).exit_code == 0
+        # the tag moved to b's (signed) image
+        put(tag_of(a), requests.get(f"{base}/{tag_of(b)}", headers=accept, timeout=10).content)
+        checked = cli("verify", ref, "--key", str(pub))
+        assert checked.exit_code == 1 and f"FAIL tag: {tag_of(a)} names {a}" in checked.output
+        dest = tmp_path / "moved"
+        assert cli("extract", ref, str(dest), "--verify-key", str(pub)).exit_code != 0
+        assert not dest.exists()
+        put(tag_of(a), good.content)
+        # the manifest pushed again with its first layer replaced by another blob
+        manifest = json.loads(good.content)
+        other = json.loads(requests.get(f"{base}/{tag_of(b)}", headers=accept, timeout=10).content)
+        manifest["layers"][0] = other["layers"][0]
+        put(tag_of(a), json.dumps(manifest).encode())
+        refused("FAIL signature: none", 1)
+        put(tag_of(a), good.content)
+        # a provenance, signed by the key, of another commit
+        client = RegistryClient(registry.host)
+        att = digest_a.replace(":", "-") + ".att"
+        envelope_doc = requests.get(f"{base}/{att}", headers=accept, timeout=10).json()
+        blob = requests.get(f"{registry.url}/v2/{repo}/blobs/{envelope_doc['layers'][0]['digest']}",
+                            timeout=10).json()  # fmt: skip
+        statement = json.loads(base64.b64decode(blob["payload"]))
+        statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]["digest"] = {
+            "gitCommit": "f" * 40
+        }
+        key = load_signing_key({KEY_ENV: private.decode()})
+        assert key is not None
+        original_att = requests.get(f"{base}/{att}", headers=accept, timeout=10).content
+        push.push(client, attestation_artifact(key, statement), repo, tags=[att])
+        refused("FAIL provenance: a provenance of commit ffff", 2)
+        put(att, original_att)
+        assert cli("verify", ref, "--key", str(pub)).exit_code == 0
+        # the signature deleted
+        sig = digest_a.replace(":", "-") + ".sig"
+        sig_digest = requests.get(f"{base}/{sig}", headers=accept, timeout=10).headers[
+            "Docker-Content-Digest"
+        ]
+        assert requests.delete(f"{base}/{sig_digest}", timeout=10).status_code == 202
+        refused("FAIL signature: none", 3)
+    finally:
+        server.stop()
