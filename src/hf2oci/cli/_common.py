@@ -15,7 +15,7 @@ import click
 
 from hf2oci.cli._verbosity import is_quiet, verbosity
 from hf2oci.config import Config, load_config
-from hf2oci.errors import ConfigError, Hf2ociError, ListError
+from hf2oci.errors import ConfigError, Hf2ociError, ListError, UsageError
 from hf2oci.intake.lists import read_lists
 from hf2oci.redact import redact
 from hf2oci.spec import RepoSpec
@@ -146,3 +146,21 @@ def byte_meter(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | N
 
 
 __all__ = ["is_quiet", "redact", "verbosity"]
+
+
+def read_public_key(path: Path | None) -> bytes | None:
+    """The PEM public key at ``path`` (None when none is given), checked to be an ECDSA key:
+    ConfigError in one line when it cannot be read or is not one."""
+    if path is None:
+        return None
+    try:
+        pem = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the key ({e.strerror})") from e
+    from hf2oci.consume.verify import public_key
+
+    try:
+        public_key(pem)
+    except UsageError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return pem

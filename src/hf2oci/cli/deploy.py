@@ -11,7 +11,7 @@ from typing import cast
 import click
 
 from hf2oci import gguf
-from hf2oci.cli._common import echo, handle_errors, verbosity
+from hf2oci.cli._common import echo, handle_errors, read_public_key, verbosity
 from hf2oci.consume import runtime as entrypoint
 from hf2oci.consume.k8s import (
     DEFAULT_SERVE_IMAGE,
@@ -320,13 +320,8 @@ def policy(repositories: tuple[str, ...], key_path: Path, output: Path) -> None:
     into the node's own /etc/containers/policy.json."""
     import json
 
-    from hf2oci.consume.verify import public_key
-
-    try:
-        pem = key_path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{key_path}: cannot read the key ({e.strerror})") from e
-    public_key(pem)  # a PEM ECDSA public key, or one line saying it is not
+    pem = read_public_key(key_path)
+    assert pem is not None
     scopes: dict[str, list[dict[str, object]]] = {}
     registries = set()
     for repo in repositories:

@@ -15,10 +15,10 @@ from hf2oci.cli._common import (
     handle_errors,
     is_quiet,
     plain_http_option,
+    read_public_key,
     verbosity,
 )
 from hf2oci.consume.extract import extract as do_extract
-from hf2oci.errors import ConfigError
 from hf2oci.units import human_size
 
 
@@ -70,12 +70,7 @@ def extract(
     (oci:PATH:TAG, or PATH:TAG when PATH holds an oci-layout file). With --hf-cache, DEST is a
     Hugging Face hub cache (HF_HUB_CACHE) and the files land under models--org--name/.
     """
-    key = None
-    if verify_key is not None:
-        try:
-            key = verify_key.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"{verify_key}: cannot read the key ({e.strerror})") from e
+    key = read_public_key(verify_key)
     result = do_extract(
         image,
         dest,

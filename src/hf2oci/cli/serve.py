@@ -21,6 +21,7 @@ from hf2oci.cli._common import (
     handle_errors,
     load,
     plain_http_option,
+    read_public_key,
     verbosity,
 )
 from hf2oci.errors import ConfigError
@@ -91,12 +92,7 @@ def serve(
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     tokens = _tokens(token_file) if token_file else []
-    key = None
-    if verify_key is not None:
-        try:
-            key = verify_key.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"{verify_key}: cannot read the key ({e.strerror})") from e
+    key = read_public_key(verify_key)
     if layout is not None or not config.registry:
         root = layout if layout is not None else Path(config.output_dir)
         if not root.is_dir():

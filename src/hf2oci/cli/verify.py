@@ -8,8 +8,13 @@ from pathlib import Path
 
 import click
 
-from hf2oci.cli._common import echo, handle_errors, plain_http_option, verbosity
-from hf2oci.errors import ConfigError
+from hf2oci.cli._common import (
+    echo,
+    handle_errors,
+    plain_http_option,
+    read_public_key,
+    verbosity,
+)
 
 
 @click.command("verify")
@@ -33,10 +38,8 @@ def verify(image: str, key_path: Path, plain_http: bool | None, as_json: bool) -
     IMAGE: a registry reference, or oci:PATH:TAG for a layout."""
     from hf2oci.consume.verify import verify as run
 
-    try:
-        pem = key_path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{key_path}: cannot read the key ({e.strerror})") from e
+    pem = read_public_key(key_path)
+    assert pem is not None
     report = run(image, pem, plain_http=plain_http)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
