@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -147,8 +147,9 @@ def mirror_action(
     progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
     with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
         files, scanned = fetch_files(action, streamed, Path(tmp), options, progress)
+        scan_labels = _scan_labels(scanned)
         if action.spec.format == "modelpack":
-            image = _modelpack(action, files, options, scanned)
+            image = _modelpack(action, files, options, scan_labels)
         else:
             reuse = (
                 Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
@@ -162,7 +163,7 @@ def mirror_action(
                     base_name=base.name,
                     base_digest=base.digest,
                     platforms=base.platforms,
-                    scan=_scan_labels(scanned),
+                    scan=scan_labels,
                 ),
                 created=state.last_modified,
                 small_limit=options.small_file_limit,
@@ -190,7 +191,7 @@ def mirror_action(
         builder=options.builder,
         license=state.license,
         format=action.spec.format or "image",
-        scan=scanned.summary if _scan_labels(scanned) else None,
+        scan=scan_labels.get(L.SCAN),
     )
 
 
@@ -291,7 +292,7 @@ def _scan_labels(report: ScanReport) -> dict[str, str]:
 
 
 def _modelpack(
-    action: Action, files: Sequence[PackFile], options: RunOptions, scanned: ScanReport
+    action: Action, files: Sequence[PackFile], options: RunOptions, scan: Mapping[str, str]
 ) -> Artifact:
     """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
     from hf2oci.build.formats.modelpack import build_modelpack
@@ -304,7 +305,7 @@ def _modelpack(
         base_name=None,
         base_digest=None,
         format="modelpack",
-        scan=_scan_labels(scanned),
+        scan=scan,
     )
     descriptor: dict[str, object] = {
         "name": state.repo_id,

@@ -25,7 +25,7 @@ from hf2oci.oci import layout
 from hf2oci.oci.image import INDEX_TYPES
 from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient
-from hf2oci.oci.source import open_image
+from hf2oci.oci.source import layout_ref, open_image
 from hf2oci.signing import (
     MT_DSSE,
     MT_SIMPLE_SIGNING,
@@ -87,15 +87,14 @@ class _Repo:
         return data
 
 
-def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str, str]:
-    """The repository ``text`` names, its tag, and the docker reference of its images."""
-    rest = text.removeprefix("oci:")
-    path, sep, tag = rest.rpartition(":")
-    if text.startswith("oci:") or (sep and path and (Path(path) / layout.LAYOUT_FILE).is_file()):
-        return layout_repo(Path(path)), tag, path
+def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str]:
+    """The repository ``text`` names (as ``open_image`` reads it) and its tag or digest."""
+    found = layout_ref(text)
+    if found is not None:
+        return layout_repo(found[0]), found[1]
     ref = parse_reference(text)
     client = RegistryClient(ref.registry, plain_http=plain_http)
-    return registry_repo(client, ref.repository), ref.identifier, f"{ref.registry}/{ref.repository}"
+    return registry_repo(client, ref.repository), ref.identifier
 
 
 def public_key(pem: bytes) -> Any:
@@ -125,7 +124,7 @@ def _verifies(key: Any, signature: bytes, data: bytes) -> bool:
 
 def verify(text: str, public_pem: bytes, *, plain_http: bool | None = None) -> Report:
     """Check the image ``text`` names against the public key; every finding, failed or not."""
-    repo, tag, _ = _repo(text, plain_http)
+    repo, tag = _repo(text, plain_http)
     top = repo.manifest(tag)
     if top is None:
         raise UsageError(f"{text}: no such image")
@@ -295,7 +294,7 @@ def model_signature(text: str, *, plain_http: bool | None = None) -> bytes | Non
     from the referrers tag ``sha256-<hex>``; None when there is none."""
     from hf2oci.signing import MT_BUNDLE, referrers_tag
 
-    repo, tag, _ = _repo(text, plain_http)
+    repo, tag = _repo(text, plain_http)
     top = repo.manifest(tag)
     if top is None:
         raise UsageError(f"{text}: no such image")

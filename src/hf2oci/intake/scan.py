@@ -18,6 +18,7 @@ imports), ``unparsed`` (a pickle the scanner could not read to its end: a findin
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import logging
@@ -185,7 +186,7 @@ def scan_files(
             verdict = scan_one(path, io.BufferedReader(counted, RANGE_BLOCK), ranged=path in ranged)
             read += counted.count
         hub = (hub_verdicts or {}).get(path)
-        verdicts.append(FileVerdict(**{**verdict.__dict__, "hub": hub}))
+        verdicts.append(dataclasses.replace(verdict, hub=hub))
         log.debug("scan %s: %s (%d bytes read)", path, verdict.verdict, counted.count)
     return ScanReport(policy, tuple(verdicts), bytes_read=read)
 

@@ -98,7 +98,17 @@ def open_image(
 
     Manifest and config are checked against their digests here; layers when they are read.
     """
-    target = platform
+    found = layout_ref(text)
+    if found is not None:
+        return _from_layout(*found, platform)
+    ref = parse_reference(text)
+    return open_remote(RegistryClient(ref.registry, plain_http=plain_http), ref, platform)
+
+
+def layout_ref(text: str) -> tuple[Path, str] | None:
+    """``(folder, tag)`` when ``text`` names an image in an OCI layout (``oci:PATH:TAG``, or
+    ``PATH:TAG`` when PATH holds an ``oci-layout`` file); None for a registry reference.
+    UsageError for an ``oci:`` reference that names no layout."""
     rest = text.removeprefix("oci:")
     path, sep, tag = rest.rpartition(":")
     if text.startswith("oci:") and not (sep and path and tag):
@@ -106,9 +116,8 @@ def open_image(
     if text.startswith("oci:") or (path and (Path(path) / layout.LAYOUT_FILE).is_file()):
         if not (Path(path) / layout.LAYOUT_FILE).is_file():
             raise UsageError(f"{text}: {path} is not an OCI image layout (no oci-layout file)")
-        return _from_layout(Path(path), tag, target)
-    ref = parse_reference(text)
-    return open_remote(RegistryClient(ref.registry, plain_http=plain_http), ref, target)
+        return Path(path), tag
+    return None
 
 
 def open_base(
