@@ -39,9 +39,22 @@ REPO = "matrix/tiny-bert"
 TAG = tag_of(REPO)
 
 
+def _checkpoint() -> bytes:
+    """A PyTorch zip checkpoint over the small-file limit: every cell scans a streamed (or
+    staged) pickle-based file."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(400_000, dtype=torch.float32)}, buf)
+    return buf.getvalue()
+
+
 def _files() -> dict[str, bytes]:
     rng = random.Random(REPO)
     return {
+        "pytorch_model.bin": _checkpoint(),
         "config.json": b'{"architectures": ["BertModel"], "hidden_size": 8}\n',
         "README.md": b"---\nlicense: mit\n---\n# tiny\n",
         # streamed (over the 1 MiB small-file limit): at the top, in a folder, non-ASCII
@@ -158,8 +171,18 @@ def test_matrix(
     project: Path,
     tmp_path_factory: pytest.TempPathFactory,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     builder, mode, dest, fmt, base = cell
+    # the reference is made unsigned; the cell signs what it writes (where it can)
+    digest, ref_layout = _reference(fmt, base, bases, tmp_path_factory.getbasetemp() / "mx-ref")
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    monkeypatch.setenv("HF2OCI_SIGNING_KEY", key.decode())
     ns = f"mx-{_cell_id(cell)}-{uuid.uuid4().hex[:6]}"  # the engine outlives a test run
     args = [
         "--builder", builder, f"--{mode}", "--format", fmt, "--base-image", bases[base],
@@ -184,13 +207,24 @@ def test_matrix(
     assert result["status"] == "mirrored", result
     streaming = f", streaming {len(STREAMED)} large files"
     assert (streaming in out) == (mode == "stream"), out
+    assert "scan: clean (1 pickle file)" in out, out
     # the same inputs make the same image (an index on the two-platform base), whatever way;
     # the engine alone holds one platform: the index's image for this machine
     here = str(host_platform())
-    digest, ref_layout = _reference(fmt, base, bases, tmp_path_factory.getbasetemp() / "mx-ref")
     if builder == "docker" and dest == "local":
         digest = _platform_manifest(ref_layout, here)[0]
     assert result["digest"] == digest
+    # signed beside it wherever signatures can live (the engine alone keeps none: it says so)
+    sig = digest.replace(":", "-") + ".sig"
+    if builder == "docker" and dest == "local":
+        assert "not signed: the Docker engine keeps no signatures" in out, out
+    elif dest == "registry":
+        assert sig in skopeo_tags(f"{registry.host}/{ns}/models")
+    else:
+        index = json.loads((project / "oci-images" / ns / "models" / "index.json").read_text())
+        assert sig in {
+            m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]
+        }
     # and a second run finds it up to date, whatever way it was written
     _, again, out = _mirror(project, *args)
     assert [r["status"] for r in again["results"]] == ["skipped"], out
@@ -265,7 +299,9 @@ def _expected(option: str) -> dict[str, bytes]:
             "extra é.txt": b"prepared\n",
         }
     if option == "preset":  # the safetensors preset keeps no other weights format
-        return {p: d for p, d in FILES.items() if p != "flax_model.msgpack"}
+        return {
+            p: d for p, d in FILES.items() if p not in ("flax_model.msgpack", "pytorch_model.bin")
+        }
     return FILES
 
 
@@ -290,7 +326,7 @@ def test_options(
     layout = project / "oci-images" / ns / "models"
     engine = f"{ns}/models:{TAG}" if dest == "local" else ref
     if option == "dry-run":  # planned, and nothing written anywhere
-        assert result["status"] == "planned" and result["message"].startswith("would mirror 8")
+        assert result["status"] == "planned" and result["message"].startswith("would mirror 9")
         assert not hub.count("GET", "/resolve/")
         assert not layout.exists() and not skopeo_tags(f"{registry.host}/{ns}/models")
         gone = subprocess.run(["docker", "image", "inspect", engine], capture_output=True)
