@@ -273,6 +273,14 @@ def _optional_size(value: object) -> int | None:
     return None if value is None else _size(value)
 
 
+def parse_size(text: str, what: str) -> int:
+    """Bytes from a command-line size ("4GiB", "500MB", "1048576"); ConfigError otherwise."""
+    try:
+        return _size(text)
+    except _Invalid as e:
+        raise ConfigError(f"{what} {text!r}: {e}") from e
+
+
 def _size(value: object) -> int:
     """Bytes, as a number or a string with a unit ("512KiB", "1 MiB")."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -128,6 +128,11 @@ class RecordError(Hf2ociError):
     """The records could not be read, written or committed."""
 
 
+class BundleError(Hf2ociError):
+    """A bundle that is damaged, incomplete or hostile, or that the registry cannot take: nothing
+    of it is published."""
+
+
 class ServeError(Hf2ociError):
     """A request ``serve`` answers as the hub would refuse it: ``status`` and ``code`` (its
     ``X-Error-Code``), with the commit for a miss the client may cache."""

@@ -24,6 +24,10 @@ COMMANDS = {
     "deploy": ("hf2oci.cli.deploy", "deploy", "Serve a model image: Dockerfile, compose, k8s."),
     "serve": ("hf2oci.cli.serve", "serve", "Answer the Hugging Face Hub API from the images."),
     "verify": ("hf2oci.cli.verify", "verify", "Check an image's signature and provenance."),
+    "inventory": ("hf2oci.cli.airgap", "inventory", "Say what a registry holds (for a bundle)."),
+    "bundle": ("hf2oci.cli.airgap", "bundle", "Write what the other side lacks, to carry."),
+    "load": ("hf2oci.cli.airgap", "load_command", "Check a bundle and publish it."),
+    "prune": ("hf2oci.cli.airgap", "prune", "Delete old pinned revisions and signatures."),
 }
 
 

@@ -91,7 +91,8 @@ def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str]:
     """The repository ``text`` names (as ``open_image`` reads it) and its tag or digest."""
     found = layout_ref(text)
     if found is not None:
-        return layout_repo(found[0]), found[1]
+        repository, colon, tag = found[1].rpartition(":")  # a bundle's repository:tag
+        return layout_repo(found[0], repository + colon), tag
     ref = parse_reference(text)
     client = RegistryClient(ref.registry, plain_http=plain_http)
     return registry_repo(client, ref.repository), ref.identifier
@@ -146,11 +147,13 @@ def registry_repo(client: RegistryClient, repository: str) -> _Repo:
     return _Repo(remote, blob)
 
 
-def layout_repo(root: Path) -> _Repo:
+def layout_repo(root: Path, prefix: str = "") -> _Repo:
+    """A layout's images; ``prefix`` names one repository's tags in a bundle (``repo:``)."""
+
     def local(ref: str) -> tuple[bytes, str] | None:
         if ref.startswith("sha256:"):
             return layout.read_blob(root, ref), ""
-        desc = layout.resolve_tag(root, ref)
+        desc = layout.resolve_tag(root, prefix + ref)
         return None if desc is None else (layout.read_blob(root, desc.digest), desc.media_type)
 
     return _Repo(local, lambda d: layout.read_blob(root, d))

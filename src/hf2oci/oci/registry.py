@@ -372,6 +372,17 @@ class RegistryClient:
         _check_digest(resp, digest, f"manifest {repo}:{ref}")
         return digest
 
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest by digest (and with it every tag on it); RegistryError when the
+        registry refuses (distribution answers 405 UNSUPPORTED unless deletes are enabled)."""
+        resp = self.transport.request(
+            "DELETE",
+            self._url(repo, "manifests", digest),
+            scope=f"repository:{repo}:delete",
+            allow_statuses=(404,),
+        )
+        resp.close()
+
     def list_tags(self, repo: str, *, page_size: int = 1000) -> list[str]:
         """Every tag of ``repo`` (following pagination); empty when the repository is unknown."""
         tags: list[str] = []

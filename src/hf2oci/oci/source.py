@@ -111,6 +111,10 @@ def layout_ref(text: str) -> tuple[Path, str] | None:
     UsageError for an ``oci:`` reference that names no layout."""
     rest = text.removeprefix("oci:")
     path, sep, tag = rest.rpartition(":")
+    # a bundle names its images ``repository:tag``: ``oci:BUNDLE:hgfkeep/models:acme--m``
+    first, _, named = rest.partition(":")
+    if named and first != path and (Path(first) / layout.LAYOUT_FILE).is_file():
+        path, tag = first, named
     if text.startswith("oci:") and not (sep and path and tag):
         raise UsageError(f"{text}: expected oci:PATH:TAG")
     if text.startswith("oci:") or (path and (Path(path) / layout.LAYOUT_FILE).is_file()):

@@ -240,24 +240,32 @@ class Store:
                 return None
             ref = Reference(self.client.registry, repo, tag)
             return open_remote(self.client, ref, None)
-        assert self.root is not None
-        path = self.root / repo
-        if not (path / layout.INDEX_FILE).is_file() or layout.resolve_tag(path, tag) is None:
+        path, name = self._in_layout(repo, tag)
+        if not (path / layout.INDEX_FILE).is_file() or layout.resolve_tag(path, name) is None:
             return None
-        return open_image(f"oci:{path}:{tag}")
+        return open_image(f"oci:{path}:{name}")
+
+    def _in_layout(self, repository: str, tag: str) -> tuple[Path, str]:
+        """Where a tag is: a layout per repository (``root/hgfkeep/models``, as sync writes
+        them), or one layout at ``root`` naming ``repository:tag`` (a bundle)."""
+        assert self.root is not None
+        if (self.root / layout.LAYOUT_FILE).is_file():
+            return self.root, f"{repository}:{tag}"
+        return self.root / repository, tag
 
     def tags(self, repo_type: RepoType) -> list[str]:
         """Every tag of the repo type's image repository."""
         repo = self.repository(repo_type)
         if self.client is not None:
             return self.client.list_tags(repo)
-        assert self.root is not None
-        path = self.root / repo
+        path, prefix = self._in_layout(repo, "")
         if not (path / layout.INDEX_FILE).is_file():
             return []
         manifests = layout.read_index(path).get("manifests") or []
         names = [(m.get("annotations") or {}).get(ANNOTATION_REF_NAME) for m in manifests]
-        return sorted({n for n in names if isinstance(n, str)})
+        return sorted(
+            {n[len(prefix) :] for n in names if isinstance(n, str) and n.startswith(prefix)}
+        )
 
     def healthy(self) -> bool:
         try:
@@ -319,8 +327,8 @@ class Store:
         if self.client is not None:
             repo = registry_repo(self.client, repository)
         else:
-            assert self.root is not None
-            repo = layout_repo(self.root / repository)
+            path, prefix = self._in_layout(repository, "")
+            repo = layout_repo(path, prefix)
         report = check(f"{repository}@{image.digest}", repo, image.digest, image.manifest,
                        L.of_image(image), self.verify_key)  # fmt: skip
         with self._lock:

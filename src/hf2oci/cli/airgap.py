@@ -1,0 +1,263 @@
+"""``hf2oci inventory``, ``bundle``, ``load`` and ``prune``: crossing an air gap, and retention."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from hf2oci.cli._common import (
+    echo,
+    get_hf_option,
+    handle_errors,
+    load,
+    plain_http_option,
+    read_public_key,
+    verbosity,
+)
+from hf2oci.errors import ConfigError
+from hf2oci.units import human_size
+
+if TYPE_CHECKING:
+    from hf2oci.oci.registry import RegistryClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _registry_option(required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--registry",
+        required=False,
+        help="The registry (host[:port])" + ("" if required else " (default: config.yaml's)") + ".",
+    )
+
+
+def _namespace_option(func: F) -> F:
+    return click.option(
+        "--namespace", help="Namespace of the images (default: config.yaml's, e.g. hgfkeep)."
+    )(func)
+
+
+def _client(registry: str | None, plain_http: bool | None) -> RegistryClient:
+    from hf2oci.oci.registry import RegistryClient
+
+    if not registry:
+        raise ConfigError("no registry: pass --registry HOST[:PORT] (or set it in config.yaml)")
+    return RegistryClient(registry, plain_http=plain_http)
+
+
+@click.command("inventory")
+@_registry_option(True)
+@_namespace_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write it here (default: "
+              "standard output).")  # fmt: skip
+@plain_http_option
+@get_hf_option
+@verbosity
+@handle_errors
+def inventory(
+    registry: str | None,
+    namespace: str | None,
+    output: Path | None,
+    plain_http: bool | None,
+    get_hf: Path,
+) -> None:
+    """Say what the registry holds for hf2oci (tags, revisions, manifest and blob digests): the
+    small file that crosses out, so a bundle carries only the rest. Reads no layer."""
+    from hf2oci.airgap.content import RegistrySource
+    from hf2oci.airgap.inventory import take_inventory
+
+    config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
+                  plain_http=plain_http)  # fmt: skip
+    client = _client(config.registry, config.plain_http)
+    found = take_inventory(RegistrySource(client), client.registry, config.namespace)
+    data = found.to_json()
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        from hf2oci.fsutil import atomic_write
+
+        atomic_write(output, data)
+        tags = sum(len(t) for t in found.tags.values())
+        blobs = len(set().union(*found.blobs.values())) if found.blobs else 0
+        echo(f"{output}: {tags} tags, {blobs} blobs ({human_size(len(data))})")
+
+
+@click.command("bundle")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="REPO_ID",
+    help="Bundle this repo (repeat; datasets/ORG/NAME for a dataset; default: all).",
+)
+@click.option(
+    "--since",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The inside's inventory: leave out what it holds.",
+)
+@_registry_option(False)
+@click.option(
+    "--layout",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Read the layouts sync wrote under this folder instead of a registry.",
+)
+@_namespace_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The bundle: a folder, or NAME.tar.",
+)
+@click.option("--split", help="Tar volumes of this size (e.g. 4GiB): NAME.tar.001, …")
+@plain_http_option
+@get_hf_option
+@verbosity
+@handle_errors
+def bundle(
+    only: tuple[str, ...],
+    since: Path | None,
+    registry: str | None,
+    layout: Path | None,
+    namespace: str | None,
+    output: Path,
+    split: str | None,
+    plain_http: bool | None,
+    get_hf: Path,
+) -> None:
+    """Write the mirrored repos' current tags and signatures as one OCI layout (a folder or a
+    tar, in volumes), holding only the blobs the inventory of the other side lacks."""
+    from hf2oci.airgap.bundle import Choice, Plan
+    from hf2oci.airgap.bundle import bundle as run
+    from hf2oci.airgap.content import LayoutSource, RegistrySource, Source
+    from hf2oci.airgap.schema import Inventory
+    from hf2oci.config import parse_size
+
+    config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
+                  plain_http=plain_http)  # fmt: skip
+    if layout is not None and registry:
+        raise ConfigError("--registry and --layout: read one of them")
+    source: Source
+    if layout is not None or not config.registry:
+        source = LayoutSource(layout if layout is not None else Path(config.output_dir))
+    else:
+        source = RegistrySource(_client(config.registry, config.plain_http))
+    choices = [Choice.parse(text) for text in only]
+    inside = Inventory.read(since) if since is not None else None
+    size = parse_size(split, "--split") if split else None
+    if size is not None and size < 1 << 20:
+        raise ConfigError(f"--split {split}: volumes of at least 1 MiB")
+
+    def planned(plan: Plan) -> None:
+        for line in plan.skipped:
+            echo(line)
+        info = plan.info
+        expected = len(info.expects)
+        echo(f"{output}: {len(info.repos)} repos, {len(info.refs)} tags, {len(info.blobs)} "
+             f"blobs ({human_size(plan.carried_bytes)})"
+             + (f"; {expected} blobs left to the inside" if expected else ""))  # fmt: skip
+
+    run(source, config.namespace, output, only=choices, since=inside, split=size,
+        on_plan=planned)  # fmt: skip
+
+
+@click.command("load")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@_registry_option(True)
+@_namespace_option
+@click.option(
+    "--verify-key",
+    type=click.Path(path_type=Path),
+    help="A public key (PEM): refuse images whose signatures it does not verify.",
+)
+@plain_http_option
+@get_hf_option
+@verbosity
+@handle_errors
+def load_command(
+    bundle_path: Path,
+    registry: str | None,
+    namespace: str | None,
+    verify_key: Path | None,
+    plain_http: bool | None,
+    get_hf: Path,
+) -> None:
+    """Check every byte of BUNDLE (a folder, NAME.tar or NAME.tar.001), then upload what the
+    registry lacks and publish its tags last. Run it again after a failure: it resumes.
+
+    The namespace defaults to the bundle's; another one re-homes the repos."""
+    from hf2oci.airgap.load import load as run
+    from hf2oci.airgap.load import open_bundle
+
+    config = load(get_hf / "config.yaml", registry=registry, plain_http=plain_http)
+    key = read_public_key(verify_key)
+    client = _client(config.registry, config.plain_http)
+    opened, close = open_bundle(bundle_path)
+    try:
+        report = run(opened, client, namespace=namespace, verify_key=key)
+    finally:
+        close()
+    for line in report.refused:
+        echo(line)
+    for ref in report.published:
+        if not ref.attachment:
+            click.echo(
+                f"{client.registry}/{(namespace or opened.info.namespace)}"
+                f"{ref.repository[len(opened.info.namespace) :]}:{ref.tag}@{ref.digest}"
+            )
+    echo(f"{bundle_path}: {len(report.uploaded)} blobs uploaded "
+         f"({human_size(report.uploaded_bytes)}), {len(report.mounted)} mounted, "
+         f"{len(set(report.present))} already there; {len(report.published)} tags")  # fmt: skip
+    sys.exit(0 if report.ok else 1)
+
+
+@click.command("prune")
+@_registry_option(True)
+@_namespace_option
+@click.option("--keep", type=int, help="Keep the N newest pinned revisions of each repo.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(0),
+    metavar="DAYS",
+    help="Remove only pinned revisions older than this (the revision's date).",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would go; delete nothing.")
+@plain_http_option
+@get_hf_option
+@verbosity
+@handle_errors
+def prune(
+    registry: str | None,
+    namespace: str | None,
+    keep: int | None,
+    older_than: float | None,
+    dry_run: bool,
+    plain_http: bool | None,
+    get_hf: Path,
+) -> None:
+    """Delete pinned revision tags (and their signatures) beyond --keep N per repo and/or
+    older than --older-than DAYS. Never a moving tag, its revision, or a revision a list line
+    pins. Then run the registry's garbage collection to free the layers."""
+    from hf2oci.airgap.prune import plan_prune
+    from hf2oci.airgap.prune import prune as run
+    from hf2oci.intake.lists import read_lists
+
+    config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
+                  plain_http=plain_http)  # fmt: skip
+    client = _client(config.registry, config.plain_http)
+    specs = read_lists(get_hf)[0] if get_hf.is_dir() else []
+    removals, notes = plan_prune(client, config.namespace, keep=keep, older_than=older_than,
+                                 pinned_by_lists=specs)  # fmt: skip
+    for line in notes:
+        echo(line)
+    if dry_run:
+        for removal in removals:
+            click.echo(removal.line(dry_run=True))
+    else:
+        run(client, removals, on_removed=lambda r: click.echo(r.line(dry_run=False)))
+    if not removals:
+        echo("nothing to prune")
