@@ -122,12 +122,13 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                action, _, code = action.partition("!")  # "400!DIGEST_INVALID": that code
                 status, _, retry_after = action.partition(":")
                 body = json.dumps(
                     {
                         "errors": [
                             {
-                                "code": "DENIED" if status == "403" else "UNAVAILABLE",
+                                "code": code or ("DENIED" if status == "403" else "UNAVAILABLE"),
                                 "message": f"injected {status}",
                             }
                         ]

@@ -359,6 +359,25 @@ def test_retry_after_is_honoured_and_capped(proxy: FaultProxy) -> None:
     assert time.monotonic() - start < 5
 
 
+def test_a_manifest_put_the_registry_misreads_as_digest_invalid_is_tried_again(
+    proxy: FaultProxy, registry: Registry
+) -> None:
+    """distribution answers DIGEST_INVALID to a manifest PUT when it reads a blob link that a
+    concurrent push of the same blob is writing (seen here with two signed repos mirrored at
+    once into one repository); the digest hf2oci sends is the sha256 of the bytes it sends,
+    so trying again is right. Any other 400 still fails at once."""
+    fault = proxy.fault("PUT", r"/manifests/sha256:", "400!DIGEST_INVALID")
+    client, _ = logged_client(proxy.host, retry=FAST)
+    image, repo = random_image(), unique_repo()
+    assert push(client, image, repo, tags=["t"]) == image.digest
+    assert fault.hits == 1
+    assert skopeo_digest(registry, f"{repo}:t") == image.digest
+    proxy.fault("PUT", r"/manifests/t2$", "400!MANIFEST_INVALID", times=5)
+    with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
+        client.put_manifest(repo, "t2", image.manifest, image.media_type)
+    assert proxy.attempts("PUT", r"/manifests/t2$") == 1
+
+
 @pytest.mark.parametrize("status", ["403", "404"])
 def test_client_errors_fail_at_once(proxy: FaultProxy, status: str) -> None:
     proxy.fault("GET", r"/blobs/", status, times=10)

@@ -235,6 +235,7 @@ def _blob_name(digest: str) -> str:
 def write_folder(plan: Plan, source: Source, out: Path, *, workers: int = 4) -> None:
     """Write the bundle as a folder: built beside ``out`` and renamed into place when whole."""
     _refuse_existing(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "blobs" / "sha256").mkdir(parents=True)
@@ -299,6 +300,7 @@ def write_tar(
         small = _small_files(plan.info)
     for name, _ in volumes:
         _refuse_existing(out.with_name(name))
+    out.parent.mkdir(parents=True, exist_ok=True)
     writer = _VolumeWriter(out.parent, volumes)
     try:
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tar:
@@ -426,6 +428,8 @@ def bundle(
     """Plan and write a bundle: a tar when ``out`` ends in ``.tar``, else a folder."""
     if split is not None and out.suffix != ".tar":
         raise UsageError(f"{out}: --split needs a tar bundle (a name ending in .tar)")
+    for existing in (out, out.with_name(out.name + ".001")):
+        _refuse_existing(existing)
     plan = plan_bundle(source, namespace, only=only, since=since)
     if on_plan is not None:
         on_plan(plan)

@@ -359,14 +359,28 @@ class RegistryClient:
         return data, media_type, digest
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        """Store a manifest under a tag or its digest; returns its digest."""
-        resp = self.transport.request(
-            "PUT",
-            self._url(repo, "manifests", ref),
-            headers={"Content-Type": media_type},
-            body=data,
-            scope=registry_scope(repo, push=True),
-        )
+        """Store a manifest under a tag or its digest; returns its digest.
+
+        A DIGEST_INVALID answer is tried again: distribution gives it when it reads a blob
+        link that a concurrent push of the same blob is writing, and the digest sent here is
+        the sha256 of the bytes sent."""
+
+        def attempt() -> requests.Response:
+            try:
+                return self.transport.request(
+                    "PUT",
+                    self._url(repo, "manifests", ref),
+                    headers={"Content-Type": media_type},
+                    body=data,
+                    scope=registry_scope(repo, push=True),
+                    retry=False,
+                )
+            except RegistryError as e:
+                if e.status == 400 and "DIGEST_INVALID" in str(e):
+                    e.temporary = True
+                raise
+
+        resp = self.transport.retrying(attempt, what=f"PUT manifest {repo}:{ref}")
         resp.close()
         digest = sha256_digest(data)
         _check_digest(resp, digest, f"manifest {repo}:{ref}")
