@@ -111,10 +111,21 @@ def test_a_first_bundle_of_three_repos_crosses_into_an_empty_registry(
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == outside_digest
     assert umoci_files(f"oci:{bundle}:{repo}:{tag_of(m1)}", tmp_path / "umoci") == files1
 
-    # load: every tag, the same digests, signatures along
-    result = cli("load", str(bundle), "--registry", inside.host,
-                 "--verify-key", str(tmp_path / "key.pub"))  # fmt: skip
+    # load: every tag, the same digests, signatures along; the inside's records follow
+    inside_get_hf = tmp_path / "inside-project" / "get_hf"
+    inside_get_hf.mkdir(parents=True)
+    key = str(tmp_path / "key.pub")
+    result = cli("load", str(bundle), "--registry", inside.host, "--verify-key", key,
+                 "--get-hf", str(inside_get_hf))  # fmt: skip
     assert result.exit_code == 0, result.output
+    ledger = json.loads((inside_get_hf / "mirrored.json").read_text())
+    outside_ledger = json.loads((project / "get_hf" / "mirrored.json").read_text())
+    entry = ledger["models"][m1]
+    assert entry["image"] == f"{inside.host}/{ns}/models"
+    assert entry["digest"] == outside_ledger["models"][m1]["digest"]
+    assert entry["size"] == outside_ledger["models"][m1]["size"] > 0
+    assert d1 in ledger["datasets"]
+    assert f"{inside.host}/{ns}/models" in (inside_get_hf.parent / "models.md").read_text()
     for r, model in ((repo, m1), (repo, m2), (f"{ns}/datasets", d1)):
         assert _digest(inside, r, tag_of(model)) == _digest(registry, r, tag_of(model))
     assert _tags(inside, repo) == _tags(registry, repo)

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +91,12 @@ def plan_bundle(
     *,
     only: Sequence[Choice] = (),
     since: Inventory | None = None,
+    records: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> Plan:
     """The tags of the chosen repos (all mirrored ones by default) and what they need, less
-    what ``since`` says the inside holds; UsageError for a chosen repo the source lacks."""
+    what ``since`` says the inside holds; UsageError for a chosen repo the source lacks.
+    ``records``: the outside's ledger entries (by repo type and id), carried along for the
+    inside's records where they describe the image bundled."""
     refs: list[Ref] = []
     attachments: list[Ref] = []
     manifests: list[ManifestEntry] = []
@@ -128,11 +131,16 @@ def plan_bundle(
                         if got is not None:
                             attached = walk(source, repository, got[0], got[1], graph)
                             attachments.append(Ref(repository, tag, attached, got[1], len(got[0])))
-            repos.append({
+            entry: dict[str, Any] = {
                 "repo_id": current.repo_id, "repo_type": repo_type,
                 "revision": current.revision, "repository": repository,
-                "tags": [t.tag for t in carried], "created": current.created,
-            })  # fmt: skip
+                "tags": [t.tag for t in carried], "digest": current.digest,
+                "created": current.created,
+            }  # fmt: skip
+            record = (records or {}).get((repo_type, current.repo_id))
+            if record is not None and record.get("digest") == current.digest:
+                entry["record"] = dict(record)
+            repos.append(entry)
         for digest, (data, media_type) in graph.manifests.items():
             manifests.append(ManifestEntry(repository, digest, media_type))
             manifest_bytes[digest] = data
@@ -424,13 +432,14 @@ def bundle(
     since: Inventory | None = None,
     split: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    records: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> Plan:
     """Plan and write a bundle: a tar when ``out`` ends in ``.tar``, else a folder."""
     if split is not None and out.suffix != ".tar":
         raise UsageError(f"{out}: --split needs a tar bundle (a name ending in .tar)")
     for existing in (out, out.with_name(out.name + ".001")):
         _refuse_existing(existing)
-    plan = plan_bundle(source, namespace, only=only, since=since)
+    plan = plan_bundle(source, namespace, only=only, since=since, records=records)
     if on_plan is not None:
         on_plan(plan)
     if out.suffix == ".tar":

@@ -559,3 +559,48 @@ def open_bundle(path: Path) -> tuple[Opened, Callable[[], None]]:
         return open_folder(path), lambda: None
     opened, volumes = open_tar(path)
     return opened, volumes.close
+
+
+def mirrored(opened: Opened, report: LoadReport, registry: str, namespace: str | None) -> list[Any]:
+    """The record entries (``Mirrored``) of the repos whose tags this load published: the
+    outside's entries where the bundle carries them, with this registry's image name."""
+    import dataclasses
+    import datetime as dt
+
+    from hf2oci.spec import Mirrored
+
+    info = opened.info
+    target = namespace or info.namespace
+    published = {(r.repository, r.tag) for r in report.published}
+    out = []
+    for repo in info.repos:
+        repository = str(repo.get("repository", ""))
+        tags = [t for t in repo.get("tags") or [] if (repository, t) in published]
+        if not tags:
+            continue
+        image = f"{registry}/{target}{repository[len(info.namespace) :]}"
+        record = repo.get("record")
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(record, dict):
+            try:
+                entry = Mirrored.from_json(record, where=f"{BUNDLE_FILE}: {repo.get('repo_id')}")
+            except Hf2ociError:
+                record = None
+            else:
+                out.append(
+                    dataclasses.replace(
+                        entry,
+                        image=image,
+                        tags=tuple(tags),
+                        destination="registry",
+                        mirrored_at=now,
+                    )
+                )
+                continue
+        out.append(Mirrored(
+            repo_id=str(repo["repo_id"]), repo_type=repo["repo_type"],
+            revision=str(repo.get("revision", "")), requested_revision="main", image=image,
+            tags=tuple(tags), digest=str(repo.get("digest", "")), size=0, file_count=0,
+            mirrored_at=now,
+        ))  # fmt: skip
+    return out

@@ -41,11 +41,17 @@ def _namespace_option(func: F) -> F:
     )(func)
 
 
-def _client(registry: str | None, plain_http: bool | None) -> RegistryClient:
+def _client(
+    registry: str | None, plain_http: bool | None, *, monolithic: bool = False
+) -> RegistryClient:
+    """The registry's client; ``monolithic``: every blob in one streamed PUT (a bundle's blobs
+    are files or tar members read once, checked on the way: no chunk is held in memory)."""
     from hf2oci.oci.registry import RegistryClient
 
     if not registry:
         raise ConfigError("no registry: pass --registry HOST[:PORT] (or set it in config.yaml)")
+    if monolithic:
+        return RegistryClient(registry, plain_http=plain_http, chunk_size=1 << 50)
     return RegistryClient(registry, plain_http=plain_http)
 
 
@@ -148,6 +154,7 @@ def bundle(
         source = RegistrySource(_client(config.registry, config.plain_http))
     choices = [Choice.parse(text) for text in only]
     inside = Inventory.read(since) if since is not None else None
+    records = _records(get_hf, config.record)
     size = parse_size(split, "--split") if split else None
     if size is not None and size < 1 << 20:
         raise ConfigError(f"--split {split}: volumes of at least 1 MiB")
@@ -162,7 +169,19 @@ def bundle(
              + (f"; {expected} blobs left to the inside" if expected else ""))  # fmt: skip
 
     run(source, config.namespace, output, only=choices, since=inside, split=size,
-        on_plan=planned)  # fmt: skip
+        on_plan=planned, records=records)  # fmt: skip
+
+
+def _records(get_hf: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The outside's ledger entries (none when there is no ledger), to carry in the bundle."""
+    from hf2oci.record.ledger import load_ledger
+
+    path = get_hf / name
+    if not path.is_file():
+        return {}
+    ledger = load_ledger(path)
+    return {(kind, e.repo_id): e.to_json() for kind in ("model", "dataset")
+            for e in ledger.entries(kind)}  # fmt: skip
 
 
 @click.command("load")
@@ -195,7 +214,7 @@ def load_command(
 
     config = load(get_hf / "config.yaml", registry=registry, plain_http=plain_http)
     key = read_public_key(verify_key)
-    client = _client(config.registry, config.plain_http)
+    client = _client(config.registry, config.plain_http, monolithic=True)
     opened, close = open_bundle(bundle_path)
     try:
         report = run(opened, client, namespace=namespace, verify_key=key)
@@ -203,6 +222,15 @@ def load_command(
         close()
     for line in report.refused:
         echo(line)
+    source = click.get_current_context().get_parameter_source("get_hf")
+    if source is click.core.ParameterSource.COMMANDLINE:
+        from hf2oci.airgap.load import mirrored
+        from hf2oci.record import record_results
+
+        entries = mirrored(opened, report, client.registry, namespace)
+        changed = record_results(entries, get_hf=get_hf, ledger_name=config.record)
+        echo(f"recorded {len(entries)} repos" + (f" ({', '.join(map(str, changed))})"
+                                                 if changed else ""))  # fmt: skip
     for ref in report.published:
         if not ref.attachment:
             click.echo(
