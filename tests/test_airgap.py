@@ -593,3 +593,44 @@ def test_an_inventory_of_a_thousand_repos_fits_in_a_mebibyte() -> None:
     assert len(data) <= 1 << 20, len(data)
     again = Inventory.from_json(data, "inv.json")
     assert again.tags == inv.tags and again.blobs == inv.blobs
+
+
+def test_load_with_a_key_refuses_unsigned_or_foreign_images_and_publishes_the_rest(
+    hub, random_repo, registry, inside, project: Path, tmp_path: Path
+) -> None:
+    signed, _, _ = random_repo()
+    unsigned, _, _ = random_repo()
+    private, public = _key_pem()
+    _, other_public = _key_pem()
+    (tmp_path / "key.pub").write_bytes(public)
+    (tmp_path / "other.pub").write_bytes(other_public)
+    ns = _ns(signed)
+    _mirror(project, registry, ns, [signed], [], key=private)
+    _mirror(project, registry, ns, [signed, unsigned], [])
+    bundle = _bundle(registry, ns, tmp_path / "b" / "both.tar", "--split", "1MiB")
+    repo = f"{ns}/models"
+
+    result = cli("load", str(bundle), "--registry", inside.host,
+                 "--verify-key", str(tmp_path / "other.pub"))  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.count("not verified") == 2, result.output
+    assert _tags(inside, repo) == []  # neither image, nor their signatures
+
+    result = cli("load", str(bundle), "--registry", inside.host,
+                 "--verify-key", str(tmp_path / "key.pub"))  # fmt: skip
+    assert result.exit_code == 1
+    refused = [ln for ln in result.output.splitlines() if "not verified" in ln]
+    assert len(refused) == 1 and tag_of(unsigned) in refused[0], result.output
+    assert "signature" in refused[0]
+    assert _digest(inside, repo, tag_of(signed)) == _digest(registry, repo, tag_of(signed))
+    assert _digest(inside, repo, tag_of(unsigned)) is None
+    verified = cli("verify", f"{inside.host}/{repo}:{tag_of(signed)}", "--key",
+                   str(tmp_path / "key.pub"))  # fmt: skip
+    assert verified.exit_code == 0, verified.output
+
+    # re-homed under another namespace, without a key: both, the same digests
+    result = cli("load", str(bundle), "--registry", inside.host, "--namespace", "rehomed")
+    assert result.exit_code == 0, result.output
+    for model in (signed, unsigned):
+        assert _digest(inside, "rehomed/models", tag_of(model)) == _digest(
+            registry, repo, tag_of(model))  # fmt: skip

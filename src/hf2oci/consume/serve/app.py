@@ -42,7 +42,9 @@ T = TypeVar("T")
 PAGE = 1000
 _KINDS: dict[str, RepoType] = {plural(t): t for t in REPO_TYPES}
 _ACTIONS = ("revision", "tree", "paths-info")
-_OPEN = ("/health", "/metrics")
+_OPEN = ("/health", "/metrics", "/-/hf2oci.css", "/-/login")
+#: the cookie a browser keeps its token in, after the login form (same tokens as the API)
+TOKEN_COOKIE = "hf2oci_token"
 _BAD_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
@@ -117,6 +119,27 @@ def _split_repo(parts: list[str], actions: Sequence[str]) -> tuple[str, str | No
     raise ServeError(404, "RepoNotFound", "Repository not found")
 
 
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page (API clients send JSON or ``*/*``)."""
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
+
+
+#: what every page carries: no script runs, nothing loads from elsewhere, no framing
+_PAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _html(text: str, status: int = 200) -> Response:
+    from hf2oci.consume.serve.pages import CSP
+
+    headers = {"Content-Security-Policy": CSP, **_PAGE_HEADERS}
+    return Response(text, status_code=status, media_type="text/html; charset=utf-8",
+                    headers=headers)  # fmt: skip
+
+
 def _error(e: ServeError, head: bool = False) -> Response:
     headers = {"X-Error-Code": e.code, "X-Error-Message": str(e)}
     if e.commit:
@@ -137,6 +160,8 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
         Route("/metrics", hub.metrics_page, methods=["GET"]),
         Route("/api/agent-harnesses", hub.harnesses, methods=["GET"]),
         Route("/api/{rest:path}", hub.api, methods=["GET", "POST"]),
+        Route("/-/hf2oci.css", hub.stylesheet, methods=["GET"]),
+        Route("/-/login", hub.login, methods=["POST"]),
         Route("/{rest:path}", hub.resolve, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes)
@@ -154,6 +179,9 @@ class _Hub:
         self.budget = ReadBudget()
         self.metrics.downloads.set_function(lambda: self.budget.active)
         self.metrics.registry.register(_StoreCounts(store))
+        from hf2oci.consume.serve.pages import Catalog
+
+        self.catalog = Catalog(store)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -209,10 +237,60 @@ class _Hub:
         except ServeError as e:
             return _error(e)
 
+    async def stylesheet(self, request: Request) -> Response:
+        from hf2oci.consume.serve.pages import stylesheet
+
+        return Response(stylesheet(), media_type="text/css",
+                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
+
+    async def login(self, request: Request) -> Response:
+        """The login form's POST: the token goes into an HttpOnly, SameSite=Strict cookie."""
+        form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0].strip()
+        response = Response(status_code=303, headers={"Location": "/"})
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")  # fmt: skip
+        return response
+
+    async def page(self, request: Request, parts: list[str]) -> Response:
+        """A web page at the hub's path, for a browser (``Accept: text/html``)."""
+        from hf2oci.consume.serve import pages
+
+        store, query = self.store, dict(request.query_params)
+        base = str(request.base_url).rstrip("/")
+        try:
+            if parts in ([], [""], ["models"], ["datasets"]):
+                kind: RepoType = "dataset" if parts == ["datasets"] else "model"
+                html = await self.call(pages.catalog_page, self.catalog, kind, query, base)
+                return _html(html)
+            kind = "model"
+            if parts[0] == "datasets":
+                kind, parts = "dataset", parts[1:]
+            if len(parts) < 2:
+                raise ServeError(404, "NotFound", "no such page")
+            repo_id, rest = "/".join(parts[:2]), parts[2:]
+            if not rest:
+                snap = await self.call(store.snapshot, kind, repo_id, "main")
+                html = await self.call(pages.repo_page, store, self.catalog, snap, base)
+                return _html(html)
+            if rest[0] not in ("tree", "blob") or len(rest) < 2:
+                raise ServeError(404, "NotFound", "no such page")
+            snap = await self.call(store.snapshot, kind, repo_id, rest[1])
+            render = pages.tree_page if rest[0] == "tree" else pages.blob_page
+            found = await self.call(render, snap, rest[1], "/".join(rest[2:]))
+            if found is None:
+                raise ServeError(404, "EntryNotFound", f"{'/'.join(rest[2:])} not found")
+            return _html(found)
+        except ServeError as e:
+            return _html(pages.render("error.html.j2", status=e.status, message=str(e)),
+                         status=e.status)  # fmt: skip
+
     async def resolve(self, request: Request) -> Response:
         head = request.method == "HEAD"
         try:
             parts = _segments(request, 0)
+            if _wants_html(request) and "resolve" not in parts[1:4]:
+                return await self.page(request, parts)
             repo_type: RepoType = "model"
             if parts and parts[0] in _KINDS and len(parts) > 1 and "resolve" in parts[2:4]:
                 repo_type = _KINDS[parts[0]]
@@ -325,6 +403,8 @@ class _Gate:
         for name, value in scope.get("headers") or []:
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 given = value[7:].strip()
+            elif name == b"cookie" and not given:
+                given = _cookie(value, TOKEN_COOKIE)
         ok = False
         for token in self.tokens:  # every one compared: the time says nothing
             ok |= hmac.compare_digest(given, token)
@@ -352,7 +432,12 @@ class _Gate:
                 await self.app(scope, receive, sending)
             else:
                 headers = {"X-Error-Code": "Unauthorized", "X-Error-Message": _BAD_CREDENTIALS}
-                response = JSONResponse({"error": _BAD_CREDENTIALS}, 401, headers=headers)
+                response: Response = JSONResponse({"error": _BAD_CREDENTIALS}, 401, headers=headers)
+                accept = dict(scope.get("headers") or []).get(b"accept", b"")
+                if b"text/html" in accept and not scope["path"].startswith("/api/"):
+                    from hf2oci.consume.serve.pages import login_page
+
+                    response = _html(login_page(), status=401)
                 await response(scope, receive, sending)
         finally:
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
@@ -362,12 +447,23 @@ class _Gate:
             )  # fmt: skip
 
 
+def _cookie(header: bytes, name: str) -> bytes:
+    """One cookie's value from a Cookie header."""
+    for part in header.split(b";"):
+        key, _, value = part.strip().partition(b"=")
+        if key == name.encode():
+            return value.strip().strip(b'"')
+    return b""
+
+
 def _route(path: str) -> str:
     if path in _OPEN or path == "/api/agent-harnesses":
         return path
     if path.startswith("/api/"):
         return "api"
-    return "resolve" if "/resolve/" in path else "other"
+    if "/resolve/" in path:
+        return "resolve"
+    return "page"
 
 
 # -- documents (run in worker threads: they may read the storage) ------------------------------

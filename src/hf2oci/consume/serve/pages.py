@@ -1,0 +1,432 @@
+"""The hub's web pages, at the hub's own paths, rendered on the server from the images: the
+catalog (``/``, ``/models``, ``/datasets``), a repo's page (its card), its files (``tree``) and
+one file (``blob``). No script anywhere: Jinja2 escapes every value, the card's Markdown goes
+through markdown-it-py (raw HTML off) and then nh3 (Ammonia), and every page carries a strict
+Content-Security-Policy. Cards are third-party text: read capped, front matter parsed with no
+YAML aliases."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import nh3
+import yaml
+from markdown_it import MarkdownIt
+
+from hf2oci import labels as L
+from hf2oci import naming
+from hf2oci.consume.serve.store import RepoFile, Snapshot, Store
+from hf2oci.oci.image import Image
+from hf2oci.spec import RepoType
+from hf2oci.units import human_size
+
+#: no script, no plugin, no frame, nothing from elsewhere: the air gap has no CDN
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+STYLESHEET = "/-/hf2oci.css"
+#: a card is read this far (a 20 MiB card renders its first MiB, and says so)
+CARD_LIMIT = 1 << 20
+#: the front matter parsed at most this long
+FRONT_LIMIT = 64 << 10
+#: text files shown inline up to this size
+TEXT_LIMIT = 1 << 20
+#: a safetensors header read when at most this long (one Range read)
+HEADER_LIMIT = 8 << 20
+PER_PAGE = 30
+_TEXT_SUFFIXES = (
+    ".json", ".yaml", ".yml", ".md", ".txt", ".py", ".cfg", ".toml", ".csv", ".jsonl", ".ini",
+    ".jinja", ".tiktoken", ".sh", ".gitattributes",
+)  # fmt: skip
+_ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt",
+    "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre",
+    "s", "strong", "sub", "summary", "sup", "table", "tbody", "td", "th", "thead", "tr", "ul",
+}  # fmt: skip
+_ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "th": {"style"},
+    "td": {"style"},
+    "code": {"class"},
+}
+_CSS_ALIGN = re.compile(r"text-align:(left|right|center)")
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: a card's front matter cannot expand into a bomb."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not read in a model card")
+        return super().compose_node(parent, index)
+
+
+def split_card(text: str) -> tuple[dict[str, Any], str]:
+    """(front matter, Markdown body) of a model card; bad or hostile YAML reads as none."""
+    if not text.startswith("---"):
+        return {}, text
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}, text
+    body = text[end + 4 :].split("\n", 1)[1] if "\n" in text[end + 4 :] else ""
+    front = text[3:end]
+    if len(front) > FRONT_LIMIT:
+        return {}, body
+    try:
+        doc = yaml.load(front, Loader=_NoAliases)  # a SafeLoader, aliases refused
+    except yaml.YAMLError:
+        return {}, body
+    return (doc if isinstance(doc, dict) else {}), body
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def render_markdown(text: str) -> str:
+    """Markdown → HTML that can run nothing: raw HTML escaped by the parser, then cleaned by
+    nh3 to a list of tags and attributes, http(s)/mailto links only."""
+    html = _markdown().render(text)
+
+    def attribute(tag: str, name: str, value: str) -> str | None:
+        if name == "style":
+            found = _CSS_ALIGN.fullmatch(value.replace(" ", "").rstrip(";"))
+            return f"text-align:{found.group(1)}" if found else None
+        return value
+
+    return nh3.clean(
+        html, tags=_ALLOWED_TAGS, attributes=_ALLOWED_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"}, link_rel="nofollow noopener noreferrer",
+        attribute_filter=attribute,
+    )  # fmt: skip
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    from hf2oci.render import _ROOTS, _TraversableLoader
+
+    env = jinja2.Environment(
+        loader=_TraversableLoader(_ROOTS),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["size"] = human_size
+    return env
+
+
+def render(name: str, **context: Any) -> str:
+    return environment().get_template(f"pages/{name}").render(stylesheet=STYLESHEET, **context)
+
+
+@functools.cache
+def stylesheet() -> bytes:
+    from pygments.formatters import HtmlFormatter
+
+    from hf2oci.render import _ROOTS
+
+    for root in _ROOTS:
+        css = root / "pages" / "hf2oci.css"
+        if css.is_file():
+            base = css.read_text(encoding="utf-8")
+            break
+    else:
+        base = ""
+    rules = str(HtmlFormatter(style="default").get_style_defs(".code"))  # type: ignore[no-untyped-call]
+    return (base + "\n" + rules).encode()
+
+
+# -- what the pages know of a repo --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Card:
+    """What a repo's card says, read once per image."""
+
+    meta: dict[str, Any]
+    body: str
+    truncated: bool
+
+    def values(self, key: str) -> list[str]:
+        value = self.meta.get(key)
+        items = value if isinstance(value, list) else [value] if value is not None else []
+        return [str(v) for v in items if isinstance(v, (str, int, float)) and str(v)][:50]
+
+
+def read_card(files: Mapping[str, RepoFile]) -> Card:
+    readme = files.get("README.md")
+    if readme is None:
+        return Card({}, "", False)
+    data = b"".join(readme.chunks(0, min(readme.size, CARD_LIMIT)))
+    text = data.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    meta, body = split_card(text)
+    return Card(meta, body, readme.size > CARD_LIMIT)
+
+
+@dataclass
+class Row:
+    """One repo of the catalog."""
+
+    repo_id: str
+    repo_type: RepoType
+    revision: str
+    date: str
+    size: int
+    files: int
+    format: str
+    scan: str
+    license: str
+    card: Card
+
+    def matches(self, search: str, filters: Mapping[str, str]) -> bool:
+        if search:
+            needle = search.lower()
+            if needle not in self.repo_id.lower() and needle not in self.card.body[:65536].lower():
+                return False
+        for key, wanted in filters.items():
+            have = self.card.values(key) + ([self.license] if key == "license" else [])
+            if key == "tags":
+                have += self.card.values("tags")
+            if wanted not in have:
+                return False
+        return True
+
+
+FILTER_KEYS = ("pipeline_tag", "library_name", "license", "language", "tags")
+
+
+class Catalog:
+    """Rows of the catalog, cached by image digest (a moved tag is a new row)."""
+
+    def __init__(self, store: Store, max_rows: int = 8192) -> None:
+        self.store = store
+        self._rows: OrderedDict[str, Row] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_rows = max_rows
+
+    def row(self, repo_type: RepoType, repo_id: str, image: Image) -> Row:
+        with self._lock:
+            found = self._rows.get(image.digest)
+        if found is not None:
+            return found
+        files = self.store.files(image)
+        labels = L.of_image(image)
+        card = read_card(files)
+        row = Row(
+            repo_id=repo_id, repo_type=repo_type, revision=labels.get(L.REVISION, ""),
+            date=labels.get(L.CREATED, ""), size=sum(f.size for f in files.values()),
+            files=len(files), format=labels.get(L.FORMAT, "image"),
+            scan=labels.get(L.SCAN, ""),
+            license=labels.get(L.LICENSES, "") or ", ".join(card.values("license")),
+            card=card,
+        )  # fmt: skip
+        with self._lock:
+            self._rows[image.digest] = row
+            while len(self._rows) > self.max_rows:
+                self._rows.popitem(last=False)
+        return row
+
+    def rows(self, repo_type: RepoType) -> list[Row]:
+        out = [self.row(repo_type, rid, image) for rid, image in self.store.listed(repo_type)]
+        return sorted(out, key=lambda r: (r.date, r.repo_id), reverse=True)
+
+
+@dataclass
+class Facets:
+    """The values each filter can take, with counts (the catalog's side bar)."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[Row]) -> Facets:
+        counts: dict[str, dict[str, int]] = {k: {} for k in FILTER_KEYS}
+        for row in rows:
+            for key in FILTER_KEYS:
+                values = set(row.card.values(key)) | ({row.license} if key == "license"
+                                                      and row.license else set())  # fmt: skip
+                for v in values:
+                    counts[key][v] = counts[key].get(v, 0) + 1
+        return cls({k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))[:20])
+                    for k, v in counts.items() if v})  # fmt: skip
+
+
+def catalog_page(catalog: Catalog, repo_type: RepoType, query: Mapping[str, str], base: str) -> str:
+    rows = catalog.rows(repo_type)
+    search = query.get("search", "").strip()[:200]
+    filters = {k: query[k][:200] for k in FILTER_KEYS if query.get(k)}
+    chosen = [r for r in rows if r.matches(search, filters)]
+    try:
+        page = max(1, int(query.get("p", "1")))
+    except ValueError:
+        page = 1
+    pages = max(1, math.ceil(len(chosen) / PER_PAGE))
+    page = min(page, pages)
+    shown = chosen[(page - 1) * PER_PAGE : page * PER_PAGE]
+    return render(
+        "catalog.html.j2", kind=repo_type, rows=shown, total=len(chosen), all=len(rows),
+        search=search, filters=filters, facets=Facets.of(rows).counts, page=page, pages=pages,
+        prefix="/datasets" if repo_type == "dataset" else "", base=base,
+    )  # fmt: skip
+
+
+def repo_prefix(repo_type: RepoType) -> str:
+    return "/datasets" if repo_type == "dataset" else ""
+
+
+def repo_page(store: Store, catalog: Catalog, snap: Snapshot, base: str) -> str:
+    row = catalog.row(snap.repo_type, snap.repo_id, snap.image)
+    tag = naming.repo_tag(snap.repo_id)
+    pinned = sorted(t for t in store.tags(snap.repo_type) if t.startswith(tag + naming.SEP))
+    image = _image_name(store, snap.repo_type)
+    body = row.card.body
+    return render(
+        "repo.html.j2", row=row, snap=snap, card=render_markdown(body),
+        meta=_meta_items(row.card.meta), pinned=pinned, image=image, tag=tag, base=base,
+        prefix=repo_prefix(snap.repo_type), hub_path=naming.hub_path(snap.repo_id, snap.repo_type),
+    )  # fmt: skip
+
+
+def _image_name(store: Store, repo_type: RepoType) -> str:
+    repository = store.repository(repo_type)
+    if store.client is not None:
+        return f"{store.client.registry}/{repository}"
+    return f"oci:{store.root}/{repository}"
+
+
+def _meta_items(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The front matter as short key/value lines (no nesting shown in full)."""
+    out = []
+    for key, value in list(meta.items())[:40]:
+        if isinstance(value, (list, tuple)):
+            text = ", ".join(str(v) for v in value[:20] if not isinstance(v, (dict, list)))
+        elif isinstance(value, dict):
+            text = f"({len(value)} entries)"
+        else:
+            text = str(value)
+        out.append((str(key)[:80], text[:300]))
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: str
+    folder: bool
+    size: int
+    sha256: str
+
+
+def tree_entries(files: Mapping[str, RepoFile], path: str) -> list[Entry]:
+    prefix = f"{path}/" if path else ""
+    folders: dict[str, int] = {}
+    out: list[Entry] = []
+    for name, f in files.items():
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix) :]
+        if "/" in rest:
+            top = rest.split("/", 1)[0]
+            folders[top] = folders.get(top, 0) + f.size
+        else:
+            out.append(Entry(rest, name, False, f.size, f.sha256 or ""))
+    dirs = [Entry(n, prefix + n, True, s, "") for n, s in sorted(folders.items())]
+    return dirs + sorted(out, key=lambda e: e.name)
+
+
+def tree_page(snap: Snapshot, rev: str, path: str) -> str | None:
+    entries = tree_entries(snap.files, path)
+    if path and not entries:
+        return None
+    return render(
+        "tree.html.j2", snap=snap, rev=rev, path=path, entries=entries,
+        crumbs=_crumbs(path), prefix=repo_prefix(snap.repo_type),
+    )  # fmt: skip
+
+
+def _crumbs(path: str) -> list[tuple[str, str]]:
+    parts = [p for p in path.split("/") if p]
+    return [(p, "/".join(parts[: i + 1])) for i, p in enumerate(parts)]
+
+
+def blob_page(snap: Snapshot, rev: str, path: str) -> str | None:
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import TextLexer, guess_lexer_for_filename
+    from pygments.util import ClassNotFound
+
+    f = snap.files.get(path)
+    if f is None:
+        return None
+    code = tensors = None
+    if f.size <= TEXT_LIMIT and (path.endswith(_TEXT_SUFFIXES) or "." not in path.rsplit("/")[-1]):
+        data = b"".join(f.chunks())
+        if b"\x00" not in data[:8192]:
+            text = data.decode("utf-8", "replace")
+            try:
+                lexer = guess_lexer_for_filename(path.rsplit("/", 1)[-1], text[:4096])
+            except ClassNotFound:
+                lexer = TextLexer()
+            code = highlight(text, lexer, HtmlFormatter(cssclass="code", linenos=False))
+    if path.endswith(".safetensors"):
+        tensors = safetensors_header(f)
+    f.ensure_hashes()
+    return render(
+        "blob.html.j2", snap=snap, rev=rev, path=path, f=f, code=code, tensors=tensors,
+        crumbs=_crumbs(path), prefix=repo_prefix(snap.repo_type),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tensors:
+    rows: list[tuple[str, str, str, int]]
+    parameters: int
+    metadata: dict[str, str]
+    shown: int
+
+
+def safetensors_header(f: RepoFile) -> Tensors | None:
+    """The tensor table from a safetensors header (names, dtypes, shapes, parameter count):
+    the 8-byte length, then the header, read as one Range each."""
+    if f.size < 8:
+        return None
+    (length,) = struct.unpack("<Q", b"".join(f.chunks(0, 8)))
+    if length > min(HEADER_LIMIT, f.size - 8):
+        return None
+    try:
+        doc = json.loads(b"".join(f.chunks(8, length)))
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    rows = []
+    total = 0
+    for name, info in doc.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        found = info.get("shape")
+        shape: list[Any] = found if isinstance(found, list) else []
+        count = math.prod(int(d) for d in shape if isinstance(d, int)) if shape else 1
+        total += count
+        rows.append((str(name), str(info.get("dtype", "?")), "×".join(map(str, shape)), count))
+    meta = doc.get("__metadata__")
+    metadata = {str(k): str(v)[:200] for k, v in meta.items()} if isinstance(meta, dict) else {}
+    rows.sort()
+    return Tensors(rows[:2000], total, metadata, len(rows))
+
+
+def login_page(message: str = "") -> str:
+    return render("login.html.j2", message=message)
