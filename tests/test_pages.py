@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,7 +64,8 @@ pipeline_tag: text-generation
 <style>body { display: none }</style>
 <div style="position:fixed;top:0;left:0;width:100%;height:100%;background:red">overlay</div>
 
-[click me](javascript:window.__pwned=4) [data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)
+[click me](javascript:window.__pwned=4)
+[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)
 <a href="javascript:alert(1)">raw link</a>
 ![img](javascript:alert(2))
 """
