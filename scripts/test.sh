@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 for tool in dockerd:docker.io docker-registry:docker-registry skopeo:skopeo umoci:umoci \
-            git:git tar:tar docker-compose:docker-compose; do
+            git:git tar:tar docker-compose:docker-compose chromium:chromium \
+            chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh || need_apt+=(busybox-static)
