@@ -497,6 +497,10 @@ def test_prune_keeps_the_moving_tag_and_the_newest_revision_and_gc_frees_the_res
         dry = cli("prune", "--registry", own.host, "--namespace", ns, "--keep", "1", "--dry-run")
         assert dry.exit_code == 0, dry.output
         assert dry.output.count("would remove") == 2 and _tags(own, repo) == tags
+        for days, removed in (("36500", 0), ("0", 2)):  # older than a century / than now
+            aged = cli("prune", "--registry", own.host, "--namespace", ns, "--older-than", days,
+                       "--dry-run")  # fmt: skip
+            assert aged.exit_code == 0 and aged.output.count("would remove") == removed, aged.output
         result = cli("prune", "--registry", own.host, "--namespace", ns, "--keep", "1")
         assert result.exit_code == 0, result.output
         left = _tags(own, repo)
