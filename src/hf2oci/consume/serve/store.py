@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -335,17 +336,27 @@ class Store:
             self._verified[image.digest] = (now, report)
         return report
 
-    def listed(self, repo_type: RepoType) -> list[tuple[str, Image]]:
-        """``(repo id, image at its moving tag)`` of every mirrored repo of a type."""
-        out = []
-        for tag in self.tags(repo_type):
-            if _is_revision_tag(tag):
-                continue
+    def listed(
+        self, repo_type: RepoType, tags: list[str] | None = None, workers: int = 1
+    ) -> list[tuple[str, Image]]:
+        """``(repo id, image at its moving tag)`` of every mirrored repo of a type, its images
+        opened ``workers`` at a time."""
+        moving = [t for t in (self.tags(repo_type) if tags is None else tags)
+                  if not _is_revision_tag(t) and not t.startswith("sha256-")]  # fmt: skip
+
+        def one(tag: str) -> tuple[str, Image] | None:
             image = self.image(repo_type, tag)
             repo_id = L.of_image(image).get(L.REPO_ID) if image is not None else None
             if image is not None and repo_id and naming.repo_tag(repo_id) == tag:
-                out.append((repo_id, image))
-        return out
+                return repo_id, image
+            return None
+
+        if workers <= 1:
+            found = [one(t) for t in moving]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="listed") as pool:
+                found = list(pool.map(one, moving))
+        return [f for f in found if f is not None]
 
     # -- files ---------------------------------------------------------------------------
 
