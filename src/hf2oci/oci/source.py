@@ -190,10 +190,15 @@ def _linux_platforms(index: dict[str, Any], where: str) -> list[str]:
     return list(chosen.values())
 
 
-def open_remote(client: RegistryClient, ref: Reference, platform: Platform | None) -> Image:
+def open_remote(
+    client: RegistryClient,
+    ref: Reference,
+    platform: Platform | None,
+    fetched: tuple[bytes, str, str] | None = None,
+) -> Image:
     """The image ``ref`` in the registry of ``client`` (index → the manifest of ``platform``;
-    None: this host's, else the first linux one)."""
-    data, media_type, _ = _get_manifest(client, ref, ref.identifier)
+    None: this host's, else the first linux one); ``fetched``: its manifest, already read."""
+    data, media_type, _ = fetched or _get_manifest(client, ref, ref.identifier)
     if media_type in INDEX_TYPES:
         chosen = _pick_platform(
             json_object(data, f"index of {ref}", RegistryError), platform, str(ref)

@@ -184,19 +184,30 @@ class Row:
     card: Card
     #: a cosign signature is stored beside the image (``sha256-<hex>.sig``)
     signed: bool = False
+    #: what the filters and the search look at, worked out once
+    facets: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+    haystack: str = field(default="", repr=False)
+    _html: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.facets:
+            self.facets = {k: frozenset(self.card.values(k)) for k in FILTER_KEYS}
+            if self.license:
+                self.facets["license"] |= {self.license}
+        if not self.haystack:
+            self.haystack = self.repo_id.lower() + "\n" + self.card.body[:65536].lower()
 
     def matches(self, search: str, filters: Mapping[str, str]) -> bool:
-        if search:
-            needle = search.lower()
-            if needle not in self.repo_id.lower() and needle not in self.card.body[:65536].lower():
-                return False
-        for key, wanted in filters.items():
-            have = self.card.values(key) + ([self.license] if key == "license" else [])
-            if key == "tags":
-                have += self.card.values("tags")
-            if wanted not in have:
-                return False
-        return True
+        if search and search.lower() not in self.haystack:
+            return False
+        return all(wanted in self.facets.get(key, ()) for key, wanted in filters.items())
+
+    @property
+    def card_html(self) -> str:
+        """The card rendered and cleaned, once per image."""
+        if self._html is None:
+            self._html = render_markdown(self.card.body)
+        return self._html
 
 
 FILTER_KEYS = ("pipeline_tag", "library_name", "license", "language", "tags")
@@ -211,7 +222,7 @@ class Catalog:
         self.store = store
         self.max_rows, self.workers = max_rows, workers
         self._rows: OrderedDict[str, Row] = OrderedDict()
-        self._lists: dict[RepoType, tuple[float, list[Row]]] = {}
+        self._lists: dict[RepoType, tuple[float, list[Row], dict[str, dict[str, int]]]] = {}
         self._refreshing: set[RepoType] = set()
         self._lock = threading.Lock()
 
@@ -239,6 +250,10 @@ class Catalog:
 
     def rows(self, repo_type: RepoType) -> list[Row]:
         """Every mirrored repo of a type, newest first."""
+        return self.listing(repo_type)[0]
+
+    def listing(self, repo_type: RepoType) -> tuple[list[Row], dict[str, dict[str, int]]]:
+        """Every mirrored repo of a type, newest first, and the values of each filter."""
         now = time.monotonic()
         with self._lock:
             cached = self._lists.get(repo_type)
@@ -251,7 +266,7 @@ class Catalog:
         if start:
             threading.Thread(target=self._refresh, args=(repo_type,), daemon=True,
                              name="catalog-refresh").start()  # fmt: skip
-        return cached[1]
+        return cached[1], cached[2]
 
     def _refresh(self, repo_type: RepoType) -> None:
         try:
@@ -262,7 +277,7 @@ class Catalog:
             with self._lock:
                 self._refreshing.discard(repo_type)
 
-    def _read(self, repo_type: RepoType) -> list[Row]:
+    def _read(self, repo_type: RepoType) -> tuple[list[Row], dict[str, dict[str, int]]]:
         started = time.monotonic()
         tags = self.store.tags(repo_type)
         signatures = {t for t in tags if t.startswith("sha256-") and t.endswith(".sig")}
@@ -276,9 +291,10 @@ class Catalog:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="catalog") as pool:
             out = list(pool.map(one, listed))
         out.sort(key=lambda r: (r.date, r.repo_id), reverse=True)
+        facets = Facets.of(out).counts
         with self._lock:
-            self._lists[repo_type] = (started, out)
-        return out
+            self._lists[repo_type] = (started, out, facets)
+        return out, facets
 
 
 @dataclass
@@ -292,16 +308,14 @@ class Facets:
         counts: dict[str, dict[str, int]] = {k: {} for k in FILTER_KEYS}
         for row in rows:
             for key in FILTER_KEYS:
-                values = set(row.card.values(key)) | ({row.license} if key == "license"
-                                                      and row.license else set())  # fmt: skip
-                for v in values:
+                for v in row.facets.get(key, ()):
                     counts[key][v] = counts[key].get(v, 0) + 1
         return cls({k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))[:20])
                     for k, v in counts.items() if v})  # fmt: skip
 
 
 def catalog_page(catalog: Catalog, repo_type: RepoType, query: Mapping[str, str], base: str) -> str:
-    rows = catalog.rows(repo_type)
+    rows, facets = catalog.listing(repo_type)
     search = query.get("search", "").strip()[:200]
     filters = {k: query[k][:200] for k in FILTER_KEYS if query.get(k)}
     chosen = [r for r in rows if r.matches(search, filters)]
@@ -314,7 +328,7 @@ def catalog_page(catalog: Catalog, repo_type: RepoType, query: Mapping[str, str]
     shown = chosen[(page - 1) * PER_PAGE : page * PER_PAGE]
     return render(
         "catalog.html.j2", kind=repo_type, rows=shown, total=len(chosen), all=len(rows),
-        search=search, filters=filters, facets=Facets.of(rows).counts, page=page, pages=pages,
+        search=search, filters=filters, facets=facets, page=page, pages=pages,
         prefix="/datasets" if repo_type == "dataset" else "", base=base,
     )  # fmt: skip
 
@@ -328,11 +342,10 @@ def repo_page(store: Store, catalog: Catalog, snap: Snapshot, base: str) -> str:
     tag = naming.repo_tag(snap.repo_id)
     pinned = sorted(t for t in store.tags(snap.repo_type) if t.startswith(tag + naming.SEP))
     image = _image_name(store, snap.repo_type)
-    body = row.card.body
     data_path = first_data_file(snap.files) if snap.repo_type == "dataset" else None
     rows = preview.dataset_rows(snap.files[data_path]) if data_path else None
     return render(
-        "repo.html.j2", row=row, snap=snap, card=render_markdown(body),
+        "repo.html.j2", row=row, snap=snap, card=row.card_html,
         meta=_meta_items(row.card.meta), pinned=pinned, image=image, tag=tag, base=base,
         prefix=repo_prefix(snap.repo_type), hub_path=naming.hub_path(snap.repo_id, snap.repo_type),
         data_path=data_path, rows=rows, verified=store.verify_key is not None,

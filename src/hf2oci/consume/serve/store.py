@@ -222,7 +222,7 @@ class Store:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         try:
-            found = self._open(repo_type, tag)
+            found = self._open(repo_type, tag, cached[1] if cached is not None else None)
         except Hf2ociError as e:
             if cached is None or now - cached[0] >= self.ttl + self.stale:
                 raise
@@ -234,13 +234,17 @@ class Store:
             self._by_tag[key] = (now, found)
         return found
 
-    def _open(self, repo_type: RepoType, tag: str) -> Image | None:
+    def _open(self, repo_type: RepoType, tag: str, before: Image | None = None) -> Image | None:
+        """The image at ``tag``; ``before`` (read earlier) again when the tag has not moved."""
         repo = self.repository(repo_type)
         if self.client is not None:
-            if self.client.get_manifest(repo, tag) is None:
+            found = self.client.get_manifest(repo, tag)
+            if found is None:
                 return None
+            if before is not None and found[2] == before.digest:
+                return before  # one GET: the config is the same
             ref = Reference(self.client.registry, repo, tag)
-            return open_remote(self.client, ref, None)
+            return open_remote(self.client, ref, None, found)
         path, name = self._in_layout(repo, tag)
         if not (path / layout.INDEX_FILE).is_file() or layout.resolve_tag(path, name) is None:
             return None
