@@ -8,7 +8,7 @@ REPOS small repos (a card with front matter, a config, a safetensors file) mirro
 - repo pages, each repo's second load (warm): p50 / p95 / max;
 - the API beside them: 8 threads of small-file `resolve` + `api/models/ID` calls alone, while a
   browser reads catalog and repo pages, and (the control: the same extra load on 2 cores) while
-  a 9th API client runs: p50 / p95 per call.
+  a 9th API client runs, both extra clients at RATE requests a second: p50 / p95 per call.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from servers import free_port, start_registry  # noqa: E402
 
 HF2OCI = str(Path(sys.executable).with_name("hf2oci"))
 HTML = {"Accept": "text/html"}
+#: requests a second of the extra client (a browser, or the control's 9th API client)
+RATE = 25
 TASKS = ["text-classification", "text-generation", "feature-extraction", "fill-mask"]
 LIBS = ["transformers", "sentence-transformers", "gguf", "diffusers"]
 LICENSES = ["apache-2.0", "mit", "cc-by-4.0", "llama3"]
@@ -160,7 +162,10 @@ def main() -> None:
                            ) -> None:  # fmt: skip
                     b = requests.Session()
                     rng = random.Random(2)
+                    tick = time.monotonic()
                     while not stop.is_set():
+                        tick += 1 / RATE  # both extra clients at the same pace
+                        time.sleep(max(0.0, tick - time.monotonic()))
                         r = rng.choice(chosen[:20])
                         if kind == "pages":
                             path, headers = rng.choice([*pages, f"/{r}"]), HTML

@@ -759,3 +759,47 @@ def test_tampering_in_a_real_registry_is_refused_by_verify_extract_and_serve(
         refused("FAIL signature: none", 3)
     finally:
         server.stop()
+
+
+def test_verify_key_in_config_is_the_consumers_policy(
+    hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _, _ = random_repo()
+    private, public = _key_pem()
+    _, other = _key_pem()
+    (project / "keys").mkdir(parents=True)
+    (project / "keys" / "mirror.pub").write_bytes(public)
+    (project / "keys" / "other.pub").write_bytes(other)
+    make_project(project, models=[model], config={"namespace": "pol", "base_image": "scratch"})
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    assert cli("sync", "-q").exit_code == 0
+    monkeypatch.delenv(KEY_ENV)
+    make_project(project, models=[model], config={"namespace": "polu", "base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    signed = f"oci:{project / 'oci-images' / 'pol' / 'models'}:{tag_of(model)}"
+    unsigned = f"oci:{project / 'oci-images' / 'polu' / 'models'}:{tag_of(model)}"
+
+    # the consumer's config names the key: extract uses only images it verifies
+    (project / "get_hf" / "config.yaml").write_text("verify_key: keys/mirror.pub\n")
+    ok = cli("extract", signed, str(tmp_path / "ok"))
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "ok" / "config.json").is_file()
+    refused = cli("extract", unsigned, str(tmp_path / "no"))
+    assert refused.exit_code != 0 and "signature" in refused.output
+    assert not (tmp_path / "no").exists()
+    # the flag wins over the config
+    flagged = cli("extract", signed, str(tmp_path / "fl"), "--verify-key", "keys/other.pub")
+    assert flagged.exit_code != 0 and not (tmp_path / "fl").exists()
+    # a key that is not there: one line naming the setting, for extract and serve alike
+    (project / "get_hf" / "config.yaml").write_text("verify_key: keys/absent.pub\n")
+    for args in (["extract", signed, str(tmp_path / "ab")],
+                 ["serve", "--layout", str(project / "oci-images"), "--port", "1"]):  # fmt: skip
+        result = cli(*args)
+        assert result.exit_code != 0
+        assert (
+            "get_hf/config.yaml: verify_key: keys/absent.pub: cannot read the key" in result.output
+        )
+        assert "Traceback" not in result.output
+    (project / "get_hf" / "config.yaml").write_text("verify_key: [a, list]\n")
+    bad = cli("extract", signed, str(tmp_path / "ab"))
+    assert bad.exit_code != 0 and "get_hf/config.yaml:1: " in bad.output

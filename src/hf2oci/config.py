@@ -87,6 +87,9 @@ class Config:
     #: "refuse" fails a repo with one, "warn" publishes it with the finding recorded, "off"
     #: scans nothing
     scan: ScanPolicy = "refuse"
+    #: a public key (a PEM file, relative to the folder the command runs in): `extract`, `serve`
+    #: and `load` use only images it verifies, as their --verify-key does
+    verify_key: str | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -179,6 +182,10 @@ def _is_secret(key: str) -> bool:
 
 def _valid_keys() -> str:
     return ", ".join(_CHECKS)
+
+
+def _optional_string(value: object) -> str | None:
+    return None if value is None else _string(value)
 
 
 def _registry(value: object) -> str | None:
@@ -310,4 +317,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_layer_size": _optional_size,
     "record": _string,
     "scan": _scan,
+    "verify_key": _optional_string,
 }

@@ -148,6 +148,21 @@ def byte_meter(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | N
 __all__ = ["is_quiet", "redact", "verbosity"]
 
 
+def policy_key(flag: Path | None, get_hf: Path, config: Config | None = None) -> bytes | None:
+    """The consumers' public key: ``--verify-key``, else config.yaml's ``verify_key`` (its
+    errors name the setting), else None."""
+    if flag is not None:
+        return read_public_key(flag)
+    if config is None:
+        config = load(get_hf / "config.yaml")
+    if config.verify_key is None:
+        return None
+    try:
+        return read_public_key(Path(config.verify_key))
+    except ConfigError as e:
+        raise ConfigError(f"{_display(get_hf / 'config.yaml')}: verify_key: {e}") from e
+
+
 def read_public_key(path: Path | None) -> bytes | None:
     """The PEM public key at ``path`` (None when none is given), checked to be an ECDSA key:
     ConfigError in one line when it cannot be read or is not one."""

@@ -15,7 +15,7 @@ from hf2oci.cli._common import (
     handle_errors,
     load,
     plain_http_option,
-    read_public_key,
+    policy_key,
     verbosity,
 )
 from hf2oci.errors import ConfigError
@@ -191,7 +191,8 @@ def _records(get_hf: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
 @click.option(
     "--verify-key",
     type=click.Path(path_type=Path),
-    help="A public key (PEM): refuse images whose signatures it does not verify.",
+    help="A public key (PEM): refuse images whose signatures it does not verify "
+    "(default: config.yaml's verify_key).",
 )
 @plain_http_option
 @get_hf_option
@@ -213,7 +214,7 @@ def load_command(
     from hf2oci.airgap.load import open_bundle
 
     config = load(get_hf / "config.yaml", registry=registry, plain_http=plain_http)
-    key = read_public_key(verify_key)
+    key = policy_key(verify_key, get_hf, config)
     client = _client(config.registry, config.plain_http, monolithic=True)
     opened, close = open_bundle(bundle_path)
     try:

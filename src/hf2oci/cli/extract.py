@@ -12,10 +12,11 @@ import click
 from hf2oci.cli._common import (
     byte_meter,
     echo,
+    get_hf_option,
     handle_errors,
     is_quiet,
     plain_http_option,
-    read_public_key,
+    policy_key,
     verbosity,
 )
 from hf2oci.consume.extract import extract as do_extract
@@ -39,7 +40,8 @@ from hf2oci.units import human_size
     "--verify-key",
     type=click.Path(path_type=Path),
     help="A public key (PEM): refuse an image whose signature or provenance it does not "
-    "verify, before writing anything, and any file whose bytes the provenance does not sign.",
+    "verify, before writing anything, and any file whose bytes the provenance does not sign "
+    "(default: config.yaml's verify_key).",
 )
 @click.option(
     "--signature",
@@ -48,6 +50,7 @@ from hf2oci.units import human_size
     "--signature FILE --public_key KEY.pub DEST checks DEST with it).",
 )
 @plain_http_option
+@get_hf_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @verbosity
 @handle_errors
@@ -63,6 +66,7 @@ def extract(
     as_json: bool,
     verify_key: Path | None,
     signature: Path | None,
+    get_hf: Path,
 ) -> None:
     """Unpack /REPO of IMAGE into DEST, checking every digest; no Docker engine needed.
 
@@ -70,7 +74,7 @@ def extract(
     (oci:PATH:TAG, or PATH:TAG when PATH holds an oci-layout file). With --hf-cache, DEST is a
     Hugging Face hub cache (HF_HUB_CACHE) and the files land under models--org--name/.
     """
-    key = read_public_key(verify_key)
+    key = policy_key(verify_key, get_hf)
     result = do_extract(
         image,
         dest,

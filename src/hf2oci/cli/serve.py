@@ -21,7 +21,7 @@ from hf2oci.cli._common import (
     handle_errors,
     load,
     plain_http_option,
-    read_public_key,
+    policy_key,
     verbosity,
 )
 from hf2oci.errors import ConfigError
@@ -63,7 +63,7 @@ from hf2oci.errors import ConfigError
     type=click.Path(path_type=Path),
     help="A public key (PEM): serve only images it verifies (403 UnverifiedImage otherwise); "
     "a whole-file download is checked against the signed hash and cut before its last byte "
-    "on a mismatch.",
+    "on a mismatch (default: config.yaml's verify_key).",
 )
 @verbosity
 @handle_errors
@@ -92,7 +92,7 @@ def serve(
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     tokens = _tokens(token_file) if token_file else []
-    key = read_public_key(verify_key)
+    key = policy_key(verify_key, get_hf, config)
     if layout is not None or not config.registry:
         root = layout if layout is not None else Path(config.output_dir)
         if not root.is_dir():

@@ -270,25 +270,29 @@ class Catalog:
 
     def _refresh(self, repo_type: RepoType) -> None:
         try:
-            self._read(repo_type)
+            # two at a time: a refresh in the background spreads out, the API keeps its pace
+            self._read(repo_type, workers=2)
         except Exception as e:  # the list read before keeps answering; the next page retries
             log.warning("catalog: %s", e)
         finally:
             with self._lock:
                 self._refreshing.discard(repo_type)
 
-    def _read(self, repo_type: RepoType) -> tuple[list[Row], dict[str, dict[str, int]]]:
+    def _read(
+        self, repo_type: RepoType, workers: int | None = None
+    ) -> tuple[list[Row], dict[str, dict[str, int]]]:
         started = time.monotonic()
+        workers = workers or self.workers
         tags = self.store.tags(repo_type)
         signatures = {t for t in tags if t.startswith("sha256-") and t.endswith(".sig")}
-        listed = self.store.listed(repo_type, tags, workers=self.workers)
+        listed = self.store.listed(repo_type, tags, workers=workers)
 
         def one(item: tuple[str, Image]) -> Row:
             row = self.row(repo_type, item[0], item[1])
             row.signed = f"{item[1].digest.replace(':', '-')}.sig" in signatures
             return row
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="catalog") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="catalog") as pool:
             out = list(pool.map(one, listed))
         out.sort(key=lambda r: (r.date, r.repo_id), reverse=True)
         facets = Facets.of(out).counts
