@@ -188,6 +188,7 @@ class Row:
     facets: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     haystack: str = field(default="", repr=False)
     _html: str | None = field(default=None, repr=False)
+    _preview: tuple[str | None, preview.Rows | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.facets:
@@ -208,6 +209,13 @@ class Row:
         if self._html is None:
             self._html = render_markdown(self.card.body)
         return self._html
+
+    def data_preview(self, files: Mapping[str, RepoFile]) -> tuple[str | None, preview.Rows | None]:
+        """A dataset's first data file and its first rows, read once per image."""
+        if self._preview is None:
+            path = first_data_file(files) if self.repo_type == "dataset" else None
+            self._preview = (path, preview.dataset_rows(files[path]) if path else None)
+        return self._preview
 
 
 FILTER_KEYS = ("pipeline_tag", "library_name", "license", "language", "tags")
@@ -346,8 +354,7 @@ def repo_page(store: Store, catalog: Catalog, snap: Snapshot, base: str) -> str:
     tag = naming.repo_tag(snap.repo_id)
     pinned = sorted(t for t in store.tags(snap.repo_type) if t.startswith(tag + naming.SEP))
     image = _image_name(store, snap.repo_type)
-    data_path = first_data_file(snap.files) if snap.repo_type == "dataset" else None
-    rows = preview.dataset_rows(snap.files[data_path]) if data_path else None
+    data_path, rows = row.data_preview(snap.files)
     return render(
         "repo.html.j2", row=row, snap=snap, card=row.card_html,
         meta=_meta_items(row.card.meta), pinned=pinned, image=image, tag=tag, base=base,

@@ -1,7 +1,7 @@
 """What a file's page shows of its content without reading it whole: a safetensors tensor
-table, a GGUF header, a dataset file's first rows. Every reader goes through ``RangeFile``,
-which reads the image's blob by Range requests and stops at a byte cap: a file of any size costs
-a page at most ``READ_LIMIT`` bytes."""
+table, a GGUF header, a dataset file's first rows. Every reader goes through ``open_capped``
+(the project's ``RangeReader`` over the image's blob) and stops at a byte cap: a file of any
+size costs a page at most ``READ_LIMIT`` bytes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from hf2oci.consume.serve.store import RepoFile
 from hf2oci.gguf import FILE_TYPES, KNOWN_QUANT, GgufArray, gguf_header
+from hf2oci.oci.source import RangeReader
 
 #: the most a preview reads of one file
 READ_LIMIT = 16 << 20
@@ -36,53 +37,31 @@ class ReadLimit(OSError):
     """A preview would read more than its cap."""
 
 
-class RangeFile(io.RawIOBase):
-    """A seekable, read-only view of a repo file whose reads are Range reads of its blob,
-    ``block`` bytes at least, and no more than ``limit`` bytes in all."""
+class Capped:
+    """A repo file as ``Ranged`` for ``RangeReader``: parts read by Range requests, never past
+    the file's end, and no more than ``limit`` bytes in all (ReadLimit beyond)."""
 
-    def __init__(self, f: RepoFile, limit: int = READ_LIMIT, block: int = 64 << 10) -> None:
-        self.f, self.limit, self.block = f, limit, block
-        self.pos = 0
+    def __init__(self, f: RepoFile, limit: int = READ_LIMIT) -> None:
+        self.f, self.limit = f, limit
         self.spent = 0
-        self._buf_at, self._buf = 0, b""
 
-    def readable(self) -> bool:
-        return True
+    @property
+    def size(self) -> int:
+        return self.f.size
 
-    def seekable(self) -> bool:
-        return True
+    def read_range(self, start: int, length: int) -> bytes:
+        length = max(0, min(length, self.f.size - start))
+        if self.spent + length > self.limit:
+            raise ReadLimit(f"more than {self.limit} bytes")
+        self.spent += length
+        return b"".join(self.f.chunks(start, length))
 
-    def tell(self) -> int:
-        return self.pos
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.f.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, n: int | None = -1) -> bytes:
-        size = self.f.size
-        if n is None or n < 0:
-            n = size - self.pos
-        n = max(0, min(n, size - self.pos))
-        if n == 0:
-            return b""
-        end = self._buf_at + len(self._buf)
-        if not (self._buf_at <= self.pos and self.pos + n <= end):
-            want = min(max(n, self.block), size - self.pos)
-            if self.spent + want > self.limit:
-                raise ReadLimit(f"more than {self.limit} bytes")
-            self.spent += want
-            self._buf_at, self._buf = self.pos, b"".join(self.f.chunks(self.pos, want))
-        start = self.pos - self._buf_at
-        data = self._buf[start : start + n]
-        self.pos += len(data)
-        return data
+def open_capped(f: RepoFile, block: int) -> tuple[io.BufferedReader, Capped]:
+    """A seekable file over ``f`` whose reads are whole (the buffered reader keeps reading
+    Range parts until it has what was asked), and its byte count."""
+    capped = Capped(f)
+    return io.BufferedReader(RangeReader(capped, block=block), buffer_size=block), capped
 
 
 # -- safetensors ---------------------------------------------------------------------------
@@ -146,8 +125,8 @@ def gguf_view(f: RepoFile) -> Gguf | None:
     """The header of a GGUF file, read by Range requests up to ``READ_LIMIT`` (a tokenizer's
     vocabulary is skipped string by string; a header longer than the cap shows what came
     before it); None for a file that is not GGUF."""
-    reader = RangeFile(f, block=1 << 20)
-    found = gguf_header(reader)  # type: ignore[arg-type]
+    reader, capped = open_capped(f, block=1 << 20)
+    found = gguf_header(reader)
     if found is None:
         return None
     version, tensors, values = found
@@ -166,7 +145,7 @@ def gguf_view(f: RepoFile) -> Gguf | None:
         architecture=arch, quantization=quant,
         context_length=context if isinstance(context, int) else None,
         tensors=tensors, version=version, items=items,
-        complete=len(values) < 512 and reader.spent < reader.limit,
+        complete=len(values) < 512 and capped.spent < capped.limit,
     )  # fmt: skip
 
 
@@ -200,7 +179,7 @@ def _table(records: Iterator[dict[str, Any]], total: int | None, note: str) -> R
             break
     if not taken:
         return None
-    rows = [[_cell(r.get(c, "")) if c in r else "" for c in columns] for r in taken]
+    rows = [[_cell(r[c]) if c in r else "" for c in columns] for r in taken]
     return Rows(columns, rows, total, note)
 
 
@@ -265,7 +244,7 @@ def _parquet_rows(f: RepoFile) -> Rows | None:
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError:
         return Rows([], [], None, "a Parquet preview needs pyarrow: pip install 'hf2oci[parquet]'")
-    reader = RangeFile(f, block=256 << 10)
+    reader, capped = open_capped(f, block=256 << 10)
     pf = pq.ParquetFile(reader)
     meta = pf.metadata
     total = meta.num_rows
@@ -273,7 +252,7 @@ def _parquet_rows(f: RepoFile) -> Rows | None:
         return Rows([str(n) for n in pf.schema_arrow.names][:COLUMN_LIMIT], [], total, "")
     group = meta.row_group(0)
     compressed = sum(group.column(i).total_compressed_size for i in range(group.num_columns))
-    if compressed > READ_LIMIT - reader.spent:
+    if compressed > capped.limit - capped.spent:
         names = [str(n) for n in pf.schema_arrow.names][:COLUMN_LIMIT]
         return Rows(names, [], total, "its first row group is too large to preview")
     batch = next(pf.iter_batches(batch_size=ROW_LIMIT, row_groups=[0]), None)
