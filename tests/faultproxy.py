@@ -11,12 +11,18 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from http.client import HTTPConnection
+from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 512  # the stdlib's 5 makes a busy proxy refuse connects, not a registry
+    daemon_threads = True
+
+
 def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -27,7 +33,8 @@ class Fault:
     method: str
     path: str  # regex searched in the request path
     #: a status code ("503"), "429:<retry-after>", "cut" (no answer), or "cut-after:N"
-    #: (the real answer's headers and its first N bytes, then the connection dies)
+    #: (the real answer's headers and its first N bytes, then the connection dies), or
+    #: "stall-after:N:S" (the same, with S seconds of silence before it dies)
     action: str
     times: int
     hits: int = 0
@@ -48,6 +55,8 @@ class Fault:
 
 
 _LOCK = threading.Lock()
+#: the path that steers a proxy (never a registry path: those start /v2/)
+CONTROL = "/-/faults"
 
 
 class FaultProxy:
@@ -73,31 +82,36 @@ class FaultProxy:
             def handle_any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.path == CONTROL:
+                    return self.control()
                 proxy.seen.append((self.command, self.path))
                 if proxy.delay:
                     time.sleep(proxy.delay)
                 if self.command == "GET":
                     proxy.ranges.append((self.path, self.headers.get("Range")))
-                cut_after = None
+                cut_after, stall = None, 0.0
                 for fault in proxy.faults:
                     if fault.method != self.command or not re.search(fault.path, self.path):
                         continue
                     action = fault.take()
                     if action is None:
                         continue
-                    if not action.startswith("cut-after:"):
+                    if not action.startswith(("cut-after:", "stall-after:")):
                         return self.fail(action)
-                    cut_after = int(action.partition(":")[2])
+                    _, cut, seconds = (action + ":0").split(":")[:3]
+                    cut_after, stall = int(cut), float(seconds)
                     break
                 if proxy.page_tags and "/tags/list" in self.path:
                     return self.tags_page()
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 dropped = {"connection"} | ({"range"} if proxy.ignore_range else set())
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+                conn = HTTPConnection(proxy.upstream, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
                 encode = proxy.gzip_bodies and self.command == "GET" and resp.status < 300
+                length = resp.getheader("Content-Length")
+                whole = encode or length is None  # else the body streams through
+                data = resp.read() if whole else b""
                 if encode:  # a proxy that compresses what it passes on (Content-Encoding)
                     data = gzip.compress(data)
                 self.send_response(resp.status)
@@ -106,15 +120,26 @@ class FaultProxy:
                         self.send_header(key, value)
                 if encode:
                     self.send_header("Content-Encoding", "gzip")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data)) if whole else str(length))
                 self.end_headers()
+                left = len(data) if whole else int(cast(str, length))
+                if self.command == "HEAD":
+                    left = 0
                 if cut_after is not None:
-                    self.wfile.write(data[:cut_after])
+                    left = min(left, cut_after)
+                while left > 0:
+                    piece = data[:left] if whole else resp.read(min(left, 1 << 20))
+                    if not piece:
+                        break
+                    self.wfile.write(piece)
+                    left -= len(piece)
+                    if whole:
+                        break
+                if cut_after is not None:
                     self.wfile.flush()
+                    time.sleep(stall)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-                elif self.command != "HEAD":
-                    self.wfile.write(data)
                 conn.close()
 
             def fail(self, action: str) -> None:
@@ -142,6 +167,20 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
+
+            def control(self) -> None:
+                """GET: each fault's hits and matches; DELETE: no more faults (a proxy run as a
+                process of its own, ``python faultproxy.py``, is steered so)."""
+                if self.command == "DELETE":
+                    for fault in proxy.faults:
+                        fault.times = 0
+                counts = [{"hits": f.hits, "matched": f.matched} for f in proxy.faults]
+                data = json.dumps(counts).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def tags_page(self) -> None:
                 parts = urlsplit(self.path)
@@ -176,3 +215,33 @@ class FaultProxy:
 
     def attempts(self, method: str, path: str) -> int:
         return sum(1 for m, p in self.seen if m == method and re.search(path, p))
+
+
+def main() -> None:
+    """``python faultproxy.py UPSTREAM METHOD PATH ACTION [--every N]``: a proxy as a process of
+    its own (no GIL shared with the clients it is measured with); prints its host, then serves
+    until killed. ``GET``/``DELETE`` on ``/-/faults`` read the counts and stop the faults."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("upstream")
+    ap.add_argument("method")
+    ap.add_argument("path")
+    ap.add_argument("action")
+    ap.add_argument("--every", type=int, default=0)
+    args = ap.parse_args()
+    proxy = FaultProxy(args.upstream)
+    proxy.fault(args.method, args.path, args.action, times=10**9, every=args.every)
+    proxy.seen = _Forgetful()  # a long run keeps no list of every request
+    proxy.ranges = _Forgetful()
+    print(proxy.host, flush=True)
+    threading.Event().wait()
+
+
+class _Forgetful(list):  # type: ignore[type-arg]
+    def append(self, item: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ import requests
 
 from helpers import cli, make_project
 from hf2oci.consume.serve.store import registry_store
+from hf2oci.digest import sha256_digest, sha256_file
 from servers import start_registry
 from test_serve import Served
 
@@ -116,9 +117,8 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
     hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every 5th blob read fails (a 503, then a body cut after 4 bytes, in turn) while 4 clients
-    `snapshot_download` a 48 MiB repo and 32 more fetch small files at once: every byte exact,
-    no 5xx from serve, every fault counted by kind. (The issue's 4 × 384 MiB goes through this
-    Python proxy too slowly for the suite: the proxy holds each answer in memory.)"""
+    `snapshot_download` a 384 MiB repo and 64 more fetch small files at once: every byte exact,
+    no 5xx from serve, every fault counted by kind."""
     from concurrent.futures import ThreadPoolExecutor
 
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -127,8 +127,9 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
 
     monkeypatch.chdir(tmp_path)
     rng = random.Random("fifth")
-    big = {f"model-{i:05d}-of-00003.safetensors": rng.randbytes(16 << 20) for i in range(1, 4)}
-    small = {f"small/{i:02d}.json": b'{"n": %d}\n' % i for i in range(32)}
+    big = {f"model-{i:05d}-of-00003.safetensors": rng.randbytes(128 << 20) for i in range(1, 4)}
+    small = {f"small/{i:02d}.json": b'{"n": %d}\n' % i for i in range(64)}
+    want = {name: sha256_digest(data) for name, data in big.items()}
     hub.add_repo("faults/big", {**big, "config.json": b'{"a": 1}\n'})
     hub.add_repo("faults/small", small)
     reg = start_registry(tmp_path / "reg")
@@ -143,16 +144,16 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
         def whole(i: int) -> dict[str, bytes]:
             folder = snapshot_download("faults/big", endpoint=server.url,
                                        cache_dir=tmp_path / f"big{i}")  # fmt: skip
-            return {name: (Path(folder) / name).read_bytes() for name in big}
+            return {name: sha256_file(Path(folder) / name) for name in big}
 
         def one(name: str) -> bytes:
             return Path(hf_hub_download("faults/small", name, endpoint=server.url,
                                         cache_dir=tmp_path / "small")).read_bytes()  # fmt: skip
 
-        with ThreadPoolExecutor(36) as pool:
+        with ThreadPoolExecutor(68) as pool:
             wholes = [pool.submit(whole, i) for i in range(4)]
             smalls = {name: pool.submit(one, name) for name in small}
-            assert all(f.result() == big for f in wholes)
+            assert all(f.result() == want for f in wholes)
             assert {name: f.result() for name, f in smalls.items()} == small
         metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     finally:
@@ -245,5 +246,39 @@ def test_a_slow_registry_costs_one_delay_per_round_trip_and_the_budget_is_wall_t
         assert took < 5.5, took
     finally:
         proxy.delay = 0
+        server.stop()
+        proxy.server.shutdown()
+
+
+def test_a_stall_in_a_body_already_begun_is_resumed_not_cut(mirrored, hub, tmp_path: Path) -> None:
+    """A registry read that goes silent for 5 s, past the 4 s read timeout, after the status was
+    sent: the request budget (4 s) is spent, but a body already begun gets the stall budget
+    (8 s), so serve resumes at its byte and the client's download arrives whole, not cut."""
+    from faultproxy import FaultProxy
+
+    reg, project = mirrored
+    big = random.Random("stall").randbytes(10 << 20)
+    hub.add_repo("faults/stall", {"model.safetensors": big})
+    config = {"base_image": "scratch", "registry": reg.host, "namespace": "f"}
+    make_project(project, models=["faults/stall"], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    proxy = FaultProxy(reg.host)
+    server = Served(registry_store(proxy.host, "f", ttl=60))
+    try:
+        url = f"{server.url}/faults/stall/resolve/main/model.safetensors"
+        assert requests.head(url, timeout=10).status_code == 200  # metadata read and cached
+        stall = proxy.fault("GET", "/blobs/sha256:", "stall-after:6000000:5")
+        before = len(proxy.ranges)
+        t = time.monotonic()
+        r = requests.get(url, timeout=30)  # plain requests: a cut body would raise, not resume
+        took = time.monotonic() - t
+        assert r.status_code == 200 and r.content == big
+        assert stall.hits == 1 and 4.0 <= took < 12, took
+        assert _metric(server.url, "hf2oci_serve_upstream_retries_total") == 1
+        first, resumed = [h or "" for _, h in proxy.ranges[before:]]
+        start, _, end = first.removeprefix("bytes=").partition("-")
+        again, _, end_again = resumed.removeprefix("bytes=").partition("-")
+        assert end_again == end and int(again) > int(start) + 4_000_000  # resumed at its byte
+    finally:
         server.stop()
         proxy.server.shutdown()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -518,6 +519,15 @@ def test_extract_signature_of_an_unsigned_image_writes_nothing(
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.sig").exists()
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_signed(
     hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -575,14 +585,20 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
         oci_layout.write_layout(attestation_artifact(key, statement), layout, tags=[att])
         url = f"{server.url}/{signed}/resolve/main/model.safetensors"
         received = b""
-        with (
-            pytest.raises(requests.exceptions.RequestException),
-            requests.get(url, stream=True, timeout=10) as r,
-        ):
-            assert r.status_code == 200
-            for chunk in r.iter_content(1 << 16):
-                received += chunk
+        server_log = _Records()
+        logging.getLogger("uvicorn.error").addHandler(server_log)
+        try:
+            with (
+                pytest.raises(requests.exceptions.RequestException),
+                requests.get(url, stream=True, timeout=10) as r,
+            ):
+                assert r.status_code == 200
+                for chunk in r.iter_content(1 << 16):
+                    received += chunk
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(server_log)
         assert len(received) < len(files["model.safetensors"])
+        assert not [rec for rec in server_log.records if rec.exc_info]  # a cut, no traceback
         part = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=10)
         assert part.status_code == 206 and part.content == files["model.safetensors"][:100]
     finally:

@@ -10,6 +10,7 @@ hub downloads, registry blob reads and serve's Range reads all read through it.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import io
 import logging
@@ -73,7 +74,8 @@ class ResumableBody(io.RawIOBase):
     (or an error ``is_temporary`` accepts) when another try may help. A read that fails, or a
     body that ends before ``end``, is resumed at the byte reached, under ``policy``: each place
     where no byte comes gets the policy's tries, so a body cut many times still arrives whole
-    while it makes progress. A server that ignores Range is read past what was already had.
+    while it makes progress (past the first byte, each place gets ``policy.stall_total``
+    seconds). A server that ignores Range is read past what was already had.
     ``end`` None: the first response's length says where the resource ends (no length: read
     to the end of the body, with no resume past a cut).
     """
@@ -93,6 +95,9 @@ class ResumableBody(io.RawIOBase):
         self._open_at, self.what = open_at, what
         self.offset, self.end = start, end
         self._policy, self._temporary, self._gave_up = policy, is_temporary, gave_up
+        self._start_at = start
+        stall = policy.stall_total
+        self._stall_policy = policy if stall is None else dataclasses.replace(policy, total=stall)
         self._resp: requests.Response | None = None
         self._readinto: Callable[[Any], int] = self._decoded
         self._tried(self._open)  # the first request fails here, before any byte is read
@@ -106,13 +111,15 @@ class ResumableBody(io.RawIOBase):
             view = view[: max(0, self.end - self.offset)]
         if not len(view):
             return 0
-        return self._tried(lambda: self._read(view))
+        begun = self.offset > self._start_at
+        return self._tried(lambda: self._read(view), self._stall_policy if begun else None)
 
-    def _tried(self, fn: Callable[[], _T]) -> _T:
+    def _tried(self, fn: Callable[[], _T], policy: RetryPolicy | None = None) -> _T:
         """``fn`` under the policy; what it raises when the policy gives up, as ``gave_up``
         words it (given the error and the byte reached)."""
+        policy = policy or self._policy
         try:
-            return retrying(fn, is_temporary=self._retry, what=self.what, policy=self._policy)
+            return retrying(fn, is_temporary=self._retry, what=self.what, policy=policy)
         except Exception as e:
             if self._gave_up is None or not self._retry(e):
                 raise

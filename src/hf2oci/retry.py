@@ -39,6 +39,9 @@ class RetryPolicy:
     max_retry_after: float = 60.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    #: a body already begun (its reader holds bytes): the seconds each stall may take, when
+    #: other than ``total`` (a client holding its status waits on the body, not on a new answer)
+    stall_total: float | None = None
     #: told of each failure about to be tried again (metrics)
     on_retry: Callable[[BaseException], None] | None = field(default=None, compare=False)
 
@@ -46,10 +49,12 @@ class RetryPolicy:
 #: the mirror's: minutes-long jobs ride out minutes of trouble
 DEFAULT_POLICY = RetryPolicy()
 #: a request's (serve answering a client): quick tries within 4 s, so that a blip never reaches
-#: the client and a registry that is gone fails fast, before the client's own timeout (10 s)
+#: the client and a registry that is gone fails fast, before the client's own timeout (10 s);
+#: a stall in a body already sent from gets 8 s, still inside that timeout, since giving up
+#: then cuts a download the client has begun
 REQUEST_POLICY = RetryPolicy(
     attempts=4, initial=0.1, max_wait=1.0, total=4.0, max_retry_after=1.0,
-    connect_timeout=2.0, read_timeout=4.0,
+    connect_timeout=2.0, read_timeout=4.0, stall_total=8.0,
 )  # fmt: skip
 #: HTTP statuses worth another try: request timeout, rate limit, server-side trouble
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

@@ -313,18 +313,20 @@ class RegistryClient:
         asked before each read)."""
         if length <= 0:
             return
-        with self.blob_body(repo, digest, start=start, end=start + length) as body:
+        with self.blob_body(repo, digest, start=start, end=start + length) as raw:
+            # a buffered reader's read(n) fills a new bytes object in place: one piece in
+            # memory, not a buffer and its copy
+            body = io.BufferedReader(raw, buffer_size=64 << 10)
             left = length
             while left:
-                data = bytearray(min(left, piece_size(chunk)))
-                n = read_exactly(body, data)
-                if not n:
+                data = body.read(min(left, piece_size(chunk)))
+                if not data:
                     raise RegistryError(
                         f"registry {self.registry}: blob {digest} ended {left} bytes early",
                         temporary=True,
                     )
-                left -= n
-                yield bytes(data) if n == len(data) else bytes(data[:n])
+                left -= len(data)
+                yield data
 
     # -- manifests and tags -----------------------------------------------------------------
 

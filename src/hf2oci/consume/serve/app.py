@@ -4,6 +4,7 @@ Prometheus metrics. Every file streams out of a Range read of its layer blob."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -359,7 +360,7 @@ class _Hub:
         except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
             self.metrics.upstream_errors.inc()
             log.warning("reading %s failed mid-body: %s", f.path, e)
-            raise
+            raise _BodyCut from e
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -385,9 +386,14 @@ def _checked(body: Iterator[bytes], f: RepoFile, want: dict[str, str]) -> Iterat
         held = chunk
     if h.hexdigest() != expected:
         log.warning("%s: its bytes are not the signed ones; the download is cut", f.path)
-        raise ServeError(502, "UnverifiedImage", f"{f.path}: its bytes are not the signed ones")
+        raise _BodyCut
     if held is not None:
         yield held
+
+
+class _BodyCut(Exception):
+    """A body whose status was sent cannot go on: the reason is logged in one line, and the
+    connection is closed short of the length sent (never a traceback in the log)."""
 
 
 class _Gate:
@@ -429,7 +435,8 @@ class _Gate:
 
         try:
             if self._allowed(scope):
-                await self.app(scope, receive, sending)
+                with contextlib.suppress(_BodyCut):  # the server closes what is left short
+                    await self.app(scope, receive, sending)
             else:
                 headers = {"X-Error-Code": "Unauthorized", "X-Error-Message": _BAD_CREDENTIALS}
                 response: Response = JSONResponse({"error": _BAD_CREDENTIALS}, 401, headers=headers)

@@ -53,8 +53,9 @@ _SHORT = re.compile(r"[0-9a-f]{12}")
 LFS_THRESHOLD = 10 * 1000 * 1000
 #: bytes read from the storage at a time by one download, at most (see ``ReadBudget``)
 CHUNK = 4 << 20
-#: connections to the registry kept alive (serve's worker threads run at most 40 reads at once)
-UPSTREAM_CONNECTIONS = 48
+#: connections to the registry kept alive: a download streaming to its client holds one between
+#: the worker threads' reads, so as many as downloads in flight (a full pool drops the rest)
+UPSTREAM_CONNECTIONS = 256
 _LFS_NAMES = re.compile(
     r".*\.(7z|arrow|bin|bz2|ckpt|ftz|gz|h5|joblib|mlmodel|model|msgpack|npy|npz|onnx|ot|parquet"
     r"|pb|pickle|pkl|pt|pth|rar|safetensors|tar|tflite|tgz|wasm|xz|zip|zst|gguf)$|.*tfevents.*"
