@@ -95,10 +95,33 @@ def test_a_huge_pickle_inside_a_zip_is_a_finding_not_a_memory_blowup(
 ) -> None:
     from hf2oci.intake import scan
 
-    monkeypatch.setattr(scan, "MAX_MEMBER", 64)  # our own cap, lowered for a small file
+    monkeypatch.setattr(scan, "MAX_PICKLE", 64)  # our own cap, lowered for a small file
     data = CASES["pytorch_model.bin"][0]
     got = scan_one("big.bin", io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
     assert got.verdict == "unparsed" and "data.pkl inside is a pickle of" in got.detail, got
+
+
+def test_a_raw_pickle_over_the_cap_is_a_finding_and_a_big_non_pickle_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A raw pickle bigger than the scanner's cap is not handed to it (picklescan keeps every
+    opcode and argument in memory): a finding naming the size. A file over the cap that is no
+    pickle (raw tensors, fastText) is still only "not a pickle"."""
+    import pickle
+
+    from hf2oci.intake import scan
+
+    monkeypatch.setattr(scan, "MAX_PICKLE", 1 << 20)  # our own cap, lowered for a small file
+    big = pickle.dumps({"weights": [bytes([i]) * (1 << 16) for i in range(20)]}, protocol=4)
+    got = scan_one("model.pkl", io.BufferedReader(io.BytesIO(big)))  # type: ignore[arg-type]
+    assert got.verdict == "unparsed" and f"a pickle of {len(big)} bytes" in got.detail, got
+    assert "1 MiB" in got.detail
+    small = pickle.dumps({"weights": [bytes(1 << 10)]}, protocol=4)
+    got = scan_one("model.pkl", io.BufferedReader(io.BytesIO(small)))  # type: ignore[arg-type]
+    assert got.verdict == "clean", got
+    raw = b"\xba\x16\x4f\x2f" + bytes(2 << 20)  # fastText's magic, then 2 MiB
+    got = scan_one("model.bin", io.BufferedReader(io.BytesIO(raw)))  # type: ignore[arg-type]
+    assert got.verdict == "not-a-pickle", got
 
 
 def test_read_by_range_a_big_member_is_opened_only_when_named_as_a_pickle(

@@ -56,9 +56,10 @@ RANGE_BLOCK = 64 << 10
 #: ``constants.pkl``; numpy: ``*.npy``), and each such head would cost a request of its own (a
 #: 2 GiB checkpoint of 256 tensors: 13 s of Range reads against 10 s for the whole stream)
 RANGED_HEAD_LIMIT = 1 << 20
-#: the biggest pickle inside a zip that is scanned (a checkpoint's data.pkl is KiBs to MiBs;
-#: the scanner holds a pickle's opcodes in memory): a bigger one is a finding
-MAX_MEMBER = 256 << 20
+#: the biggest pickle that is scanned, raw or inside a zip (a checkpoint's data.pkl is KiBs to
+#: MiBs; the scanner holds every opcode of a pickle and its arguments in memory, several times
+#: the pickle's size): a bigger one is a finding, never a memory blowup
+MAX_PICKLE = 256 << 20
 
 
 def candidate(path: str) -> bool:
@@ -206,6 +207,12 @@ def scan_one(path: str, data: BinaryIO, *, ranged: bool = False) -> FileVerdict:
         elif head.startswith(_TORCH_LEGACY):
             result = ps.scan_pytorch(data, path)
         else:
+            size = data.seek(0, io.SEEK_END)
+            data.seek(0)
+            if _is_proto(head) and size > MAX_PICKLE:
+                return FileVerdict(path, "unparsed", detail=(
+                    f"a pickle of {size} bytes, over the {MAX_PICKLE >> 20} MiB the scanner "
+                    "reads (it holds a pickle in memory)"))  # fmt: skip
             result = ps.scan_pickle_bytes(data, path)
     except Exception as e:  # picklescan raises what the bytes make it raise
         return FileVerdict(path, "unparsed", detail=_reason(e))
@@ -260,7 +267,7 @@ def _scan_zip(path: str, data: BinaryIO, *, head_limit: int | None = None) -> Sc
             with archive.open(name, "r") as member:
                 magic = member.read(8)
             is_pickle = suffix in ps._pickle_file_extensions or _is_proto(magic)
-            if is_pickle and info.file_size > MAX_MEMBER:
+            if is_pickle and info.file_size > MAX_PICKLE:
                 raise ValueError(f"{name} inside is a pickle of {info.file_size} bytes")
             if is_pickle:
                 with archive.open(name, "r") as member:
