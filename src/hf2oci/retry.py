@@ -50,11 +50,12 @@ class RetryPolicy:
 DEFAULT_POLICY = RetryPolicy()
 #: a request's (serve answering a client): quick tries within 4 s, so that a blip never reaches
 #: the client and a registry that is gone fails fast, before the client's own timeout (10 s);
-#: a stall in a body already sent from gets 8 s, still inside that timeout, since giving up
-#: then cuts a download the client has begun
+#: a stall in a body already sent from gets tries that start within 5 s (the last one ends by
+#: 9 s, its read timeout included: still inside the client's), since giving up then cuts a
+#: download the client has begun
 REQUEST_POLICY = RetryPolicy(
     attempts=4, initial=0.1, max_wait=1.0, total=4.0, max_retry_after=1.0,
-    connect_timeout=2.0, read_timeout=4.0, stall_total=8.0,
+    connect_timeout=2.0, read_timeout=4.0, stall_total=5.0,
 )  # fmt: skip
 #: HTTP statuses worth another try: request timeout, rate limit, server-side trouble
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
