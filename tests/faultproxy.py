@@ -11,8 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from http.client import HTTPConnection
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 
@@ -23,7 +22,6 @@ class _Server(http.server.ThreadingHTTPServer):
 
 def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
     server = _Server(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
 
@@ -105,7 +103,7 @@ class FaultProxy:
                     return self.tags_page()
                 dropped = {"connection"} | ({"range"} if proxy.ignore_range else set())
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
-                conn = HTTPConnection(proxy.upstream, timeout=30)
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 encode = proxy.gzip_bodies and self.command == "GET" and resp.status < 300
@@ -122,19 +120,15 @@ class FaultProxy:
                     self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(data)) if whole else str(length))
                 self.end_headers()
-                left = len(data) if whole else int(cast(str, length))
-                if self.command == "HEAD":
-                    left = 0
+                left = 0 if self.command == "HEAD" else len(data) if whole else int(length or 0)
                 if cut_after is not None:
                     left = min(left, cut_after)
-                while left > 0:
-                    piece = data[:left] if whole else resp.read(min(left, 1 << 20))
-                    if not piece:
-                        break
-                    self.wfile.write(piece)
-                    left -= len(piece)
-                    if whole:
-                        break
+                if whole:
+                    self.wfile.write(data[:left])
+                else:  # 1 MiB at a time: the proxy never holds a whole blob
+                    while left > 0 and (piece := resp.read(min(left, 1 << 20))):
+                        self.wfile.write(piece)
+                        left -= len(piece)
                 if cut_after is not None:
                     self.wfile.flush()
                     time.sleep(stall)
