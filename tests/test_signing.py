@@ -606,6 +606,41 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
         wrong.stop()
 
 
+@pytest.mark.parametrize("how", ["sha256", "gitBlob"])
+def test_a_checked_download_hashes_its_pieces_in_order_and_holds_back_the_last(how: str) -> None:
+    """serve --verify-key hashes each piece beside its send: the pieces of a whole file pass
+    in order and unchanged, and a changed byte anywhere cuts the body before its last piece."""
+    import hashlib
+    import os
+    from types import SimpleNamespace
+    from typing import cast
+
+    from hf2oci.consume.serve.app import _BodyCut, _checked
+    from hf2oci.consume.serve.store import RepoFile
+    from hf2oci.digest import git_blob_hash
+
+    data = os.urandom(1 << 20)
+    h = hashlib.sha256() if how == "sha256" else git_blob_hash(len(data))
+    h.update(data)
+    want = {how: h.hexdigest()}
+    f = cast(RepoFile, SimpleNamespace(path="model.bin", size=len(data)))
+    pieces = [data[i : i + 4099] for i in range(0, len(data), 4099)]  # 256 uneven pieces
+    assert list(_checked(iter(pieces), f, want)) == pieces
+    for where in (0, len(pieces) // 2, len(pieces) - 1):
+        bad = list(pieces)
+        bad[where] = bytes([bad[where][0] ^ 1]) + bad[where][1:]
+        sent: list[bytes] = []
+        with pytest.raises(_BodyCut):
+            for piece in _checked(iter(bad), f, want):
+                sent.append(piece)
+        assert sent == bad[:-1]  # all but the last: never the whole wrong file
+    sent = []
+    with pytest.raises(_BodyCut):  # a layer that ends short is cut too
+        for piece in _checked(iter(pieces[:-1]), f, want):
+            sent.append(piece)
+    assert sent == pieces[:-1]
+
+
 def test_deploy_policy_makes_containers_tools_demand_a_signature(
     hub, random_repo, registry, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
