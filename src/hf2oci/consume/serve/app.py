@@ -373,9 +373,10 @@ class _Hub:
 def _checked(body: Iterator[bytes], f: RepoFile, want: dict[str, str]) -> Iterator[bytes]:
     """``body`` hashed as it is sent, its last piece held back until the hash is the signed
     one: a file whose bytes are not the signed ones is cut before it is complete (the client
-    sees a short body, never a whole wrong file). Each piece is hashed on a thread of its own
-    while it is sent and the next one is read (hashlib lets go of the GIL), so where a core is
-    free the check costs no time."""
+    sees a short body, never a whole wrong file). Each piece is hashed on a hash thread while it
+    is sent and the next one is read (hashlib lets go of the GIL), so the hash runs beside the
+    download, not between its reads and sends; its CPU time is wall time only where the cores
+    are already full."""
     from hf2oci.digest import git_blob_hash
 
     h = hashlib.sha256() if "sha256" in want else git_blob_hash(f.size)
