@@ -539,7 +539,7 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
     from hf2oci.signing import attestation_artifact, load_signing_key
     from test_serve import Served
 
-    signed, _, files = random_repo(size=3 << 20)
+    signed, _, files = random_repo(size=(9 << 20) + 12345)  # 3 pieces of 4 MiB
     unsigned, _, _ = random_repo()
     private, public = _key_pem()
     _, other = _key_pem()
@@ -554,9 +554,15 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
     try:
         api = HfApi(endpoint=server.url)
         assert api.model_info(signed).sha
-        got = hf_hub_download(signed, "model.safetensors", endpoint=server.url,
-                              cache_dir=tmp_path / "c")  # fmt: skip
+        serve_log = _Records()
+        logging.getLogger("hf2oci.serve").addHandler(serve_log)
+        try:
+            got = hf_hub_download(signed, "model.safetensors", endpoint=server.url,
+                                  cache_dir=tmp_path / "c")  # fmt: skip
+        finally:
+            logging.getLogger("hf2oci.serve").removeHandler(serve_log)
         assert Path(got).read_bytes() == files["model.safetensors"]
+        assert not [r for r in serve_log.records if "cut" in r.getMessage()]  # whole, not resumed
         with pytest.raises(HfHubHTTPError) as e:
             api.model_info(unsigned)
         assert e.value.response.status_code == 403
