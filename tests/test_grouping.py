@@ -11,13 +11,15 @@ from hypothesis import strategies as st
 from helpers import unnumbered_name
 from hf2oci.build.formats.grouping import (
     MAX_REPO_LAYERS,
-    LayerTooBig,
     _numbered,
+    carry,
     group_files,
     layer_budget,
+    layer_bytes,
     split_files,
 )
 from hf2oci.errors import PackError
+from hf2oci.repofiles import parse_part_name
 
 MiB = 1 << 20
 
@@ -57,8 +59,9 @@ def test_any_files_fit_the_limits_once_each(
     rng: random.Random, n: int, cap: int, budget: int
 ) -> None:
     """Families with any numbers (dense, sparse, repeated gcds) and sizes, with unnumbered
-    files: every file in exactly one group, no group over the size limit, no more groups than
-    the budget (or the error), whatever the order given."""
+    files: every file (or each of its parts, for one over the limit) in exactly one group, no
+    group's layer over the size limit, no more groups than the budget (or the error),
+    whatever the order given."""
     names = ["a/s-{}.bin", "b/{:05d}.parquet", "w/x{}y.st", "u.{}", "m-{}-of-00300.gguf"]
     step = rng.choice([1, 1, 2, 3, 7])
     sized = {
@@ -74,8 +77,11 @@ def test_any_files_fit_the_limits_once_each(
         assert str(e).startswith("the files need")
         return
     assert len(groups) <= budget
-    assert sorted(p for g in groups for p in g) == sorted(sized)
-    assert all(sum(sized[p] for p in g) <= cap * MiB for g in groups)
+    whole, parts = carry(files, cap * MiB)
+    members = {**dict(whole), **{p.name: p.size for p in parts}}
+    assert sorted(p for g in groups for p in g) == sorted(members)
+    assert {p.path for p in parts} | {p for p, _ in whole} == set(sized)
+    assert all(layer_bytes([(p, members[p]) for p in g]) <= cap * MiB for g in groups)
     assert groups == group_files(files[::-1], max_layers=budget, max_layer_size=cap * MiB)
 
 
@@ -87,15 +93,79 @@ def _shards(n: int, *, skip: int | None = None) -> list[tuple[str, int]]:
     return [(f"model-{i:05d}-of-00163.safetensors", SHARD) for i in range(n) if i != skip]
 
 
-def test_no_layer_passes_the_size_limit_and_a_file_that_would_fails_first() -> None:
+def test_no_layer_passes_the_size_limit_and_a_bigger_file_goes_in_parts() -> None:
     groups = group_files(_shards(163), max_layers=layer_budget(1), max_layer_size=10 * GB)
     sizes = dict(_shards(163))
     assert len(groups) <= layer_budget(1) == 98
-    assert all(sum(sizes[p] for p in g) <= 10 * GB for g in groups)
-    with pytest.raises(LayerTooBig) as exc:
-        group_files([("big.gguf", 40 * GB), ("a.json", 1)], max_layer_size=10 * GB)
-    text = str(exc.value)
-    assert "big.gguf is 37.3 GiB" in text and "9.3 GiB" in text and "max_layer_size" in text
+    assert all(layer_bytes([(p, sizes[p]) for p in g]) <= 10 * GB for g in groups)
+    groups = group_files([("big.gguf", 40 * GB), ("a.json", 1)], max_layer_size=10 * GB)
+    names = [f"big.gguf.part-{i:03d}-of-005" for i in range(1, 6)]
+    assert groups == [("a.json",), *((n,) for n in names)]
+    _, parts = carry([("big.gguf", 40 * GB)], 10 * GB)
+    assert [p.name for p in parts] == names
+    assert sum(p.size for p in parts) == 40 * GB
+    assert all(layer_bytes([(p.name, p.size)]) <= 10 * GB for p in parts)
+    assert [p.start for p in parts] == [sum(q.size for q in parts[:i]) for i in range(5)]
+
+
+def test_the_limit_counts_the_tar_headers_padding_and_end_blocks_to_the_byte() -> None:
+    """The issue's case: 150 shards of 2 MiB with a 12 MiB limit made a layer of 12,587,520
+    bytes (file bytes at the limit, plus the tar around them)."""
+    cap = 12 * MiB
+    shards = [(f"model-{i:05d}-of-00150.safetensors", 2 * MiB) for i in range(1, 151)]
+    sizes = dict(shards)
+    groups = group_files(shards, max_layer_size=cap)
+    assert all(layer_bytes([(p, sizes[p]) for p in g]) <= cap for g in groups)
+    assert max(len(g) for g in groups) == 5  # six files' data alone is the limit: no room
+    # at the exact boundary: a file whose layer is exactly the limit goes whole, one byte more
+    # goes in parts
+    exact = cap - (layer_bytes([("w.bin", 0)]) + 0)
+    exact -= exact % 512  # a size that needs no padding, so the layer is exactly the limit
+    assert layer_bytes([("w.bin", exact)]) == cap
+    assert group_files([("w.bin", exact)], max_layer_size=cap) == [("w.bin",)]
+    assert group_files([("w.bin", exact)], max_layer_size=cap - 1) == [
+        ("w.bin.part-001-of-002",),
+        ("w.bin.part-002-of-002",),
+    ]
+    _, parts = carry([("w.bin", exact + 1)], cap)
+    assert [parse_part_name(p.name) for p in parts] == [("w.bin", 1, 2), ("w.bin", 2, 2)]
+    assert all(layer_bytes([(p.name, p.size)]) <= cap for p in parts)
+    assert sum(p.size for p in parts) == exact + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b/c", "données/é t", "x" * 120, "d/" * 30 + "e"]),
+            st.integers(min_value=0, max_value=6 * MiB),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(min_value=256 << 10, max_value=4 * MiB),
+)
+def test_every_layer_and_part_fits_the_limit(files: list[tuple[str, int]], cap: int) -> None:
+    sized = {f"{name}-{i}.bin": size for i, (name, size) in enumerate(files)}
+    try:
+        groups = group_files(list(sized.items()), max_layer_size=cap)
+    except PackError as e:  # too many parts for an image's layers
+        assert str(e).startswith("the files need")
+        return
+    _, parts = carry(list(sized.items()), cap)
+    by_name = {**sized, **{p.name: p.size for p in parts}}
+    assert all(layer_bytes([(n, by_name[n]) for n in g]) <= cap for g in groups)
+    for path in {p.path for p in parts}:
+        mine = [p for p in parts if p.path == path]
+        assert sum(p.size for p in mine) == sized[path]
+        assert all(p.size % 4096 == 0 for p in mine[:-1])
+
+
+def test_a_part_named_like_a_file_of_the_repo_is_refused() -> None:
+    with pytest.raises(PackError, match="exclude one of them"):
+        carry([("w.bin", 3 * MiB), ("w.bin.part-001-of-002", 10)], 2 * MiB)
+    with pytest.raises(PackError, match="too small to carry"):
+        carry([("w.bin", 3 * MiB)], 1024)
 
 
 def _changed(before: list[tuple[str, ...]], after: list[tuple[str, ...]]) -> int:
@@ -160,7 +230,7 @@ def test_shards_fill_layers_whatever_the_limit_holds(size: int, numbers: range) 
     ("name", "size", "start", "end"),
     [
         ("train/{:05d}.parquet", 200 * 10**6, 50, 420),  # 50 a layer
-        ("w/{:05d}.bin", 2 * GB, 50, 420),  # five a layer
+        ("w/{:05d}.bin", 2 * GB - 10**6, 50, 420),  # five a layer, with their tar entries
         ("model-{:05d}.safetensors", SHARD, 50, 196),  # two a layer, up to all 98
     ],
 )

@@ -280,12 +280,28 @@ def test_matrix(
         assert layers[0] == layers[1] and len(layers[0]) >= 2
 
 
+#: a layer size limit that three of the streamed files are over
+PARTS_LIMIT = 1200 * 1024
+
+
+def _in_parts(files: dict[str, bytes], limit: int) -> dict[str, bytes]:
+    """``files`` as an image carries them under ``limit``: a file over it as its parts."""
+    from hf2oci.build.formats.grouping import carry
+
+    _, parts = carry([(p, len(d)) for p, d in files.items()], limit)
+    out = {p: d for p, d in files.items() if p not in {x.path for x in parts}}
+    out.update({x.name: files[x.path][x.start : x.end] for x in parts})
+    return out
+
+
 #: the other options, once with each builder and destination: (args, the files expected)
 PREPARE = 'set -e\necho prepared > "$OUT_DIR/extra é.txt"\nrm "$OUT_DIR/with space.txt"\n'
 OPTIONS: dict[str, list[str]] = {
     "dry-run": ["--dry-run"],
     "platform": ["--platform", "linux/arm64"],
     "max-layer-size": ["--max-layer-size", str(3 * MiB + 100 * 1024)],
+    # files over the limit go in parts: docker cp and umoci see the parts, extract the files
+    "parts": ["--max-layer-size", str(PARTS_LIMIT)],
     "prepare": [],  # get_hf/prepare.sh
     "preset": ["--preset", "safetensors"],
 }
@@ -302,6 +318,8 @@ def _expected(option: str) -> dict[str, bytes]:
         return {
             p: d for p, d in FILES.items() if p not in ("flax_model.msgpack", "pytorch_model.bin")
         }
+    if option == "parts":
+        return _in_parts(FILES, PARTS_LIMIT)
     return FILES
 
 
@@ -353,3 +371,10 @@ def test_options(
     if option == "max-layer-size":
         sizes = [d["size"] for d in skopeo_inspect(source, raw=True)["layers"][1:]]
         assert max(sizes) <= 3 * MiB + 100 * 1024 and len(sizes) >= 3
+    if option == "parts":  # every layer within the limit, and extract puts the files back
+        sizes = [d["size"] for d in skopeo_inspect(source, raw=True)["layers"][1:]]
+        assert max(sizes) <= PARTS_LIMIT and len(_expected(option)) == len(FILES) + 4
+        image = ref if dest == "registry" else f"oci:{layout}:{TAG}"
+        r = cli("extract", image, str(project / "x"))
+        assert r.exit_code == 0, r.output
+        assert read_tree(project / "x") == FILES

@@ -82,17 +82,21 @@ def test_a_selection_that_keeps_nothing_fails(spec: RepoSpec, reason: str) -> No
     assert action.kind == "fail" and reason in action.reason and not action.tags
 
 
-def test_a_file_over_the_layer_limit_fails_at_plan_time_with_one_line() -> None:
-    assert decide(SPEC, state(), None, max_layer_size=100).kind == "mirror"  # all fit
-    action = decide(SPEC, state(), None, max_layer_size=99)
-    assert action.kind == "fail" and "\n" not in action.reason
+def test_a_file_over_the_layer_limit_goes_in_parts_or_fails_at_plan_time_with_one_line() -> None:
     big = (*FILES, HubFile("huge.gguf", 10**9, sha256="6" * 64, blob_id="7" * 40))
-    failed = decide(SPEC, state(files=big), None, max_layer_size=10**8)
-    assert failed.kind == "fail" and failed.reason.startswith("huge.gguf is 953.7 MiB")
-    assert "max_layer_size" in failed.reason
+    assert decide(SPEC, state(files=big), None, max_layer_size=10**8).kind == "mirror"  # parts
+    # a limit that holds no part at all
+    action = decide(SPEC, state(), None, max_layer_size=1000)
+    assert action.kind == "fail" and "\n" not in action.reason
+    assert action.reason.startswith("max_layer_size 1000 B is too small to carry")
+    # parts are checked by the file's sha256: a file the hub keeps out of LFS has none
+    plain = (*FILES, HubFile("huge.json", 10**9, blob_id="8" * 40))
+    failed = decide(SPEC, state(files=plain), None, max_layer_size=10**8)
+    assert failed.kind == "fail" and failed.reason.startswith("huge.json is over max_layer_size")
+    assert "\n" not in failed.reason
     # a file the filters drop does not count
-    kept = RepoSpec("org/m", exclude=("*.gguf",))
-    assert decide(kept, state(files=big), None, max_layer_size=10**8).kind == "mirror"
+    kept = RepoSpec("org/m", exclude=("*.json",))
+    assert decide(kept, state(files=plain), None, max_layer_size=10**8).kind == "mirror"
 
 
 def test_files_that_need_too_many_layers_fail_at_plan_time_with_one_line() -> None:

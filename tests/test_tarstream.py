@@ -20,12 +20,15 @@ from hf2oci.errors import PackError
 from hf2oci.oci.image import MT_DOCKER_LAYER, MT_LAYER_GZIP, MT_LAYER_TAR, Layer
 from hf2oci.oci.layers import FileBlobLayer, TarLayer
 from hf2oci.oci.tarstream import (
+    BLOCK,
     LINK_MODE,
     TarEntry,
+    TarSize,
     TarStream,
     data_offsets,
     entries_for_files,
     entries_for_streams,
+    entry_size,
     iter_tar,
     tar_size,
 )
@@ -381,3 +384,39 @@ def test_a_chunk_stream_gives_its_source_exactly_or_fails() -> None:
     assert long.read(2) == b"ab"
     with pytest.raises(PackError, match="more than the 2 bytes"):
         long.read(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.sampled_from(["a", "sub", "données", "é t", "x" * 99, "y" * 160]),
+                min_size=1,
+                max_size=4,
+            ),
+            st.integers(min_value=0, max_value=1 << 20),
+        ),
+        min_size=0,
+        max_size=8,
+    )
+)
+def test_tar_size_grown_a_file_at_a_time_is_the_archive_length(
+    files: list[tuple[list[str], int]],
+) -> None:
+    """What the layer size limit counts: headers (PAX for long or non-ASCII names), each
+    folder's entry once, data, padding and the end blocks, exactly as written."""
+    sized = {"/".join(parts) + f"-{i}": size for i, (parts, size) in enumerate(files)}
+    grown = TarSize("REPO")
+    for path, size in sized.items():
+        grown.add(path, size)
+    entries = entries_for_streams(
+        [(p, lambda: iter([]), n) for p, n in sized.items()], prefix="REPO"
+    )
+    assert grown.total == tar_size(entries)
+
+
+def test_a_file_of_8_gib_or_more_has_its_size_in_a_pax_header() -> None:
+    big = 8 << 30
+    assert TarSize("REPO").cost("w.bin", big) - big == 3 * BLOCK + BLOCK  # pax, header, dir
+    assert entry_size("REPO/w.bin", big - 1) - (big - 1) == BLOCK + 1  # header, padding

@@ -1,14 +1,23 @@
 """Content hashes, computed once while the bytes pass: OCI digests (``sha256:…``) and the hub's
 own (an LFS file's sha256, a git blob's sha1). Every reader that checks or learns a digest on the
-way hashes through here."""
+way hashes through here: ``Expected`` is what the hub says a file hashes to, ``verified`` checks
+a stream of its bytes (holding the last piece back until it matches), ``SplitCheck`` a file read
+as consecutive ranges, one pass each (the parts of a file too big for one layer)."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
-from collections.abc import Callable, Iterable
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hf2oci.errors import DigestMismatch, PackError
 
 #: bytes read at a time when a whole file is hashed
 FILE_CHUNK = 1 << 20
@@ -80,3 +89,188 @@ class HashingReader(io.RawIOBase):
         if not self.closed and self._close is not None:
             self._close()
         super().close()
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the hub says a file's ``size`` bytes hash to: its LFS sha256, else its git blob id
+    (the one choice of algorithm, made here)."""
+
+    size: int
+    sha256: str | None = None
+    blob_id: str | None = None
+
+    @property
+    def value(self) -> str:
+        if self.sha256:
+            return self.sha256
+        if self.blob_id:
+            return self.blob_id
+        raise PackError("no hash to check the bytes against")
+
+    def hasher(self) -> Any:
+        """A fresh hash of the kind ``value`` is."""
+        return hashlib.sha256() if self.sha256 else git_blob_hash(self.size)
+
+
+class Check:
+    """Feeds bytes to ``expected``'s hash and says whether they matched. ``background``: the
+    hash runs on a thread of its own (hashlib lets go of the GIL), at most one piece behind, so
+    a consumer hashing the same bytes for another digest uses a second core."""
+
+    def __init__(self, expected: Expected, *, background: bool = False, state: Any = None) -> None:
+        self.expected = expected
+        self.h = state if state is not None else expected.hasher()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="check") if background else None
+        self._queued: collections.deque[Future[None]] = collections.deque()
+
+    def update(self, piece: bytes) -> None:
+        if self._pool is None:
+            self.h.update(piece)
+            return
+        self._queued.append(self._pool.submit(self.h.update, piece))
+        while len(self._queued) > 1:
+            self._queued.popleft().result()
+
+    def state(self) -> Any:
+        """A copy of the hash so far (every piece fed)."""
+        while self._queued:
+            self._queued.popleft().result()
+        return self.h.copy()
+
+    def verify(self, what: str) -> None:
+        """DigestMismatch unless the bytes fed hash to what was expected."""
+        got = self.state().hexdigest()
+        if got != self.expected.value:
+            raise DigestMismatch(
+                f"{what}: content hashes to {got}, the hub says {self.expected.value}"
+            )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def verified(
+    pieces: Iterable[bytes],
+    expected: Expected,
+    *,
+    what: str,
+    background: bool = False,
+    start: int = 0,
+    state: Any = None,
+    last: bool = True,
+    on_state: Callable[[Any], None] | None = None,
+) -> Iterator[bytes]:
+    """``pieces`` of a file from byte ``start`` on, checked: never more bytes than the file
+    has, and (``last``: they end the file) its size and hash, with the last piece held back
+    until the hash matches, so a consumer never completes anything with wrong bytes. ``state``:
+    the hash of the bytes before ``start``; ``on_state``: told the hash where the pieces end,
+    when they do not end the file."""
+    check = Check(expected, background=background, state=state)
+    got = start
+    pending = b""
+    try:
+        for piece in pieces:
+            got += len(piece)
+            if got > expected.size:
+                raise DigestMismatch(f"{what}: more than its {expected.size} bytes")
+            check.update(piece)
+            if pending:
+                yield pending
+            pending = piece
+        if last:
+            if got != expected.size:
+                raise DigestMismatch(f"{what}: {got} bytes, the hub says {expected.size}")
+            check.verify(what)
+        elif on_state is not None:
+            on_state((got, check.state()))
+    finally:
+        check.close()
+    if pending:
+        yield pending
+
+
+class SplitCheck:
+    """A file read as consecutive ranges, one pass each, checked as a whole: each range's pass
+    starts from the hash of all the bytes before it (kept once the range before was first read
+    to its end, so any range can be read again), and the last range's last piece waits for the
+    file's hash to match. A range whose predecessor has not been read yet waits for it; one
+    whose predecessor's pass failed fails too (its reader tries again, or gives up)."""
+
+    def __init__(
+        self,
+        expected: Expected,
+        bounds: Sequence[tuple[int, int]],
+        read: Callable[[int, int], Iterator[bytes]],
+        *,
+        what: str,
+        background: bool = False,
+    ) -> None:
+        if (
+            not bounds
+            or bounds[0][0] != 0
+            or bounds[-1][1] != expected.size
+            or any(a[1] != b[0] for a, b in itertools.pairwise(bounds))
+        ):
+            raise PackError(f"{what}: ranges that do not cover the file")
+        self.expected, self.bounds, self.read, self.what = expected, bounds, read, what
+        self.background = background
+        self._states: dict[int, Any] = {0: expected.hasher()}
+        self._failed: dict[int, BaseException] = {}
+        self._cond = threading.Condition()
+
+    def source(self, k: int) -> Callable[[], Iterator[bytes]]:
+        """Range ``k``'s pieces, a fresh checked pass each call."""
+        return lambda: self._pass(k)
+
+    def _pass(self, k: int) -> Iterator[bytes]:
+        start, end = self.bounds[k]
+        state = self._wait(k)
+        with self._cond:
+            self._failed.pop(k, None)
+        last = k == len(self.bounds) - 1
+        what = f"{self.what} (bytes {start}-{end - 1})"
+        pieces = self.read(start, end)
+        done = False
+        try:
+            yield from verified(
+                _ending(pieces, end - start, what), self.expected, what=self.what,
+                background=self.background, start=start, state=state, last=last,
+                on_state=lambda got: self._reached(k + 1, got[1]),
+            )  # fmt: skip
+            done = True
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+            if not done:
+                with self._cond:
+                    if k + 1 not in self._states:
+                        self._failed[k] = PackError(f"{what}: the pass before did not end")
+                        self._cond.notify_all()
+
+    def _wait(self, k: int) -> Any:
+        with self._cond:
+            while k not in self._states:
+                if k - 1 in self._failed:
+                    raise PackError(f"{self.what}: the part before could not be read")
+                self._cond.wait(1.0)
+            return self._states[k].copy()
+
+    def _reached(self, k: int, state: Any) -> None:
+        with self._cond:
+            self._states.setdefault(k, state)
+            self._cond.notify_all()
+
+
+def _ending(pieces: Iterator[bytes], size: int, what: str) -> Iterator[bytes]:
+    """``pieces``, which must be exactly ``size`` bytes."""
+    got = 0
+    for piece in pieces:
+        got += len(piece)
+        if got > size:
+            raise DigestMismatch(f"{what}: more than {size} bytes")
+        yield piece
+    if got != size:
+        raise DigestMismatch(f"{what}: {got} bytes, expected {size}")

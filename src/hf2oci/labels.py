@@ -46,6 +46,9 @@ SCAN_FILES = "io.hf2oci.scan.files"
 CONTENT_KEY = "io.hf2oci.content"
 #: layer annotation: this layer holds the file index (its version)
 FILE_INDEX = "io.hf2oci.file-index"
+#: the files carried in parts (over the layer size limit), compact JSON:
+#: {"path": {"sha256": …, "parts": ["path.part-001-of-003", …]}}; only on images that have any
+PARTS = "io.hf2oci.parts"
 
 
 def image_labels(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -55,6 +56,12 @@ def dockerquote(value: object) -> str:
     return f'"{text}"'
 
 
+def yamlstr(value: object) -> str:
+    """A YAML double-quoted scalar of ``str(value)`` (a JSON string is one), with its
+    characters as they are (jinja's ``tojson`` escapes ``&`` and ``<`` for HTML)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def md_cell(value: object) -> str:
     """Text for one markdown table cell: ``|`` escaped (also inside code spans), one line."""
     return " ".join(str(value).splitlines()).replace("|", "\\|")
@@ -74,6 +81,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["dockerquote"] = dockerquote
     env.filters["md_cell"] = md_cell
+    env.filters["yamlstr"] = yamlstr
     return env
 
 

@@ -22,6 +22,7 @@ from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
+from hf2oci.oci.tarstream import ChunkSource
 from hf2oci.signing import SigningKey
 from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy
 from hf2oci.units import human_size
@@ -325,6 +326,7 @@ def _modelpack(
         descriptor=descriptor,
         labels=labels,
         open_head=_head_opener(action),
+        max_layer_size=options.max_layer_size,
     )
 
 
@@ -403,8 +405,14 @@ def fetch_files(
     files = []
     for path in [*local, *sorted(streamed)]:
         f = state.file(path)
-        source = hub.file_source(state, f) if path in streamed else (snapshot / path).resolve()
-        files.append(PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id))
+        if path in streamed:
+            source: Path | ChunkSource = hub.file_source(state, f)
+            ranges = hub.range_source(state, f)
+        else:
+            source, ranges = (snapshot / path).resolve(), None
+        files.append(
+            PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id, ranges=ranges)
+        )
     scanned = scan_fetched(action, files, options.scan, progress)
     if options.prepare_script is not None:
         progress(action.spec.label, f"running {options.prepare_script.name}")

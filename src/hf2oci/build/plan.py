@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.build.formats.grouping import check_layer_count, check_sizes
+from hf2oci.build.formats.grouping import carry, check_layer_count
 from hf2oci.build.formats.modelpack import check_file_count
 from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.intake.filters import select
@@ -63,11 +63,12 @@ def decide(
     scan: ScanPolicy = "off",
 ) -> Action:
     """What to do for ``spec``, given the hub's ``state`` and the labels of the image now at the
-    moving tag (None: there is none). A file bigger than ``max_layer_size``, or files
-    that need more layers than an image can have, fail the repo here, before anything is
-    uploaded. ``platforms``: those asked for (none: the base's, which
-    planning does not read). ``scan``: the policy; an image of pickle-based files made
-    unscanned is made again once scanning is on. Pure: no I/O."""
+    moving tag (None: there is none). Files that need more layers than an image can have
+    (a file bigger than ``max_layer_size`` takes one per part), or one that must go in parts
+    with no sha256 to check them by, fail the repo here, before anything is uploaded.
+    ``platforms``: those asked for (none: the base's, which planning does not read). ``scan``:
+    the policy; an image of pickle-based files made unscanned is made again once scanning is
+    on. Pure: no I/O."""
     try:
         selection = select(
             [f.path for f in state.files],
@@ -82,9 +83,16 @@ def decide(
     kept = set(selection.kept)
     try:
         sized = [(f.path, f.size) for f in state.files if f.path in kept]
-        check_sizes(sized, max_layer_size)
-        if spec.format == "modelpack":
-            check_file_count(len(kept))  # a layer per file
+        _, parts = carry(sized, max_layer_size)
+        for part in parts:
+            if not state.file(part.path).sha256:
+                raise PackError(
+                    f"{part.path} is over max_layer_size and goes in parts, which are checked "
+                    "by its sha256, and the hub gives none (it is not in LFS): raise "
+                    "max_layer_size or exclude it"
+                )
+        if spec.format == "modelpack":  # a layer per file, or per part
+            check_file_count(len(kept) + len(parts) - len({p.path for p in parts}))
         else:
             check_layer_count(sized, max_layer_size)
     except PackError as e:

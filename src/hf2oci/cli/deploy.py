@@ -15,8 +15,10 @@ from hf2oci.cli._common import echo, handle_errors, read_public_key, verbosity
 from hf2oci.consume import runtime as entrypoint
 from hf2oci.consume.k8s import (
     DEFAULT_SERVE_IMAGE,
+    INIT_COMMAND,
     KSERVE_BACKENDS,
     MODES,
+    NO_JOIN,
     HubSpec,
     KServeSpec,
     Mode,
@@ -182,6 +184,7 @@ def compose(model_image: str, runtime: str | None, runtime_image: str | None) ->
             model_image=model_image,
             runtime_image=runtime_image or RUNTIMES[runtime].default_image,
             served_model_name=served_model_name(model_image),
+            init_command=INIT_COMMAND,
         ),
         nl=False,
     )
@@ -269,6 +272,8 @@ def k8s(
         gpu=gpu,
     )
     click.echo(manifests(spec), nl=False)
+    if spec.mode == "image-volume":
+        echo(NO_JOIN.format(what="an image volume"))
 
 
 @deploy.command("kserve")
@@ -294,6 +299,7 @@ def kserve(
     have no /models: serve those with `deploy k8s --mode image-volume` on CRI-O."""
     spec = KServeSpec(model_image, backend=backend, name=name, cpu=cpu, memory=memory, gpu=gpu)
     click.echo(inference_service(spec), nl=False)
+    echo(NO_JOIN.format(what="a modelcar"))
 
 
 #: where the policy expects the public key on each node

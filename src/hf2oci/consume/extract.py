@@ -18,14 +18,13 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
 from hf2oci import labels as L
-from hf2oci.build.formats.image import REPO_DIR
 from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
 from hf2oci.digest import git_blob_hash
 from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
@@ -39,6 +38,7 @@ from hf2oci.labels import REVISION as LABEL_REVISION
 from hf2oci.naming import InvalidRepoId, validate_repo_id
 from hf2oci.oci.image import Image, Layer
 from hf2oci.oci.source import StoredLayer, open_image
+from hf2oci.repofiles import REPO_DIR, Join, parts_of
 from hf2oci.spec import REPO_TYPES, plural
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,13 @@ class _Unpacker:
         hash_files: bool,
         direct: bool,
         on_bytes: Callable[[int], None] | None = None,
+        joins: Mapping[str, Join] | None = None,
     ) -> None:
         self.staging = staging
+        self.joins = dict(joins or {})
+        #: a part's name → (the file it belongs to, its number)
+        self.parts = {n: (p, i + 1) for p, j in self.joins.items() for i, n in enumerate(j.names)}
+        self.written: set[str] = set()  # parts written in place
         self.on_bytes = on_bytes
         self.direct = direct and bool(O_DIRECT)
         self.real_staging = os.path.realpath(staging)
@@ -212,7 +217,7 @@ class _Unpacker:
 
     def raw(self, layer: StoredLayer, rel: str) -> None:
         """Write one raw layer (a ModelPack file) at ``rel``, its digest checked at the end."""
-        if self.include and not match_patterns([rel], include=self.include):
+        if not self._wanted(rel):
             return
         source = layer.open_raw()
         blob = self._blob(layer, source)
@@ -229,12 +234,21 @@ class _Unpacker:
         rel = _repo_path(member)
         if not rel or member.isdir():
             return  # folders come with their files: an excluded file leaves no empty folder
-        if self.include and not match_patterns([rel], include=self.include):
+        if not self._wanted(rel):
             return
         self._write(data, rel, f"entry {member.name!r}", member.offset_data, member.size)
 
+    def _wanted(self, rel: str) -> bool:
+        """Whether ``include`` keeps ``rel`` (a part: whether it keeps its file)."""
+        path = self.parts[rel][0] if rel in self.parts else rel
+        return not self.include or bool(match_patterns([path], include=self.include))
+
     def _write(self, data: ChunkReader, rel: str, what: str, offset: int, size: int) -> None:
-        """Copy ``size`` bytes of ``data`` from ``offset`` into a new file at ``rel``."""
+        """Copy ``size`` bytes of ``data`` from ``offset`` into a new file at ``rel`` (a part:
+        into its place in its file)."""
+        if rel in self.parts:
+            self._write_part(data, rel, what, offset, size)
+            return
         target = self.staging.joinpath(*rel.split("/"))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -243,9 +257,7 @@ class _Unpacker:
         try:
             # only this process writes the staging folder and it makes no links, so this is
             # defence in depth: nothing is ever opened through a link
-            parent = os.path.realpath(target.parent)
-            if os.path.commonpath([parent, self.real_staging]) != self.real_staging:
-                raise ExtractError(f"refusing {what}: its folder resolves outside DEST")
+            self._inside(target, what)
             fd = self._create(target, size)
         except FileExistsError as e:
             raise ExtractError(f"refusing {what}: the path appears twice in the image") from e
@@ -270,6 +282,77 @@ class _Unpacker:
             self.files[rel] = _File(
                 size, h.hexdigest() if h else None, g.hexdigest() if g else None
             )
+
+    def _write_part(self, data: ChunkReader, rel: str, what: str, offset: int, size: int) -> None:
+        """A part goes straight to its place in its file (no copy of the parts, no join pass):
+        the file is made by the first of its parts to come, each part written once, at the
+        size its join says."""
+        path, index = self.parts[rel]
+        join = self.joins[path]
+        if size != join.length(index):
+            raise ExtractError(f"refusing {what}: {size} bytes, its join says {join.length(index)}")
+        target = self.staging.joinpath(*path.split("/"))
+        with self.lock:
+            if rel in self.written:
+                raise ExtractError(f"refusing {what}: the part appears twice in the image")
+            self.written.add(rel)
+            first = not any(n in self.written for n in join.names if n != rel)
+            try:
+                if first:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._inside(target, what)
+                    os.close(self._create(target, join.size))
+            except FileExistsError as e:
+                raise ExtractError(f"refusing {what}: its file appears twice in the image") from e
+            except (NotADirectoryError, IsADirectoryError) as e:
+                raise ExtractError(f"refusing {what}: a file and a folder share its path") from e
+        fd = self._open_part(target)
+        try:
+            os.lseek(fd, join.start(index), os.SEEK_SET)
+            data.seek(offset)
+            copied = data.copy_to(fd, size)
+        finally:
+            os.close(fd)
+        if copied != size:
+            raise ExtractError(f"refusing {what}: the layer ends inside it")
+
+    def _open_part(self, target: Path) -> int:
+        flags = os.O_WRONLY | os.O_NOFOLLOW
+        if self.direct:
+            try:
+                return os.open(target, flags | O_DIRECT)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        return os.open(target, flags)
+
+    def _inside(self, target: Path, what: str) -> None:
+        parent = os.path.realpath(target.parent)
+        if os.path.commonpath([parent, self.real_staging]) != self.real_staging:
+            raise ExtractError(f"refusing {what}: its folder resolves outside DEST")
+
+    def finish_joins(self) -> None:
+        """Check each file put together from its parts: every part there, the whole hashing
+        to its join's sha256 (one read of the file); then it counts as extracted."""
+        for path, join in sorted(self.joins.items()):
+            done = [n for n in join.names if n in self.written]
+            if not done:
+                continue  # include kept none of it
+            if len(done) != len(join.names):
+                missing = next(n for n in join.names if n not in self.written)
+                raise ExtractError(f"{path}: its part {missing} is not in the image")
+            h = hashlib.sha256()
+            g = git_blob_hash(join.size)
+            with open(self.staging.joinpath(*path.split("/")), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    g.update(chunk)
+            if h.hexdigest() != join.sha256:
+                raise DigestMismatch(
+                    f"{path}: its parts join to sha256 {h.hexdigest()}, not {join.sha256}"
+                )
+            with self.lock:
+                self.files[path] = _File(join.size, h.hexdigest(), g.hexdigest())
 
 
 def _decompressing(stream: BinaryIO, digest: str) -> Callable[[memoryview], int]:
@@ -389,16 +472,21 @@ def extract(
             raise ExtractError(f"{image}: no model signature refers to it; nothing written")
     labels = L.of_image(source)
     cache_place = _cache_place(image, labels) if hf_cache else None
+    try:
+        joins = parts_of(labels)
+    except ValueError as e:
+        raise ExtractError(f"{image}: {e}") from e
     cache_existed = dest.exists()
     staging = _staging_for(dest / ".hf2oci" if hf_cache else dest)
     on_bytes = meter(sum(layer.size for layer in source.layers)) if meter else None
     unpacker = _Unpacker(
         staging, include, hash_files=hf_cache or signed is not None, direct=direct,
-        on_bytes=on_bytes,
+        on_bytes=on_bytes, joins=joins,
     )  # fmt: skip
     snapshot = None
     try:
         _unpack_all(source, unpacker, workers, on_layer)
+        unpacker.finish_joins()
         if signed is not None:
             _check_signed(unpacker.files, signed, image, complete=not include)
         if cache_place is not None:

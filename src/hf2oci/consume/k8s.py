@@ -13,9 +13,22 @@ from hf2oci.consume.runtime import RUNTIMES
 from hf2oci.errors import InvalidRepoId, UsageError
 from hf2oci.oci.reference import parse_reference
 from hf2oci.render import render
+from hf2oci.repofiles import JOIN_PATH, REPO_DIR
 
 Mode = Literal["init", "image-volume"]
 MODES: tuple[Mode, ...] = ("init", "image-volume")
+#: what the init step (Kubernetes init container, compose service) runs in the model image: copy
+#: /REPO into the volume, then put back any file carried in parts (``repofiles.JOIN_PATH``)
+INIT_COMMAND = (
+    f"cp -a /{REPO_DIR}/. /mnt/model/ && if [ -f /{JOIN_PATH} ]; then sh /{JOIN_PATH} "
+    "/mnt/model; fi"
+)
+#: said where a mount, not a copy, serves the image: nothing there can join parts
+NO_JOIN = (
+    "note: a file over the registry's layer size limit is carried in parts "
+    "(label io.hf2oci.parts) that {what} cannot join: serve such images with "
+    "`hf2oci deploy k8s --mode init`"
+)
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUANTITY = re.compile(r"\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
 
@@ -86,6 +99,7 @@ def manifests(spec: ServeSpec) -> str:
         format=spec.format,
         model_image=spec.model_image,
         runtime_image=runtime_image,
+        init_command=INIT_COMMAND,
         # an image volume mounts the image's root, where the files are under REPO/ (a
         # ModelPack artifact's are at its root)
         model_dir="/models/REPO"

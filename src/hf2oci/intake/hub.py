@@ -680,8 +680,17 @@ def _serial(body: ResumableBody, chunk_size: int) -> Iterator[bytes]:
             yield chunk if n == chunk_size else chunk[:n]  # type: ignore[misc]
 
 
-def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iterator[bytes]:
-    """The file in order, as parts fetched by ``n`` connections at once (n + 1 parts ahead
+def _parts(
+    state: RepoState,
+    file: HubFile,
+    n: int,
+    policy: RetryPolicy,
+    *,
+    first: int = 0,
+    stop: int | None = None,
+) -> Iterator[bytes]:
+    """The file's bytes ``[first, stop)`` in order, as parts fetched by ``n`` connections at
+    once (n + 1 parts ahead
     while ``PART_BUDGET`` lasts: the next ones to give out are fetched while the consumer is
     slower or a part lags).
 
@@ -689,17 +698,18 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
     consumer and its buffer goes to the next part's fetch, so memory stays at those buffers
     (fresh buffers per part, freed in other threads, grew glibc's arenas by ~25 MiB a file)."""
     what = f"{_what(state)}: {file.path}"
-    starts = iter(range(0, file.size, PART_SIZE))
-    stop = threading.Event()
+    last = file.size if stop is None else stop
+    starts = iter(range(first, last, PART_SIZE))
+    stopped = threading.Event()
     headers = _file_headers()  # read once: the token may come from a file
 
     def fetch(start: int, buffer: bytearray) -> tuple[bytearray, int]:
-        end = min(start + PART_SIZE, file.size)
+        end = min(start + PART_SIZE, last)
         view = memoryview(buffer)[: end - start]
         with _body(state, file, start=start, end=end, policy=policy, headers=headers) as body:
             got = 0
             while got < len(view):
-                if stop.is_set():
+                if stopped.is_set():
                     raise HubError(f"{what}: download stopped")
                 got += body.readinto(view[got : got + (256 << 10)])
         return buffer, len(view)
@@ -725,7 +735,7 @@ def _parts(state: RepoState, file: HubFile, n: int, policy: RetryPolicy) -> Iter
                                 ahead.append(pool.submit(fetch, nxt, buffer))
                         yield piece
             finally:
-                stop.set()
+                stopped.set()
                 for future in ahead:
                     future.cancel()
     finally:  # once the pool has finished with the buffers
@@ -768,3 +778,17 @@ def _body(
 def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:
     """A chunk source for a tar entry: each call streams the file anew from the hub."""
     return lambda: iter_file(state, file)
+
+
+def range_source(state: RepoState, file: HubFile) -> Callable[[int, int], Iterator[bytes]]:
+    """Reads a file's bytes ``[start, end)`` from the hub, unchecked (the caller checks them
+    with the rest of the file: the parts of a file carried in parts), several connections at
+    once for a large range."""
+
+    def read(start: int, end: int) -> Iterator[bytes]:
+        n = connections()
+        if n > 1 and end - start >= PARALLEL_MIN_SIZE:
+            return _parts(state, file, n, HUB_POLICY, first=start, stop=end)
+        return _serial(_body(state, file, start=start, end=end), 1 << 20)
+
+    return read

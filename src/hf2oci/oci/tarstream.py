@@ -5,6 +5,7 @@ Same files ⇒ same bytes: sorted entries, mtime 0, uid/gid 0, fixed modes, PAX 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -149,6 +150,40 @@ def tar_size(entries: Sequence[TarEntry]) -> int:
     for entry in entries:
         total += len(entry.header()) + entry.size + _padding(entry.size)
     return total
+
+
+class TarSize:
+    """The exact length ``tar_size`` will give the entries of files under ``prefix``, grown a
+    file at a time: each file's header, data and padding, each folder's entry once, and the
+    end-of-archive blocks (what a registry's layer size limit counts)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._base = _parts(prefix, what="prefix") if prefix else []
+        self._dirs: set[str] = set()
+        self.total = len(END_OF_ARCHIVE)
+
+    def cost(self, path: str, size: int) -> int:
+        """How many bytes adding the file ``path`` of ``size`` bytes would add."""
+        parts = self._base + path.split("/")
+        names = ("/".join(parts[:i]) for i in range(1, len(parts)))
+        dirs = sum(_dir_size(d) for d in names if d not in self._dirs)
+        return dirs + entry_size("/".join(parts), size)
+
+    def add(self, path: str, size: int) -> None:
+        self.total += self.cost(path, size)
+        parts = self._base + path.split("/")
+        self._dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def entry_size(name: str, size: int) -> int:
+    """A file entry's bytes in the archive: header blocks, data and padding."""
+    return len(TarEntry(name, Path(), size=size).header()) + size + _padding(size)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _dir_size(name: str) -> int:
+    return len(TarEntry(name + "/", None, mode=DIR_MODE).header())
 
 
 def data_offsets(entries: Sequence[TarEntry]) -> dict[str, int]:

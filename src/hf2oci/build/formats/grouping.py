@@ -14,6 +14,10 @@ first level whose groups fit once some of its units are joined into their next-l
 join at a time, in the order of the next-level unit's hash, only joins that save a layer, until
 the count fits. No level fits: an error naming ``max_layer_size``. A file added or removed so
 changes the groups of its own unit, and at most the join the count needs one more (or fewer) of.
+
+"Within the limit" counts the layer as a registry does: the tar's headers, padding and end
+blocks included. A file that no layer within the limit can hold is carried in parts
+(``repofiles.split``), each a layer of its own, never grouped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hf2oci.errors import PackError
+from hf2oci.oci.tarstream import TarSize
+from hf2oci.repofiles import REPO_DIR, Part, split
 from hf2oci.units import human_size
 
 #: overlayfs and CRI-O fail near 127 layers: an image has at most this many, the base's included
@@ -43,27 +49,51 @@ Sized = tuple[str, int]
 Group = tuple[str, ...]
 
 
-class LayerTooBig(PackError):
-    """A single file is larger than the layer size limit: no layer can hold it."""
-
-
 def layer_budget(base_layers: int) -> int:
     """How many layers a repo's files may take: the image stays within ``MAX_LAYERS`` with the
     base's layers and the file index's."""
     return max(1, MAX_LAYERS - base_layers - 1)
 
 
-def check_sizes(sized: Sequence[Sized], max_layer_size: int | None) -> None:
-    """LayerTooBig for the first file (by path) that no layer could hold."""
+def layer_bytes(files: Sequence[Sized]) -> int:
+    """The exact size of the tar layer that holds ``files`` under ``/REPO``."""
+    size = TarSize(REPO_DIR)
+    for path, n in files:
+        size.add(path, n)
+    return size.total
+
+
+def _overhead(name: str, size: int) -> int:
+    return layer_bytes([(name, size)]) - size
+
+
+def carry(sized: Sequence[Sized], max_layer_size: int | None) -> tuple[list[Sized], list[Part]]:
+    """``(files carried whole, parts of the others)``: a file whose layer alone would be over
+    ``max_layer_size`` goes in parts. PackError when a part's name is a file's too, or the
+    limit holds no part at all."""
     if max_layer_size is None:
-        return
+        return sorted(sized), []
+    whole: list[Sized] = []
+    parts: list[Part] = []
     for path, size in sorted(sized):
-        if size > max_layer_size:
-            raise LayerTooBig(
-                f"{path} is {human_size(size)}, over the layer size limit of "
-                f"{human_size(max_layer_size)}: set max_layer_size in get_hf/config.yaml (or "
-                "--max-layer-size) if the registry takes bigger layers, or exclude the file"
+        if layer_bytes([(path, size)]) <= max_layer_size:
+            whole.append((path, size))
+            continue
+        try:
+            parts += split(path, size, max_layer_size, _overhead)
+        except ValueError as e:
+            raise PackError(
+                f"max_layer_size {human_size(max_layer_size)} is too small to carry {path} "
+                "in parts: set a bigger one in get_hf/config.yaml (or --max-layer-size)"
+            ) from e
+    names = {p for p, _ in whole}
+    for part in parts:
+        if part.name in names:
+            raise PackError(
+                f"{part.path} goes in parts, and one's name, {part.name}, is a file of the repo "
+                "too: exclude one of them"
             )
+    return whole, parts
 
 
 def check_layer_count(
@@ -101,21 +131,23 @@ def split_files(
     max_layer_size: int | None = None,
 ) -> tuple[list[Group], list[Group]]:
     """``(groups of small files, groups of large files)`` by the module's rule: at most
-    ``max_layers`` in all, none over ``max_layer_size``, whatever order ``sized`` is in."""
-    check_sizes(sized, max_layer_size)
-    ordered = sorted(sized)
+    ``max_layers`` in all, none over ``max_layer_size``, whatever order ``sized`` is in. A
+    file carried in parts is one group per part, each the part's name."""
+    ordered, parts = carry(sized, max_layer_size)
     small = [f for f in ordered if f[1] < small_limit]
     large = [f for f in ordered if f[1] >= small_limit]
     small_groups = _small_groups(small, min(SMALL_GROUP_BYTES, max_layer_size or SMALL_GROUP_BYTES))
-    room = max_layers - len(small_groups)
+    alone: list[Group] = [(part.name,) for part in parts]
+    room = max_layers - len(small_groups) - len(alone)
     units = _Units.of(large, max_layer_size)
     level, groups = 0, units.groups(0)
     while True:
         count = sum(map(len, groups.values()))
         if count <= room:
-            return small_groups, sorted(g for gs in groups.values() for g in gs)
+            return small_groups, sorted([*alone, *(g for gs in groups.values() for g in gs)])
         if units.top(level):
-            raise PackError(_too_many_layers(len(small_groups) + count, max_layers))
+            need = len(small_groups) + len(alone) + count
+            raise PackError(_too_many_layers(need, max_layers))
         up = units.groups(level + 1)
         parents = units.parents(level)
         children: dict[_Key, list[_Key]] = {}
@@ -130,8 +162,15 @@ def split_files(
         if count <= room:
             out = [g for k, gs in groups.items() if parents[k] not in joined
                    for g in gs] + [g for k in joined for g in up[k]]  # fmt: skip
-            return small_groups, sorted(out)
+            return small_groups, sorted([*alone, *out])
         level, groups = level + 1, up  # the next level's units, cut once
+
+
+def _holds(largest: Sized, cap: int) -> int:
+    """How many files like ``largest`` a layer within ``cap`` holds, their tar entries (and
+    folders', counted for each: a little short at worst) and the end blocks included."""
+    end = layer_bytes([])
+    return max(1, (cap - end) // (layer_bytes([largest]) - end))
 
 
 def _too_many_layers(need: int, budget: int) -> str:
@@ -144,9 +183,9 @@ def _too_many_layers(need: int, budget: int) -> str:
 
 def _small_groups(small: Sequence[Sized], cap: int) -> list[Group]:
     """One group, or runs of about ``cap`` bytes cut at path-hash boundaries and at ``cap``."""
-    total = sum(n for _, n in small)
-    if total <= cap:
+    if layer_bytes(small) <= cap:
         return [tuple(p for p, _ in small)] if small else []
+    total = sum(n for _, n in small)
     per = max(1, math.ceil(cap * len(small) / total))  # files in ``cap`` bytes, on average
     runs = _runs(small, per.bit_length() - 1)
     return [g for run in runs.values() for g in _cut(run, cap)]
@@ -168,17 +207,18 @@ def _runs(files: Sequence[Sized], level: int) -> dict[str, list[Sized]]:
 
 
 def _cut(unit: Sequence[Sized], cap: int | None) -> list[Group]:
-    """``unit`` in order as the fewest groups within ``cap``: each file joins the group before
-    it while that fits."""
+    """``unit`` in order as the fewest groups whose layers are within ``cap``: each file joins
+    the group before it while that layer fits."""
     groups: list[list[str]] = []
-    total = 0
+    size = TarSize(REPO_DIR)
     for path, n in unit:
-        if groups and (cap is None or total + n <= cap):
+        if groups and (cap is None or size.total + size.cost(path, n) <= cap):
             groups[-1].append(path)
-            total += n
         else:
             groups.append([path])
-            total = n
+            size = TarSize(REPO_DIR)
+        if cap is not None:
+            size.add(path, n)
     return [tuple(g) for g in groups]
 
 
@@ -207,7 +247,7 @@ class _Units:
         for f, members in families.items():
             step = math.gcd(*(k for k, _, _ in members)) or 1
             families[f] = sorted((k // step, p, n) for k, p, n in members)
-        holds = {f: None if cap is None else cap // max(n for _, _, n in m)
+        holds = {f: None if cap is None else _holds(max(m, key=lambda x: x[2])[1:], cap)
                  for f, m in families.items()}  # fmt: skip
         return cls(families, holds, [f for f in files if f[0] not in shards], cap)
 

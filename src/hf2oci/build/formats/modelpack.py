@@ -16,12 +16,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from hf2oci import labels as L
-from hf2oci.build.formats.image import PackFile
+from hf2oci.build.formats.image import PackFile, raw_parts
 from hf2oci.digest import sha256_digest, sha256_file
 from hf2oci.errors import PackError
 from hf2oci.gguf import KNOWN_QUANT, gguf_metadata
 from hf2oci.oci.image import MT_MANIFEST, Descriptor, Image, Layer, canonical_json
 from hf2oci.oci.layers import FileBlobLayer, RawStreamLayer
+from hf2oci.repofiles import Join, split
 from hf2oci.spec import RepoType
 
 log = logging.getLogger(__name__)
@@ -108,21 +109,23 @@ def build_modelpack(
     descriptor: Mapping[str, Any],
     labels: Mapping[str, str],
     open_head: Opener,
+    max_layer_size: int | None = None,
 ) -> Image:
     """The ModelPack artifact of ``files``: raw layers in path order, each annotated with its
     path; the config's ``descriptor`` as given, its ``config`` read from the files' headers.
-    Streamed files learn nothing new from being written: their digest is the hub's sha256."""
+    Streamed files learn nothing new from being written: their digest is the hub's sha256. A
+    file over ``max_layer_size`` goes in parts, a raw layer each (``io.hf2oci.parts`` says how
+    to join them)."""
     if not files:
         raise PackError("no file to pack: the filters keep nothing")
-    check_file_count(len(files))
     ordered = sorted(files, key=lambda f: f.path)
     if len({f.path for f in ordered}) != len(ordered):
         raise PackError("a file is listed twice")
     layers: list[Layer] = []
     notes: list[dict[str, str]] = []
+    joins: dict[str, object] = {}
     for f in ordered:
         kind, guessed = media_type(f.path, repo_type)
-        layers.append(_layer(f, kind))
         note = {FILEPATH: f.path, L.TITLE: f.path}
         if guessed:
             note[UNTESTED] = "true"
@@ -130,7 +133,19 @@ def build_modelpack(
             note[HUB_LFS] = "true"
         if f.blob_id:
             note[HUB_BLOB_ID] = f.blob_id
-        notes.append(note)
+        if max_layer_size is None or f.size <= max_layer_size:
+            layers.append(_layer(f, kind))
+            notes.append(note)
+            continue
+        parts = split(f.path, f.size, max_layer_size, lambda _name, _size: 0)
+        sha256, sources = raw_parts(f, parts)
+        joins[f.path] = Join.of(sha256, parts).to_json()
+        for part, source in zip(parts, sources, strict=True):
+            layers.append(RawStreamLayer(source, part.size, media_type=kind))
+            notes.append({**note, FILEPATH: part.name, L.TITLE: part.name, HUB_LFS: "false"})
+    check_file_count(len(layers))
+    if joins:
+        labels = {**labels, L.PARTS: canonical_json(joins).decode()}
     model = model_config(ordered, repo_type, open_head)
 
     def render() -> tuple[bytes, bytes]:

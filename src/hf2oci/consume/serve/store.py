@@ -30,7 +30,6 @@ import urllib3.exceptions
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.build.formats.image import INDEX_PATH, REPO_DIR
 from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.digest import git_blob_hash
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Temporary
@@ -41,6 +40,7 @@ from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
 from hf2oci.oci.transport import Transport, load_credentials
+from hf2oci.repofiles import INDEX_PATH, REPO_DIR, parts_of
 from hf2oci.retry import REQUEST_POLICY
 from hf2oci.spec import RepoType
 
@@ -63,17 +63,27 @@ _LFS_NAMES = re.compile(
 )
 
 
+#: where some of a file's bytes are: ``(layer, offset in its blob, length)``
+Span = tuple[StoredLayer, int, int]
+
+
 @dataclass
 class RepoFile:
-    """One file of a mirrored repo: where its bytes are and what the hub says they hash to."""
+    """One file of a mirrored repo: where its bytes are (one span of a layer blob, or one per
+    part for a file carried in parts) and what the hub says they hash to."""
 
     path: str
     size: int
-    layer: StoredLayer
-    offset: int
+    spans: tuple[Span, ...]
     sha256: str | None = None
     blob_id: str | None = None
+    #: the hub's Xet hash of the content, when the image recorded one
+    xet_hash: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if sum(n for _, _, n in self.spans) != self.size:
+            raise PackError(f"the file index's parts of {self.path!r} do not add up to its size")
 
     @property
     def lfs(self) -> bool:
@@ -82,9 +92,25 @@ class RepoFile:
     def chunks(
         self, start: int = 0, length: int | None = None, piece: Piece = CHUNK
     ) -> Iterator[bytes]:
-        """The file's bytes from ``start`` (a sub-range of its layer blob), ``piece`` at a time."""
+        """The file's bytes from ``start`` (sub-ranges of its layer blobs), ``piece`` at a
+        time."""
         n = self.size - start if length is None else length
-        return self.layer.iter_range(self.offset + start, n, piece)
+        if len(self.spans) == 1:  # the common case: one range of one blob
+            layer, offset, _ = self.spans[0]
+            return layer.iter_range(offset + start, n, piece)
+        return self._across(start, n, piece)
+
+    def _across(self, start: int, n: int, piece: Piece) -> Iterator[bytes]:
+        at = 0
+        for layer, offset, size in self.spans:
+            if n <= 0:
+                return
+            if start < at + size:
+                skip = max(0, start - at)
+                take = min(size - skip, n)
+                yield from layer.iter_range(offset + skip, take, piece)
+                start, n = start + take, n - take
+            at += size
 
     def ensure_hashes(self) -> None:
         """Images made before the file index carry no hub hashes: compute them once."""
@@ -400,24 +426,51 @@ def read_files(image: Image) -> dict[str, RepoFile]:
         for entry in tar_entries(layer):
             if entry.is_file and entry.path.startswith(f"{REPO_DIR}/"):
                 rel = entry.path[len(REPO_DIR) + 1 :]
-                files[rel] = RepoFile(rel, entry.size, layer, entry.offset)
+                files[rel] = RepoFile(rel, entry.size, ((layer, entry.offset, entry.size),))
     return files
 
 
 def _from_modelpack(image: Image, layers: list[StoredLayer]) -> dict[str, RepoFile]:
-    """A ModelPack artifact's files: each layer is one, its blob the file's bytes (a Range read
-    of a file is one of its blob); the hub's hashes from the layer annotations."""
+    """A ModelPack artifact's files: each layer is one (or one part of one), its blob the
+    file's bytes (a Range read of a file is one of its blob); the hub's hashes from the layer
+    annotations."""
     files = {}
     descriptors = image.manifest_doc.get("layers") or []
     for path, layer, desc in zip(file_paths(image.manifest_doc), layers, descriptors, strict=True):
         notes = desc.get("annotations") or {}
         lfs = notes.get(HUB_LFS) == "true"
         files[path] = RepoFile(
-            path, layer.size, layer, 0,
+            path, layer.size, ((layer, 0, layer.size),),
             sha256=layer.digest.removeprefix("sha256:") if lfs else None,
             blob_id=notes.get(HUB_BLOB_ID),
         )  # fmt: skip
+    return joined(files, L.of_image(image))
+
+
+def joined(files: dict[str, RepoFile], labels: dict[str, str]) -> dict[str, RepoFile]:
+    """``files`` with each file carried in parts (``io.hf2oci.parts``) one file again, over
+    its parts' spans; PackError for a join whose parts are not all there."""
+    try:
+        joins = parts_of(labels)
+    except ValueError as e:
+        raise PackError(str(e)) from e
+    for path, join in joins.items():
+        pieces = [files.pop(n, None) for n in join.names]
+        sizes = [p.size if p else -1 for p in pieces]
+        if path in files or sizes != [join.length(i + 1) for i in range(len(join.names))]:
+            raise PackError(f"the parts of {path!r} are not as the image's labels say")
+        spans = tuple(s for p in pieces if p for s in p.spans)
+        blob_id = _pointer_blob_id(join.sha256, join.size)
+        files[path] = RepoFile(path, join.size, spans, sha256=join.sha256, blob_id=blob_id)
     return files
+
+
+def _pointer_blob_id(sha256: str, size: int) -> str:
+    """The git blob id of an LFS file: its pointer's (what the hub lists as its ``oid``)."""
+    pointer = lfs_pointer(sha256, size)
+    blob = git_blob_hash(len(pointer))
+    blob.update(pointer)
+    return str(blob.hexdigest())
 
 
 def _from_index(layers: list[StoredLayer], at: int) -> dict[str, RepoFile]:
@@ -435,18 +488,30 @@ def _from_index(layers: list[StoredLayer], at: int) -> dict[str, RepoFile]:
     files = {}
     try:
         entries = doc["files"]
-        shift = at - (max((int(e["layer"]) for e in entries), default=at - 1) + 1)
+        spans = {str(e["path"]): _spans(e) for e in entries}
+        last = max((i for s in spans.values() for i, _, _ in s), default=at - 1)
+        shift = at - (last + 1)
         for e in entries:
-            position = int(e["layer"]) + shift
-            if not 0 <= position < at:
-                raise IndexError(f"layer {e['layer']} of {e['path']!r} is not in the image")
-            files[str(e["path"])] = RepoFile(
-                str(e["path"]), int(e["size"]), layers[position], int(e["offset"]),
-                sha256=e.get("sha256"), blob_id=e.get("blob_id"),
+            path = str(e["path"])
+            placed = []
+            for i, offset, size in spans[path]:
+                if not 0 <= i + shift < at:
+                    raise IndexError(f"layer {i} of {path!r} is not in the image")
+                placed.append((layers[i + shift], offset, size))
+            files[path] = RepoFile(
+                path, int(e["size"]), tuple(placed),
+                sha256=e.get("sha256"), blob_id=e.get("blob_id"), xet_hash=e.get("xet_hash"),
             )  # fmt: skip
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise PackError(f"the file index is malformed ({e})") from e
     return files
+
+
+def _spans(entry: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """An index entry's ``(layer, offset, length)`` spans: one, or its ``parts``."""
+    if "parts" in entry:
+        return [(int(i), int(o), int(n)) for i, o, n in entry["parts"]]
+    return [(int(entry["layer"]), int(entry["offset"]), int(entry["size"]))]
 
 
 def fault_kind(e: BaseException) -> str:
