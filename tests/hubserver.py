@@ -832,16 +832,25 @@ class XetBridge:
             endpoint=cas.url, token=token, token_expiry_unix_secs=int(expires)
         )
         stream = group.download_stream(hf_xet.XetFileInfo(xet_hash, size), start=start, end=end)
+        sent = 0
         try:
             for piece in stream:
                 h.wfile.write(piece)
+                sent += len(piece)
                 with self._lock:
                     self.bytes_served += len(piece)
-        except OSError:
+        except Exception:  # the client left, or hf_xet failed: the body stays short
+            log.debug("bridge: %s cut after %d bytes", xet_hash, sent, exc_info=True)
             stream.cancel()
-            h.close_connection = True
         finally:
-            group.finish()
+            with contextlib.suppress(Exception):
+                group.finish()
+        if sent != end - start:
+            # a short body (hf_xet may also end a failed stream early without an error): close
+            # the connection, so that the client sees it cut and not a next answer
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Server(ThreadingHTTPServer):

@@ -112,11 +112,13 @@ class Chunk:
     scheme: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class CasRequest:
-    """One request the CAS answered: ``route`` is "chunks", "xorb-upload", "shard",
-    "reconstruction", "xorb" (a presigned GET), "telemetry" or "other"; ``who`` is the label of
-    the token (or of the presigned URL's token), ``sent`` the body bytes written."""
+    """One request the CAS answered: ``route`` is "chunks", "xorb-grant", "xorb-upload",
+    "shard", "reconstruction", "xorb" (a presigned GET), "telemetry" or "other"; ``who`` is the
+    label of the token (or of the presigned URL's token), ``sent`` the body bytes written. It is
+    logged as the answer's status line goes out (so a client that got its answer finds it in the
+    log) and ``sent`` grows before each write."""
 
     method: str
     path: str
@@ -438,9 +440,10 @@ class XetCas:
             return sum(r.sent for r in self.log if r.route == "xorb")
 
     def flaky(self, every: int, kinds: tuple[str, ...] = ("503", "cut")) -> None:
-        """Fail every ``every``-th presigned xorb GET, with each of ``kinds`` in turn: "503" or
-        "cut" (the body stops half-way and the connection closes); ``every=0`` stops it.
-        ``flaky_hits`` counts the failures given."""
+        """Fail every ``every``-th presigned xorb GET, with each of ``kinds`` in turn: "503",
+        "cut" (the body stops half-way and the connection closes) or "403" (as an expired URL:
+        hf_xet asks for the reconstruction again); ``every=0`` stops it. ``flaky_hits`` counts
+        the failures given."""
         with self._lock:
             self._flaky = (every, kinds)
             self._flaky_seen = 0
@@ -657,17 +660,23 @@ class _CasHandler(BaseHTTPRequestHandler):
         cas = self.server.cas
         path, _, query = self.path.partition("?")
         parts = path.strip("/").split("/")
-        self._route, self._who, self._sent, self._status = "other", None, 0, 0
+        self._route, self._who = "other", None
+        self._entry: CasRequest | None = None
         try:
             self._dispatch(cas, parts, parse_qs(query))
         except _Refused as e:
             self._json(e.status, {"error": e.message}, e.headers)
         finally:
-            entry = CasRequest(
-                self.command, self.path, self._route, self._status, self._who, self._sent
-            )
-            with cas._lock:
-                cas.log.append(entry)
+            if self._entry is None:  # it broke before answering
+                self._begin(500)
+
+    def _begin(self, status: int) -> None:
+        """Log the request with its answer's status, then send the status line."""
+        cas = self.server.cas
+        self._entry = CasRequest(self.command, self.path, self._route, status, self._who, 0)
+        with cas._lock:
+            cas.log.append(self._entry)
+        self.send_response(status)
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -788,6 +797,8 @@ class _CasHandler(BaseHTTPRequestHandler):
         fault = cas._flaky_fault()
         if fault == "503":
             raise _Refused(503, "injected flaky failure")
+        if fault == "403":
+            raise _Refused(403, "injected: this URL has expired")
         if len(wanted) == 1:
             s, e = wanted[0]
             status = 206 if match else 200
@@ -820,8 +831,7 @@ class _CasHandler(BaseHTTPRequestHandler):
         cut: bool,
         tail: bytes = b"",
     ) -> None:
-        self._status = status
-        self.send_response(status)
+        self._begin(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(length))
@@ -842,9 +852,11 @@ class _CasHandler(BaseHTTPRequestHandler):
                 if budget <= 0:
                     break
                 block = block[:budget]
+                assert self._entry is not None
+                with cas._lock:
+                    self._entry.sent += len(block)
                 self.wfile.write(block)
                 budget -= len(block)
-                self._sent += len(block)
                 if cas.throttle:
                     time.sleep(len(block) / cas.throttle)
             self.wfile.flush()
@@ -857,9 +869,8 @@ class _CasHandler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
     def _json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        self._status = status
         data = json.dumps(body).encode()
-        self.send_response(status)
+        self._begin(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Type", "application/json")
