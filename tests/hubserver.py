@@ -97,17 +97,28 @@ def _hash_path(path: Path) -> tuple[int, str, str]:
 @dataclass(frozen=True)
 class Generated:
     """A file's content made on the fly, never stored: ``size`` bytes of 1 MiB blocks, each a
-    fixed random block with its index in its first 8 bytes (for huge-file tests)."""
+    fixed random block with its index in its first 8 bytes (for huge-file tests).
+
+    Xet dedups such content about tenfold (most 64 KiB chunks repeat from block to block):
+    ``unique=True`` stamps every 4 KiB with its offset instead, so no chunk repeats and the
+    xorbs are as large as the file, as for real weights."""
 
     size: int
     seed: str = "generated"
+    unique: bool = False
 
     def read(self, start: int, end: int) -> Iterator[bytes]:
         base = random.Random(self.seed).randbytes(_CHUNK)
         pos = start
         while pos < end:
             index, offset = divmod(pos, _CHUNK)
-            block = struct.pack("<Q", index) + base[8:]
+            if self.unique:
+                stamped = bytearray(base)
+                for at in range(0, _CHUNK, 4096):
+                    stamped[at : at + 8] = struct.pack("<Q", index * _CHUNK + at)
+                block = bytes(stamped)
+            else:
+                block = struct.pack("<Q", index) + base[8:]
             piece = block[offset : min(_CHUNK, offset + end - pos)]
             yield piece
             pos += len(piece)

@@ -30,7 +30,7 @@ import pytest
 from huggingface_hub import HfApi, RepoFile, constants, hf_hub_download
 from huggingface_hub.errors import GatedRepoError
 
-from hubserver import HubServer
+from hubserver import Generated, HubServer
 
 MiB = 1024 * 1024
 REPO = "xetorg/model"
@@ -481,3 +481,23 @@ def test_streamed_uploads_and_known_sha256_skip_the_upload(
     assert cas.upload([data], sha256s=[_sha(data)]) == [streamed]
     assert cas.log == []  # known by its sha256: nothing sent
     assert _stream(hub, streamed, len(data)) == data
+
+
+def test_generated_content_dedups_unless_unique(hub: HubServer, tmp_path: Path) -> None:
+    """Benchmarks of Xet need content that does not dedup: plain `Generated` repeats most of
+    its chunks, ``unique=True`` none."""
+    files = {"plain.safetensors": Generated(8 * MiB, seed="dedup"),
+             "unique.safetensors": Generated(8 * MiB, seed="dedup", unique=True)}  # fmt: skip
+    sha = hub.add_repo("xetorg/generated", files, xet=True)
+    assert hub.cas is not None
+    blobs = hub._repo("xetorg/generated", "model").commits[sha].files
+    stored = {}
+    for name, blob in blobs.items():
+        assert blob.xet_hash is not None
+        chunks = {(t.xorb, t.start, t.end) for t in hub.cas.terms(blob.xet_hash)}
+        stored[name] = sum(c.size for xorb, s, e in chunks for c in hub.cas.chunks(xorb)[s:e])
+    assert stored["plain.safetensors"] < 4 * MiB  # ~1/3 here, ~1/10 at 1 GiB
+    assert stored["unique.safetensors"] == 8 * MiB
+    path = hf_hub_download("xetorg/generated", "unique.safetensors", endpoint=hub.url,
+                           cache_dir=tmp_path)  # fmt: skip
+    assert _sha(Path(path).read_bytes()) == blobs["unique.safetensors"].sha256

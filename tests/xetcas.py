@@ -47,6 +47,12 @@ What was found in hf_xet 1.8 / xet-core, and matters here:
   received. `XetCas.session` points that cache into the CAS's own folder.
 - With ``client.enable_multirange_fetching`` off (the default) hf_xet fetches each range of a
   v2 URL with its own single-range request.
+- When the reconstruction call fails (401, 404), ``download_stream`` raises about three times
+  in four; otherwise it ends with *no bytes and no error* (its channel closes before the error
+  is recorded; ``group.finish()`` does not raise either). A caller must check the length.
+- Measured on 2 busy cores: uploading 1 GiB of non-repeating content through `upload` takes
+  ~4 s (17 xorbs of 64 MiB), reading it back with hf_xet ~2 s, through the bridge ~3 s,
+  ``hf_hub_download`` over Xet ~5 s with the interpreter's start.
 """
 
 from __future__ import annotations
