@@ -79,11 +79,13 @@ def _token_url(hub: HubServer, repo_id: str = REPO, rev: str = "main") -> str:
     return f"{hub.url}/api/models/{repo_id}/xet-read-token/{rev}"
 
 
-def _stream(hub: HubServer, xet_hash: str, size: int, start: Any = None, end: Any = None) -> bytes:
+def _stream(
+    hub: HubServer, xet_hash: str, size: int, start: Any = None, end: Any = None, **config: Any
+) -> bytes:
     """A file (or bytes [start, end)) through hf_xet's own download_stream, authorised by the
-    hub's token route (the CAS URL comes from its JSON)."""
+    hub's token route (the CAS URL comes from its JSON); ``config``: more XetConfig settings."""
     assert hub.cas is not None
-    session = hub.cas.session()  # 50 ms retry delay, telemetry off
+    session = hub.cas.session(**config)  # 50 ms retry delay, telemetry off
     with session.new_download_stream_group(token_refresh_url=_token_url(hub)) as group:
         info = hf_xet.XetFileInfo(xet_hash, size)
         return b"".join(group.download_stream(info, start=start, end=end))
@@ -168,6 +170,32 @@ def test_hf_xet_download_stream_gives_exact_bytes_and_ranges(
     else:  # each new session asks v2 once, gets 404, and keeps v1
         assert any("/v2/" in r.path and r.status == 404 for r in asked)
         assert all("/v1/" in r.path for r in asked if r.status == 200)
+
+
+def test_multirange_fetches_get_multipart_answers(hub: HubServer, xet_repo: XetRepo) -> None:
+    """A v2 URL covers all of a xorb's ranges; asked for several at once, the CAS answers
+    ``multipart/byteranges``, which hf_xet reads when multi-range fetching is on."""
+    assert hub.cas is not None
+    b, b_hash = xet_repo.files["b.safetensors"], xet_repo.hashes["b.safetensors"]
+    token = json.load(_raw(_token_url(hub)))["accessToken"]
+    v2 = _raw(f"{hub.cas.url}/v2/reconstructions/{b_hash}",
+              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    fetch = [f for entries in json.load(v2)["xorbs"].values() for f in entries]
+    url, ranges = next((f["url"], f["ranges"]) for f in fetch if len(f["ranges"]) >= 2)
+    spans = [(r["bytes"]["start"], r["bytes"]["end"]) for r in ranges]
+    single = [_raw(url, headers={"Range": f"bytes={s}-{e}"}).read() for s, e in spans]
+    both = _raw(url, headers={"Range": "bytes=" + ",".join(f"{s}-{e}" for s, e in spans)})
+    assert both.status == 206
+    assert both.headers.get_content_type() == "multipart/byteranges"
+    body = both.read()
+    boundary = both.headers.get_param("boundary").encode()
+    parts = [p for p in body.split(b"--" + boundary) if p.strip(b"\r\n-")]
+    assert [p.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for p in parts] == single
+
+    hub.cas.reset_log()
+    multirange = {"client.enable_multirange_fetching": True}
+    assert _stream(hub, b_hash, len(b), **multirange) == b
+    assert any("," in (r.range or "") for r in hub.cas.log if r.route == "xorb")
 
 
 def test_reconstruction_json_and_ranges_on_the_wire(hub: HubServer, xet_repo: XetRepo) -> None:

@@ -122,7 +122,8 @@ class Chunk:
 class CasRequest:
     """One request the CAS answered: ``route`` is "chunks", "xorb-grant", "xorb-upload",
     "shard", "reconstruction", "xorb" (a presigned GET), "telemetry" or "other"; ``who`` is the
-    label of the token (or of the presigned URL's token), ``sent`` the body bytes written. It is
+    label of the token (or of the presigned URL's token), ``range`` the ``Range`` header asked,
+    ``sent`` the body bytes written. It is
     logged as the answer's status line goes out (so a client that got its answer finds it in the
     log) and ``sent`` grows before each write."""
 
@@ -131,6 +132,7 @@ class CasRequest:
     route: str
     status: int
     who: str | None
+    range: str | None
     sent: int
 
 
@@ -679,7 +681,9 @@ class _CasHandler(BaseHTTPRequestHandler):
     def _begin(self, status: int) -> None:
         """Log the request with its answer's status, then send the status line."""
         cas = self.server.cas
-        self._entry = CasRequest(self.command, self.path, self._route, status, self._who, 0)
+        self._entry = CasRequest(
+            self.command, self.path, self._route, status, self._who, self.headers.get("Range"), 0
+        )
         with cas._lock:
             cas.log.append(self._entry)
         self.send_response(status)
