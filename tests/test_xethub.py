@@ -328,6 +328,19 @@ def test_commit_uploads_new_lfs_files_to_xet(hub: HubServer, tmp_path: Path) -> 
     assert hub.bridge is not None and hub.bridge.requests == []
 
 
+def test_dataset_repos_speak_xet_too(hub: HubServer, tmp_path: Path) -> None:
+    data = random.Random("dataset").randbytes(MiB)
+    sha = hub.add_repo("xetorg/data", {"train.parquet": data}, repo_type="dataset", xet=True)
+    head = _raw(f"{hub.url}/datasets/xetorg/data/resolve/main/train.parquet", method="HEAD")
+    link = f'<{hub.url}/api/datasets/xetorg/data/xet-read-token/{sha}>; rel="xet-auth"'
+    assert head.status == 302 and head.headers["Link"] == link
+    path = hf_hub_download("xetorg/data", "train.parquet", repo_type="dataset",
+                           endpoint=hub.url, cache_dir=tmp_path)  # fmt: skip
+    assert Path(path).read_bytes() == data
+    assert hub.count("GET", "/api/datasets/xetorg/data/xet-read-token/") >= 1
+    assert hub.bridge is not None and hub.bridge.requests == []
+
+
 # -- tokens ----------------------------------------------------------------------------------
 
 
