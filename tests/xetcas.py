@@ -35,21 +35,26 @@ What was found in hf_xet 1.8 / xet-core, and matters here:
 - hf_xet refreshes its token *before* a request whenever the expiry is less than 30 s away
   (``REFRESH_BUFFER_SEC``), so with a TTL under 30 s it asks the refresh URL before nearly every
   request; a 401 from the CAS is fatal (never retried). A token seeded with no refresh URL and
-  an expiry within 30 s fails before any request ("Token refresh not expected").
+  an expiry within 30 s fails before any request ("Token refresh not expected"), so a download
+  group given a short-lived token must also get ``token_refresh_url``.
 - Retries (5xx, 429, cut bodies, 403 on presigned URLs) wait ``client.retry_base_delay``
   (default 3 s) with exponential backoff: tests set it low with ``HF_XET_CLIENT_RETRY_BASE_DELAY``
   or ``XetConfig().with_config({"client.retry_base_delay": "50ms"})``.
 - Xorbs are cut at 64 MiB (or 8192 chunks) of chunk data, and these limits are fixed in release
-  builds; chunks target 64 KiB (8 KiB to 128 KiB). A small file spans two xorbs only when it is
-  uploaded in the same commit after other data that nearly fills a xorb.
+  builds; chunks target 64 KiB (8 KiB to 128 KiB). A small file still spans xorbs when it
+  reuses chunks of an earlier upload: its new chunks go to a new xorb. Files uploaded in the
+  same commit are chunked side by side and do not dedup against each other; a later commit
+  dedups against earlier ones through hf_xet's local shard cache (the CAS's chunk query
+  answers 404).
 - hf_xet keeps a shard cache per CAS URL (under ``HF_XET_CACHE`` or ``HF_HOME``) and dedups
   uploads against it: a new CAS on a reused port would get shards naming xorbs it never
   received. `XetCas.session` points that cache into the CAS's own folder.
 - With ``client.enable_multirange_fetching`` off (the default) hf_xet fetches each range of a
   v2 URL with its own single-range request.
-- When the reconstruction call fails (401, 404), ``download_stream`` raises about three times
-  in four; otherwise it ends with *no bytes and no error* (its channel closes before the error
-  is recorded; ``group.finish()`` does not raise either). A caller must check the length.
+- When a download fails before its first byte (a 401 or 404 on the reconstruction, or the
+  token refresh error above), ``download_stream`` raises about three times in four; otherwise
+  it ends with *no bytes and no error* (its channel closes before the error is recorded, and
+  ``group.finish()`` does not raise either). A caller must check the length it got.
 - Measured on 2 busy cores: uploading 1 GiB of non-repeating content through `upload` takes
   ~4 s (17 xorbs of 64 MiB), reading it back with hf_xet ~2 s, through the bridge ~3 s,
   ``hf_hub_download`` over Xet ~5 s with the interpreter's start.
