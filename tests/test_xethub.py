@@ -233,7 +233,7 @@ def test_hf_hub_download_reads_xet_files_over_xet(
 
     assert hub.cas.count("reconstruction", who="client", status=200) >= 2
     assert hub.bridge.requests == []  # nothing came over plain HTTP
-    assert hub.count("GET", "/xet-read-token/") >= 1
+    assert hub.count("HEAD", "/resolve/main/b.safetensors") == 1  # then Xet, with its token
     assert hub.count("GET", "/resolve/main/config.json") == 1  # a git file: plain bytes
 
 
@@ -426,6 +426,32 @@ def test_expired_tokens_are_refused_and_hf_xet_renews_them(
     assert hub.cas.count("reconstruction", status=401) == 0
 
 
+def test_hf_hub_download_renews_short_tokens_through_xet_auth(
+    hub: HubServer, tmp_path: Path
+) -> None:
+    """With 2 s tokens (which hf_xet, renewing any token within 30 s of its expiry, renews before
+    each call) and an expired xorb URL mid-download, huggingface_hub's download gets new tokens
+    through the ``rel="xet-auth"`` URL, asks for the reconstruction again and completes.
+
+    A repo of its own: huggingface_hub caches a token per token URL for the process while it
+    has over 60 s left. Every third xorb GET fails: with every second one, the retry of a failed
+    GET can land on the next failure each time, until hf_xet gives up after minutes of backoff.
+    """
+    rng = random.Random("renew")
+    a = rng.randbytes(2 * MiB)
+    b = a[:700_000] + rng.randbytes(200_000) + a[700_000:]
+    hub.add_repo("xetorg/renew", {"a.safetensors": a}, xet=True)
+    sha = hub.commit("xetorg/renew", {"b.safetensors": b})
+    assert hub.cas is not None
+    hub.xet_token_ttl = 2.0
+    hub.cas.flaky(3, kinds=("403",))
+    path = hf_hub_download("xetorg/renew", "b.safetensors", endpoint=hub.url, cache_dir=tmp_path)
+    assert Path(path).read_bytes() == b
+    assert hub.cas.flaky_hits >= 1 and hub.cas.reconstructions >= 2
+    assert hub.count("GET", f"/xet-read-token/{sha}") >= 2
+    assert hub.cas.count("reconstruction", status=401) == 0
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 
@@ -442,7 +468,7 @@ def test_flaky_xorb_gets_still_give_exact_bytes(hub: HubServer, xet_repo: XetRep
 
 def test_expired_xorb_urls_make_hf_xet_ask_again(hub: HubServer, xet_repo: XetRepo) -> None:
     assert hub.cas is not None
-    hub.cas.flaky(2, kinds=("403",))
+    hub.cas.flaky(3, kinds=("403",))
     b, b_hash = xet_repo.files["b.safetensors"], xet_repo.hashes["b.safetensors"]
     assert _stream(hub, b_hash, len(b)) == b
     assert hub.cas.flaky_hits >= 1
