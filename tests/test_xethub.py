@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import hf_xet
 import pytest
-from huggingface_hub import HfApi, RepoFile, constants, hf_hub_download
+from huggingface_hub import HfApi, RepoFile, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import GatedRepoError
 
 from hubserver import Generated, HubServer
@@ -568,3 +568,15 @@ def test_generated_content_dedups_unless_unique(hub: HubServer, tmp_path: Path) 
     path = hf_hub_download("xetorg/generated", "unique.safetensors", endpoint=hub.url,
                            cache_dir=tmp_path)  # fmt: skip
     assert _sha(Path(path).read_bytes()) == blobs["unique.safetensors"].sha256
+
+
+def test_snapshot_download_over_xet(hub: HubServer, xet_repo: XetRepo, tmp_path: Path) -> None:
+    """snapshot_download takes the Xet hashes from the tree listing and sends no HEAD for Xet
+    files: it builds the token URL itself."""
+    folder = Path(snapshot_download(REPO, endpoint=hub.url, cache_dir=tmp_path, token=False))
+    got = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert got == xet_repo.files
+    assert hub.cas is not None and hub.bridge is not None
+    assert hub.cas.count("reconstruction", who="client", status=200) >= 2
+    assert hub.bridge.requests == []
+    assert hub.count("HEAD", "/resolve/") == 1  # config.json only
