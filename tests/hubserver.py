@@ -2,6 +2,24 @@
 
 Serves repo info, tree listings and `resolve` downloads (with ranges) from in-memory commits,
 answers errors the way huggingface.co does, logs requests and injects faults on demand.
+
+It can also be a Xet hub, as huggingface.co is: repos added with ``xet=True`` have their LFS
+files uploaded by `hf_xet` itself into a real CAS (`xetcas.XetCas`, ``hub.cas``), and then
+
+- tree and ``paths-info`` entries carry ``"xetHash"``;
+- ``HEAD``/``GET resolve`` answers 302 to the CAS bridge (`XetBridge`, ``hub.bridge``, on
+  127.0.0.2) with ``X-Xet-Hash``, ``Link: <…/xet-read-token/{commit}>; rel="xet-auth"``,
+  ``X-Linked-Size``, ``X-Linked-Etag`` (the sha256), ``X-Repo-Commit`` and ``ETag``; the bridge
+  serves the bytes over plain HTTP (reconstructed from the CAS) up to ``hub.bridge_limit``
+  bytes a file and answers 400 above (the real one's limit is 50 GB);
+- ``GET /api/{models,datasets}/{repo}/xet-read-token/{rev}`` issues a CAS token valid
+  ``hub.xet_token_ttl`` seconds, in headers (``X-Xet-Cas-Url``, ``X-Xet-Access-Token``,
+  ``X-Xet-Token-Expiration``, read by huggingface_hub) and JSON (``casUrl``, ``accessToken``,
+  ``exp``, read by hf_xet's refresh), with the hub's gated/private errors.
+
+``hub.xet_enabled = False`` makes the hub answer as one without Xet (plain ``resolve`` bytes, no
+Xet headers, no ``xetHash``, no token route) for the same repos; `HubServer.clear_faults`
+turns it back on and clears the CAS's faults.
 """
 
 from __future__ import annotations
@@ -16,14 +34,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
+
+from xetcas import XetCas
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +52,9 @@ LFS_SUFFIXES = (
     ".pth",
 )  # fmt: skip
 LFS_THRESHOLD = 10 * 1024 * 1024
+#: the real CAS bridge refuses files above 50 GB (xet-core #592)
+BRIDGE_LIMIT = 50_000_000_000
+XET_TOKEN_TTL = 3600.0
 _CHUNK = 1024 * 1024
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -74,17 +97,28 @@ def _hash_path(path: Path) -> tuple[int, str, str]:
 @dataclass(frozen=True)
 class Generated:
     """A file's content made on the fly, never stored: ``size`` bytes of 1 MiB blocks, each a
-    fixed random block with its index in its first 8 bytes (for huge-file tests)."""
+    fixed random block with its index in its first 8 bytes (for huge-file tests).
+
+    Xet dedups such content about tenfold (most 64 KiB chunks repeat from block to block):
+    ``unique=True`` stamps every 4 KiB with its offset instead, so no chunk repeats and the
+    xorbs are as large as the file, as for real weights."""
 
     size: int
     seed: str = "generated"
+    unique: bool = False
 
     def read(self, start: int, end: int) -> Iterator[bytes]:
         base = random.Random(self.seed).randbytes(_CHUNK)
         pos = start
         while pos < end:
             index, offset = divmod(pos, _CHUNK)
-            block = struct.pack("<Q", index) + base[8:]
+            if self.unique:
+                stamped = bytearray(base)
+                for at in range(0, _CHUNK, 4096):
+                    stamped[at : at + 8] = struct.pack("<Q", index * _CHUNK + at)
+                block = bytes(stamped)
+            else:
+                block = struct.pack("<Q", index) + base[8:]
             piece = block[offset : min(_CHUNK, offset + end - pos)]
             yield piece
             pos += len(piece)
@@ -102,6 +136,8 @@ class Blob:
     data: bytes | None = None
     path: Path | None = None
     generated: Generated | None = None
+    #: the Xet hash of the content once uploaded to the hub's CAS (Xet repos' LFS files)
+    xet_hash: str | None = None
 
     @classmethod
     def make(cls, name: str, content: bytes | Path | Generated) -> Blob:
@@ -180,6 +216,8 @@ class Repo:
     created: datetime
     refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit sha
     commits: dict[str, Commit] = field(default_factory=dict)
+    #: LFS files of its commits are stored in Xet (uploaded to the hub's CAS)
+    xet: bool = False
 
     def resolve(self, revision: str) -> Commit | None:
         sha = self.refs.get(revision)
@@ -212,7 +250,11 @@ def _iso(when: datetime) -> str:
 class HubServer:
     """An in-process hub on 127.0.0.1 (random port); use as a context manager or start()/stop()."""
 
-    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    def __init__(
+        self, address: tuple[str, int] = ("127.0.0.1", 0), *, xet_root: Path | None = None
+    ) -> None:
+        """``xet_root``: where the CAS keeps its xorbs once Xet is used (default: a temporary
+        folder removed by `stop`; a kept folder lets benchmarks reuse GiBs of uploads)."""
         self.address = address
         self.tokens: set[str] = set()  # `Authorization: Bearer <t>` with t here is authorised
         self.requests: list[tuple[str, str]] = []  # (method, url-decoded path with query)
@@ -235,6 +277,16 @@ class HubServer:
         #: the hub's own scan verdicts, answered by ``paths-info`` with ``expand``:
         #: (repo_type, repo_id, path) -> securityFileStatus
         self.security: dict[tuple[str, str, str], dict[str, Any]] = {}
+        #: the Xet storage (started by `start_xet`, or the first ``xet=True`` repo)
+        self.cas: XetCas | None = None
+        self.bridge: XetBridge | None = None
+        #: answer as a Xet hub (False: as a hub without Xet, for the same repos)
+        self.xet_enabled = True
+        #: lifetime of the CAS tokens that ``xet-read-token`` issues, in seconds
+        self.xet_token_ttl = XET_TOKEN_TTL
+        #: the bridge answers 400 for files above this many bytes
+        self.bridge_limit = BRIDGE_LIMIT
+        self._xet_root = xet_root
         self._lock = threading.RLock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -262,6 +314,12 @@ class HubServer:
         if self.cdn is not None:
             self.cdn.stop()
             self.cdn = None
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.bridge = None
+        if self.cas is not None:
+            self.cas.stop()
+            self.cas = None
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -294,13 +352,20 @@ class HubServer:
         card_data: dict[str, Any] | None = None,
         branch: str = "main",
         date: datetime | None = None,
+        xet: bool = False,
     ) -> str:
         """Create (or replace) a repo whose `branch` holds `files`; returns the commit sha.
 
-        ``date`` fixes the commit (and repo creation) time, for reproducible images."""
+        ``date`` fixes the commit (and repo creation) time, for reproducible images. ``xet``
+        makes it a Xet repo: its LFS files (and those of later commits) are uploaded through
+        hf_xet into the hub's CAS (started if need be), one after another, so a file shares
+        chunks with earlier ones; `Generated` contents are streamed and files on disk read
+        from disk, so files of many GiB never sit in memory."""
         when = date or datetime.now(timezone.utc)
-        repo = Repo(repo_id, repo_type, gated, private, card_data, when)
+        repo = Repo(repo_id, repo_type, gated, private, card_data, when, xet=xet)
         blobs = {name: Blob.make(name, content) for name, content in files.items()}
+        if xet:
+            blobs = self._xet_upload(blobs)
         with self._lock:
             commit = self._new_commit(repo, None, blobs, date=date)
             repo.refs[branch] = commit.sha
@@ -315,9 +380,16 @@ class HubServer:
         repo_type: str = "model",
         branch: str = "main",
         delete: tuple[str, ...] | list[str] = (),
+        xet: bool | None = None,
     ) -> str:
-        """Add a commit on `branch` (created from main when new) updating files; returns its sha."""
+        """Add a commit on `branch` (created from main when new) updating files; returns its sha.
+
+        ``xet``: whether its new LFS files go to Xet (None: as the repo was added)."""
         blobs = {name: Blob.make(name, content) for name, content in files.items()}
+        with self._lock:
+            repo_xet = self._repo(repo_id, repo_type).xet
+        if repo_xet if xet is None else xet:
+            blobs = self._xet_upload(blobs)
         with self._lock:
             repo = self._repo(repo_id, repo_type)
             head = repo.commits[repo.refs.get(branch) or repo.refs["main"]]
@@ -326,6 +398,32 @@ class HubServer:
             commit = self._new_commit(repo, head.sha, tree)
             repo.refs[branch] = commit.sha
         return commit.sha
+
+    def start_xet(self) -> XetCas:
+        """Start the CAS (its xorbs under ``xet_root``) and the bridge, if not yet; returns the
+        CAS. Xet repos do it themselves."""
+        with self._lock:
+            if self.cas is None:
+                self.cas = XetCas(self._xet_root).start()
+                self.bridge = XetBridge(self).start()
+            return self.cas
+
+    def _xet_upload(self, blobs: dict[str, Blob]) -> dict[str, Blob]:
+        """The blobs, LFS ones (not empty) given the Xet hash of their content once uploaded."""
+        cas = self.start_xet()
+        names = [n for n, b in blobs.items() if b.lfs and b.size and b.xet_hash is None]
+        contents: list[bytes | Path | Iterable[bytes]] = []
+        for name in names:
+            blob = blobs[name]
+            if blob.data is not None:
+                contents.append(blob.data)
+            elif blob.path is not None:
+                contents.append(blob.path)
+            else:
+                contents.append(blob.chunks(0, blob.size))
+        hashes = cas.upload(contents, sha256s=[blobs[n].sha256 for n in names])
+        done = {n: replace(blobs[n], xet_hash=h) for n, h in zip(names, hashes, strict=True)}
+        return {**blobs, **done}
 
     def tag(
         self, repo_id: str, tag: str, *, revision: str = "main", repo_type: str = "model"
@@ -370,6 +468,10 @@ class HubServer:
         with self._lock:
             self.requests.clear()
             self.ranges.clear()
+            if self.cas is not None:
+                self.cas.reset_log()
+            if self.bridge is not None:
+                self.bridge.requests.clear()
 
     def count(self, method: str, path_substring: str) -> int:
         """How many logged requests had this method and a path containing the substring."""
@@ -467,6 +569,10 @@ class HubServer:
             self._flaky = (0, "")
             if self.cdn is not None:
                 self.cdn.enabled = False
+            self.xet_enabled, self.xet_token_ttl = True, XET_TOKEN_TTL
+            self.bridge_limit = BRIDGE_LIMIT
+            if self.cas is not None:
+                self.cas.clear_faults()
 
     def _take(self, faults: list[_Fault], path: str) -> _Fault | None:
         with self._lock:
@@ -540,8 +646,7 @@ class HubServer:
             info["cardData"] = repo.card_data
         return info
 
-    @staticmethod
-    def _tree(commit: Commit, path: str, *, recursive: bool) -> list[dict[str, Any]]:
+    def _tree(self, commit: Commit, path: str, *, recursive: bool) -> list[dict[str, Any]]:
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         if prefix and path.strip("/") in commit.files:
             raise HubError(404, "EntryNotFound", f"{path} is a file, not a directory")
@@ -569,6 +674,8 @@ class HubServer:
             entry["path"] = name
             if blob.lfs:
                 entry["lfs"] = blob.lfs_info("oid")
+            if blob.xet_hash and self.xet_enabled:
+                entry["xetHash"] = blob.xet_hash
             entries.append(entry)
         return sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))
 
@@ -630,6 +737,133 @@ class Cdn:
             self._httpd.server_close()
 
 
+class XetBridge:
+    """The hub's plain-HTTP face of Xet files, as the real "CAS bridge" behind ``resolve``'s 302:
+    ``GET``/``HEAD /xet-bridge/{xet hash}`` on 127.0.0.2 answers the file's bytes, reconstructed
+    from the hub's CAS by hf_xet (its requests are labelled ``who="bridge"`` in the CAS log),
+    with ``Range`` → 206 and ``Content-Range`` (a start past the end → 416), and 400 for files
+    above ``hub.bridge_limit`` bytes, as the real one above 50 GB. ``requests`` records
+    (method, path, headers) of each request, ``bytes_served`` the body bytes sent."""
+
+    def __init__(self, hub: HubServer) -> None:
+        self.hub = hub
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bytes_served = 0
+        self._session: Any = None
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> XetBridge:
+        bridge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 120
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                with bridge._lock:
+                    bridge.requests.append((self.command, self.path, dict(self.headers.items())))
+                bridge._serve(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        self._session = None
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        import hf_xet
+
+        cas = self.hub.cas
+        xet_hash = h.path.partition("?")[0].rpartition("/xet-bridge/")[2]
+
+        def answer(status: int, message: str, extra: Mapping[str, str] | None = None) -> None:
+            data = json.dumps({"error": message}).encode()
+            h.send_response(status)
+            for key, value in (extra or {}).items():
+                h.send_header(key, value)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(data)
+
+        if cas is None or not cas.has_file(xet_hash):
+            answer(404, "Not found")
+            return
+        size = cas.file_size(xet_hash)
+        if size > self.hub.bridge_limit:
+            answer(400, f"File too large for the bridge ({size} > {self.hub.bridge_limit} bytes)")
+            return
+        start, end, status = 0, size, 200
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        match = _RANGE_RE.fullmatch(h.headers.get("Range", "").strip())
+        if match and (match[1] or match[2]):
+            if match[1]:
+                start = int(match[1])
+                end = min(int(match[2]) + 1, size) if match[2] else size
+            else:
+                start = max(size - int(match[2]), 0)
+            if start >= size or start >= end:
+                answer(416, "Requested range not satisfiable", {"Content-Range": f"bytes */{size}"})
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        h.send_response(status)
+        for key, value in headers.items():
+            h.send_header(key, value)
+        h.send_header("Content-Length", str(end - start))
+        h.end_headers()
+        if h.command == "HEAD" or start == end:
+            return
+        with self._lock:
+            if self._session is None:
+                self._session = cas.session()
+            session = self._session
+        token, expires = cas.issue_token(3600, who="bridge")
+        group = session.new_download_stream_group(
+            endpoint=cas.url, token=token, token_expiry_unix_secs=int(expires)
+        )
+        stream = group.download_stream(hf_xet.XetFileInfo(xet_hash, size), start=start, end=end)
+        sent = 0
+        try:
+            for piece in stream:
+                h.wfile.write(piece)
+                sent += len(piece)
+                with self._lock:
+                    self.bytes_served += len(piece)
+        except Exception:  # the client left, or hf_xet failed: the body stays short
+            log.debug("bridge: %s cut after %d bytes", xet_hash, sent, exc_info=True)
+            stream.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                group.finish()
+        if sent != end - start:
+            # a short body (hf_xet may also end a failed stream early without an error): close
+            # the connection, so that the client sees it cut and not a next answer
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -685,6 +919,8 @@ class _Handler(BaseHTTPRequestHandler):
                                          "path": path}  # fmt: skip
                 if blob.lfs:
                     entry["lfs"] = blob.lfs_info("oid")
+                if blob.xet_hash and hub.xet_enabled:
+                    entry["xetHash"] = blob.xet_hash
                 status = hub.security.get((repo_type, repo.repo_id, path))
                 if expand and status is not None:
                     entry["securityFileStatus"] = status
@@ -751,6 +987,9 @@ class _Handler(BaseHTTPRequestHandler):
                     headers["Link"] = f'<{url}>; rel="next"'
                 self._json(200, page, headers)
                 return
+            elif rest[0] == "xet-read-token" and hub.xet_enabled and hub.cas is not None:
+                self._xet_read_token(hub, repo, rest[1:], authorised)
+                return
             else:
                 raise HubError(404, None, "Not found")
             blobs = query.get("blobs", ["false"])[0].lower() in ("true", "1")
@@ -767,13 +1006,34 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         raise HubError(404, None, "Not found")
 
-    def _resolve(self, repo: Repo, tail: list[str], authorised: bool) -> None:
+    def _gate(self, repo: Repo, authorised: bool) -> None:
+        """A gated repo's files need an authorised token: 401 without one, 403 with another."""
         if repo.gated and not authorised:
             kind = "dataset" if repo.repo_type == "dataset" else "model"
             msg = f"Access to {kind} {repo.repo_id} is restricted"
             if self.headers.get("Authorization"):
                 raise HubError(403, "GatedRepo", f"{msg} and you are not in the authorized list.")
             raise HubError(401, "GatedRepo", f"{msg}. You must be authenticated to access it.")
+
+    def _xet_read_token(
+        self, hub: HubServer, repo: Repo, tail: list[str], authorised: bool
+    ) -> None:
+        """A CAS read token for the repo's revision, in both forms clients read."""
+        self._gate(repo, authorised)
+        commit, _ = HubServer._split_revision(repo, tail)
+        assert hub.cas is not None
+        token, expires = hub.cas.issue_token(hub.xet_token_ttl)
+        exp = int(expires)
+        headers = {
+            "X-Xet-Cas-Url": hub.cas.url,
+            "X-Xet-Access-Token": token,
+            "X-Xet-Token-Expiration": str(exp),
+            "X-Repo-Commit": commit.sha,
+        }
+        self._json(200, {"casUrl": hub.cas.url, "accessToken": token, "exp": exp}, headers)
+
+    def _resolve(self, repo: Repo, tail: list[str], authorised: bool) -> None:
+        self._gate(repo, authorised)
         commit, path = HubServer._split_revision(repo, tail)
         blob = commit.files.get(path)
         if blob is None:
@@ -786,6 +1046,17 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if blob.lfs:
             headers |= {"X-Linked-Etag": f'"{blob.etag}"', "X-Linked-Size": str(blob.size)}
+        hub = self.server.hub
+        if blob.xet_hash and hub.xet_enabled and hub.bridge is not None:
+            kind = "datasets" if repo.repo_type == "dataset" else "models"
+            headers |= {
+                "Location": f"{hub.bridge.url}/xet-bridge/{blob.xet_hash}",
+                "X-Xet-Hash": blob.xet_hash,
+                "Link": f"<{hub.url}/api/{kind}/{repo.repo_id}/xet-read-token/{commit.sha}>;"
+                ' rel="xet-auth"',
+            }
+            self._send(302, headers, 0, [])
+            return
         cdn = self.server.hub.cdn
         if blob.lfs and cdn is not None and cdn.enabled:
             kind = "datasets" if repo.repo_type == "dataset" else "models"
