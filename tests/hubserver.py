@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -102,6 +102,8 @@ class Blob:
     data: bytes | None = None
     path: Path | None = None
     generated: Generated | None = None
+    #: the Xet hash the hub names in tree entries (``xetHash``), when set (``set_xet_hash``)
+    xet_hash: str | None = None
 
     @classmethod
     def make(cls, name: str, content: bytes | Path | Generated) -> Blob:
@@ -425,6 +427,16 @@ class HubServer:
                 "pickleImportScan": scan,
             }
 
+    def set_xet_hash(
+        self, repo_id: str, path: str, xet_hash: str, *, repo_type: str = "model"
+    ) -> None:
+        """Name ``xet_hash`` as the Xet hash of a file of main in tree entries (``xetHash``),
+        as the hub does for files it stores in Xet (the bytes still come over plain HTTP)."""
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            commit = repo.commits[repo.refs["main"]]
+            commit.files[path] = replace(commit.files[path], xet_hash=xet_hash)
+
     def blob_by_sha256(self, sha256: str) -> Blob | None:
         with self._lock:
             for repo in self._repos.values():
@@ -569,6 +581,8 @@ class HubServer:
             entry["path"] = name
             if blob.lfs:
                 entry["lfs"] = blob.lfs_info("oid")
+            if blob.xet_hash is not None:
+                entry["xetHash"] = blob.xet_hash
             entries.append(entry)
         return sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))
 

@@ -1,9 +1,17 @@
 """The only module that talks to the Hugging Face Hub.
 
-Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, small
-files one GET each, large files a ``ResumableBody`` each (or one per part, several at once):
-all over this thread's ``hub_session``, under the one retry policy, read as ``huggingface_hub``
-reads the hub (its headers, error codes and token file) without loading it.
+Metadata comes from ``huggingface_hub``: ``HfApi.repo_info`` says what a revision resolves to
+(commit, files, hashes), ``get_token`` finds the token, and the hub's typed errors become ours.
+The tree listing (every file with its Xet hash) and paths-info (the hub's scan verdicts) go
+through the library's session, headers, error mapping and ``RepoFile`` one request at a time:
+its ``list_repo_tree`` retries each page with a policy of its own (a name that does not
+resolve included) and follows a next page to any host with the token, and neither it nor
+``get_paths_info`` sets a timeout. Every metadata request runs under the one retry policy.
+huggingface_hub is imported inside the functions that use it: ~0.2 s of start-up that
+``--help`` and list checks do not pay.
+
+File bytes come over hf2oci's own plain-HTTP reader: small files one GET each, large files a
+``ResumableBody`` each (or one per part, several at once), over this thread's ``hub_session``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -31,6 +39,7 @@ from hf2oci.digest import git_blob_hash
 from hf2oci.errors import (
     DigestMismatch,
     GatedRepo,
+    Hf2ociError,
     HubError,
     HubUnreachable,
     RepoNotFound,
@@ -48,11 +57,17 @@ from hf2oci.retry import (
 )
 from hf2oci.spec import RepoSpec, RepoType, plural
 
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import DatasetInfo, ModelInfo, RepoFile
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: every hub request (metadata, small files, streamed files) is retried by this policy
 HUB_POLICY = RetryPolicy()
+#: seconds a metadata request may take to read (connecting: the policy's ``connect_timeout``)
+API_READ_TIMEOUT = 60.0
 
 
 def endpoint() -> str:
@@ -69,6 +84,8 @@ class HubFile:
     sha256: str | None = None
     #: git blob sha1 of the content (of the pointer file, for LFS files)
     blob_id: str | None = None
+    #: the content's Xet hash, when the hub stores it in Xet (from the tree listing only)
+    xet_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +102,8 @@ class RepoState:
     #: ISO 8601 UTC time of the commit (used as the image's creation time: reproducible)
     last_modified: str
     license: str | None = None
-    #: the repo info named 1,000 files or more and the tree listing was not read yet: ``files``
-    #: may miss some (``complete_listing`` reads them all)
+    #: ``files`` come from repo info, not yet from the tree listing: they carry no Xet hash,
+    #: and from 1,000 files on some may be missing (``complete_listing`` reads the tree)
     partial: bool = False
 
     @property
@@ -124,11 +141,6 @@ def _not_found(what: str, has_token: bool) -> RepoNotFound:
 
 
 def _iso(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return "1970-01-01T00:00:00Z"
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -146,187 +158,282 @@ def _license(card_data: Any) -> str | None:
 
 
 def token() -> str | None:
-    """The hub token as huggingface_hub finds it: ``HF_TOKEN``, else the token file
-    (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)."""
-    found = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if found:
-        return found.strip() or None
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    """The hub token as huggingface_hub finds it (``get_token``: ``HF_TOKEN``, else the token
+    file), with the token file located from the environment as it is now.
+
+    huggingface_hub computes the file's place (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)
+    once, when it is imported; a process that sets ``HF_HOME`` or ``HF_TOKEN_PATH`` later (a
+    test, a program calling hf2oci) would have it read another file. So the place is worked
+    out here as huggingface_hub's ``constants`` do, and set there when it differs."""
+    from huggingface_hub import constants, get_token  # lazily: CLI start-up time
+
+    path = _token_file()
+    if path != constants.HF_TOKEN_PATH:
+        constants.HF_TOKEN_PATH = path
+        constants.HF_STORED_TOKENS_PATH = os.path.join(os.path.dirname(path), "stored_tokens")
+    return get_token()
+
+
+def _token_file() -> str:
+    """The token file's place as huggingface_hub's ``constants`` work it out, from the
+    environment as it is now."""
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    home = os.path.expandvars(
+        os.path.expanduser(os.environ.get("HF_HOME", os.path.join(cache, "huggingface")))
     )
-    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
-    try:
-        with open(os.path.expanduser(path)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+    return os.path.expandvars(
+        os.path.expanduser(os.environ.get("HF_TOKEN_PATH", os.path.join(home, "token")))
+    )
 
 
 def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` as set now (huggingface_hub reads it once, when imported)."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
-#: from this many files on, repo info's list of files may be cut short (huggingface_hub's
-#: snapshot_download trusts it below 1,000 too): the paginated tree listing is read instead
-LARGE_REPO_FILES = 1000
-
-
 def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
-    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request;
-    for a repo of 1,000 files or more, the tree listing too, page by page, unless not
-    ``complete``: then the state is ``partial``)."""
+    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request),
+    then every file with its Xet hash from the tree listing (a request per 1,000 files),
+    unless not ``complete``: then the state is ``partial``, its files those of repo info.
+
+    What ``sync`` does on every run, for every repo, is one request: the tree is read only
+    for a repo whose image is to be made (``complete_listing``)."""
     revision = spec.revision or "main"
     what = _what(spec)
-    if _offline():
-        raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
-    kind = plural(spec.repo_type)
-    url = f"{endpoint()}/api/{kind}/{spec.repo_id}/revision/{quote(revision, safe='')}"
-    info = _api_get(url, spec, revision, params={"blobs": "true"})
-    commit = info.get("sha")
+    secret = token()
+
+    def info() -> ModelInfo | DatasetInfo:
+        api = _api(secret)
+        get = api.dataset_info if spec.repo_type == "dataset" else api.model_info
+        return get(spec.repo_id, revision=revision, files_metadata=True, timeout=_timeout())
+
+    found = _metadata(info, what, revision, has_token=secret is not None)
+    commit = found.sha
     if not isinstance(commit, str) or not commit:
         raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
-    siblings = info.get("siblings") or []
-    big = isinstance(siblings, list) and len(siblings) >= LARGE_REPO_FILES
-    if big and complete:
-        return _with_files(spec, revision, info, commit, _tree_files(spec, kind, commit))
     files = []
     try:
-        for sib in siblings:
-            lfs = sib.get("lfs") or None
-            size = sib.get("size")
-            files.append(
-                HubFile(
-                    path=str(sib["rfilename"]),
-                    size=int(size if size is not None else (lfs["size"] if lfs else 0)),
-                    sha256=str(lfs["sha256"]) if lfs else None,
-                    blob_id=sib.get("blobId"),
-                )
-            )
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise HubError(f"{what}: the hub's file list is malformed ({e})") from e
-    return dataclasses.replace(_with_files(spec, revision, info, commit, files), partial=big)
-
-
-def complete_listing(state: RepoState) -> RepoState:
-    """``state`` with every file, from the tree listing when it is ``partial``."""
-    if not state.partial:
-        return state
-    kind = plural(state.repo_type)
-    spec = RepoSpec(state.repo_id, state.repo_type, state.requested)
-    files = sorted(_tree_files(spec, kind, state.commit), key=lambda f: f.path)
-    return dataclasses.replace(state, files=tuple(files), partial=False)
-
-
-def _with_files(
-    spec: RepoSpec, revision: str, info: dict[str, Any], commit: str, files: list[HubFile]
-) -> RepoState:
-    card = info.get("cardData")
-    return RepoState(
+        for sib in found.siblings or []:
+            lfs = sib.lfs
+            size = sib.size if sib.size is not None else (lfs.size if lfs else 0)
+            files.append(HubFile(path=_checked_path(sib.rfilename, what), size=int(size),
+                                 sha256=str(lfs.sha256) if lfs else None,
+                                 blob_id=sib.blob_id))  # fmt: skip
+    except (TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{what}: the hub's file list is malformed ({e!r})") from e
+    state = RepoState(
         repo_id=spec.repo_id,
         repo_type=spec.repo_type,
         requested=revision,
         commit=commit,
         files=tuple(sorted(files, key=lambda f: f.path)),
-        last_modified=_iso(info.get("lastModified")),
-        license=_license(card if isinstance(card, dict) else None),
+        last_modified=_iso(found.last_modified),
+        license=_license(found.card_data),
+        partial=True,
     )
+    return complete_listing(state) if complete else state
 
 
-def _tree_files(spec: RepoSpec, kind: str, commit: str) -> list[HubFile]:
-    """Every file of the commit from the recursive tree listing, following its ``Link: rel=next``
-    pages as huggingface_hub's ``list_repo_tree`` does."""
-    what = _what(spec)
-    url: str | None = f"{endpoint()}/api/{kind}/{spec.repo_id}/tree/{commit}"
-    params: dict[str, str] = {"recursive": "true", "expand": "false"}
+def complete_listing(state: RepoState) -> RepoState:
+    """``state`` with every file and its Xet hash, from the tree listing when it is
+    ``partial``."""
+    if not state.partial:
+        return state
+    files = sorted(_tree_files(state), key=lambda f: f.path)
+    return dataclasses.replace(state, files=tuple(files), partial=False)
+
+
+def _tree_files(state: RepoState) -> list[HubFile]:
+    """Every file of the commit from the recursive tree listing, following its ``Link:
+    rel=next`` pages as huggingface_hub's ``list_repo_tree`` does, each page under the retry
+    policy (a failed page is asked for again, not the listing)."""
+    what = _what(state)
+    url: str | None = f"{_api_url(state)}/tree/{state.commit}"
+    params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
+    secret = token()
     files: list[HubFile] = []
     seen: set[str] = set()
     while url is not None:
-        page, link = _api_page(url, spec, commit, params=params)
-        if not isinstance(page, list):
-            raise HubError(f"{what}: the hub's tree listing is not a list")
-        try:
-            for entry in page:
-                if entry.get("type") != "file":
-                    continue
-                lfs = entry.get("lfs") or None
-                path = str(entry["path"])
-                if path in seen:
-                    raise HubError(f"{what}: the hub's tree listing names {path!r} twice")
-                seen.add(path)
-                files.append(
-                    HubFile(
-                        path=path,
-                        size=int(entry["size"]),
-                        sha256=str(lfs["oid"]) if lfs else None,
-                        blob_id=entry.get("oid"),
-                    )
-                )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise HubError(f"{what}: the hub's tree listing is malformed ({e})") from e
-        url, params = link, {}
+        page = functools.partial(_hub_json, "GET", url, what, secret, params=params)
+        entries, url = _metadata(page, what, state.commit, has_token=secret is not None)
+        for entry in _repo_files(entries, what, "tree listing"):
+            if entry.path in seen:
+                raise HubError(f"{what}: the hub's tree listing names {entry.path!r} twice")
+            seen.add(entry.path)
+            lfs = entry.lfs
+            files.append(HubFile(path=_checked_path(entry.path, what), size=int(entry.size),
+                                 sha256=str(lfs.sha256) if lfs else None,
+                                 blob_id=entry.blob_id, xet_hash=entry.xet_hash))  # fmt: skip
+        params = None  # the next page's URL holds them (params would replace its query)
     log.debug("%s: %d files from the tree listing", what, len(files))
     return files
 
 
 def security_verdicts(state: RepoState, paths: Sequence[str]) -> dict[str, str]:
     """The hub's own scan verdict (``securityFileStatus.status``: "safe", "unsafe", …) of each
-    of ``paths`` that it answers one for, from ``paths-info`` with ``expand`` (as
+    of ``paths`` that it answers one for, from paths-info with ``expand`` (what
     huggingface_hub's ``get_paths_info`` asks), 100 paths a request."""
-    kind = plural(state.repo_type)
-    url = f"{endpoint()}/api/{kind}/{state.repo_id}/paths-info/{state.commit}"
-    spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
+    url = f"{_api_url(state)}/paths-info/{state.commit}"
     what = _what(state)
+    secret = token()
     verdicts: dict[str, str] = {}
-
-    def read(resp: Any) -> list[Any]:
-        if resp.status_code >= 400:
-            raise _api_error(resp, spec, state.commit)
-        try:
-            doc = resp.json()
-        except ValueError as e:
-            raise HubError(f"{what}: the hub's paths-info answer is not JSON") from e
-        if not isinstance(doc, list):
-            raise HubError(f"{what}: the hub's paths-info answer is not a list")
-        return doc
-
     for i in range(0, len(paths), 100):
         form = {"paths": list(paths[i : i + 100]), "expand": "true"}
-        for entry in _hub_get(url, what, read, form=form, failed="paths-info failed"):
-            status = (entry.get("securityFileStatus") or {}).get("status") if isinstance(
-                entry, dict) else None  # fmt: skip
-            if isinstance(status, str) and isinstance(entry.get("path"), str):
-                verdicts[entry["path"]] = status
+        ask = functools.partial(_hub_json, "POST", url, what, secret, form=form)
+        entries, _ = _metadata(ask, what, state.commit, has_token=secret is not None,
+                               failed="paths-info failed")  # fmt: skip
+        for entry in _repo_files(entries, what, "paths-info answer"):
+            if entry.security is not None and isinstance(entry.security.status, str):
+                verdicts[entry.path] = entry.security.status
     return verdicts
 
 
-def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
-    """GET a Hub API document under the retry policy; hub errors become ours."""
-    doc, _ = _api_page(url, spec, revision, params=params)
-    if not isinstance(doc, dict):
-        raise HubError(f"{_what(spec)}: the hub's answer is not a JSON object")
-    return doc
+def _repo_files(entries: Any, what: str, answer: str) -> list[RepoFile]:
+    """The files of a tree or paths-info answer, read by huggingface_hub's ``RepoFile``."""
+    from huggingface_hub.hf_api import RepoFile  # lazily: CLI start-up time
+
+    parse: Callable[..., RepoFile] = RepoFile  # its __init__ takes **kwargs, untyped
+    if not isinstance(entries, list):
+        raise HubError(f"{what}: the hub's {answer} is not a list")
+    try:
+        files = [parse(**e) for e in entries if e.get("type") == "file"]
+        for f in files:  # what RepoFile takes as it comes
+            if not isinstance(f.path, str) or not isinstance(f.size, int):
+                raise ValueError(f"a file entry of path {f.path!r} and size {f.size!r}")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{what}: the hub's {answer} is malformed ({e!r})") from e
+    return files
 
 
-def _api_page(
-    url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]
+def _checked_path(path: Any, what: str) -> str:
+    """A listed path, refused when it could escape the folder it is written to."""
+    if not isinstance(path, str):
+        raise HubError(f"{what}: the hub lists a file path that is not a string: {path!r}")
+    _safe_parts(path, what)
+    return path
+
+
+# -- metadata requests -----------------------------------------------------------------------
+
+
+def _api(secret: str | None) -> HfApi:
+    """huggingface_hub's client for the hub named by ``HF_ENDPOINT`` now (its own default is
+    read at import), sending ``secret`` or no token."""
+    from huggingface_hub import HfApi  # lazily: CLI start-up time
+
+    return HfApi(endpoint=endpoint(), token=secret or False, library_name="hf2oci",
+                 library_version=_version())  # fmt: skip
+
+
+def _api_url(state: RepoState) -> str:
+    return f"{endpoint()}/api/{plural(state.repo_type)}/{state.repo_id}"
+
+
+def _timeout() -> Any:
+    """A metadata request's timeouts. An ``httpx2.Timeout``, which HfApi hands on to its
+    client as it is (its signature says float: one value would make connecting wait as long
+    as reading, minutes where a firewall drops packets)."""
+    import httpx2  # lazily: CLI start-up time (loaded with huggingface_hub anyway)
+
+    return httpx2.Timeout(API_READ_TIMEOUT, connect=HUB_POLICY.connect_timeout)
+
+
+def _hub_json(
+    method: str,
+    url: str,
+    what: str,
+    secret: str | None,
+    *,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
 ) -> tuple[Any, str | None]:
-    """A Hub API answer (any JSON) and the URL of its next page (``Link: rel="next"``)."""
-    what = _what(spec)
+    """One Hub API request over huggingface_hub's session, with its headers (token, user
+    agent) and its errors (``hf_raise_for_status``): the answer's JSON, and the URL of the
+    next page (``Link: rel="next"``), which must be on the hub: the token goes there too."""
+    # lazily: CLI start-up time (``utils`` re-exports lazily too, where mypy does not look)
+    from huggingface_hub import get_session, hf_raise_for_status
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-    def read(resp: Any) -> tuple[Any, str | None]:
-        if resp.status_code >= 400:
-            raise _api_error(resp, spec, revision)
+    headers = build_hf_headers(token=secret or False, library_name="hf2oci",
+                               library_version=_version())  # fmt: skip
+    resp = get_session().request(method, url, params=params, data=form, headers=headers,
+                                 timeout=_timeout())  # fmt: skip
+    hf_raise_for_status(resp)
+    nxt = resp.links.get("next", {}).get("url")
+    if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
+        raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
+    return resp.json(), nxt
+
+
+def _metadata(
+    call: Callable[[], _T],
+    what: str,
+    revision: str,
+    *,
+    has_token: bool,
+    failed: str | None = None,
+) -> _T:
+    """Run one metadata request under the retry policy, its errors as ours: connection
+    failures and 429/5xx answers are tried again (``Retry-After`` honoured), a name that does
+    not resolve is not; what the policy gives up on is HubUnreachable."""
+    if _offline():
+        raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
+
+    def once() -> _T:
         try:
-            doc = resp.json()
-        except ValueError as e:
-            raise HubError(f"{what}: the hub's answer is not JSON") from e
-        nxt = (resp.links.get("next") or {}).get("url")
-        if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
-            raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
-        return doc, nxt
+            return call()
+        except Exception as e:
+            ours = _ours(e, what, revision, has_token)
+            if ours is e:
+                raise
+            raise ours from e
 
-    return _hub_get(url, what, read, params=params, failed=f"cannot reach the hub at {endpoint()}")
+    try:
+        return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
+                        policy=HUB_POLICY)  # fmt: skip
+    except Temporary as e:
+        reason = failed or f"cannot reach the hub at {endpoint()}"
+        raise HubUnreachable(f"{what}: {reason}: {e}") from e
+
+
+def _ours(e: Exception, what: str, revision: str, has_token: bool) -> Exception:
+    """huggingface_hub's error (or its HTTP client's) as hf2oci's: Temporary where another try
+    may help, the hub's refusals by their ``X-Error-Code``, a malformed answer a HubError."""
+    import httpx2  # lazily: CLI start-up time (loaded with huggingface_hub anyway)
+    from huggingface_hub import errors
+
+    if isinstance(e, Hf2ociError):
+        return e
+    if isinstance(e, errors.OfflineModeIsEnabled):
+        return HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
+    if isinstance(e, httpx2.TransportError):  # no answer: refused, reset, cut, timed out
+        if name_not_resolved(e):
+            return HubUnreachable(
+                f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
+            )
+        return Temporary(unreachable_reason(e))
+    if isinstance(e, errors.HfHubHTTPError) and e.response is not None:
+        status, headers = e.response.status_code, e.response.headers
+        if status in RETRY_STATUSES:
+            after = parse_retry_after(headers.get("Retry-After"))
+            return Temporary(f"the hub answered HTTP {status}", retry_after=after)
+        if isinstance(e, errors.GatedRepoError):  # before RepositoryNotFoundError: a subclass
+            return _gated(what, has_token)
+        if isinstance(e, errors.RepositoryNotFoundError):
+            return _not_found(what, has_token)
+        if isinstance(e, errors.RevisionNotFoundError):
+            return RevisionNotFound(f"{what}: revision {revision!r} not found")
+        detail = headers.get("X-Error-Message") or e.response.reason_phrase or ""
+        return HubError(f"{what}: the hub answered HTTP {status}: {detail}".rstrip(": "))
+    if isinstance(e, errors.HFValidationError):
+        return HubError(f"{what}: {e}")
+    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):  # JSON, its shape
+        return HubError(f"{what}: the hub's answer is malformed ({type(e).__name__}: {e})")
+    return e
+
+
+# -- file requests (hf2oci's own reader) -----------------------------------------------------
 
 
 def _hub_get(
@@ -336,18 +443,15 @@ def _hub_get(
     *,
     failed: str,
     headers: Mapping[str, str] | None = None,
-    params: Mapping[str, str] | None = None,
-    form: Mapping[str, object] | None = None,
 ) -> _T:
-    """GET ``url`` of the hub (POST ``form``, when given) under its retry policy and give the
-    answer to ``read`` (which raises Temporary for a cut body, or the hub's error). Connection
-    failures and 429/5xx answers are tried again (``Retry-After`` honoured); a name that does
-    not resolve is not. The token goes to the hub only: ``requests`` drops it on a redirect to
-    another host."""
+    """GET ``url`` of the hub under its retry policy and give the answer to ``read`` (which
+    raises Temporary for a cut body, or the hub's error). Connection failures and 429/5xx
+    answers are tried again (``Retry-After`` honoured); a name that does not resolve is not.
+    The token goes to the hub only: ``requests`` drops it on a redirect to another host."""
     sent = _headers(headers)
 
     def once() -> _T:
-        with _get(url, what, sent, params=params, form=form) as resp:
+        with _get(url, what, sent) as resp:
             try:
                 return read(resp)
             except requests.RequestException as e:  # the body cut on the way
@@ -361,7 +465,7 @@ def _hub_get(
 
 
 def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What every hub request sends: who asks, and the token (``requests`` drops it on a
+    """What every file request sends: who asks, and the token (``requests`` drops it on a
     redirect to another host, such as a CDN or Xet bridge)."""
     sent = {"user-agent": f"hf2oci/{_version()}", **(extra or {})}
     secret = token()
@@ -370,20 +474,11 @@ def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return sent
 
 
-def _get(
-    url: str,
-    what: str,
-    headers: Mapping[str, str],
-    *,
-    params: Mapping[str, str] | None = None,
-    form: Mapping[str, object] | None = None,
-) -> Any:
-    """One GET (POST of ``form``) of the hub, streamed: Temporary for a connection failure or a
-    429/5xx answer (with its Retry-After), HubUnreachable for a name that does not resolve."""
-    method = "POST" if form is not None else "GET"
+def _get(url: str, what: str, headers: Mapping[str, str]) -> Any:
+    """One GET of the hub, streamed: Temporary for a connection failure or a 429/5xx answer
+    (with its Retry-After), HubUnreachable for a name that does not resolve."""
     try:
-        resp = hub_session().request(method, url, params=params, data=form, headers=headers,
-                                     timeout=(10, 60), stream=True)  # fmt: skip
+        resp = hub_session().get(url, headers=headers, timeout=(10, 60), stream=True)
     except requests.RequestException as e:
         if name_not_resolved(e):
             raise HubUnreachable(
@@ -395,24 +490,6 @@ def _get(
         after = parse_retry_after(resp.headers.get("Retry-After"))
         raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
     return resp
-
-
-def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
-    """The hub's error as ours, read as huggingface_hub reads it (``X-Error-Code`` first)."""
-    what = _what(spec)
-    code = resp.headers.get("X-Error-Code", "")
-    message = resp.headers.get("X-Error-Message", "")
-    has_token = token() is not None
-    if code == "GatedRepo":
-        return _gated(what, has_token)
-    if code == "RevisionNotFound":
-        return RevisionNotFound(f"{what}: revision {revision!r} not found")
-    if code == "RepoNotFound" or (
-        resp.status_code == 401 and message != "Invalid credentials in Authorization header"
-    ):
-        return _not_found(what, has_token)
-    detail = message or resp.reason or ""
-    return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
 
 
 def _version() -> str:
@@ -551,14 +628,24 @@ def _resolve_url(state: RepoState, file: HubFile) -> str:
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
-    """A file request's error as ours (``X-Error-Code`` first, as huggingface_hub reads it)."""
-    if resp.headers.get("X-Error-Code") == "EntryNotFound" or (
-        resp.status_code == 404 and not (resp.headers.get("X-Error-Code"))
+    """A file answer's refusal as ours, read as huggingface_hub reads it (``X-Error-Code``
+    first; its ``hf_raise_for_status`` takes only its own client's answers)."""
+    what = _what(state)
+    code = resp.headers.get("X-Error-Code", "")
+    message = resp.headers.get("X-Error-Message", "")
+    if code == "EntryNotFound" or (resp.status_code == 404 and not code):
+        return HubError(f"{what}@{state.commit}: a listed file is missing on the hub ({path})")
+    has_token = token() is not None
+    if code == "GatedRepo":
+        return _gated(what, has_token)
+    if code == "RevisionNotFound":
+        return RevisionNotFound(f"{what}: revision {state.commit!r} not found")
+    if code == "RepoNotFound" or (
+        resp.status_code == 401 and message != "Invalid credentials in Authorization header"
     ):
-        return HubError(f"{_what(state)}@{state.commit}: a listed file is missing on the hub "
-                        f"({path})")  # fmt: skip
-    spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
-    return _api_error(resp, spec, state.commit)
+        return _not_found(what, has_token)
+    detail = message or resp.reason or ""
+    return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
 
 
 # -- streaming -------------------------------------------------------------------------------
