@@ -1,8 +1,8 @@
-"""The hub's metadata through huggingface_hub (``intake/hub.py``): each file's Xet hash from the
-tree listing, the token found as the library finds it (its file located at call time), the
-endpoint read at call time, the one retry policy around each request (a failed tree page asked
-for again alone, a name that does not resolve never), offline mode, and one-line errors for
-refusals and for answers the hub would never give."""
+"""The hub's metadata (``intake/hub.py``): each file's Xet hash from the tree listing, the token
+found as huggingface_hub finds it (its file located at call time), the hub's refusals read by
+huggingface_hub and worded as ours, the endpoint read at call time, the one retry policy around
+each request (a failed tree page asked for again alone, a name that does not resolve never),
+offline mode, and one-line errors for answers the hub would never give."""
 
 from __future__ import annotations
 
@@ -252,16 +252,18 @@ def _entry(path: str, **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("info", "tree", "message"),
     [
-        (b"<html>busy</html>", None, "model org/m: the hub's answer is malformed (JSONDecodeError"),
-        (b"[1, 2]", None, "model org/m: the hub's answer is malformed (TypeError"),
+        (b"<html>busy</html>", None, "model org/m: the hub's answer is not JSON"),
+        (b"[1, 2]", None, "model org/m: the hub's answer is not a JSON object"),
         (_info(siblings=[{"size": 3}]), None,
-         "model org/m: the hub's answer is malformed (KeyError: 'rfilename')"),
+         "model org/m: the hub's file list is malformed (KeyError('rfilename'))"),
         (_info(sha=None), None, "model org/m: the hub gave no commit for revision 'main'"),
         (_info(siblings=[{"rfilename": "../up.txt", "size": 1}]), None,
          "model org/m: the hub lists a file path that could escape: '../up.txt'"),
         (_info(), b'{"not": "a list"}', "model org/m: the hub's tree listing is not a list"),
         (_info(), json.dumps([{"type": "file", "path": "a"}]).encode(),
-         "model org/m: the hub's tree listing is malformed (KeyError('size'"),
+         "model org/m: the hub's tree listing is malformed (KeyError('size'))"),
+        (_info(), b'[["a"]]',
+         "model org/m: the hub's tree listing is malformed (an entry is not an object)"),
         (_info(), json.dumps([_entry("a"), _entry("a")]).encode(),
          "model org/m: the hub's tree listing names 'a' twice"),
         (_info(), json.dumps([_entry("/etc/passwd")]).encode(),
@@ -302,3 +304,25 @@ def test_scan_verdicts_come_from_paths_info(hub: HubServer) -> None:
     got = hub_module.security_verdicts(state, ["a.pkl", "b.bin", "c.txt", "gone.pkl"])
     assert got == {"a.pkl": "unsafe", "b.bin": "safe"}
     assert hub.count("POST", "/paths-info/") == 1
+
+
+def test_a_listed_file_the_hub_then_refuses_is_missing(
+    stub: tuple[str, Answers, list[str]],
+) -> None:
+    _, answers, _ = stub
+    answers[("GET", INFO)] = (200, {}, _info())
+    answers[("GET", TREE)] = (200, {}, json.dumps([_entry("a.txt")]).encode())
+    state = hub_module.fetch_state(_spec("org/m"))
+    missing = {"X-Error-Code": "EntryNotFound", "X-Error-Message": "no such file"}
+    answers[("GET", f"/org/m/resolve/{SHA}/a.txt")] = (404, missing, b"{}")
+    with pytest.raises(HubError) as got:
+        b"".join(hub_module.iter_file(state, state.file("a.txt")))
+    assert str(got.value) == f"model org/m@{SHA}: a listed file is missing on the hub (a.txt)"
+    gate = {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}
+    answers[("GET", f"/org/m/resolve/{SHA}/a.txt")] = (403, gate, b"{}")
+    with pytest.raises(HubError) as gated:
+        b"".join(hub_module.iter_file(state, state.file("a.txt")))
+    assert str(gated.value) == (
+        "model org/m is gated: the token sent (HF_TOKEN or the token file) has no access: "
+        "accept the terms on the hub with that account"
+    )

@@ -1,17 +1,13 @@
 """The only module that talks to the Hugging Face Hub.
 
-Metadata comes from ``huggingface_hub``: ``HfApi.repo_info`` says what a revision resolves to
-(commit, files, hashes), ``get_token`` finds the token, and the hub's typed errors become ours.
-The tree listing (every file with its Xet hash) and paths-info (the hub's scan verdicts) go
-through the library's session, headers, error mapping and ``RepoFile`` one request at a time:
-its ``list_repo_tree`` retries each page with a policy of its own (a name that does not
-resolve included) and follows a next page to any host with the token, and neither it nor
-``get_paths_info`` sets a timeout. Every metadata request runs under the one retry policy.
-huggingface_hub is imported inside the functions that use it: ~0.2 s of start-up that
-``--help`` and list checks do not pay.
-
-File bytes come over hf2oci's own plain-HTTP reader: small files one GET each, large files a
-``ResumableBody`` each (or one per part, several at once), over this thread's ``hub_session``.
+Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, and
+the tree listing (every file with its Xet hash) a GET per 1,000 files once an image is to be
+made; small files are one GET each, large files a ``ResumableBody`` each (or one per part,
+several at once): all over this thread's ``hub_session``, under the one retry policy.
+huggingface_hub finds the token (``get_token``) and reads the hub's refusals
+(``hf_raise_for_status``: its typed errors, mapped onto ours here), imported where they are
+used. Its ``HfApi`` is not called: loading its client costs 0.2-0.3 s, on every run, where the
+answer to one GET is all a no-change sync needs (benchmarks/RESULTS.md, "The hub's library").
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -39,7 +35,6 @@ from hf2oci.digest import git_blob_hash
 from hf2oci.errors import (
     DigestMismatch,
     GatedRepo,
-    Hf2ociError,
     HubError,
     HubUnreachable,
     RepoNotFound,
@@ -57,17 +52,11 @@ from hf2oci.retry import (
 )
 from hf2oci.spec import RepoSpec, RepoType, plural
 
-if TYPE_CHECKING:
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import DatasetInfo, ModelInfo, RepoFile
-
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: every hub request (metadata, small files, streamed files) is retried by this policy
 HUB_POLICY = RetryPolicy()
-#: seconds a metadata request may take to read (connecting: the policy's ``connect_timeout``)
-API_READ_TIMEOUT = 60.0
 
 
 def endpoint() -> str:
@@ -84,7 +73,7 @@ class HubFile:
     sha256: str | None = None
     #: git blob sha1 of the content (of the pointer file, for LFS files)
     blob_id: str | None = None
-    #: the content's Xet hash, when the hub stores it in Xet (from the tree listing only)
+    #: the content's Xet hash, for files the hub stores in Xet (named by the tree listing)
     xet_hash: str | None = None
 
 
@@ -102,8 +91,8 @@ class RepoState:
     #: ISO 8601 UTC time of the commit (used as the image's creation time: reproducible)
     last_modified: str
     license: str | None = None
-    #: ``files`` come from repo info, not yet from the tree listing: they carry no Xet hash,
-    #: and from 1,000 files on some may be missing (``complete_listing`` reads the tree)
+    #: ``files`` are repo info's, not yet the tree listing's: they carry no Xet hash, and from
+    #: 1,000 files on some may be missing (``complete_listing`` reads the tree)
     partial: bool = False
 
     @property
@@ -141,6 +130,11 @@ def _not_found(what: str, has_token: bool) -> RepoNotFound:
 
 
 def _iso(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return "1970-01-01T00:00:00Z"
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -159,9 +153,9 @@ def _license(card_data: Any) -> str | None:
 
 def token() -> str | None:
     """The hub token as huggingface_hub finds it (``get_token``: ``HF_TOKEN``, else the token
-    file), with the token file located from the environment as it is now.
+    file), the token file located from the environment as it is now.
 
-    huggingface_hub computes the file's place (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)
+    huggingface_hub works out the file's place (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)
     once, when it is imported; a process that sets ``HF_HOME`` or ``HF_TOKEN_PATH`` later (a
     test, a program calling hf2oci) would have it read another file. So the place is worked
     out here as huggingface_hub's ``constants`` do, and set there when it differs."""
@@ -195,41 +189,39 @@ def _offline() -> bool:
 def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
     """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request),
     then every file with its Xet hash from the tree listing (a request per 1,000 files),
-    unless not ``complete``: then the state is ``partial``, its files those of repo info.
+    unless not ``complete``: then the state is ``partial``, its files repo info's.
 
-    What ``sync`` does on every run, for every repo, is one request: the tree is read only
-    for a repo whose image is to be made (``complete_listing``)."""
+    What a sync asks on every run, for every repo, is the one request: the plan reads the tree
+    only for a repo whose image is to be made (``complete_listing``)."""
     revision = spec.revision or "main"
     what = _what(spec)
-    secret = token()
-
-    def info() -> ModelInfo | DatasetInfo:
-        api = _api(secret)
-        get = api.dataset_info if spec.repo_type == "dataset" else api.model_info
-        return get(spec.repo_id, revision=revision, files_metadata=True, timeout=_timeout())
-
-    found = _metadata(info, what, revision, has_token=secret is not None)
-    commit = found.sha
+    url = f"{_api_url(spec)}/revision/{quote(revision, safe='')}"
+    info, _ = _api_json(url, what, revision, params={"blobs": "true"})
+    if not isinstance(info, dict):
+        raise HubError(f"{what}: the hub's answer is not a JSON object")
+    commit = info.get("sha")
     if not isinstance(commit, str) or not commit:
         raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
     files = []
     try:
-        for sib in found.siblings or []:
-            lfs = sib.lfs
-            size = sib.size if sib.size is not None else (lfs.size if lfs else 0)
-            files.append(HubFile(path=_checked_path(sib.rfilename, what), size=int(size),
-                                 sha256=str(lfs.sha256) if lfs else None,
-                                 blob_id=sib.blob_id))  # fmt: skip
-    except (TypeError, ValueError, AttributeError) as e:
+        for sib in info.get("siblings") or []:
+            lfs = sib.get("lfs") or None
+            size = sib.get("size")
+            size = size if size is not None else (lfs["size"] if lfs else 0)
+            files.append(HubFile(path=_checked_path(sib["rfilename"], what), size=int(size),
+                                 sha256=str(lfs["sha256"]) if lfs else None,
+                                 blob_id=sib.get("blobId")))  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HubError(f"{what}: the hub's file list is malformed ({e!r})") from e
+    card = info.get("cardData")
     state = RepoState(
         repo_id=spec.repo_id,
         repo_type=spec.repo_type,
         requested=revision,
         commit=commit,
         files=tuple(sorted(files, key=lambda f: f.path)),
-        last_modified=_iso(found.last_modified),
-        license=_license(found.card_data),
+        last_modified=_iso(info.get("lastModified")),
+        license=_license(card if isinstance(card, dict) else None),
         partial=True,
     )
     return complete_listing(state) if complete else state
@@ -246,64 +238,65 @@ def complete_listing(state: RepoState) -> RepoState:
 
 def _tree_files(state: RepoState) -> list[HubFile]:
     """Every file of the commit from the recursive tree listing, following its ``Link:
-    rel=next`` pages as huggingface_hub's ``list_repo_tree`` does, each page under the retry
-    policy (a failed page is asked for again, not the listing)."""
+    rel=next`` pages as huggingface_hub's ``list_repo_tree`` does, each page a request of its
+    own under the retry policy (a failed page is asked for again, not the listing)."""
     what = _what(state)
     url: str | None = f"{_api_url(state)}/tree/{state.commit}"
     params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
-    secret = token()
     files: list[HubFile] = []
     seen: set[str] = set()
     while url is not None:
-        page = functools.partial(_hub_json, "GET", url, what, secret, params=params)
-        entries, url = _metadata(page, what, state.commit, has_token=secret is not None)
-        for entry in _repo_files(entries, what, "tree listing"):
-            if entry.path in seen:
-                raise HubError(f"{what}: the hub's tree listing names {entry.path!r} twice")
-            seen.add(entry.path)
-            lfs = entry.lfs
-            files.append(HubFile(path=_checked_path(entry.path, what), size=int(entry.size),
-                                 sha256=str(lfs.sha256) if lfs else None,
-                                 blob_id=entry.blob_id, xet_hash=entry.xet_hash))  # fmt: skip
-        params = None  # the next page's URL holds them (params would replace its query)
+        page, url = _api_json(url, what, state.commit, params=params)
+        for entry in _file_entries(page, what, "tree listing"):
+            file = _tree_file(entry, what)
+            if file.path in seen:
+                raise HubError(f"{what}: the hub's tree listing names {file.path!r} twice")
+            seen.add(file.path)
+            files.append(file)
+        params = None  # the next page's URL holds them
     log.debug("%s: %d files from the tree listing", what, len(files))
     return files
 
 
+def _tree_file(entry: dict[str, Any], what: str) -> HubFile:
+    """A file entry of the tree listing as huggingface_hub's ``RepoFile`` reads it: ``oid``
+    (git blob), ``lfs.oid`` (sha256), ``xetHash``. (``RepoFile`` itself comes with the
+    library's whole API client: 0.1-0.25 s to load, for four fields.)"""
+    try:
+        lfs = entry.get("lfs") or None
+        xet = entry.get("xetHash")
+        return HubFile(path=_checked_path(entry["path"], what), size=int(entry["size"]),
+                       sha256=str(lfs["oid"]) if lfs else None, blob_id=entry.get("oid"),
+                       xet_hash=str(xet) if xet else None)  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{what}: the hub's tree listing is malformed ({e!r})") from e
+
+
 def security_verdicts(state: RepoState, paths: Sequence[str]) -> dict[str, str]:
     """The hub's own scan verdict (``securityFileStatus.status``: "safe", "unsafe", …) of each
-    of ``paths`` that it answers one for, from paths-info with ``expand`` (what
+    of ``paths`` that it answers one for, from paths-info with ``expand`` (as
     huggingface_hub's ``get_paths_info`` asks), 100 paths a request."""
     url = f"{_api_url(state)}/paths-info/{state.commit}"
     what = _what(state)
-    secret = token()
     verdicts: dict[str, str] = {}
     for i in range(0, len(paths), 100):
         form = {"paths": list(paths[i : i + 100]), "expand": "true"}
-        ask = functools.partial(_hub_json, "POST", url, what, secret, form=form)
-        entries, _ = _metadata(ask, what, state.commit, has_token=secret is not None,
-                               failed="paths-info failed")  # fmt: skip
-        for entry in _repo_files(entries, what, "paths-info answer"):
-            if entry.security is not None and isinstance(entry.security.status, str):
-                verdicts[entry.path] = entry.security.status
+        answer, _ = _api_json(url, what, state.commit, form=form, failed="paths-info failed")
+        for entry in _file_entries(answer, what, "paths-info answer"):
+            status = entry.get("securityFileStatus")
+            status = status.get("status") if isinstance(status, dict) else None
+            if isinstance(status, str) and isinstance(entry.get("path"), str):
+                verdicts[entry["path"]] = status
     return verdicts
 
 
-def _repo_files(entries: Any, what: str, answer: str) -> list[RepoFile]:
-    """The files of a tree or paths-info answer, read by huggingface_hub's ``RepoFile``."""
-    from huggingface_hub.hf_api import RepoFile  # lazily: CLI start-up time
-
-    parse: Callable[..., RepoFile] = RepoFile  # its __init__ takes **kwargs, untyped
-    if not isinstance(entries, list):
-        raise HubError(f"{what}: the hub's {answer} is not a list")
-    try:
-        files = [parse(**e) for e in entries if e.get("type") == "file"]
-        for f in files:  # what RepoFile takes as it comes
-            if not isinstance(f.path, str) or not isinstance(f.size, int):
-                raise ValueError(f"a file entry of path {f.path!r} and size {f.size!r}")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise HubError(f"{what}: the hub's {answer} is malformed ({e!r})") from e
-    return files
+def _file_entries(answer: Any, what: str, name: str) -> list[dict[str, Any]]:
+    """The file entries of a tree or paths-info answer (a JSON list)."""
+    if not isinstance(answer, list):
+        raise HubError(f"{what}: the hub's {name} is not a list")
+    if not all(isinstance(e, dict) for e in answer):
+        raise HubError(f"{what}: the hub's {name} is malformed (an entry is not an object)")
+    return [e for e in answer if e.get("type") == "file"]
 
 
 def _checked_path(path: Any, what: str) -> str:
@@ -314,126 +307,41 @@ def _checked_path(path: Any, what: str) -> str:
     return path
 
 
-# -- metadata requests -----------------------------------------------------------------------
+def _api_url(spec: RepoSpec | RepoState) -> str:
+    return f"{endpoint()}/api/{plural(spec.repo_type)}/{spec.repo_id}"
 
 
-def _api(secret: str | None) -> HfApi:
-    """huggingface_hub's client for the hub named by ``HF_ENDPOINT`` now (its own default is
-    read at import), sending ``secret`` or no token."""
-    from huggingface_hub import HfApi  # lazily: CLI start-up time
-
-    return HfApi(endpoint=endpoint(), token=secret or False, library_name="hf2oci",
-                 library_version=_version())  # fmt: skip
+# -- requests --------------------------------------------------------------------------------
 
 
-def _api_url(state: RepoState) -> str:
-    return f"{endpoint()}/api/{plural(state.repo_type)}/{state.repo_id}"
-
-
-def _timeout() -> Any:
-    """A metadata request's timeouts. An ``httpx2.Timeout``, which HfApi hands on to its
-    client as it is (its signature says float: one value would make connecting wait as long
-    as reading, minutes where a firewall drops packets)."""
-    import httpx2  # lazily: CLI start-up time (loaded with huggingface_hub anyway)
-
-    return httpx2.Timeout(API_READ_TIMEOUT, connect=HUB_POLICY.connect_timeout)
-
-
-def _hub_json(
-    method: str,
+def _api_json(
     url: str,
-    what: str,
-    secret: str | None,
-    *,
-    params: Mapping[str, str] | None = None,
-    form: Mapping[str, object] | None = None,
-) -> tuple[Any, str | None]:
-    """One Hub API request over huggingface_hub's session, with its headers (token, user
-    agent) and its errors (``hf_raise_for_status``): the answer's JSON, and the URL of the
-    next page (``Link: rel="next"``), which must be on the hub: the token goes there too."""
-    # lazily: CLI start-up time (``utils`` re-exports lazily too, where mypy does not look)
-    from huggingface_hub import get_session, hf_raise_for_status
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-    headers = build_hf_headers(token=secret or False, library_name="hf2oci",
-                               library_version=_version())  # fmt: skip
-    resp = get_session().request(method, url, params=params, data=form, headers=headers,
-                                 timeout=_timeout())  # fmt: skip
-    hf_raise_for_status(resp)
-    nxt = resp.links.get("next", {}).get("url")
-    if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
-        raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
-    return resp.json(), nxt
-
-
-def _metadata(
-    call: Callable[[], _T],
     what: str,
     revision: str,
     *,
-    has_token: bool,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
     failed: str | None = None,
-) -> _T:
-    """Run one metadata request under the retry policy, its errors as ours: connection
-    failures and 429/5xx answers are tried again (``Retry-After`` honoured), a name that does
-    not resolve is not; what the policy gives up on is HubUnreachable."""
+) -> tuple[Any, str | None]:
+    """A Hub API answer (any JSON; POST ``form``, when given) and the URL of its next page
+    (``Link: rel="next"``), which must be on the hub: the token goes there too."""
     if _offline():
         raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
 
-    def once() -> _T:
+    def read(resp: Any) -> tuple[Any, str | None]:
+        if resp.status_code >= 400:
+            raise _refusal(resp, what, revision)
         try:
-            return call()
-        except Exception as e:
-            ours = _ours(e, what, revision, has_token)
-            if ours is e:
-                raise
-            raise ours from e
+            doc = resp.json()
+        except ValueError as e:
+            raise HubError(f"{what}: the hub's answer is not JSON") from e
+        nxt = (resp.links.get("next") or {}).get("url")
+        if nxt is not None and not str(nxt).startswith(f"{endpoint()}/"):
+            raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
+        return doc, nxt
 
-    try:
-        return retrying(once, is_temporary=lambda e: isinstance(e, Temporary), what=what,
-                        policy=HUB_POLICY)  # fmt: skip
-    except Temporary as e:
-        reason = failed or f"cannot reach the hub at {endpoint()}"
-        raise HubUnreachable(f"{what}: {reason}: {e}") from e
-
-
-def _ours(e: Exception, what: str, revision: str, has_token: bool) -> Exception:
-    """huggingface_hub's error (or its HTTP client's) as hf2oci's: Temporary where another try
-    may help, the hub's refusals by their ``X-Error-Code``, a malformed answer a HubError."""
-    import httpx2  # lazily: CLI start-up time (loaded with huggingface_hub anyway)
-    from huggingface_hub import errors
-
-    if isinstance(e, Hf2ociError):
-        return e
-    if isinstance(e, errors.OfflineModeIsEnabled):
-        return HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
-    if isinstance(e, httpx2.TransportError):  # no answer: refused, reset, cut, timed out
-        if name_not_resolved(e):
-            return HubUnreachable(
-                f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
-            )
-        return Temporary(unreachable_reason(e))
-    if isinstance(e, errors.HfHubHTTPError) and e.response is not None:
-        status, headers = e.response.status_code, e.response.headers
-        if status in RETRY_STATUSES:
-            after = parse_retry_after(headers.get("Retry-After"))
-            return Temporary(f"the hub answered HTTP {status}", retry_after=after)
-        if isinstance(e, errors.GatedRepoError):  # before RepositoryNotFoundError: a subclass
-            return _gated(what, has_token)
-        if isinstance(e, errors.RepositoryNotFoundError):
-            return _not_found(what, has_token)
-        if isinstance(e, errors.RevisionNotFoundError):
-            return RevisionNotFound(f"{what}: revision {revision!r} not found")
-        detail = headers.get("X-Error-Message") or e.response.reason_phrase or ""
-        return HubError(f"{what}: the hub answered HTTP {status}: {detail}".rstrip(": "))
-    if isinstance(e, errors.HFValidationError):
-        return HubError(f"{what}: {e}")
-    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):  # JSON, its shape
-        return HubError(f"{what}: the hub's answer is malformed ({type(e).__name__}: {e})")
-    return e
-
-
-# -- file requests (hf2oci's own reader) -----------------------------------------------------
+    failed = failed or f"cannot reach the hub at {endpoint()}"
+    return _hub_get(url, what, read, params=params, form=form, failed=failed)
 
 
 def _hub_get(
@@ -443,15 +351,18 @@ def _hub_get(
     *,
     failed: str,
     headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
 ) -> _T:
-    """GET ``url`` of the hub under its retry policy and give the answer to ``read`` (which
-    raises Temporary for a cut body, or the hub's error). Connection failures and 429/5xx
-    answers are tried again (``Retry-After`` honoured); a name that does not resolve is not.
-    The token goes to the hub only: ``requests`` drops it on a redirect to another host."""
+    """GET ``url`` of the hub (POST ``form``, when given) under its retry policy and give the
+    answer to ``read`` (which raises Temporary for a cut body, or the hub's error). Connection
+    failures and 429/5xx answers are tried again (``Retry-After`` honoured); a name that does
+    not resolve is not. The token goes to the hub only: ``requests`` drops it on a redirect to
+    another host."""
     sent = _headers(headers)
 
     def once() -> _T:
-        with _get(url, what, sent) as resp:
+        with _get(url, what, sent, params=params, form=form) as resp:
             try:
                 return read(resp)
             except requests.RequestException as e:  # the body cut on the way
@@ -465,7 +376,7 @@ def _hub_get(
 
 
 def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What every file request sends: who asks, and the token (``requests`` drops it on a
+    """What every hub request sends: who asks, and the token (``requests`` drops it on a
     redirect to another host, such as a CDN or Xet bridge)."""
     sent = {"user-agent": f"hf2oci/{_version()}", **(extra or {})}
     secret = token()
@@ -474,11 +385,20 @@ def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return sent
 
 
-def _get(url: str, what: str, headers: Mapping[str, str]) -> Any:
-    """One GET of the hub, streamed: Temporary for a connection failure or a 429/5xx answer
-    (with its Retry-After), HubUnreachable for a name that does not resolve."""
+def _get(
+    url: str,
+    what: str,
+    headers: Mapping[str, str],
+    *,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
+) -> Any:
+    """One GET (POST of ``form``) of the hub, streamed: Temporary for a connection failure or a
+    429/5xx answer (with its Retry-After), HubUnreachable for a name that does not resolve."""
+    method = "POST" if form is not None else "GET"
     try:
-        resp = hub_session().get(url, headers=headers, timeout=(10, 60), stream=True)
+        resp = hub_session().request(method, url, params=params, data=form, headers=headers,
+                                     timeout=(10, 60), stream=True)  # fmt: skip
     except requests.RequestException as e:
         if name_not_resolved(e):
             raise HubUnreachable(
@@ -490,6 +410,34 @@ def _get(url: str, what: str, headers: Mapping[str, str]) -> Any:
         after = parse_retry_after(resp.headers.get("Retry-After"))
         raise Temporary(f"the hub answered HTTP {resp.status_code}", retry_after=after)
     return resp
+
+
+def _refusal(resp: Any, what: str, revision: str, *, path: str | None = None) -> HubError:
+    """The hub's refusal as ours: huggingface_hub reads the answer (``hf_raise_for_status``,
+    ``X-Error-Code`` first, as for its own requests: it is handed the status, headers and URL)
+    and its typed error is mapped onto ours. ``path``: a file's answer, whose plain 404 says
+    the file is missing."""
+    import httpx2  # lazily: CLI start-up time (what huggingface_hub reads answers with)
+    from huggingface_hub import errors, hf_raise_for_status
+
+    body = ("content-length", "content-encoding", "transfer-encoding")  # of a body not handed on
+    kept = {k: v for k, v in resp.headers.items() if k.lower() not in body}
+    request = httpx2.Request(resp.request.method if resp.request else "GET", str(resp.url))
+    status = resp.status_code
+    try:
+        hf_raise_for_status(httpx2.Response(status, headers=kept, request=request))
+    except errors.HfHubHTTPError as e:
+        has_token = token() is not None
+        if isinstance(e, errors.GatedRepoError):  # before RepositoryNotFoundError: a subclass
+            return _gated(what, has_token)
+        if isinstance(e, errors.RepositoryNotFoundError):
+            return _not_found(what, has_token)
+        if isinstance(e, errors.RevisionNotFoundError):
+            return RevisionNotFound(f"{what}: revision {revision!r} not found")
+        if path is not None and (isinstance(e, errors.EntryNotFoundError) or status == 404):
+            return HubError(f"{what}@{revision}: a listed file is missing on the hub ({path})")
+    detail = resp.headers.get("X-Error-Message") or resp.reason or ""
+    return HubError(f"{what}: the hub answered HTTP {status}: {detail}".rstrip(": "))
 
 
 def _version() -> str:
@@ -628,24 +576,8 @@ def _resolve_url(state: RepoState, file: HubFile) -> str:
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
-    """A file answer's refusal as ours, read as huggingface_hub reads it (``X-Error-Code``
-    first; its ``hf_raise_for_status`` takes only its own client's answers)."""
-    what = _what(state)
-    code = resp.headers.get("X-Error-Code", "")
-    message = resp.headers.get("X-Error-Message", "")
-    if code == "EntryNotFound" or (resp.status_code == 404 and not code):
-        return HubError(f"{what}@{state.commit}: a listed file is missing on the hub ({path})")
-    has_token = token() is not None
-    if code == "GatedRepo":
-        return _gated(what, has_token)
-    if code == "RevisionNotFound":
-        return RevisionNotFound(f"{what}: revision {state.commit!r} not found")
-    if code == "RepoNotFound" or (
-        resp.status_code == 401 and message != "Invalid credentials in Authorization header"
-    ):
-        return _not_found(what, has_token)
-    detail = message or resp.reason or ""
-    return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
+    """A file answer's refusal as ours (``_refusal``)."""
+    return _refusal(resp, _what(state), state.commit, path=path)
 
 
 # -- streaming -------------------------------------------------------------------------------
