@@ -1,6 +1,6 @@
 """hf2oci beside its PyPI peer and the raw-PUT limit, in one run (not a test).
 
-    python benchmarks/bench_peers.py [--rounds 3] [--oci-modelcar BIN]
+    python benchmarks/bench_peers.py [--rounds 3] [--oci-modelcar BIN] [--before DIR] [--rerun]
 
 Two repos on the test hub: one weights file of 512 MiB, and two shards of 192 MiB (384 MiB).
 Each round mirrors each repo with each method in turn, into a fresh registry on 127.0.0.1:
@@ -10,6 +10,11 @@ oci-modelcar, when BIN is given: `pip install oci-modelcar==1.3.0` into a venv o
 the limit: one sha256 pass over the weights then one raw blob PUT of them. Reported: wall
 seconds and peak RSS of the process (os.wait4), min / median / max over the rounds, and each
 method's median over the limit's.
+
+``--rerun``: only the no-change re-run, what a scheduled sync does all day. Each method mirrors
+the 512 MiB repo once into a registry of its own (not timed), then mirrors it again ``rounds``
+times, the methods in turn: hf2oci and "hf2oci before" without ``--force``, the peer's ``push``
+as it is. Reported: wall seconds of each fresh process, min / median / max.
 """
 
 from __future__ import annotations
@@ -72,10 +77,12 @@ def _methods(
 ) -> dict[str, Callable[[Registry, Path], int]]:
     """Each method, as ``fn(registry, scratch folder) -> peak RSS``."""
 
+    force = [] if args.rerun else ["--force"]
+
     def hf2oci(cmd: list[str], extra: dict[str, str]) -> Callable[[Registry, Path], int]:
         def go(reg: Registry, scratch: Path) -> int:
             args = [*cmd, "mirror", f"bench/{name}", "--registry", reg.host,
-                    "--base-image", "scratch", "--no-record", "-q", "--force"]  # fmt: skip
+                    "--base-image", "scratch", "--no-record", "-q", *force]  # fmt: skip
             return run(args, {**env, "HF2OCI_CACHE": str(scratch / "cache"), **extra}, scratch)
 
         return go
@@ -86,10 +93,9 @@ def _methods(
                "--spool-dir", str(scratch / "spool"), "--quiet"]  # fmt: skip
         return run(cmd, {**env, "HF_HOME": str(scratch / "hf")}, scratch)
 
-    methods = {
-        "hf2oci": hf2oci([HF2OCI], {}),
-        "limit": lambda reg, scratch: raw_put(reg, weights),
-    }
+    methods: dict[str, Callable[[Registry, Path], int]] = {"hf2oci": hf2oci([HF2OCI], {})}
+    if not args.rerun:
+        methods["limit"] = lambda reg, scratch: raw_put(reg, weights)
     if args.before:
         methods["hf2oci before"] = hf2oci([sys.executable, "-m", "hf2oci"],
                                           {"PYTHONPATH": args.before})  # fmt: skip
@@ -105,10 +111,12 @@ def main() -> None:
     ap.add_argument(
         "--before", default=None, help="the src/ of another hf2oci (a git worktree) to run too"
     )
+    ap.add_argument("--rerun", action="store_true", help="only the no-change re-run")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hf2oci-peers-"))
     cases: dict[str, dict[str, Path | bytes]] = {}
-    for name, sizes in (("m512", [512]), ("shards384", [192, 192])):
+    repos = (("m512", [512]),) if args.rerun else (("m512", [512]), ("shards384", [192, 192]))
+    for name, sizes in repos:
         files: dict[str, Path | bytes] = {"config.json": b'{"a": 1}\n'}
         for i, size in enumerate(sizes):
             path = work / f"{name}-{i}.safetensors"
@@ -125,6 +133,10 @@ def main() -> None:
                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
         for name, files in cases.items():
             hub.add_repo(f"bench/{name}", files)
+        if args.rerun:
+            rerun(args, env, hub.url, work, cases["m512"])
+            shutil.rmtree(work, ignore_errors=True)
+            return
         for _ in range(args.rounds):
             for name, files in cases.items():
                 weights = [p for p in files.values() if isinstance(p, Path)]
@@ -155,6 +167,37 @@ def main() -> None:
                   f"{secs[-1]:.2f} | {statistics.median(secs) / limit:.2f} | "
                   f"{'–' if method == 'limit' else f'{rss:.0f} MiB'} |")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
+
+
+def rerun(
+    args: argparse.Namespace, env: dict[str, str], hub_url: str, work: Path,
+    files: dict[str, Path | bytes],
+) -> None:  # fmt: skip
+    """Each method's no-change re-run of the 512 MiB repo, into the registry it mirrored it to
+    first, the methods in turn ``args.rounds`` times."""
+    weights = [p for p in files.values() if isinstance(p, Path)]
+    methods = _methods(args, env, hub_url, "m512", weights)
+    places = {}
+    for i, (method, fn) in enumerate(methods.items()):
+        scratch = work / f"scratch-{i}"
+        scratch.mkdir()
+        places[method] = (start_registry(work / f"reg-{i}"), scratch)
+        fn(*places[method])  # the first mirror
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    try:
+        for _ in range(args.rounds):
+            for method, fn in methods.items():
+                t = time.perf_counter()
+                fn(*places[method])
+                times[method].append(time.perf_counter() - t)
+    finally:
+        for reg, _ in places.values():
+            reg.stop()
+    print("| method | no-change re-run, seconds min / median / max |")
+    print("| --- | --- |")
+    for method, secs in times.items():
+        secs.sort()
+        print(f"| {method} | {secs[0]:.2f} / {statistics.median(secs):.2f} / {secs[-1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -158,8 +158,9 @@ def plan_repo(
         tag = naming.repo_tag(spec.repo_id)
         current = None if force else current_labels(spec.repo_type, tag)
         if state.partial:
-            # a big repo: seeing that nothing changed needs no file list (its tree takes a
-            # request per 1,000 files); anything else decides on every file
+            # files from repo info: seeing that nothing changed needs no more (the tree
+            # listing takes a request per 1,000 files); anything else decides on every file,
+            # with its Xet hash, from the tree
             quick = decide(
                 spec, state, current, max_layer_size=None, platforms=platforms, scan=scan
             )

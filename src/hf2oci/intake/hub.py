@@ -1,9 +1,13 @@
 """The only module that talks to the Hugging Face Hub.
 
-Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, small
-files one GET each, large files a ``ResumableBody`` each (or one per part, several at once):
-all over this thread's ``hub_session``, under the one retry policy, read as ``huggingface_hub``
-reads the hub (its headers, error codes and token file) without loading it.
+Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, and
+the tree listing (every file with its Xet hash) a GET per 1,000 files once an image is to be
+made; small files are one GET each, large files a ``ResumableBody`` each (or one per part,
+several at once): all over this thread's ``hub_session``, under the one retry policy.
+huggingface_hub finds the token (``get_token``) and reads the hub's refusals
+(``hf_raise_for_status``: its typed errors, mapped onto ours here), imported where they are
+used. Its ``HfApi`` is not called: loading its client costs 0.2-0.3 s, on every run, where the
+answer to one GET is all a no-change sync needs (benchmarks/RESULTS.md, "The hub's library").
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class HubFile:
     sha256: str | None = None
     #: git blob sha1 of the content (of the pointer file, for LFS files)
     blob_id: str | None = None
+    #: the content's Xet hash, for files the hub stores in Xet (named by the tree listing)
+    xet_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,8 @@ class RepoState:
     #: ISO 8601 UTC time of the commit (used as the image's creation time: reproducible)
     last_modified: str
     license: str | None = None
-    #: the repo info named 1,000 files or more and the tree listing was not read yet: ``files``
-    #: may miss some (``complete_listing`` reads them all)
+    #: ``files`` are repo info's, not yet the tree listing's: they carry no Xet hash, and from
+    #: 1,000 files on some may be missing (``complete_listing`` reads the tree)
     partial: bool = False
 
     @property
@@ -146,83 +152,69 @@ def _license(card_data: Any) -> str | None:
 
 
 def token() -> str | None:
-    """The hub token as huggingface_hub finds it: ``HF_TOKEN``, else the token file
-    (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)."""
-    found = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if found:
-        return found.strip() or None
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    """The hub token as huggingface_hub finds it (``get_token``: ``HF_TOKEN``, else the token
+    file), the token file located from the environment as it is now.
+
+    huggingface_hub works out the file's place (``HF_TOKEN_PATH``, default ``$HF_HOME/token``)
+    once, when it is imported; a process that sets ``HF_HOME`` or ``HF_TOKEN_PATH`` later (a
+    test, a program calling hf2oci) would have it read another file. So the place is worked
+    out here as huggingface_hub's ``constants`` do, and set there when it differs."""
+    from huggingface_hub import constants, get_token  # lazily: CLI start-up time
+
+    path = _token_file()
+    if path != constants.HF_TOKEN_PATH:
+        constants.HF_TOKEN_PATH = path
+        constants.HF_STORED_TOKENS_PATH = os.path.join(os.path.dirname(path), "stored_tokens")
+    return get_token()
+
+
+def _token_file() -> str:
+    """The token file's place as huggingface_hub's ``constants`` work it out, from the
+    environment as it is now."""
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    home = os.path.expandvars(
+        os.path.expanduser(os.environ.get("HF_HOME", os.path.join(cache, "huggingface")))
     )
-    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
-    try:
-        with open(os.path.expanduser(path)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+    return os.path.expandvars(
+        os.path.expanduser(os.environ.get("HF_TOKEN_PATH", os.path.join(home, "token")))
+    )
 
 
 def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` as set now (huggingface_hub reads it once, when imported)."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
-#: from this many files on, repo info's list of files may be cut short (huggingface_hub's
-#: snapshot_download trusts it below 1,000 too): the paginated tree listing is read instead
-LARGE_REPO_FILES = 1000
-
-
 def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
-    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request;
-    for a repo of 1,000 files or more, the tree listing too, page by page, unless not
-    ``complete``: then the state is ``partial``)."""
+    """Ask the hub what ``spec`` resolves to now: commit sha and files (one metadata request),
+    then every file with its Xet hash from the tree listing (a request per 1,000 files),
+    unless not ``complete``: then the state is ``partial``, its files repo info's.
+
+    What a sync asks on every run, for every repo, is the one request: the plan reads the tree
+    only for a repo whose image is to be made (``complete_listing``)."""
     revision = spec.revision or "main"
     what = _what(spec)
-    if _offline():
-        raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
-    kind = plural(spec.repo_type)
-    url = f"{endpoint()}/api/{kind}/{spec.repo_id}/revision/{quote(revision, safe='')}"
-    info = _api_get(url, spec, revision, params={"blobs": "true"})
+    url = f"{_api_url(spec)}/revision/{quote(revision, safe='')}"
+    info, _ = _api_json(url, what, revision, params={"blobs": "true"})
+    if not isinstance(info, dict):
+        raise HubError(f"{what}: the hub's answer is not a JSON object")
     commit = info.get("sha")
     if not isinstance(commit, str) or not commit:
         raise HubError(f"{what}: the hub gave no commit for revision {revision!r}")
-    siblings = info.get("siblings") or []
-    big = isinstance(siblings, list) and len(siblings) >= LARGE_REPO_FILES
-    if big and complete:
-        return _with_files(spec, revision, info, commit, _tree_files(spec, kind, commit))
     files = []
     try:
-        for sib in siblings:
+        for sib in info.get("siblings") or []:
             lfs = sib.get("lfs") or None
             size = sib.get("size")
-            files.append(
-                HubFile(
-                    path=str(sib["rfilename"]),
-                    size=int(size if size is not None else (lfs["size"] if lfs else 0)),
-                    sha256=str(lfs["sha256"]) if lfs else None,
-                    blob_id=sib.get("blobId"),
-                )
-            )
+            size = size if size is not None else (lfs["size"] if lfs else 0)
+            files.append(HubFile(path=_checked_path(sib["rfilename"], what), size=int(size),
+                                 sha256=str(lfs["sha256"]) if lfs else None,
+                                 blob_id=sib.get("blobId")))  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise HubError(f"{what}: the hub's file list is malformed ({e})") from e
-    return dataclasses.replace(_with_files(spec, revision, info, commit, files), partial=big)
-
-
-def complete_listing(state: RepoState) -> RepoState:
-    """``state`` with every file, from the tree listing when it is ``partial``."""
-    if not state.partial:
-        return state
-    kind = plural(state.repo_type)
-    spec = RepoSpec(state.repo_id, state.repo_type, state.requested)
-    files = sorted(_tree_files(spec, kind, state.commit), key=lambda f: f.path)
-    return dataclasses.replace(state, files=tuple(files), partial=False)
-
-
-def _with_files(
-    spec: RepoSpec, revision: str, info: dict[str, Any], commit: str, files: list[HubFile]
-) -> RepoState:
+        raise HubError(f"{what}: the hub's file list is malformed ({e!r})") from e
     card = info.get("cardData")
-    return RepoState(
+    state = RepoState(
         repo_id=spec.repo_id,
         repo_type=spec.repo_type,
         requested=revision,
@@ -230,93 +222,115 @@ def _with_files(
         files=tuple(sorted(files, key=lambda f: f.path)),
         last_modified=_iso(info.get("lastModified")),
         license=_license(card if isinstance(card, dict) else None),
+        partial=True,
     )
+    return complete_listing(state) if complete else state
 
 
-def _tree_files(spec: RepoSpec, kind: str, commit: str) -> list[HubFile]:
-    """Every file of the commit from the recursive tree listing, following its ``Link: rel=next``
-    pages as huggingface_hub's ``list_repo_tree`` does."""
-    what = _what(spec)
-    url: str | None = f"{endpoint()}/api/{kind}/{spec.repo_id}/tree/{commit}"
-    params: dict[str, str] = {"recursive": "true", "expand": "false"}
+def complete_listing(state: RepoState) -> RepoState:
+    """``state`` with every file and its Xet hash, from the tree listing when it is
+    ``partial``."""
+    if not state.partial:
+        return state
+    files = sorted(_tree_files(state), key=lambda f: f.path)
+    return dataclasses.replace(state, files=tuple(files), partial=False)
+
+
+def _tree_files(state: RepoState) -> list[HubFile]:
+    """Every file of the commit from the recursive tree listing, following its ``Link:
+    rel=next`` pages as huggingface_hub's ``list_repo_tree`` does, each page a request of its
+    own under the retry policy (a failed page is asked for again, not the listing)."""
+    what = _what(state)
+    url: str | None = f"{_api_url(state)}/tree/{state.commit}"
+    params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
     files: list[HubFile] = []
     seen: set[str] = set()
     while url is not None:
-        page, link = _api_page(url, spec, commit, params=params)
-        if not isinstance(page, list):
-            raise HubError(f"{what}: the hub's tree listing is not a list")
-        try:
-            for entry in page:
-                if entry.get("type") != "file":
-                    continue
-                lfs = entry.get("lfs") or None
-                path = str(entry["path"])
-                if path in seen:
-                    raise HubError(f"{what}: the hub's tree listing names {path!r} twice")
-                seen.add(path)
-                files.append(
-                    HubFile(
-                        path=path,
-                        size=int(entry["size"]),
-                        sha256=str(lfs["oid"]) if lfs else None,
-                        blob_id=entry.get("oid"),
-                    )
-                )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise HubError(f"{what}: the hub's tree listing is malformed ({e})") from e
-        url, params = link, {}
+        page, url = _api_json(url, what, state.commit, params=params)
+        for entry in _file_entries(page, what, "tree listing"):
+            file = _tree_file(entry, what)
+            if file.path in seen:
+                raise HubError(f"{what}: the hub's tree listing names {file.path!r} twice")
+            seen.add(file.path)
+            files.append(file)
+        params = None  # the next page's URL holds them
     log.debug("%s: %d files from the tree listing", what, len(files))
     return files
 
 
+def _tree_file(entry: dict[str, Any], what: str) -> HubFile:
+    """A file entry of the tree listing as huggingface_hub's ``RepoFile`` reads it: ``oid``
+    (git blob), ``lfs.oid`` (sha256), ``xetHash``. (``RepoFile`` itself comes with the
+    library's whole API client: 0.1-0.25 s to load, for four fields.)"""
+    try:
+        lfs = entry.get("lfs") or None
+        xet = entry.get("xetHash")
+        return HubFile(path=_checked_path(entry["path"], what), size=int(entry["size"]),
+                       sha256=str(lfs["oid"]) if lfs else None, blob_id=entry.get("oid"),
+                       xet_hash=str(xet) if xet else None)  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HubError(f"{what}: the hub's tree listing is malformed ({e!r})") from e
+
+
 def security_verdicts(state: RepoState, paths: Sequence[str]) -> dict[str, str]:
     """The hub's own scan verdict (``securityFileStatus.status``: "safe", "unsafe", …) of each
-    of ``paths`` that it answers one for, from ``paths-info`` with ``expand`` (as
+    of ``paths`` that it answers one for, from paths-info with ``expand`` (as
     huggingface_hub's ``get_paths_info`` asks), 100 paths a request."""
-    kind = plural(state.repo_type)
-    url = f"{endpoint()}/api/{kind}/{state.repo_id}/paths-info/{state.commit}"
-    spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
+    url = f"{_api_url(state)}/paths-info/{state.commit}"
     what = _what(state)
     verdicts: dict[str, str] = {}
-
-    def read(resp: Any) -> list[Any]:
-        if resp.status_code >= 400:
-            raise _api_error(resp, spec, state.commit)
-        try:
-            doc = resp.json()
-        except ValueError as e:
-            raise HubError(f"{what}: the hub's paths-info answer is not JSON") from e
-        if not isinstance(doc, list):
-            raise HubError(f"{what}: the hub's paths-info answer is not a list")
-        return doc
-
     for i in range(0, len(paths), 100):
         form = {"paths": list(paths[i : i + 100]), "expand": "true"}
-        for entry in _hub_get(url, what, read, form=form, failed="paths-info failed"):
-            status = (entry.get("securityFileStatus") or {}).get("status") if isinstance(
-                entry, dict) else None  # fmt: skip
+        answer, _ = _api_json(url, what, state.commit, form=form, failed="paths-info failed")
+        for entry in _file_entries(answer, what, "paths-info answer"):
+            status = entry.get("securityFileStatus")
+            status = status.get("status") if isinstance(status, dict) else None
             if isinstance(status, str) and isinstance(entry.get("path"), str):
                 verdicts[entry["path"]] = status
     return verdicts
 
 
-def _api_get(url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]) -> dict[str, Any]:
-    """GET a Hub API document under the retry policy; hub errors become ours."""
-    doc, _ = _api_page(url, spec, revision, params=params)
-    if not isinstance(doc, dict):
-        raise HubError(f"{_what(spec)}: the hub's answer is not a JSON object")
-    return doc
+def _file_entries(answer: Any, what: str, name: str) -> list[dict[str, Any]]:
+    """The file entries of a tree or paths-info answer (a JSON list)."""
+    if not isinstance(answer, list):
+        raise HubError(f"{what}: the hub's {name} is not a list")
+    if not all(isinstance(e, dict) for e in answer):
+        raise HubError(f"{what}: the hub's {name} is malformed (an entry is not an object)")
+    return [e for e in answer if e.get("type") == "file"]
 
 
-def _api_page(
-    url: str, spec: RepoSpec, revision: str, *, params: dict[str, str]
+def _checked_path(path: Any, what: str) -> str:
+    """A listed path, refused when it could escape the folder it is written to."""
+    if not isinstance(path, str):
+        raise HubError(f"{what}: the hub lists a file path that is not a string: {path!r}")
+    _safe_parts(path, what)
+    return path
+
+
+def _api_url(spec: RepoSpec | RepoState) -> str:
+    return f"{endpoint()}/api/{plural(spec.repo_type)}/{spec.repo_id}"
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def _api_json(
+    url: str,
+    what: str,
+    revision: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    form: Mapping[str, object] | None = None,
+    failed: str | None = None,
 ) -> tuple[Any, str | None]:
-    """A Hub API answer (any JSON) and the URL of its next page (``Link: rel="next"``)."""
-    what = _what(spec)
+    """A Hub API answer (any JSON; POST ``form``, when given) and the URL of its next page
+    (``Link: rel="next"``), which must be on the hub: the token goes there too."""
+    if _offline():
+        raise HubUnreachable(f"{what}: HF_HUB_OFFLINE is set, cannot reach the hub")
 
     def read(resp: Any) -> tuple[Any, str | None]:
         if resp.status_code >= 400:
-            raise _api_error(resp, spec, revision)
+            raise _refusal(resp, what, revision)
         try:
             doc = resp.json()
         except ValueError as e:
@@ -326,7 +340,8 @@ def _api_page(
             raise HubError(f"{what}: the hub's next page is on another host ({nxt})")
         return doc, nxt
 
-    return _hub_get(url, what, read, params=params, failed=f"cannot reach the hub at {endpoint()}")
+    failed = failed or f"cannot reach the hub at {endpoint()}"
+    return _hub_get(url, what, read, params=params, form=form, failed=failed)
 
 
 def _hub_get(
@@ -397,22 +412,32 @@ def _get(
     return resp
 
 
-def _api_error(resp: Any, spec: RepoSpec, revision: str) -> HubError:
-    """The hub's error as ours, read as huggingface_hub reads it (``X-Error-Code`` first)."""
-    what = _what(spec)
-    code = resp.headers.get("X-Error-Code", "")
-    message = resp.headers.get("X-Error-Message", "")
-    has_token = token() is not None
-    if code == "GatedRepo":
-        return _gated(what, has_token)
-    if code == "RevisionNotFound":
-        return RevisionNotFound(f"{what}: revision {revision!r} not found")
-    if code == "RepoNotFound" or (
-        resp.status_code == 401 and message != "Invalid credentials in Authorization header"
-    ):
-        return _not_found(what, has_token)
-    detail = message or resp.reason or ""
-    return HubError(f"{what}: the hub answered HTTP {resp.status_code}: {detail}".rstrip(": "))
+def _refusal(resp: Any, what: str, revision: str, *, path: str | None = None) -> HubError:
+    """The hub's refusal as ours: huggingface_hub reads the answer (``hf_raise_for_status``,
+    ``X-Error-Code`` first, as for its own requests: it is handed the status, headers and URL)
+    and its typed error is mapped onto ours. ``path``: a file's answer, whose plain 404 says
+    the file is missing."""
+    import httpx2  # lazily: CLI start-up time (what huggingface_hub reads answers with)
+    from huggingface_hub import errors, hf_raise_for_status
+
+    body = ("content-length", "content-encoding", "transfer-encoding")  # of a body not handed on
+    kept = {k: v for k, v in resp.headers.items() if k.lower() not in body}
+    request = httpx2.Request(resp.request.method if resp.request else "GET", str(resp.url))
+    status = resp.status_code
+    try:
+        hf_raise_for_status(httpx2.Response(status, headers=kept, request=request))
+    except errors.HfHubHTTPError as e:
+        has_token = token() is not None
+        if isinstance(e, errors.GatedRepoError):  # before RepositoryNotFoundError: a subclass
+            return _gated(what, has_token)
+        if isinstance(e, errors.RepositoryNotFoundError):
+            return _not_found(what, has_token)
+        if isinstance(e, errors.RevisionNotFoundError):
+            return RevisionNotFound(f"{what}: revision {revision!r} not found")
+        if path is not None and (isinstance(e, errors.EntryNotFoundError) or status == 404):
+            return HubError(f"{what}@{revision}: a listed file is missing on the hub ({path})")
+    detail = resp.headers.get("X-Error-Message") or resp.reason or ""
+    return HubError(f"{what}: the hub answered HTTP {status}: {detail}".rstrip(": "))
 
 
 def _version() -> str:
@@ -551,14 +576,8 @@ def _resolve_url(state: RepoState, file: HubFile) -> str:
 
 
 def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
-    """A file request's error as ours (``X-Error-Code`` first, as huggingface_hub reads it)."""
-    if resp.headers.get("X-Error-Code") == "EntryNotFound" or (
-        resp.status_code == 404 and not (resp.headers.get("X-Error-Code"))
-    ):
-        return HubError(f"{_what(state)}@{state.commit}: a listed file is missing on the hub "
-                        f"({path})")  # fmt: skip
-    spec = RepoSpec(state.repo_id, state.repo_type, state.commit)
-    return _api_error(resp, spec, state.commit)
+    """A file answer's refusal as ours (``_refusal``)."""
+    return _refusal(resp, _what(state), state.commit, path=path)
 
 
 # -- streaming -------------------------------------------------------------------------------
