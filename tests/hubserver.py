@@ -726,8 +726,7 @@ class Cdn:
                 for chunk in blob.chunks(start, end):
                     self.wfile.write(chunk)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Quiet(("127.0.0.2", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
@@ -777,8 +776,7 @@ class XetBridge:
                     bridge.requests.append((self.command, self.path, dict(self.headers.items())))
                 bridge._serve(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Quiet(("127.0.0.2", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
@@ -864,14 +862,17 @@ class XetBridge:
                 h.connection.shutdown(socket.SHUT_RDWR)
 
 
-class _Server(ThreadingHTTPServer):
+class _Quiet(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = True
-    hub: HubServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients dropping connections mid-download are expected; keep test output clean.
         log.debug("test hub: error serving %s", client_address, exc_info=True)
+
+
+class _Server(_Quiet):
+    allow_reuse_address = True
+    hub: HubServer
 
 
 class _Handler(BaseHTTPRequestHandler):

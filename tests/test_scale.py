@@ -112,10 +112,10 @@ def test_a_large_file_comes_over_parallel_range_parts_in_order(
 ) -> None:
     """Parts of 1 MiB over 4 connections (sizes scaled down from 4 MiB parts from 64 MiB on),
     through cut connections and 503s: the layer holds the file exactly (hub hash checked)."""
-    from hf2oci.intake import hub as hub_module
+    from hf2oci.intake import files as files_module
 
-    monkeypatch.setattr(hub_module, "PARALLEL_MIN_SIZE", 4 << 20)
-    monkeypatch.setattr(hub_module, "PART_SIZE", 1 << 20)
+    monkeypatch.setattr(files_module, "PARALLEL_MIN_SIZE", 4 << 20)
+    monkeypatch.setattr(files_module, "PART_SIZE", 1 << 20)
     monkeypatch.setenv("HF2OCI_HUB_CONNECTIONS", "4")
     data = random.Random("parts").randbytes((12 << 20) + 12345)
     repo = "scale/parts"

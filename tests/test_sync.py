@@ -590,9 +590,11 @@ def test_no_plain_http_asks_for_https_even_on_loopback(
     assert cli("sync", "--registry", registry.host, "-q").exit_code == 0  # loopback: HTTP
 
 
-def test_max_layer_size_fails_oversized_files_at_plan_time_and_caps_layers(
+def test_max_layer_size_caps_every_layer_carrying_big_files_in_parts(
     hub, random_repo, registry, project: Path
 ) -> None:
+    """Every layer within the limit, tar and all; a file over it goes in parts; a limit that
+    holds no part fails each repo at plan time, before anything is downloaded."""
     big, _, _ = random_repo(size=3 * 1024 * 1024)
     ok, _, _ = random_repo(size=1024)
     make_project(project, models=[big, ok], config={"base_image": "scratch"})
@@ -600,13 +602,24 @@ def test_max_layer_size_fails_oversized_files_at_plan_time_and_caps_layers(
     result = cli("sync", "--registry", registry.host, "--namespace", "cap", "--max-layer-size",
                  "2MiB", "--json")  # fmt: skip
     doc = json.loads(result.stdout)
-    assert result.exit_code == 1 and doc["mirrored"] == 1 and doc["failed"] == 1
-    (failure,) = [r for r in doc["results"] if r["status"] == "failed"]
-    assert failure["repo_id"] == big and "model.safetensors is 3.0 MiB" in failure["message"]
-    assert "max_layer_size" in failure["message"]
-    assert not hub.count("GET", f"{big}/resolve/")  # nothing of it was downloaded
-    manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{tag_of(ok)}", raw=True)
-    assert all(layer["size"] <= 2 * 1024 * 1024 for layer in manifest["layers"])
+    assert result.exit_code == 0 and doc["mirrored"] == 2, result.output
+    for repo in (big, ok):
+        manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{tag_of(repo)}", raw=True)
+        assert all(layer["size"] <= 2 * 1024 * 1024 for layer in manifest["layers"])
+    parts = json.loads(manifest["annotations"].get("io.hf2oci.parts", "{}"))
+    assert parts == {}  # the small repo has none
+    manifest = skopeo_inspect(f"docker://{registry.host}/cap/models:{tag_of(big)}", raw=True)
+    parts = json.loads(manifest["annotations"]["io.hf2oci.parts"])
+    assert parts["model.safetensors"]["parts"] == [
+        "model.safetensors.part-001-of-002", "model.safetensors.part-002-of-002"]  # fmt: skip
+    hub.reset_log()
+    result = cli("sync", "--registry", registry.host, "--namespace", "cap2", "--max-layer-size",
+                 "1KiB", "--json")  # fmt: skip
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and doc["failed"] == 2
+    assert all("max_layer_size 1.0 KiB is too small to carry" in r["message"]
+               for r in doc["results"])  # fmt: skip
+    assert not hub.count("GET", "/resolve/")  # nothing was downloaded
     bad = cli("sync", "--max-layer-size", "lots")
     assert bad.exit_code == 2 and "max_layer_size" in bad.stderr
 

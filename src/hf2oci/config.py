@@ -14,7 +14,7 @@ import yaml
 
 from hf2oci.errors import ConfigError, Hf2ociError
 from hf2oci.oci.reference import COMPONENT, HOST
-from hf2oci.spec import FORMATS, SCAN_POLICIES, Format, ScanPolicy
+from hf2oci.spec import FORMATS, SCAN_POLICIES, XET_MODES, Format, ScanPolicy, XetMode
 
 Builder = Literal["oci", "docker"]
 BUILDERS: tuple[Builder, ...] = ("oci", "docker")
@@ -87,6 +87,9 @@ class Config:
     #: "refuse" fails a repo with one, "warn" publishes it with the finding recorded, "off"
     #: scans nothing
     scan: ScanPolicy = "refuse"
+    #: files the hub keeps in Xet: "auto" reads them through the hub's own library (hf_xet),
+    #: "off" over plain HTTP (the hub's bridge, which stops at 50 GB a file)
+    xet: XetMode = "auto"
     #: a public key (a PEM file, relative to the folder the command runs in): `extract`, `serve`
     #: and `load` use only images it verifies, as their --verify-key does
     verify_key: str | None = None
@@ -248,6 +251,16 @@ def _scan(value: object) -> ScanPolicy:
     return value
 
 
+def _xet(value: object) -> XetMode:
+    if value is True or value == "on":  # YAML reads a bare on as true
+        return "auto"
+    if value is False:  # and a bare off as false
+        return "off"
+    if value not in XET_MODES:
+        raise _Invalid(f"choose one of {', '.join(XET_MODES)}")
+    return value
+
+
 def _platforms(value: object) -> tuple[str, ...] | None:
     """A list of platforms, or one string of them between commas; duplicates dropped."""
     if value is None:
@@ -317,5 +330,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_layer_size": _optional_size,
     "record": _string,
     "scan": _scan,
+    "xet": _xet,
     "verify_key": _optional_string,
 }

@@ -226,14 +226,13 @@ class SplitCheck:
 
     def _pass(self, k: int) -> Iterator[bytes]:
         start, end = self.bounds[k]
-        state = self._wait(k)
-        with self._cond:
-            self._failed.pop(k, None)
         last = k == len(self.bounds) - 1
         what = f"{self.what} (bytes {start}-{end - 1})"
-        pieces = self.read(start, end)
+        pieces: Iterator[bytes] | None = None
         done = False
         try:
+            state = self._wait(k)
+            pieces = self.read(start, end)
             yield from verified(
                 _ending(pieces, end - start, what), self.expected, what=self.what,
                 background=self.background, start=start, state=state, last=last,
@@ -244,14 +243,17 @@ class SplitCheck:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
-            if not done:
+            if not done:  # the passes after this one wait for it: they fail too
                 with self._cond:
                     if k + 1 not in self._states:
-                        self._failed[k] = PackError(f"{what}: the pass before did not end")
+                        self._failed[k] = PackError(f"{what}: its pass did not end")
                         self._cond.notify_all()
 
     def _wait(self, k: int) -> Any:
+        """The hash of the bytes before range ``k`` (once a pass of range ``k - 1`` ended),
+        PackError when that pass failed; a pass of ``k`` itself starts afresh."""
         with self._cond:
+            self._failed.pop(k, None)
             while k not in self._states:
                 if k - 1 in self._failed:
                     raise PackError(f"{self.what}: the part before could not be read")

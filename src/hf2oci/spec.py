@@ -17,6 +17,9 @@ FORMATS: tuple[Format, ...] = ("image", "modelpack")
 #: is scanned
 ScanPolicy = Literal["refuse", "warn", "off"]
 SCAN_POLICIES: tuple[ScanPolicy, ...] = ("refuse", "warn", "off")
+#: files the hub keeps in Xet: read through hf_xet ("auto") or over plain HTTP ("off")
+XetMode = Literal["auto", "off"]
+XET_MODES: tuple[XetMode, ...] = ("auto", "off")
 
 
 def plural(repo_type: RepoType) -> str:

@@ -19,12 +19,13 @@ from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
 from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
 from hf2oci.build.plan import Action, plan
 from hf2oci.errors import Hf2ociError, UsageError
+from hf2oci.intake.files import Reader
 from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import Platform, open_base
 from hf2oci.oci.tarstream import ChunkSource
 from hf2oci.signing import SigningKey
-from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy
+from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy, XetMode
 from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class RunOptions:
     scan: ScanPolicy = "refuse"
     #: signs every image written (cosign signature and provenance beside it); None: unsigned
     signing_key: SigningKey | None = None
+    #: files the hub keeps in Xet come through hf_xet ("auto") or plain HTTP ("off")
+    xet: XetMode = "auto"
 
     @property
     def builder(self) -> str:
@@ -106,12 +109,10 @@ def _quiet(_repo: str, _msg: str) -> None:
     pass
 
 
-def streamed_paths(action: Action, options: RunOptions) -> frozenset[str]:
+def streamed_paths(action: Action, options: RunOptions, reader: Reader) -> frozenset[str]:
     """The files that go hub → destination without touching the disk: decided here, once.
     A raw pickle is not streamed when scanning (reading it all is the only way to scan it):
     it is downloaded once and scanned on disk."""
-    from hf2oci.intake import hub
-
     state = action.state
     if not options.stream or options.prepare_script is not None or state is None:
         return frozenset()
@@ -119,9 +120,7 @@ def streamed_paths(action: Action, options: RunOptions) -> frozenset[str]:
     large = [f for f in state.files if f.path in keep and f.size >= options.small_file_limit]
     if options.scan != "off":
         large = [
-            f
-            for f in large
-            if not candidate(f.path) or not whole_read(hub.read_range(state, f, 0, 16))
+            f for f in large if not candidate(f.path) or not whole_read(reader.read_range(f, 0, 16))
         ]
     return frozenset(f.path for f in large)
 
@@ -143,14 +142,17 @@ def mirror_action(
             "format modelpack makes an OCI artifact, not an image the Docker engine can load: "
             "use builder oci"
         )
-    streamed = streamed_paths(action, options)
-    how = _how(streamed, options)
-    progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
-    with tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp:
-        files, scanned = fetch_files(action, streamed, Path(tmp), options, progress)
+    with (
+        Reader(state, xet=options.xet) as reader,
+        tempfile.TemporaryDirectory(prefix="hf2oci-", dir=options.work_dir) as tmp,
+    ):
+        streamed = streamed_paths(action, options, reader)
+        how = _how(streamed, options)
+        progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
+        files, scanned = fetch_files(action, streamed, Path(tmp), options, reader, progress)
         scan_labels = _scan_labels(scanned)
         if action.spec.format == "modelpack":
-            image = _modelpack(action, files, options, scan_labels)
+            image = _modelpack(action, files, options, scan_labels, reader)
         else:
             reuse = (
                 Reuse(target.stored_layer, target.manifest(action.tags[-1])) if streamed else None
@@ -293,7 +295,11 @@ def _scan_labels(report: ScanReport) -> dict[str, str]:
 
 
 def _modelpack(
-    action: Action, files: Sequence[PackFile], options: RunOptions, scan: Mapping[str, str]
+    action: Action,
+    files: Sequence[PackFile],
+    options: RunOptions,
+    scan: Mapping[str, str],
+    reader: Reader,
 ) -> Artifact:
     """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
     from hf2oci.build.formats.modelpack import build_modelpack
@@ -325,33 +331,33 @@ def _modelpack(
         repo_type=state.repo_type,
         descriptor=descriptor,
         labels=labels,
-        open_head=_head_opener(action),
+        open_head=_head_opener(reader),
         max_layer_size=options.max_layer_size,
     )
 
 
 def _head_opener(
-    action: Action, *, block: int = 256 << 10
+    reader: Reader, *, block: int = 256 << 10
 ) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
     """Opens a file for reading parts of it: from disk when downloaded, else by ``block``-sized
-    Range reads of the hub."""
-    from hf2oci.intake import hub
+    range reads of the hub."""
     from hf2oci.oci.source import RangeReader
-
-    assert action.state is not None
-    state: hub.RepoState = action.state
 
     def open_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
         if isinstance(f.source, Path):
             return cast(AbstractContextManager[BinaryIO], open(f.source, "rb"))
-        reader = RangeReader(hub.RangedFile(state, state.file(f.path)), block=block)
-        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(reader, block))
+        ranged = RangeReader(reader.ranged(reader.state.file(f.path)), block=block)
+        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(ranged, block))
 
     return open_head
 
 
 def scan_fetched(
-    action: Action, files: Sequence[PackFile], policy: ScanPolicy, progress: Progress = _quiet
+    action: Action,
+    files: Sequence[PackFile],
+    policy: ScanPolicy,
+    reader: Reader,
+    progress: Progress = _quiet,
 ) -> ScanReport:
     """Scan the pickle-based files among ``files`` (on disk, or streamed: Range reads), with
     the hub's own verdicts beside ours; ScanRefused when the policy refuses a finding."""
@@ -369,7 +375,7 @@ def scan_fetched(
             hub_verdicts = hub.security_verdicts(state, candidates)
         except HubError as e:  # the hub's verdict is a second opinion: ours still decides
             log.warning("%s: the hub's scan verdicts not read: %s", action.spec.label, e)
-    opener = _head_opener(action, block=RANGE_BLOCK)
+    opener = _head_opener(reader, block=RANGE_BLOCK)
     ranged = frozenset(p for p in candidates if not isinstance(by_path[p].source, Path))
     report = scan_files(
         candidates, lambda p: opener(by_path[p]), policy, hub_verdicts=hub_verdicts, ranged=ranged
@@ -387,33 +393,32 @@ def fetch_files(
     streamed: frozenset[str],
     scratch: Path,
     options: RunOptions,
+    reader: Reader,
     progress: Progress = _quiet,
 ) -> tuple[list[PackFile], ScanReport]:
     """The files to pack: those not streamed downloaded into ``scratch`` (and reshaped by the
     prepare hook, if any), the streamed ones as hub sources read while their layer is written;
     and the scan of the hub's files, made before the hook runs (it may load them) and before
     anything is written."""
-    from hf2oci.intake import hub
     from hf2oci.intake.prepare import run_prepare
 
     state = action.state
     assert state is not None
     local = [p for p in action.files if p not in streamed]
-    snapshot = hub.download(
-        state, local, cache_dir=scratch / "hub", max_workers=options.hub_workers
-    )
+    snapshot = reader.download(local, cache_dir=scratch / "hub", max_workers=options.hub_workers)
     files = []
     for path in [*local, *sorted(streamed)]:
         f = state.file(path)
         if path in streamed:
-            source: Path | ChunkSource = hub.file_source(state, f)
-            ranges = hub.range_source(state, f)
+            source: Path | ChunkSource = reader.source(f)
+            ranges = reader.ranges(f)
         else:
             source, ranges = (snapshot / path).resolve(), None
         files.append(
-            PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id, ranges=ranges)
-        )
-    scanned = scan_fetched(action, files, options.scan, progress)
+            PackFile(path, f.size, source, sha256=f.sha256, blob_id=f.blob_id,
+                     xet_hash=f.xet_hash, ranges=ranges)
+        )  # fmt: skip
+    scanned = scan_fetched(action, files, options.scan, reader, progress)
     if options.prepare_script is not None:
         progress(action.spec.label, f"running {options.prepare_script.name}")
         out = scratch / "out"

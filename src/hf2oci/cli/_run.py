@@ -73,6 +73,12 @@ def build_options(func: F) -> F:
             "load: refuse the repo (default), warn (publish, record the finding), or off "
             "(scan nothing).",
         ),
+        click.option(
+            "--xet/--no-xet",
+            default=None,
+            help="Files the hub keeps in Xet: through the hub's own library, hf_xet (default), "
+            "or over plain HTTP (its bridge, which stops at 50 GB a file).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -192,6 +198,7 @@ def run_specs(
         max_layer_size=max_layer_size(config),
         stream=config.stream,
         scan=config.scan,
+        xet=config.xet,
         signing_key=key,
         meter=byte_meter(not quiet and not as_json),
         dry_run=dry_run,

@@ -1,46 +1,38 @@
-"""The only module that talks to the Hugging Face Hub.
+"""The hub's API: what a repo revision is, and the requests every hub call goes through.
 
 Metadata (what a revision resolves to: commit, files, hashes) is one GET of the Hub API, and
 the tree listing (every file with its Xet hash) a GET per 1,000 files once an image is to be
-made; small files are one GET each, large files a ``ResumableBody`` each (or one per part,
-several at once): all over this thread's ``hub_session``, under the one retry policy.
-huggingface_hub finds the token (``get_token``) and reads the hub's refusals
-(``hf_raise_for_status``: its typed errors, mapped onto ours here), imported where they are
-used. Its ``HfApi`` is not called: loading its client costs 0.2-0.3 s, on every run, where the
-answer to one GET is all a no-change sync needs (benchmarks/RESULTS.md, "The hub's library").
+made, all over this thread's ``hub_session``, under the one retry policy (``hub_get``); the
+files' bytes are ``files.py``'s, over the same requests. huggingface_hub finds the token
+(``get_token``) and reads the hub's refusals (``hf_raise_for_status``: its typed errors,
+mapped onto ours here), imported where they are used. Its ``HfApi`` is not called: loading its
+client costs 0.2-0.3 s, on every run, where the answer to one GET is all a no-change sync needs
+(benchmarks/RESULTS.md, "The hub's library").
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import hashlib
-import itertools
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
 
 from hf2oci import naming
-from hf2oci.digest import git_blob_hash
 from hf2oci.errors import (
-    DigestMismatch,
     GatedRepo,
     HubError,
     HubUnreachable,
     RepoNotFound,
     RevisionNotFound,
 )
-from hf2oci.http import ResumableBody, hub_session, read_exactly
+from hf2oci.http import hub_session
 from hf2oci.oci.transport import unreachable_reason
 from hf2oci.retry import (
     RETRY_STATUSES,
@@ -107,7 +99,7 @@ class RepoState:
         return self._by_path[path]
 
 
-def _what(spec: RepoSpec | RepoState) -> str:
+def what_of(spec: RepoSpec | RepoState) -> str:
     kind = "dataset" if spec.repo_type == "dataset" else "model"
     return f"{kind} {spec.repo_id}"
 
@@ -194,7 +186,7 @@ def fetch_state(spec: RepoSpec, *, complete: bool = True) -> RepoState:
     What a sync asks on every run, for every repo, is the one request: the plan reads the tree
     only for a repo whose image is to be made (``complete_listing``)."""
     revision = spec.revision or "main"
-    what = _what(spec)
+    what = what_of(spec)
     url = f"{_api_url(spec)}/revision/{quote(revision, safe='')}"
     info, _ = _api_json(url, what, revision, params={"blobs": "true"})
     if not isinstance(info, dict):
@@ -240,7 +232,7 @@ def _tree_files(state: RepoState) -> list[HubFile]:
     """Every file of the commit from the recursive tree listing, following its ``Link:
     rel=next`` pages as huggingface_hub's ``list_repo_tree`` does, each page a request of its
     own under the retry policy (a failed page is asked for again, not the listing)."""
-    what = _what(state)
+    what = what_of(state)
     url: str | None = f"{_api_url(state)}/tree/{state.commit}"
     params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
     files: list[HubFile] = []
@@ -277,7 +269,7 @@ def security_verdicts(state: RepoState, paths: Sequence[str]) -> dict[str, str]:
     of ``paths`` that it answers one for, from paths-info with ``expand`` (as
     huggingface_hub's ``get_paths_info`` asks), 100 paths a request."""
     url = f"{_api_url(state)}/paths-info/{state.commit}"
-    what = _what(state)
+    what = what_of(state)
     verdicts: dict[str, str] = {}
     for i in range(0, len(paths), 100):
         form = {"paths": list(paths[i : i + 100]), "expand": "true"}
@@ -303,7 +295,7 @@ def _checked_path(path: Any, what: str) -> str:
     """A listed path, refused when it could escape the folder it is written to."""
     if not isinstance(path, str):
         raise HubError(f"{what}: the hub lists a file path that is not a string: {path!r}")
-    _safe_parts(path, what)
+    safe_parts(path, what)
     return path
 
 
@@ -330,7 +322,7 @@ def _api_json(
 
     def read(resp: Any) -> tuple[Any, str | None]:
         if resp.status_code >= 400:
-            raise _refusal(resp, what, revision)
+            raise refusal(resp, what, revision)
         try:
             doc = resp.json()
         except ValueError as e:
@@ -341,10 +333,10 @@ def _api_json(
         return doc, nxt
 
     failed = failed or f"cannot reach the hub at {endpoint()}"
-    return _hub_get(url, what, read, params=params, form=form, failed=failed)
+    return hub_get(url, what, read, params=params, form=form, failed=failed)
 
 
-def _hub_get(
+def hub_get(
     url: str,
     what: str,
     read: Callable[[Any], _T],
@@ -359,10 +351,10 @@ def _hub_get(
     failures and 429/5xx answers are tried again (``Retry-After`` honoured); a name that does
     not resolve is not. The token goes to the hub only: ``requests`` drops it on a redirect to
     another host."""
-    sent = _headers(headers)
+    sent = request_headers(headers)
 
     def once() -> _T:
-        with _get(url, what, sent, params=params, form=form) as resp:
+        with request(url, what, sent, params=params, form=form) as resp:
             try:
                 return read(resp)
             except requests.RequestException as e:  # the body cut on the way
@@ -375,7 +367,7 @@ def _hub_get(
         raise HubUnreachable(f"{what}: {failed}: {e}") from e
 
 
-def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def request_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """What every hub request sends: who asks, and the token (``requests`` drops it on a
     redirect to another host, such as a CDN or Xet bridge)."""
     sent = {"user-agent": f"hf2oci/{_version()}", **(extra or {})}
@@ -385,7 +377,7 @@ def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return sent
 
 
-def _get(
+def request(
     url: str,
     what: str,
     headers: Mapping[str, str],
@@ -412,7 +404,7 @@ def _get(
     return resp
 
 
-def _refusal(resp: Any, what: str, revision: str, *, path: str | None = None) -> HubError:
+def refusal(resp: Any, what: str, revision: str, *, path: str | None = None) -> HubError:
     """The hub's refusal as ours: huggingface_hub reads the answer (``hf_raise_for_status``,
     ``X-Error-Code`` first, as for its own requests: it is handed the status, headers and URL)
     and its typed error is mapped onto ours. ``path``: a file's answer, whose plain 404 says
@@ -446,368 +438,8 @@ def _version() -> str:
     return __version__
 
 
-def download(
-    state: RepoState, paths: Sequence[str], *, cache_dir: Path, max_workers: int = 8
-) -> Path:
-    """Download ``paths`` at ``state.commit`` into ``cache_dir``/files (plain files at their
-    repo paths), several at once; each is checked against the hub's hash and retried on its
-    own by the retry policy. Returns that folder.
-
-    One GET per file on a kept-alive connection, not huggingface_hub's per-file HEAD, locks
-    and cache links: thousands of small files cost seconds, not minutes.
-    """
-    root = cache_dir / "files"
-    root.mkdir(parents=True, exist_ok=True)
-    if not paths:
-        return root
-    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hub") as pool:
-        futures = [pool.submit(_get_file, state, state.file(p), root) for p in paths]
-        try:
-            for f in futures:
-                f.result()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return root
-
-
-def _safe_parts(path: str, what: str) -> list[str]:
+def safe_parts(path: str, what: str) -> list[str]:
     parts = path.split("/")
     if path.startswith("/") or "\0" in path or any(p in ("", ".", "..") for p in parts):
         raise HubError(f"{what}: the hub lists a file path that could escape: {path!r}")
     return parts
-
-
-def _get_file(state: RepoState, file: HubFile, root: Path) -> None:
-    """GET one file into ``root`` (under the retry policy), hash-checked, then renamed in."""
-    what = f"{_what(state)}: {file.path}"
-    target = root.joinpath(*_safe_parts(file.path, _what(state)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-
-    def save(resp: Any) -> None:
-        hasher, size = _Hasher(file), 0
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in resp.iter_content(1 << 20):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            if size != file.size:
-                if size < file.size:  # a cut body: try again
-                    raise Temporary(f"connection closed at byte {size} of {file.size}")
-                raise DigestMismatch(f"{what}: {size} bytes downloaded, the hub says {file.size}")
-            hasher.check(what)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
-
-    _resolve(state, file, save, failed="download failed")
-
-
-def read_range(state: RepoState, file: HubFile, start: int, length: int) -> bytes:
-    """``length`` bytes of a file from ``start`` (fewer at its end): one Range GET, for
-    reading a header without downloading the file. Unchecked: no hash covers a part."""
-    length = max(0, min(length, file.size - start))
-    if length == 0:
-        return b""
-
-    def read(resp: Any) -> bytes:
-        skip = start if resp.status_code == 200 else 0  # Range ignored: the whole file
-        data = bytearray()
-        for chunk in resp.iter_content(1 << 20):
-            data += chunk
-            if len(data) >= skip + length:
-                break
-        got = bytes(data[skip : skip + length])
-        if len(got) < length:
-            raise Temporary(f"range read ended at {len(got)} of {length} bytes")
-        return got
-
-    rng = {"range": f"bytes={start}-{start + length - 1}"}
-    return _resolve(state, file, read, headers=rng, failed="range read failed")
-
-
-@dataclass(frozen=True)
-class RangedFile:
-    """A hub file read in parts, for ``RangeReader`` (a file's header without the file)."""
-
-    state: RepoState
-    file: HubFile
-
-    @property
-    def size(self) -> int:
-        return self.file.size
-
-    def read_range(self, start: int, length: int) -> bytes:
-        return read_range(self.state, self.file, start, length)
-
-
-def _resolve(
-    state: RepoState,
-    file: HubFile,
-    body: Callable[[Any], _T],
-    *,
-    headers: Mapping[str, str] | None = None,
-    failed: str,
-) -> _T:
-    """GET a file's ``resolve`` URL (``_hub_get``) and give the answer to ``body``."""
-    url = _resolve_url(state, file)
-
-    def read(resp: Any) -> _T:
-        if resp.status_code >= 400:
-            raise _file_error(resp, state, file.path)
-        return body(resp)
-
-    sent = {"accept-encoding": "identity", **(headers or {})}
-    return _hub_get(url, f"{_what(state)}: {file.path}", read, headers=sent, failed=failed)
-
-
-def _file_headers() -> dict[str, str]:
-    """What a file request sends: the file's bytes as stored, not compressed on the way."""
-    return _headers({"accept-encoding": "identity"})
-
-
-def _resolve_url(state: RepoState, file: HubFile) -> str:
-    repo = naming.hub_path(state.repo_id, state.repo_type)
-    return f"{endpoint()}/{repo}/resolve/{state.commit}/{quote(file.path, safe='/')}"
-
-
-def _file_error(resp: Any, state: RepoState, path: str) -> HubError:
-    """A file answer's refusal as ours (``_refusal``)."""
-    return _refusal(resp, _what(state), state.commit, path=path)
-
-
-# -- streaming -------------------------------------------------------------------------------
-
-
-class _Hasher:
-    """What the hub says a file hashes to: sha256 (LFS) or the git blob sha1. ``background``:
-    hashed in a thread of its own, beside the layer's digest in the consumer's (two cores do
-    both at once; at most ``AHEAD`` chunks wait for it)."""
-
-    AHEAD = 1
-
-    def __init__(self, file: HubFile, *, background: bool = False) -> None:
-        if file.sha256:
-            self.expected = file.sha256
-            self.h = hashlib.sha256()
-        elif file.blob_id:
-            self.expected = file.blob_id
-            self.h = git_blob_hash(file.size)
-        else:
-            raise HubError(f"the hub gave no hash for {file.path!r}: cannot verify it")
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hub-hash") if background else None
-        self._queued: collections.deque[Future[None]] = collections.deque()
-
-    def update(self, chunk: bytes) -> None:
-        if self._pool is None:
-            self.h.update(chunk)
-            return
-        self._queued.append(self._pool.submit(self.h.update, chunk))
-        while len(self._queued) > self.AHEAD:
-            self._queued.popleft().result()
-
-    def check(self, what: str) -> None:
-        while self._queued:
-            self._queued.popleft().result()
-        got = self.h.hexdigest()
-        if got != self.expected:
-            raise DigestMismatch(f"{what}: content hashes to {got}, the hub says {self.expected}")
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-
-#: files from this size on are fetched over several connections at once, in parts of
-#: ``PART_SIZE`` (a hub or CDN may cap each connection's speed)
-PARALLEL_MIN_SIZE = 64 << 20
-PART_SIZE = 4 << 20
-#: the part buffers of all files streamed at once: a file takes up to ``connections + 1`` of
-#: them while they last, and 2 when they do not (never waiting), so memory stays bounded
-PART_BUDGET = 24 << 20
-#: a part is given out in copies of this size (its buffer is used again for the next part)
-PIECE = 1 << 20
-_budget = {"left": PART_BUDGET}
-_budget_lock = threading.Lock()
-DEFAULT_CONNECTIONS = 6
-
-
-def connections() -> int:
-    """Connections per large file: ``HF2OCI_HUB_CONNECTIONS``, else 6."""
-    try:
-        return max(1, int(os.environ.get("HF2OCI_HUB_CONNECTIONS", DEFAULT_CONNECTIONS)))
-    except ValueError:
-        return DEFAULT_CONNECTIONS
-
-
-def iter_file(
-    state: RepoState,
-    file: HubFile,
-    *,
-    chunk_size: int = 1 << 20,
-    policy: RetryPolicy = HUB_POLICY,
-    parallel: int | None = None,
-) -> Iterator[bytes]:
-    """Stream one file's bytes from the hub, in order, without touching the disk.
-
-    A large file is fetched as ``parallel`` (default: ``connections()``) Range requests at
-    once, each a part given out in order. A cut or failed download resumes where it stopped
-    (HTTP Range), with jittered backoff. The bytes are hashed on the way; the last chunk is only
-    given out once the hash matches the hub's (LFS sha256 or git blob sha1), so a consumer never
-    completes a blob with wrong content.
-    """
-    what = f"{_what(state)}: {file.path}"
-    n = connections() if parallel is None else parallel
-    if n > 1 and file.size >= PARALLEL_MIN_SIZE:
-        chunks = _parts(state, file, n, policy)
-    else:
-        chunks = _serial(_body(state, file, policy=policy), chunk_size)
-    hasher = _Hasher(file, background=file.size >= PARALLEL_MIN_SIZE)
-    pending = b""  # held back until the next chunk (or the hash check) says it may go
-    received = 0
-    try:
-        for chunk in chunks:
-            received += len(chunk)
-            if received > file.size:
-                raise HubError(f"{what}: the hub sent more than {file.size} bytes")
-            hasher.update(chunk)
-            if pending:
-                yield pending
-            pending = chunk
-        hasher.check(what)
-    finally:
-        hasher.close()
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    if pending:
-        yield pending
-
-
-def _serial(body: ResumableBody, chunk_size: int) -> Iterator[bytes]:
-    """The body's bytes in chunks of ``chunk_size`` (the last one shorter)."""
-    with body:
-        while True:
-            chunk = bytearray(chunk_size)
-            n = read_exactly(body, chunk)
-            if not n:
-                return
-            yield chunk if n == chunk_size else chunk[:n]  # type: ignore[misc]
-
-
-def _parts(
-    state: RepoState,
-    file: HubFile,
-    n: int,
-    policy: RetryPolicy,
-    *,
-    first: int = 0,
-    stop: int | None = None,
-) -> Iterator[bytes]:
-    """The file's bytes ``[first, stop)`` in order, as parts fetched by ``n`` connections at
-    once (n + 1 parts ahead
-    while ``PART_BUDGET`` lasts: the next ones to give out are fetched while the consumer is
-    slower or a part lags).
-
-    The part buffers are made once and handed on: each part read is copied out to its
-    consumer and its buffer goes to the next part's fetch, so memory stays at those buffers
-    (fresh buffers per part, freed in other threads, grew glibc's arenas by ~25 MiB a file)."""
-    what = f"{_what(state)}: {file.path}"
-    last = file.size if stop is None else stop
-    starts = iter(range(first, last, PART_SIZE))
-    stopped = threading.Event()
-    headers = _file_headers()  # read once: the token may come from a file
-
-    def fetch(start: int, buffer: bytearray) -> tuple[bytearray, int]:
-        end = min(start + PART_SIZE, last)
-        view = memoryview(buffer)[: end - start]
-        with _body(state, file, start=start, end=end, policy=policy, headers=headers) as body:
-            got = 0
-            while got < len(view):
-                if stopped.is_set():
-                    raise HubError(f"{what}: download stopped")
-                got += body.readinto(view[got : got + (256 << 10)])
-        return buffer, len(view)
-
-    with _budget_lock:  # the window: n + 1 parts ahead while the budget lasts, else 2
-        window = max(2, min(n + 1, _budget["left"] // PART_SIZE))
-        _budget["left"] -= window * PART_SIZE
-    try:
-        with ThreadPoolExecutor(min(n, window), thread_name_prefix="hub-part") as pool:
-            ahead: collections.deque[Future[tuple[bytearray, int]]] = collections.deque(
-                pool.submit(fetch, start, bytearray(PART_SIZE))
-                for start in itertools.islice(starts, window)
-            )
-            try:
-                while ahead:
-                    buffer, length = ahead.popleft().result()
-                    view = memoryview(buffer)
-                    for at in range(0, length, PIECE):  # each piece copied out in turn; once
-                        piece = bytes(view[at : min(at + PIECE, length)])
-                        if at + PIECE >= length:  # the last one is, the buffer goes on
-                            nxt = next(starts, None)
-                            if nxt is not None:
-                                ahead.append(pool.submit(fetch, nxt, buffer))
-                        yield piece
-            finally:
-                stopped.set()
-                for future in ahead:
-                    future.cancel()
-    finally:  # once the pool has finished with the buffers
-        with _budget_lock:
-            _budget["left"] += window * PART_SIZE
-
-
-def _body(
-    state: RepoState,
-    file: HubFile,
-    *,
-    start: int = 0,
-    end: int | None = None,
-    policy: RetryPolicy = HUB_POLICY,
-    headers: Mapping[str, str] | None = None,
-) -> ResumableBody:
-    """A file's bytes ``[start, end)`` from its ``resolve`` URL, resumed where a cut stops it
-    (``headers``: ``_file_headers()``, when the caller has them already)."""
-    what = f"{_what(state)}: {file.path}"
-    stop = file.size if end is None else end
-    url, headers = _resolve_url(state, file), headers or _file_headers()
-
-    def open_at(offset: int) -> Any:
-        sent = dict(headers)
-        if offset or stop < file.size:
-            sent["range"] = f"bytes={offset}-{stop - 1}"
-        resp = _get(url, what, sent)
-        if resp.status_code >= 400:
-            error = _file_error(resp, state, file.path)
-            resp.close()
-            raise error
-        return resp
-
-    def gave_up(e: BaseException, offset: int) -> HubUnreachable:
-        return HubUnreachable(f"{what}: download failed: {e}")
-
-    return ResumableBody(open_at, what=what, start=start, end=stop, policy=policy, gave_up=gave_up)
-
-
-def file_source(state: RepoState, file: HubFile) -> Callable[[], Iterator[bytes]]:
-    """A chunk source for a tar entry: each call streams the file anew from the hub."""
-    return lambda: iter_file(state, file)
-
-
-def range_source(state: RepoState, file: HubFile) -> Callable[[int, int], Iterator[bytes]]:
-    """Reads a file's bytes ``[start, end)`` from the hub, unchecked (the caller checks them
-    with the rest of the file: the parts of a file carried in parts), several connections at
-    once for a large range."""
-
-    def read(start: int, end: int) -> Iterator[bytes]:
-        n = connections()
-        if n > 1 and end - start >= PARALLEL_MIN_SIZE:
-            return _parts(state, file, n, HUB_POLICY, first=start, stop=end)
-        return _serial(_body(state, file, start=start, end=end), 1 << 20)
-
-    return read
