@@ -19,6 +19,7 @@ import pytest
 from helpers import cli, make_project
 from hf2oci.errors import HubError, HubUnreachable, RepoNotFound, RevisionNotFound
 from hf2oci.intake import hub as hub_module
+from hf2oci.intake.files import Reader
 from hf2oci.retry import RetryPolicy
 from hf2oci.spec import RepoSpec
 from hubserver import HubServer
@@ -320,12 +321,12 @@ def test_a_listed_file_the_hub_then_refuses_is_missing(
     missing = {"X-Error-Code": "EntryNotFound", "X-Error-Message": "no such file"}
     answers[("GET", f"/org/m/resolve/{SHA}/a.txt")] = (404, missing, b"{}")
     with pytest.raises(HubError) as got:
-        b"".join(hub_module.iter_file(state, state.file("a.txt")))
+        b"".join(Reader(state).stream(state.file("a.txt")))
     assert str(got.value) == f"model org/m@{SHA}: a listed file is missing on the hub (a.txt)"
     gate = {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}
     answers[("GET", f"/org/m/resolve/{SHA}/a.txt")] = (403, gate, b"{}")
     with pytest.raises(HubError) as gated:
-        b"".join(hub_module.iter_file(state, state.file("a.txt")))
+        b"".join(Reader(state).stream(state.file("a.txt")))
     assert str(gated.value) == (
         "model org/m is gated: the token sent (HF_TOKEN or the token file) has no access: "
         "accept the terms on the hub with that account"
