@@ -11,8 +11,8 @@ and over plain HTTP (``--no-xet``: the hub's 302 to its bridge, which reconstruc
 the CAS), the two alternated, ``--rounds`` each; wall time and hf2oci's peak RSS.
 
 ``big``: one file of ``--gib`` GiB through Xet with ``max_layer_size`` ``--layer-gib`` GiB (so in
-parts): wall time, hf2oci's peak RSS (GNU time) and the scratch disk it used (the work folder's
-growth less what the registry stored).
+parts): wall time, hf2oci's peak RSS (GNU time) and the scratch disk it used (the peak of what
+its work folder holds besides the registry's storage: its TMPDIR, HF_HOME, layer cache).
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ from servers import start_registry  # noqa: E402
 
 HF2OCI = str(Path(sys.executable).with_name("hf2oci"))
 GiB = 1 << 30
-
-
-def used(path: Path) -> int:
-    st = os.statvfs(path)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def stored(root: Path) -> int:
@@ -107,13 +102,13 @@ def big(hub: HubServer, work: Path, env: dict[str, str], args: argparse.Namespac
     print(f"file in the CAS in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     hub.bridge_limit = GiB  # it comes only through Xet
     reg = start_registry(work / "reg")
-    base = used(work)
     peak = [0]
     stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(0.1):
-            peak[0] = max(peak[0], used(work) - base)
+    def sample() -> None:  # what hf2oci writes besides the registry's storage
+        while not stop.wait(0.2):
+            mine = sum(stored(p) for p in work.iterdir() if p.is_dir() and p.name != "reg")
+            peak[0] = max(peak[0], mine)
 
     threading.Thread(target=sample, daemon=True).start()
     try:
@@ -129,7 +124,7 @@ def big(hub: HubServer, work: Path, env: dict[str, str], args: argparse.Namespac
         "mirror_s": took,
         "MBps": size / took / 1e6,
         "peak_rss_mib": rss / 2**20,
-        "scratch_disk_mib": max(0, peak[0] - kept) / 2**20,
+        "scratch_disk_mib": peak[0] / 2**20,
         "registry_stored_gib": kept / GiB,
     }
 

@@ -324,3 +324,29 @@ def test_no_token_reaches_the_output_the_logs_or_the_image(
     assert any(p.suffix == ".log" and "xet" in str(p) for p in written)  # hf_xet's logs
     leaked = [p for p in written for n in needles if n.encode() in p.read_bytes()]
     assert not leaked
+
+
+def test_the_file_index_keeps_the_xet_hash_and_the_file_page_shows_it(
+    xet_hub: HubServer, project: Path
+) -> None:
+    """A Xet file's hash, as the hub names it, survives into the image and onto its page."""
+    from hf2oci.consume.serve.store import Store
+    from test_serve import Served
+
+    sha = xet_hub._repo(REPO, "model").refs["main"]
+    xet_hash = xet_hub._repo(REPO, "model").commits[sha].files["model.safetensors"].xet_hash
+    code, _, out = _mirror(project, "--base-image", "scratch", "--max-layer-size", str(2 * MiB))
+    assert code == 0, out
+    server = Served(Store("hgfkeep", root=project / "oci-images"))
+    try:
+        import requests
+
+        html = {"Accept": "text/html"}
+        page = requests.get(f"{server.url}/{REPO}/blob/main/model.safetensors", headers=html,
+                            timeout=30).text  # fmt: skip
+        assert "Xet hash" in page and xet_hash in page and "2 parts" in page
+        small = requests.get(f"{server.url}/{REPO}/blob/main/config.json", headers=html,
+                             timeout=30).text  # fmt: skip
+        assert "Xet hash" not in small
+    finally:
+        server.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hf2oci import gha
+from hf2oci import gha, malloc
 from hf2oci.cli._common import (
     get_hf_option,
     handle_errors,
@@ -78,6 +78,7 @@ def mirror(
         else:
             raise UsageError("give a REPO_ID or --lines")
         config = load(get_hf / "config.yaml", **overrides)
+        malloc.tune(malloc.ARENAS)  # before the pipeline's threads
         report = run_specs(
             specs, config, get_hf=get_hf, quiet=is_quiet(), as_json=as_json, dry_run=dry_run,
             force=force,

@@ -4,9 +4,7 @@ inside the air gap finds mirrored repos by id with only ``HF_ENDPOINT`` set."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from typing import Any
 
 import click
 
+from hf2oci import malloc
 from hf2oci.cli._common import (
     echo,
     get_hf_option,
@@ -144,23 +143,13 @@ class _GracefulServer:
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-#: glibc's mallopt parameters, and what ``serve`` sets them to unless the environment does
-_MALLOPT = {"MALLOC_ARENA_MAX": (-8, 2), "MALLOC_MMAP_THRESHOLD_": (-3, 8 << 20),
-            "MALLOC_TRIM_THRESHOLD_": (-1, 64 << 20)}  # fmt: skip
-
 
 def tune_malloc() -> None:
     """Keep the server's read buffers in glibc's heap: each download's 4 MiB reads otherwise
     get fresh pages from the kernel (mmap, zeroing, faults) and are returned at once, and every
     worker thread keeps an arena of its own. Measured here: 8 downloads 10% faster, peak RSS of
-    32 downloads 186 → 140 MiB. Does nothing where there is no glibc (musl)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    for var, (param, value) in _MALLOPT.items():
-        if var not in os.environ:
-            mallopt(param, value)
+    32 downloads 186 → 140 MiB."""
+    malloc.tune(malloc.SERVER)
 
 
 def _tokens(path: Path) -> list[str]:

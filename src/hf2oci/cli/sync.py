@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hf2oci import malloc
 from hf2oci.build.pipeline import Outcome
 from hf2oci.cli._common import get_hf_option, handle_errors, is_quiet, read_project, verbosity
 from hf2oci.cli._run import run_specs, summarize, target_options
@@ -31,6 +32,7 @@ def sync(
 
     Prints one IMAGE:TAG@DIGEST line per image written on stdout (progress goes to stderr)."""
     config, specs, list_errors = read_project(get_hf, **overrides)
+    malloc.tune(malloc.ARENAS)  # before the pipeline's threads
     report = run_specs(
         specs, config, get_hf=get_hf, quiet=is_quiet(), as_json=as_json, dry_run=dry_run,
         force=force,

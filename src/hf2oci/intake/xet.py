@@ -35,12 +35,18 @@ log = logging.getLogger(__name__)
 
 #: how to get hf_xet where it is missing (a platform with no wheel: build it from source)
 INSTALL = "pip install hf_xet"
-#: the bytes one Xet read asks for, and how many are in flight per file
-WINDOW = 8 << 20
+#: the bytes one Xet read asks for, and how many are in flight for one file at most
+WINDOW = 4 << 20
 AHEAD = 4
-#: hf_xet's own buffers, sized to the windows in flight (its defaults prefetch 1.5 GB)
+#: the windows in flight for all the files read at once share this budget: a file takes up to
+#: ``AHEAD`` while it lasts, and one when it does not (never waiting), so memory stays bounded
+#: whatever the number of files a push streams at once
+BUDGET = 16 << 20
+_budget = {"left": BUDGET}
+_budget_lock = threading.Lock()
+#: hf_xet's own buffers, sized to that budget (its defaults prefetch 1.5 GB)
 _BUFFERS = {
-    "reconstruction.download_buffer_size": str(4 * AHEAD * WINDOW),
+    "reconstruction.download_buffer_size": str(BUDGET),
     "reconstruction.download_buffer_perfile_size": str(2 * WINDOW),
     "reconstruction.min_prefetch_buffer": str(WINDOW),
     "reconstruction.min_reconstruction_fetch_size": str(WINDOW),
@@ -181,8 +187,8 @@ class XetReader:
         return pieces
 
     def read(self, file: HubFile, start: int, end: int) -> Iterator[bytes]:
-        """Bytes ``[start, end)`` of ``file`` in order, unchecked: ``AHEAD`` windows in
-        flight, each tried again alone under the hub's retry policy."""
+        """Bytes ``[start, end)`` of ``file`` in order, unchecked: up to ``AHEAD`` windows in
+        flight (``BUDGET``), each tried again alone under the hub's retry policy."""
         what = f"{hub.what_of(self.state)}: {file.path}"
         starts = iter(range(start, end, WINDOW))
 
@@ -195,23 +201,30 @@ class XetReader:
                 policy=hub.HUB_POLICY,
             )
 
-        with ThreadPoolExecutor(AHEAD, thread_name_prefix="xet") as pool:
-            ahead: collections.deque[Future[list[bytes]]] = collections.deque(
-                pool.submit(fetch, at) for at in itertools.islice(starts, AHEAD)
-            )
-            try:
-                while ahead:
-                    try:
-                        pieces = ahead.popleft().result()
-                    except Temporary as e:
-                        raise HubUnreachable(f"{what}: Xet download failed: {e}") from e
-                    nxt = next(starts, None)
-                    if nxt is not None:
-                        ahead.append(pool.submit(fetch, nxt))
-                    yield from pieces
-            finally:
-                for future in ahead:
-                    future.cancel()
+        with _budget_lock:
+            window = max(1, min(AHEAD, _budget["left"] // WINDOW))
+            _budget["left"] -= window * WINDOW
+        try:
+            with ThreadPoolExecutor(window, thread_name_prefix="xet") as pool:
+                ahead: collections.deque[Future[list[bytes]]] = collections.deque(
+                    pool.submit(fetch, at) for at in itertools.islice(starts, window)
+                )
+                try:
+                    while ahead:
+                        try:
+                            pieces = ahead.popleft().result()
+                        except Temporary as e:
+                            raise HubUnreachable(f"{what}: Xet download failed: {e}") from e
+                        nxt = next(starts, None)
+                        if nxt is not None:
+                            ahead.append(pool.submit(fetch, nxt))
+                        yield from pieces
+                finally:
+                    for future in ahead:
+                        future.cancel()
+        finally:  # once the pool is done with its windows
+            with _budget_lock:
+                _budget["left"] += window * WINDOW
 
     def close(self) -> None:
         with self._lock:
