@@ -62,6 +62,9 @@ def _hf_xet() -> Any:
     importing it while another's import fails can be handed the failed module)."""
     with _loading:
         if not _loaded:
+            # hf_xet logs to files under HF_HOME, at INFO a line or more per request (16 MiB
+            # for a 12 GiB file): warnings only, unless RUST_LOG says otherwise
+            os.environ.setdefault("RUST_LOG", "warn")
             try:
                 import hf_xet  # lazily: CLI start-up time
             except ImportError as e:
