@@ -156,3 +156,24 @@ def test_image_volume_of_a_modelpack_artifact(tmp_path: Path) -> None:
     assert env["MODEL_DIR"] == "/models"  # an artifact's files are at its root
     refused = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", "--format", "modelpack")
     assert refused.exit_code == 2 and "use --mode image-volume" in refused.stderr
+
+
+def test_mounts_that_cannot_join_parts_say_so_and_the_init_step_joins_them() -> None:
+    """An image volume or a KServe modelcar mounts the image as it is: a file carried in parts
+    (over the registry's layer size limit) stays in parts there. deploy says so in one line on
+    stderr (the manifests on stdout stay as they are); the init container runs join.sh."""
+    volume = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp", "--mode", "image-volume")
+    modelcar = cli("deploy", "kserve", IMAGE)
+    init = cli("deploy", "k8s", IMAGE, "--runtime", "llamacpp")
+    for r, what in ((volume, "an image volume"), (modelcar, "a modelcar")):
+        assert r.exit_code == 0
+        (line,) = r.stderr.splitlines()
+        assert line.startswith(
+            "note: a file over the registry's layer size limit is carried in parts (label "
+            f"io.hf2oci.parts) that {what} cannot join"
+        )
+        assert "note:" not in r.stdout
+    assert init.exit_code == 0 and init.stderr == ""
+    assert "sh /.hf2oci/join.sh /mnt/model" in init.stdout
+    compose = cli("deploy", "compose", IMAGE, "--runtime", "llamacpp")
+    assert "sh /.hf2oci/join.sh /mnt/model" in compose.stdout
