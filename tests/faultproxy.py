@@ -32,7 +32,9 @@ class Fault:
     path: str  # regex searched in the request path
     #: a status code ("503"), "429:<retry-after>", "cut" (no answer), or "cut-after:N"
     #: (the real answer's headers and its first N bytes, then the connection dies), or
-    #: "stall-after:N:S" (the same, with S seconds of silence before it dies)
+    #: "stall-after:N:S" (the same, with S seconds of silence before it dies), or
+    #: "slow-cut:N:S[:W]" (the first N bytes spread over S seconds, then W seconds of silence,
+    #: then it dies)
     action: str
     times: int
     hits: int = 0
@@ -87,17 +89,22 @@ class FaultProxy:
                     time.sleep(proxy.delay)
                 if self.command == "GET":
                     proxy.ranges.append((self.path, self.headers.get("Range")))
-                cut_after, stall = None, 0.0
+                cut_after, stall, pace = None, 0.0, 0.0
                 for fault in proxy.faults:
                     if fault.method != self.command or not re.search(fault.path, self.path):
                         continue
                     action = fault.take()
                     if action is None:
                         continue
-                    if not action.startswith(("cut-after:", "stall-after:")):
+                    if not action.startswith(("cut-after:", "stall-after:", "slow-cut:")):
                         return self.fail(action)
-                    _, cut, seconds = (action + ":0").split(":")[:3]
-                    cut_after, stall = int(cut), float(seconds)
+                    kind, cut, seconds, silence = (action + ":0:0").split(":")[:4]
+                    cut_after = int(cut)
+                    if kind == "slow-cut":
+                        pace = float(seconds) / max(1, cut_after)  # seconds a byte
+                        stall = float(silence)
+                    else:
+                        stall = float(seconds)
                     break
                 if proxy.page_tags and "/tags/list" in self.path:
                     return self.tags_page()
@@ -126,9 +133,13 @@ class FaultProxy:
                 if whole:
                     self.wfile.write(data[:left])
                 else:  # 1 MiB at a time: the proxy never holds a whole blob
-                    while left > 0 and (piece := resp.read(min(left, 1 << 20))):
+                    step = 64 << 10 if pace else 1 << 20
+                    while left > 0 and (piece := resp.read(min(left, step))):
                         self.wfile.write(piece)
                         left -= len(piece)
+                        if pace:
+                            self.wfile.flush()
+                            time.sleep(len(piece) * pace)
                 if cut_after is not None:
                     self.wfile.flush()
                     time.sleep(stall)

@@ -282,3 +282,35 @@ def test_a_stall_in_a_body_already_begun_is_resumed_not_cut(mirrored, hub, tmp_p
     finally:
         server.stop()
         proxy.server.shutdown()
+
+
+def test_a_slow_read_that_then_breaks_still_gets_its_tries(mirrored, hub, tmp_path: Path) -> None:
+    """A registry read that trickles, making progress, then goes silent past the read timeout
+    (4 s): one read call that lasts longer than the stall budget (5 s) before it fails. Its
+    tries count from the failure, not from the read's start (they counted from the start: no
+    try was left, the client's download was cut, and the fault went uncounted: the cause of
+    test_every_fifth_blob_read_failing…'s 26 faults injected and 25 counted, once in CI on 2
+    busy cores, where reads are slow)."""
+    from faultproxy import FaultProxy
+
+    reg, project = mirrored
+    big = random.Random("slow").randbytes(10 << 20)
+    hub.add_repo("faults/slow", {"model.safetensors": big})
+    config = {"base_image": "scratch", "registry": reg.host, "namespace": "f"}
+    make_project(project, models=["faults/slow"], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    proxy = FaultProxy(reg.host)
+    server = Served(registry_store(proxy.host, "f", ttl=60))
+    try:
+        url = f"{server.url}/faults/slow/resolve/main/model.safetensors"
+        assert requests.head(url, timeout=10).status_code == 200  # metadata read and cached
+        # 6 MB over 6 s, then 5 s of silence: serve's second 4 MiB read gets ~1.8 MB over ~2 s,
+        # then times out 4 s later: it failed ~6 s after it began
+        slow = proxy.fault("GET", "/blobs/sha256:", "slow-cut:6000000:6:5")
+        r = requests.get(url, timeout=60)  # plain requests: a cut body would raise, not resume
+        assert r.status_code == 200 and r.content == big
+        assert slow.hits == 1
+        assert _metric(server.url, "hf2oci_serve_upstream_retries_total") == 1  # counted
+    finally:
+        server.stop()
+        proxy.server.shutdown()

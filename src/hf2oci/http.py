@@ -111,15 +111,19 @@ class ResumableBody(io.RawIOBase):
             view = view[: max(0, self.end - self.offset)]
         if not len(view):
             return 0
-        begun = self.offset > self._start_at
-        return self._tried(lambda: self._read(view), self._stall_policy if begun else None)
+        if self.offset > self._start_at:  # a stall's tries count from the stall
+            return self._tried(lambda: self._read(view), self._stall_policy, from_failure=True)
+        return self._tried(lambda: self._read(view))
 
-    def _tried(self, fn: Callable[[], _T], policy: RetryPolicy | None = None) -> _T:
+    def _tried(
+        self, fn: Callable[[], _T], policy: RetryPolicy | None = None, *, from_failure: bool = False
+    ) -> _T:
         """``fn`` under the policy; what it raises when the policy gives up, as ``gave_up``
         words it (given the error and the byte reached)."""
         policy = policy or self._policy
         try:
-            return retrying(fn, is_temporary=self._retry, what=self.what, policy=policy)
+            return retrying(fn, is_temporary=self._retry, what=self.what, policy=policy,
+                            from_failure=from_failure)  # fmt: skip
         except Exception as e:
             if self._gave_up is None or not self._retry(e):
                 raise

@@ -107,6 +107,19 @@ def backoff(policy: RetryPolicy, attempt: int, retry_after: float | None = None)
     return random.uniform(0, window)
 
 
+class _since_failure(tenacity.stop.stop_base):
+    """Stop once ``seconds`` have passed since the first try failed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.failed_at: float | None = None
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.failed_at is None:
+            self.failed_at = retry_state.outcome_timestamp or time.monotonic()
+        return time.monotonic() - self.failed_at >= self.seconds
+
+
 def retrying(
     fn: Callable[[], T],
     *,
@@ -114,10 +127,13 @@ def retrying(
     what: str,
     policy: RetryPolicy = DEFAULT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
+    from_failure: bool = False,
 ) -> T:
     """Run ``fn``; when it raises an error ``is_temporary`` accepts, wait and run it again.
 
-    The last error is re-raised as it is once the policy gives up.
+    The last error is re-raised as it is once the policy gives up. ``policy.total`` counts from
+    the first try's start, or with ``from_failure`` from its failure: a read that was slow but
+    made progress, then broke, still gets its tries (a stall's budget is the stall's own).
     """
 
     def wait(state: tenacity.RetryCallState) -> float:
@@ -137,8 +153,11 @@ def retrying(
             first,
         )
 
+    budget = (
+        _since_failure(policy.total) if from_failure else tenacity.stop_after_delay(policy.total)
+    )
     retryer = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.total),
+        stop=tenacity.stop_any(tenacity.stop_after_attempt(policy.attempts), budget),
         wait=wait,
         retry=tenacity.retry_if_exception(is_temporary),
         before_sleep=before_sleep,
