@@ -30,7 +30,7 @@ from helpers import (
     umoci_files,
 )
 from hf2oci.oci.image import MT_INDEX
-from hf2oci.oci.source import host_platform
+from hf2oci.reference import host_platform
 from servers import Registry
 from test_registry import push_multi_platform_base
 

@@ -17,7 +17,8 @@ from hf2oci.consume.extract import extract
 from hf2oci.consume.serve.store import read_files
 from hf2oci.errors import RegistryError
 from hf2oci.oci.image import MT_INDEX
-from hf2oci.oci.source import Platform, open_image
+from hf2oci.oci.source import open_image
+from hf2oci.reference import Platform
 from test_registry import push_multi_platform_base
 
 

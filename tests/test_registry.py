@@ -32,10 +32,10 @@ from hf2oci.oci.image import (
     sha256_digest,
 )
 from hf2oci.oci.push import push
-from hf2oci.oci.reference import Reference, is_local_host, parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
-from hf2oci.oci.source import Platform, host_platform, open_remote
+from hf2oci.oci.source import open_remote
 from hf2oci.oci.transport import Transport
+from hf2oci.reference import Platform, Reference, host_platform, is_local_host, parse_reference
 from servers import Registry, start_registry
 
 # -- helpers shared with test_transport.py --------------------------------------------------
@@ -228,7 +228,7 @@ def test_reference_str_round_trips(host: str, path: str, tag: str, digest: str |
 
 @given(tag=st.text(min_size=1, max_size=20).filter(lambda t: t == t.strip()))
 def test_one_tag_grammar_for_references_naming_and_layouts(tag: str) -> None:
-    from hf2oci.oci.reference import TAG
+    from hf2oci.reference import TAG
 
     ok = TAG.fullmatch(tag) is not None
     assert ok == (

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from helpers import cli, make_project, skopeo_inspect, tag_of
-from hf2oci.signing import SigningKeyError, load_signing_key, pae
+from hf2oci.trust.signing import SigningKeyError, load_signing_key, pae
 
 KEY_ENV = "HF2OCI_SIGNING_KEY"
 
@@ -326,7 +326,7 @@ def test_verify_passes_a_signed_image_and_refuses_each_kind_of_tampering(
     hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hf2oci.oci import layout as oci_layout
-    from hf2oci.signing import attestation_artifact, load_signing_key
+    from hf2oci.trust.signing import attestation_artifact, load_signing_key
 
     a, _, _ = random_repo()
     b, _, _ = random_repo()
@@ -412,7 +412,7 @@ def test_extract_with_a_verify_key_refuses_before_writing_and_checks_every_file(
     hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hf2oci.oci import layout as oci_layout
-    from hf2oci.signing import attestation_artifact, load_signing_key
+    from hf2oci.trust.signing import attestation_artifact, load_signing_key
 
     model, _, files = random_repo()
     private, public = _key_pem()
@@ -536,7 +536,7 @@ def test_serve_with_a_verify_key_serves_signed_images_only_and_cuts_bytes_not_si
 
     from hf2oci.consume.serve.store import Store
     from hf2oci.oci import layout as oci_layout
-    from hf2oci.signing import attestation_artifact, load_signing_key
+    from hf2oci.trust.signing import attestation_artifact, load_signing_key
     from test_serve import Served
 
     signed, _, files = random_repo(size=(9 << 20) + 12345)  # 3 pieces of 4 MiB
@@ -702,7 +702,7 @@ def test_malformed_signature_artifacts_are_findings_not_tracebacks(
     hub, random_repo, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hf2oci.oci import layout as oci_layout
-    from hf2oci.signing import MT_DSSE, MT_SIMPLE_SIGNING, SIGNATURE_ANNOTATION, _artifact
+    from hf2oci.trust.signing import MT_DSSE, MT_SIMPLE_SIGNING, SIGNATURE_ANNOTATION, _artifact
 
     model, _, _ = random_repo()
     private, public = _key_pem()
@@ -735,7 +735,7 @@ def test_tampering_in_a_real_registry_is_refused_by_verify_extract_and_serve(
     from hf2oci.consume.serve.store import registry_store
     from hf2oci.oci import push
     from hf2oci.oci.registry import RegistryClient
-    from hf2oci.signing import attestation_artifact, load_signing_key
+    from hf2oci.trust.signing import attestation_artifact, load_signing_key
     from test_serve import Served
 
     a, _, _ = random_repo()

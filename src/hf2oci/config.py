@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from hf2oci.errors import ConfigError, Hf2ociError
-from hf2oci.oci.reference import COMPONENT, HOST
+from hf2oci.reference import COMPONENT, HOST, parse_platform
 from hf2oci.spec import FORMATS, SCAN_POLICIES, XET_MODES, Format, ScanPolicy, XetMode
 
 Builder = Literal["oci", "docker"]
@@ -265,7 +265,6 @@ def _platforms(value: object) -> tuple[str, ...] | None:
     """A list of platforms, or one string of them between commas; duplicates dropped."""
     if value is None:
         return None
-    from hf2oci.oci.source import parse_platform
 
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:

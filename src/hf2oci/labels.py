@@ -1,15 +1,21 @@
 """The label schema: what an image says about the repo it holds (config labels and manifest
-annotations). Plan, extract and serve read these; the formats write them."""
+annotations). Plan, extract and serve read these; the formats write them (``build/describe``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from hf2oci.intake.hub import RepoState
-    from hf2oci.oci.image import Image
-    from hf2oci.spec import RepoSpec
+
+class Labelled(Protocol):
+    """An image at hand (``oci.image.Image``): its manifest's annotations, its config's labels."""
+
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
 
 PREFIX = "io.huggingface"
 REPO_ID = f"{PREFIX}.repo_id"
@@ -51,42 +57,6 @@ FILE_INDEX = "io.hf2oci.file-index"
 PARTS = "io.hf2oci.parts"
 
 
-def image_labels(
-    state: RepoState,
-    spec: RepoSpec,
-    *,
-    base_name: str | None,
-    base_digest: str | None,
-    platforms: Sequence[str] = (),
-    format: str = "image",
-    scan: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """Config labels (also the manifest's annotations). No secrets, nothing run-dependent."""
-    labels = {
-        SOURCE: state.url,
-        OCI_REVISION: state.commit,
-        TITLE: state.repo_id,
-        CREATED: state.last_modified,
-        REPO_ID: state.repo_id,
-        REPO_TYPE: state.repo_type,
-        REVISION: state.commit,
-        REF: state.requested,
-        FILTER: spec.filter_key,
-    }
-    if base_name:
-        labels[BASE_NAME] = base_name
-    if base_digest:
-        labels[BASE_DIGEST] = base_digest
-    if state.license:
-        labels[LICENSES] = state.license
-    if len(platforms) > 1:
-        labels[PLATFORMS] = ",".join(platforms)
-    if format != "image":
-        labels[FORMAT] = format
-    labels.update(scan or {})
-    return labels
-
-
 def read(annotations: Mapping[str, str], config: Callable[[], Mapping[str, str]]) -> dict[str, str]:
     """What hf2oci wrote about an image: its manifest's annotations when they hold its labels
     (hf2oci writes them there too; a ModelPack artifact has nowhere else), else its config's
@@ -94,6 +64,6 @@ def read(annotations: Mapping[str, str], config: Callable[[], Mapping[str, str]]
     return dict(annotations) if REVISION in annotations else dict(config())
 
 
-def of_image(image: Image) -> dict[str, str]:
+def of_image(image: Labelled) -> dict[str, str]:
     """``read`` for an image at hand."""
     return read(image.annotations, lambda: image.labels)

@@ -8,7 +8,7 @@ import re
 from urllib.parse import quote
 
 from hf2oci.errors import InvalidRepoId, UsageError
-from hf2oci.oci.reference import TAG
+from hf2oci.reference import TAG
 from hf2oci.spec import RepoType, plural
 
 __all__ = [

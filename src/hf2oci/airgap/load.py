@@ -486,7 +486,7 @@ def _check_signatures(
     """Each image's signature and provenance, from the bundle's own copies (blobs it does not
     carry from the inside registry): image digest → the reason it is refused."""
     from hf2oci import labels as L
-    from hf2oci.consume.verify import _Repo, check
+    from hf2oci.trust.verify import _Repo, check
 
     refused: dict[str, str] = {}
     for ref in info.refs:

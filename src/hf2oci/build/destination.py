@@ -27,11 +27,11 @@ from hf2oci.oci.image import (
     string_map,
 )
 from hf2oci.oci.layers import FileBlobLayer
-from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.oci.transport import load_credentials
-from hf2oci.signing import signature_tag
+from hf2oci.reference import host_platform, parse_reference
 from hf2oci.spec import RepoType
+from hf2oci.trust.signing import signature_tag
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,6 @@ def _first_entry(index: dict[str, Any]) -> str | None:
 
 
 def _for_this_machine(image: Artifact) -> Image:
-    from hf2oci.oci.source import host_platform
-
     here = host_platform()
     images = images_of(image)
     return next((i for i in images if here.matches(platform_of(i))), images[0])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from hf2oci import labels as L
+from hf2oci.build.describe import image_labels
 from hf2oci.build.destination import Destination, Target, Targets
 from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
 from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
@@ -22,10 +23,11 @@ from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.intake.files import Reader
 from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
-from hf2oci.oci.source import Platform, open_base
+from hf2oci.oci.source import open_base
 from hf2oci.oci.tarstream import ChunkSource
-from hf2oci.signing import SigningKey
+from hf2oci.reference import Platform
 from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy, XetMode
+from hf2oci.trust.signing import SigningKey
 from hf2oci.units import human_size
 
 log = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ def mirror_action(
             image = build_image(
                 files,
                 base=base,
-                labels=L.image_labels(
+                labels=image_labels(
                     state,
                     action.spec,
                     base_name=base.name,
@@ -212,9 +214,9 @@ def sign_published(
     image of an index) beside it, as cosign stores them: the ``sha256-<hex>.sig`` and
     ``.att`` tags of the same repository; and the OpenSSF model signature over ``files`` as a
     referrer of ``image`` (the referrers tag ``sha256-<hex>``)."""
-    from hf2oci import signing
     from hf2oci.intake import hub
     from hf2oci.oci.image import images_of
+    from hf2oci.trust import signing
 
     key, state = options.signing_key, action.state
     assert key is not None and state is not None
@@ -306,7 +308,7 @@ def _modelpack(
 
     state = action.state
     assert state is not None
-    labels = L.image_labels(
+    labels = image_labels(
         state,
         action.spec,
         base_name=None,

@@ -172,7 +172,7 @@ def read_public_key(path: Path | None) -> bytes | None:
         pem = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the key ({e.strerror})") from e
-    from hf2oci.consume.verify import public_key
+    from hf2oci.trust.verify import public_key
 
     try:
         public_key(pem)

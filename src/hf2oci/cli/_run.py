@@ -14,7 +14,7 @@ from hf2oci.build.destination import Destination, Targets, default_max_layer_siz
 from hf2oci.build.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.cli._common import byte_meter, echo, plain_http_option, redact
 from hf2oci.config import Config
-from hf2oci.oci.source import parse_platform
+from hf2oci.reference import parse_platform
 from hf2oci.spec import RepoSpec, RepoType
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,7 +182,7 @@ def run_specs(
     force: bool = False,
 ) -> Report:
     """Run the pipeline over ``specs`` with ``config`` and ``get_hf/``'s hook."""
-    from hf2oci.signing import load_signing_key
+    from hf2oci.trust.signing import load_signing_key
 
     prepare = get_hf / "prepare.sh"
     key = None if dry_run else load_signing_key()  # a bad key fails here, before any download

@@ -30,7 +30,7 @@ from hf2oci.consume.k8s import (
 )
 from hf2oci.consume.runtime import RUNTIMES
 from hf2oci.errors import UsageError
-from hf2oci.oci.reference import parse_reference
+from hf2oci.reference import parse_reference
 from hf2oci.render import render
 
 LLAMA_CPP_VERSION = "0.3.36"

@@ -452,7 +452,7 @@ def extract(
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
     signed: dict[str, dict[str, str]] | None = None
     if verify_key is not None:
-        from hf2oci.consume.verify import verify
+        from hf2oci.trust.verify import verify
 
         report = verify(image, verify_key, plain_http=plain_http)
         failed = [f.line() for f in report.findings if not f.ok]
@@ -465,7 +465,7 @@ def extract(
     _modelpack_paths(source)  # checked before anything is written
     bundle = None
     if signature is not None:
-        from hf2oci.consume.verify import model_signature
+        from hf2oci.trust.verify import model_signature
 
         bundle = model_signature(image, plain_http=plain_http)
         if bundle is None:

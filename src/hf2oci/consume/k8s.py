@@ -11,7 +11,7 @@ from typing import Literal
 from hf2oci import naming
 from hf2oci.consume.runtime import RUNTIMES
 from hf2oci.errors import InvalidRepoId, UsageError
-from hf2oci.oci.reference import parse_reference
+from hf2oci.reference import parse_reference
 from hf2oci.render import render
 from hf2oci.repofiles import JOIN_PATH, REPO_DIR
 

@@ -13,7 +13,6 @@ from typing import BinaryIO, cast
 from hf2oci.digest import HashingReader, sha256_digest, sha256_of
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.oci.image import MT_LAYER_TAR, Piece, piece_size
-from hf2oci.oci.reference import DIGEST
 from hf2oci.oci.tarstream import (
     DEFAULT_CHUNK,
     ChunkSource,
@@ -23,6 +22,7 @@ from hf2oci.oci.tarstream import (
     iter_tar,
     tar_size,
 )
+from hf2oci.reference import DIGEST
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from hf2oci.oci.image import (
     images_of,
 )
 from hf2oci.oci.layers import StreamLayer, check_digest
-from hf2oci.oci.reference import TAG
 from hf2oci.oci.tarstream import DEFAULT_CHUNK
+from hf2oci.reference import TAG
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from hf2oci.oci.image import (
     Piece,
     piece_size,
 )
-from hf2oci.oci.reference import api_base, normalise_registry
 from hf2oci.oci.transport import (
     Transport,
     error_code,
@@ -34,6 +33,7 @@ from hf2oci.oci.transport import (
     load_credentials,
     registry_scope,
 )
+from hf2oci.reference import api_base, normalise_registry
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ file can be served out of a layer with one Range read.
 from __future__ import annotations
 
 import io
-import platform as platform_module
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,44 +30,8 @@ from hf2oci.oci.image import (
     platform_of,
 )
 from hf2oci.oci.layers import FileBlobLayer
-from hf2oci.oci.reference import Reference, parse_reference
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
-
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OCI platform: ``linux/amd64``, ``linux/arm64/v8``."""
-
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    def matches(self, doc: dict[str, Any]) -> bool:
-        """Whether an index entry's ``platform`` object is this one (any variant when unset)."""
-        return (
-            doc.get("os") == self.os
-            and doc.get("architecture") == self.architecture
-            and (self.variant is None or doc.get("variant") in (None, self.variant))
-        )
-
-
-def parse_platform(text: str) -> Platform:
-    """``os/arch[/variant]`` → Platform; UsageError for anything else."""
-    parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(p and p.isascii() and p.isalnum() for p in parts):
-        raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64")
-    return Platform(*parts)
-
-
-def host_platform() -> Platform:
-    """This machine's platform in OCI names (``linux/amd64`` on x86-64)."""
-    machine = platform_module.machine().lower()
-    return Platform("linux", _ARCHES.get(machine, machine))
+from hf2oci.reference import Platform, Reference, host_platform, parse_reference
 
 
 @runtime_checkable

@@ -30,8 +30,8 @@ import urllib3.exceptions
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
 from hf2oci.http import new_session
-from hf2oci.oci.reference import normalise_registry
 from hf2oci.redact import redact_url
+from hf2oci.reference import normalise_registry
 from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,

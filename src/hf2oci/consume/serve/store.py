@@ -36,10 +36,10 @@ from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Tem
 from hf2oci.http import new_session
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
-from hf2oci.oci.reference import Reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
 from hf2oci.oci.transport import Transport, load_credentials
+from hf2oci.reference import Reference
 from hf2oci.repofiles import INDEX_PATH, REPO_DIR, parts_of
 from hf2oci.retry import REQUEST_POLICY
 from hf2oci.spec import RepoType
@@ -347,7 +347,7 @@ class Store:
     def verification(self, repo_type: RepoType, image: Image) -> Any:
         """``hf2oci verify``'s report on ``image`` (by digest) with the store's key, kept for
         ``ttl`` seconds: a signature deleted or replaced is seen within that time."""
-        from hf2oci.consume.verify import check, layout_repo, registry_repo
+        from hf2oci.trust.verify import check, layout_repo, registry_repo
 
         assert self.verify_key is not None
         now = time.monotonic()

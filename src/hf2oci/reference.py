@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import platform as platform_module
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
-from hf2oci.errors import InvalidReference
+from hf2oci.errors import InvalidReference, UsageError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "https://registry-1.docker.io"
@@ -146,3 +148,40 @@ def parse_reference(text: str) -> Reference:
 def _check(pattern: re.Pattern[str], value: str, what: str, text: str) -> None:
     if not pattern.fullmatch(value):
         raise InvalidReference(f"invalid image reference {text!r}: bad {what} {value!r}")
+
+
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OCI platform: ``linux/amd64``, ``linux/arm64/v8``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        """Whether an index entry's ``platform`` object is this one (any variant when unset)."""
+        return (
+            doc.get("os") == self.os
+            and doc.get("architecture") == self.architecture
+            and (self.variant is None or doc.get("variant") in (None, self.variant))
+        )
+
+
+def parse_platform(text: str) -> Platform:
+    """``os/arch[/variant]`` → Platform; UsageError for anything else."""
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(p and p.isascii() and p.isalnum() for p in parts):
+        raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/arm64")
+    return Platform(*parts)
+
+
+def host_platform() -> Platform:
+    """This machine's platform in OCI names (``linux/amd64`` on x86-64)."""
+    machine = platform_module.machine().lower()
+    return Platform("linux", _ARCHES.get(machine, machine))

@@ -23,10 +23,10 @@ from hf2oci.digest import sha256_digest
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.oci import layout
 from hf2oci.oci.image import INDEX_TYPES
-from hf2oci.oci.reference import parse_reference
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import layout_ref, open_image
-from hf2oci.signing import (
+from hf2oci.reference import parse_reference
+from hf2oci.trust.signing import (
     MT_DSSE,
     MT_SIMPLE_SIGNING,
     SIGNATURE_ANNOTATION,
@@ -295,7 +295,7 @@ def _check_tag(tag: str, labels: dict[str, str]) -> Finding:
 def model_signature(text: str, *, plain_http: bool | None = None) -> bytes | None:
     """The OpenSSF model signature (a Sigstore bundle) that refers to the image ``text`` names,
     from the referrers tag ``sha256-<hex>``; None when there is none."""
-    from hf2oci.signing import MT_BUNDLE, referrers_tag
+    from hf2oci.trust.signing import MT_BUNDLE, referrers_tag
 
     repo, tag = _repo(text, plain_http)
     top = repo.manifest(tag)
