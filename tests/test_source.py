@@ -17,14 +17,9 @@ from hf2oci.oci.image import MT_INDEX, SCRATCH, assemble, canonical_json, sha256
 from hf2oci.oci.layers import TarLayer
 from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
-from hf2oci.oci.source import (
-    Platform,
-    StoredLayer,
-    open_image,
-    parse_platform,
-    tar_entries,
-)
+from hf2oci.oci.source import StoredLayer, open_image, tar_entries
 from hf2oci.oci.tarstream import entries_for_files
+from hf2oci.reference import Platform, parse_platform
 from servers import Registry
 from test_registry import unique_repo
 

@@ -96,9 +96,17 @@ class Expected:
     """What the hub says a file's ``size`` bytes hash to: its LFS sha256, else its git blob id
     (the one choice of algorithm, made here)."""
 
-    size: int
+    size: int | None
     sha256: str | None = None
     blob_id: str | None = None
+
+    @classmethod
+    def of_digest(cls, digest: str, size: int | None = None) -> Expected:
+        """An OCI digest (``sha256:<hex>``) as what the bytes must hash to."""
+        algorithm, _, hexdigest = digest.partition(":")
+        if algorithm != "sha256" or not hexdigest:
+            raise PackError(f"unsupported digest {digest!r}")
+        return cls(size, sha256=hexdigest)
 
     @property
     def value(self) -> str:
@@ -110,7 +118,9 @@ class Expected:
 
     def hasher(self) -> Any:
         """A fresh hash of the kind ``value`` is."""
-        return hashlib.sha256() if self.sha256 else git_blob_hash(self.size)
+        if self.sha256 or self.size is None:
+            return hashlib.sha256()
+        return git_blob_hash(self.size)
 
 
 class Check:
@@ -124,7 +134,7 @@ class Check:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="check") if background else None
         self._queued: collections.deque[Future[None]] = collections.deque()
 
-    def update(self, piece: bytes) -> None:
+    def update(self, piece: bytes | memoryview) -> None:
         if self._pool is None:
             self.h.update(piece)
             return
@@ -138,9 +148,15 @@ class Check:
             self._queued.popleft().result()
         return self.h.copy()
 
+    def matches(self) -> bool:
+        return bool(self.hexdigest() == self.expected.value)
+
+    def hexdigest(self) -> str:
+        return str(self.state().hexdigest())
+
     def verify(self, what: str) -> None:
         """DigestMismatch unless the bytes fed hash to what was expected."""
-        got = self.state().hexdigest()
+        got = self.hexdigest()
         if got != self.expected.value:
             raise DigestMismatch(
                 f"{what}: content hashes to {got}, the hub says {self.expected.value}"
@@ -167,21 +183,24 @@ def verified(
     until the hash matches, so a consumer never completes anything with wrong bytes. ``state``:
     the hash of the bytes before ``start``; ``on_state``: told the hash where the pieces end,
     when they do not end the file."""
+    size = expected.size
+    if size is None:
+        raise PackError(f"{what}: no size to check the bytes against")
     check = Check(expected, background=background, state=state)
     got = start
     pending = b""
     try:
         for piece in pieces:
             got += len(piece)
-            if got > expected.size:
-                raise DigestMismatch(f"{what}: more than its {expected.size} bytes")
+            if got > size:
+                raise DigestMismatch(f"{what}: more than its {size} bytes")
             check.update(piece)
             if pending:
                 yield pending
             pending = piece
         if last:
-            if got != expected.size:
-                raise DigestMismatch(f"{what}: {got} bytes, the hub says {expected.size}")
+            if got != size:
+                raise DigestMismatch(f"{what}: {got} bytes, the hub says {size}")
             check.verify(what)
         elif on_state is not None:
             on_state((got, check.state()))
@@ -189,6 +208,64 @@ def verified(
         check.close()
     if pending:
         yield pending
+
+
+class CheckedReader(io.RawIOBase):
+    """A file object reading through ``readinto``, every byte checked: the read that brings
+    ``expected.size`` bytes (or finds the source ended, when no size is known) raises
+    ``refuse(bytes read, their sha256 or git blob id)`` unless they are what was expected, so a
+    consumer (an upload, a tar) never sees the end of wrong bytes. go-containerregistry's
+    ``verify.ReadCloser``."""
+
+    def __init__(
+        self,
+        readinto: Callable[[Any], int | None],
+        expected: Expected,
+        *,
+        refuse: Callable[[int, str], Exception],
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._source, self._close, self.refuse = readinto, close, refuse
+        self.expected = expected
+        self.check = Check(expected)
+        self.read_so_far = 0
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = self.expected.size
+        if size is not None:
+            view = view[: max(0, size - self.read_so_far)]
+        n = int(self._source(view) or 0) if len(view) else 0
+        self.check.update(view[:n])
+        self.read_so_far += n
+        if not self._ended and (n == 0 or (size is not None and self.read_so_far >= size)):
+            self.ended()
+        return n
+
+    def ended(self) -> None:
+        """The end: raise ``refuse`` unless every byte came and matched (once)."""
+        self._ended = True
+        size = self.expected.size
+        if (size is not None and self.read_so_far != size) or not self.check.matches():
+            raise self.refuse(self.read_so_far, self.check.hexdigest())
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read to the end (checked), for a caller that needs no byte of it."""
+        buffer = bytearray(chunk)
+        while not self._ended and self.readinto(buffer):
+            pass
+        if not self._ended:
+            self.ended()
+
+    def close(self) -> None:
+        if not self.closed and self._close is not None:
+            self._close()
+        super().close()
 
 
 class SplitCheck:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from hf2oci import naming
 from hf2oci.airgap.content import (
@@ -43,7 +43,7 @@ from hf2oci.airgap.schema import (
     Ref,
     dump,
 )
-from hf2oci.digest import sha256_digest
+from hf2oci.digest import CheckedReader, Expected, sha256_digest
 from hf2oci.errors import PackError, UsageError
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_INDEX
@@ -321,9 +321,9 @@ def write_tar(
                                 io.BytesIO(plan.manifest_bytes[digest]))  # fmt: skip
                     continue
                 with source.open_blob(plan.blob_from[digest], digest) as stream:
-                    checked = _Checked(stream, digest)
-                    tar.addfile(_info(_blob_name(digest), size), checked)
-                    checked.finish()
+                    checked = _checked(stream, digest, size)
+                    tar.addfile(_info(_blob_name(digest), size), io.BufferedReader(checked))
+                    checked.drain()
         writer.finish()
     except BaseException:
         writer.abort()
@@ -338,21 +338,15 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-class _Checked:
-    """Reads through a blob stream, hashing; ``finish`` checks the bytes against the digest."""
+def _checked(stream: BinaryIO, digest: str, size: int) -> CheckedReader:
+    """A blob's stream read into the bundle, checked: a blob that changed while it was read
+    never ends in a volume whole."""
 
-    def __init__(self, stream: BinaryIO, digest: str) -> None:
-        self.stream, self.digest = stream, digest
-        self.hash = hashlib.sha256()
+    def refuse(_n: int, _got: str) -> PackError:
+        return PackError(f"blob {digest} changed while it was read")
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n)
-        self.hash.update(data)
-        return data
-
-    def finish(self) -> None:
-        if "sha256:" + self.hash.hexdigest() != self.digest:
-            raise PackError(f"blob {self.digest} changed while it was read")
+    readinto = cast(Callable[[Any], int], getattr(stream, "readinto"))  # noqa: B009 - BinaryIO's typing lacks it
+    return CheckedReader(readinto, Expected.of_digest(digest, size), refuse=refuse)
 
 
 class _VolumeWriter(io.RawIOBase):

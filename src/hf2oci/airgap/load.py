@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from hf2oci.airgap.schema import BUNDLE_FILE, CHECKSUMS_FILE, BundleInfo, Ref
+from hf2oci.digest import Check, CheckedReader, Expected
 from hf2oci.errors import BundleError, Hf2ociError
 from hf2oci.oci import layout
 from hf2oci.oci.registry import RegistryClient
@@ -172,8 +173,8 @@ class _Volumes(io.RawIOBase):
         self.folder, self.names = first.parent, [first.name]
         self.index = 0
         self.current: BinaryIO | None = open(first, "rb")  # noqa: SIM115
-        self.hash = hashlib.sha256()
         self.expected: dict[str, str] = {}
+        self.check = Check(Expected(None))  # this volume's hash, matched at its end
 
     def readable(self) -> bool:
         return True
@@ -213,7 +214,7 @@ class _Volumes(io.RawIOBase):
         while self.current is not None:
             n = self.current.readinto(buffer)  # type: ignore[attr-defined]
             if n:
-                self.hash.update(memoryview(buffer)[:n])
+                self.check.update(memoryview(buffer)[:n])
                 return int(n)
             self._end_of_volume()
         return 0
@@ -222,14 +223,13 @@ class _Volumes(io.RawIOBase):
         assert self.current is not None
         self.current.close()
         name = self.names[self.index]
-        want = self.expected.get(name)
-        if want is not None and self.hash.hexdigest() != want:
+        if name in self.expected and self.check.hexdigest() != self.expected[name]:
             raise BundleError(f"{self.folder / name}: volume {name} does not match its sha256")
         self.index += 1
         self.current = None
         if self.index < len(self.names):
             self.current = open(self.folder / self.names[self.index], "rb")  # noqa: SIM115
-            self.hash = hashlib.sha256()
+            self.check = Check(Expected(None))
 
     def close(self) -> None:
         if self.current is not None:
@@ -318,44 +318,27 @@ def _once(stream: IO[bytes], name: str) -> Callable[[], IO[bytes]]:
 # -- publishing ------------------------------------------------------------------------------
 
 
-class _Verified(io.RawIOBase):
-    """A blob's bytes read through, hashed; the read that would end it raises BundleError when
-    they do not hash to its name, so the upload never completes."""
+class _Verified(CheckedReader):
+    """A blob's bytes read through, checked: the read that would end it raises BundleError when
+    they do not hash to its name, so the upload never completes; with ``keep``, the bytes are
+    kept too (manifests, and what a signature check reads)."""
 
     def __init__(self, stream: IO[bytes], digest: str, size: int, where: str, keep: bool) -> None:
-        super().__init__()
-        self.stream, self.digest, self.size, self.where = stream, digest, size, where
-        self.hash = hashlib.sha256()
-        self.read_so_far = 0
-        self.kept = bytearray() if keep else None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = int(self.stream.readinto(view) or 0)  # type: ignore[attr-defined]
-        self.hash.update(view[:n])
-        if self.kept is not None:
-            self.kept += view[:n]
-        self.read_so_far += n
-        if self.read_so_far >= self.size:
-            self.check()
-        return n
-
-    def check(self) -> None:
-        actual = "sha256:" + self.hash.hexdigest()
-        if self.read_so_far != self.size or actual != self.digest:
-            raise BundleError(
-                f"{self.where}: blobs/sha256/{self.digest[7:]} is damaged: its "
-                f"{self.read_so_far} bytes hash to {actual[:19]}…, not to its name"
+        def refuse(n: int, got: str) -> BundleError:
+            return BundleError(
+                f"{where}: blobs/sha256/{digest[7:]} is damaged: its {n} bytes hash to "
+                f"sha256:{got[:12]}…, not to its name"
             )
 
-    def drain(self) -> None:
-        buffer = bytearray(1 << 20)
-        while self.read_so_far < self.size and self.readinto(buffer):
-            pass
-        self.check()
+        super().__init__(self._keeping, Expected.of_digest(digest, size), refuse=refuse)
+        self.stream, self.where = stream, where
+        self.kept = bytearray() if keep else None
+
+    def _keeping(self, view: Any) -> int:
+        n = int(self.stream.readinto(view) or 0)  # type: ignore[attr-defined]
+        if self.kept is not None:
+            self.kept += view[:n]
+        return n
 
 
 @dataclass

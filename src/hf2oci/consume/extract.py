@@ -26,7 +26,7 @@ from typing import BinaryIO, cast
 
 from hf2oci import labels as L
 from hf2oci.consume.readahead import O_DIRECT, ChunkReader, ReadAhead
-from hf2oci.digest import git_blob_hash
+from hf2oci.digest import Check, Expected, git_blob_hash
 from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError, UsageError
 from hf2oci.fsutil import atomic_write
 from hf2oci.intake.filters import match_patterns
@@ -341,18 +341,18 @@ class _Unpacker:
             if len(done) != len(join.names):
                 missing = next(n for n in join.names if n not in self.written)
                 raise ExtractError(f"{path}: its part {missing} is not in the image")
-            h = hashlib.sha256()
+            h = Check(Expected(join.size, sha256=join.sha256))
             g = git_blob_hash(join.size)
             with open(self.staging.joinpath(*path.split("/")), "rb") as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     g.update(chunk)
-            if h.hexdigest() != join.sha256:
+            if not h.matches():
                 raise DigestMismatch(
                     f"{path}: its parts join to sha256 {h.hexdigest()}, not {join.sha256}"
                 )
             with self.lock:
-                self.files[path] = _File(join.size, h.hexdigest(), g.hexdigest())
+                self.files[path] = _File(join.size, join.sha256, g.hexdigest())
 
 
 def _decompressing(stream: BinaryIO, digest: str) -> Callable[[memoryview], int]:

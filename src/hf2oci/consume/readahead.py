@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import mmap
 import os
@@ -19,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from hf2oci.digest import Check, Expected
 from hf2oci.errors import DigestMismatch
 
 #: buffers of this size, a few of them per blob: 1 MiB measured as fast as 4 or 8 MiB
@@ -104,7 +104,7 @@ class ReadAhead:
             self._filled.put(_End(e))
 
     def _hash(self) -> None:
-        h = hashlib.sha256() if self.digest else None
+        h = Check(Expected.of_digest(self.digest)) if self.digest else None
         total = 0
         while (item := self._take(self._filled)) is not None:
             if isinstance(item, _End):
@@ -120,10 +120,11 @@ class ReadAhead:
                 self._on_bytes(n)
             self._ready.put(item)
 
-    def _check(self, h: Any, total: int) -> BaseException | None:
+    def _check(self, h: Check | None, total: int) -> BaseException | None:
         if self.size is not None and total != self.size:
             return DigestMismatch(f"{self.what}: got {total} bytes, expected {self.size}")
-        if h is not None and (got := "sha256:" + h.hexdigest()) != self.digest:
+        if h is not None and not h.matches():
+            got = f"sha256:{h.hexdigest()}"
             return DigestMismatch(f"{self.what} {self.digest} hashed to {got}: refusing it")
         return None
 
