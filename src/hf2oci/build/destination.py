@@ -191,7 +191,7 @@ class LayoutTarget:
         )
 
     def write(self, image: Artifact, tags: Sequence[str], *, on_progress: Progress | None) -> str:
-        return layout.write_layout(image, self.path, tags=tags)
+        return layout.write_layout(image, self.path, tags=tags, on_progress=on_progress)
 
     def signatures(self) -> Target | None:
         return self

@@ -177,7 +177,9 @@ def mirror_action(
             )
         where = options.destination.image(state.repo_type)
         progress(label, f"writing {where} ({options.destination.kind})")
-        meter = options.meter(label, action.size) if options.meter else None
+        # what the destination is sent or already holds: every layer once (tar and all)
+        size = sum(layer.size for layer in image.layers)
+        meter = options.meter(label, size) if options.meter else None
         digest = target.write(image, action.tags, on_progress=meter)
         if options.signing_key is not None:
             sign_published(action, image, files, target, where, scanned, options, progress)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -19,7 +17,6 @@ from hf2oci.errors import ConfigError, Hf2ociError, ListError, UsageError
 from hf2oci.intake.lists import read_lists
 from hf2oci.redact import redact
 from hf2oci.spec import RepoSpec
-from hf2oci.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,34 +112,6 @@ def read_project(get_hf: Path, **overrides: Any) -> tuple[Config, list[RepoSpec]
     if config.format != "image":  # None reads as image everywhere: plan lines stay as written
         specs = [s if s.format else dataclasses.replace(s, format=config.format) for s in specs]
     return config, specs, errors
-
-
-class ByteMeter:
-    """One self-rewriting terminal line of bytes moved for a repo (only on a terminal)."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total = label, total
-        self.done = 0
-        self.start = self.last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def __call__(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self.last < 0.5 and self.done < self.total:
-                return
-            self.last = now
-            rate = int(self.done / max(now - self.start, 1e-6))
-            line = (
-                f"{self.label}: {human_size(self.done)} / {human_size(self.total)}"
-                f" ({human_size(rate)}/s)"
-            )
-            click.echo(f"\r{line}\x1b[K", err=True, nl=self.done >= self.total)
-
-
-def byte_meter(enabled: bool) -> Callable[[str, int], Callable[[int], None]] | None:
-    return ByteMeter if enabled and sys.stderr.isatty() else None
 
 
 __all__ = ["is_quiet", "redact", "verbosity"]

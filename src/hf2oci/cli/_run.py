@@ -12,7 +12,8 @@ import click
 
 from hf2oci.build.destination import Destination, Targets, default_max_layer_size
 from hf2oci.build.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
-from hf2oci.cli._common import byte_meter, echo, plain_http_option, redact
+from hf2oci.cli._common import echo, plain_http_option, redact
+from hf2oci.cli._progress import meters
 from hf2oci.config import Config
 from hf2oci.reference import parse_platform
 from hf2oci.spec import RepoSpec, RepoType
@@ -200,7 +201,7 @@ def run_specs(
         scan=config.scan,
         xet=config.xet,
         signing_key=key,
-        meter=byte_meter(not quiet and not as_json),
+        meter=meters(not quiet and not as_json),
         dry_run=dry_run,
         force=force,
     )

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from hf2oci.cli._common import (
-    byte_meter,
     echo,
     get_hf_option,
     handle_errors,
@@ -19,6 +18,7 @@ from hf2oci.cli._common import (
     policy_key,
     verbosity,
 )
+from hf2oci.cli._progress import meters
 from hf2oci.consume.extract import extract as do_extract
 from hf2oci.units import human_size
 
@@ -98,6 +98,6 @@ def extract(
 
 
 def _meter(image: str, quiet: bool) -> Callable[[int], Callable[[int], None]] | None:
-    """A progress line of the bytes read, on a terminal."""
-    make = byte_meter(not quiet)
+    """The progress of the bytes read (``_progress``)."""
+    make = meters(not quiet)
     return (lambda total: make(image, total)) if make else None

@@ -49,9 +49,17 @@ def blob_path(path: Path, digest: str) -> Path:
     return Path(path) / "blobs" / algorithm / hexpart
 
 
-def write_layout(image: Artifact, path: Path, *, tags: Sequence[str], workers: int = 4) -> str:
+def write_layout(
+    image: Artifact,
+    path: Path,
+    *,
+    tags: Sequence[str],
+    workers: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+) -> str:
     """Add ``image`` (one image, or an index and its images) to the layout at ``path``
-    (created if needed) under each of ``tags``.
+    (created if needed) under each of ``tags``; ``on_progress`` is told the layers' bytes as
+    they are written (a blob already there, at once).
 
     Blobs already present are kept as they are; tags pointing elsewhere are moved; other tags
     and images stay. Safe against concurrent writers of the same layout.
@@ -71,7 +79,7 @@ def write_layout(image: Artifact, path: Path, *, tags: Sequence[str], workers: i
     # blobs are immutable and content-addressed: no lock needed; the manifest goes last so an
     # index never names a manifest whose blobs are missing
     with ThreadPoolExecutor(workers, thread_name_prefix="hf2oci-layout") as pool:
-        futures = [pool.submit(_write_layer, path, layer) for layer in image.layers]
+        futures = [pool.submit(_write_layer, path, layer, on_progress) for layer in image.layers]
         try:
             for future in futures:
                 future.result()
@@ -92,13 +100,13 @@ def write_layout(image: Artifact, path: Path, *, tags: Sequence[str], workers: i
     return image.digest
 
 
-def _write_layer(path: Path, layer: Layer) -> None:
+def _write_layer(path: Path, layer: Layer, on_progress: Callable[[int], None] | None) -> None:
     if isinstance(layer, StreamLayer) and not layer.consumed:
-        digest = write_blob_stream(path, layer.size, layer.open)
+        digest = write_blob_stream(path, layer.size, layer.open, on_progress=on_progress)
         if digest != layer.digest:
             raise DigestMismatch(f"streamed layer written as {digest}, hashed to {layer.digest}")
     else:
-        _write_blob(path, layer.digest, layer.size, layer.open)
+        _write_blob(path, layer.digest, layer.size, layer.open, on_progress=on_progress)
 
 
 def read_index(path: Path) -> dict[str, Any]:
@@ -144,11 +152,20 @@ def read_blob(path: Path, digest: str) -> bytes:
     return data
 
 
-def _write_blob(path: Path, digest: str, size: int, opener: Callable[[], BinaryIO]) -> None:
+def _write_blob(
+    path: Path,
+    digest: str,
+    size: int,
+    opener: Callable[[], BinaryIO],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
     """Copy a blob into the layout unless present: temp file, verify, fsync, rename."""
     target = blob_path(path, digest)
     try:
         if target.stat().st_size == size:
+            if on_progress is not None:
+                on_progress(size)
             return
         log.warning("replacing blob %s: wrong size", target)
     except FileNotFoundError:
@@ -165,10 +182,17 @@ def _write_blob(path: Path, digest: str, size: int, opener: Callable[[], BinaryI
             )
         os.replace(tmp, target)
 
-    _write_hashed(target.parent, opener, place, prefix=f".{target.name[:16]}.")
+    _write_hashed(target.parent, opener, place, prefix=f".{target.name[:16]}.",
+                  on_progress=on_progress)  # fmt: skip
 
 
-def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> str:
+def write_blob_stream(
+    path: Path,
+    size: int,
+    opener: Callable[[], BinaryIO],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> str:
     """Write a blob whose digest is learnt while writing it; returns the digest.
 
     The bytes go to a temp file in ``blobs/sha256`` and are renamed to their digest only when
@@ -184,7 +208,7 @@ def write_blob_stream(path: Path, size: int, opener: Callable[[], BinaryIO]) -> 
         os.replace(tmp, blob_path(path, actual))
         digests.append(actual)
 
-    _write_hashed(folder, opener, place, prefix=".stream.")
+    _write_hashed(folder, opener, place, prefix=".stream.", on_progress=on_progress)
     return digests[0]
 
 
@@ -194,6 +218,7 @@ def _write_hashed(
     place: Callable[[Path, str, int], None],
     *,
     prefix: str,
+    on_progress: Callable[[int], None] | None = None,
 ) -> None:
     """Copy ``opener()`` into a temp file in ``folder`` while hashing it, fsync, then let
     ``place(tmp, digest, size)`` check and rename it; nothing is left behind on failure."""
@@ -209,6 +234,8 @@ def _write_hashed(
             while n := reader.readinto(buffer):
                 out.write(view[:n])
                 written += n
+                if on_progress is not None:
+                    on_progress(n)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600: a server running as another user reads it
