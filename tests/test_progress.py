@@ -80,3 +80,25 @@ def test_mirroring_into_a_layout_reports_its_bytes(hub: Any, project: Path) -> N
     assert not [ln for ln in lines if "(10" in ln and "(100%)" not in ln]
     quiet = cli("sync", "-q", "--force")
     assert quiet.exit_code == 0 and "(100%)" not in quiet.stderr
+
+
+def test_bundle_and_load_render_their_bytes(hub: Any, random_repo: Any, project: Path) -> None:
+    """bundle and load say nothing between their start and their summary without it."""
+    from servers import start_registry
+
+    model, _, _ = random_repo(size=3 * MiB)
+    outside, inside = start_registry(project / "out"), start_registry(project / "in")
+    try:
+        make_project(project, models=[model], config={"base_image": "scratch",
+                                                      "registry": outside.host})  # fmt: skip
+        assert cli("sync", "-q").exit_code == 0
+        made = cli("bundle", "--registry", outside.host, "-o", str(project / "b.tar"))
+        assert made.exit_code == 0, made.output
+        assert [ln for ln in made.stderr.splitlines() if ln.startswith(f"{project / 'b.tar'}: ")
+                and "(100%)" in ln]  # fmt: skip
+        loaded = cli("load", str(project / "b.tar"), "--registry", inside.host)
+        assert loaded.exit_code == 0, loaded.output
+        assert [ln for ln in loaded.stderr.splitlines() if "(100%)" in ln]
+    finally:
+        outside.stop()
+        inside.stop()

@@ -214,8 +214,8 @@ class CheckedReader(io.RawIOBase):
     """A file object reading through ``readinto``, every byte checked: the read that brings
     ``expected.size`` bytes (or finds the source ended, when no size is known) raises
     ``refuse(bytes read, their sha256 or git blob id)`` unless they are what was expected, so a
-    consumer (an upload, a tar) never sees the end of wrong bytes. go-containerregistry's
-    ``verify.ReadCloser``."""
+    consumer (an upload, a tar) never sees the end of wrong bytes (go-containerregistry's
+    ``verify.ReadCloser``); ``on_bytes`` is told each read's count (progress)."""
 
     def __init__(
         self,
@@ -224,9 +224,11 @@ class CheckedReader(io.RawIOBase):
         *,
         refuse: Callable[[int, str], Exception],
         close: Callable[[], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._source, self._close, self.refuse = readinto, close, refuse
+        self._on_bytes = on_bytes
         self.expected = expected
         self.check = Check(expected)
         self.read_so_far = 0
@@ -243,6 +245,8 @@ class CheckedReader(io.RawIOBase):
         n = int(self._source(view) or 0) if len(view) else 0
         self.check.update(view[:n])
         self.read_so_far += n
+        if n and self._on_bytes is not None:
+            self._on_bytes(n)
         if not self._ended and (n == 0 or (size is not None and self.read_so_far >= size)):
             self.ended()
         return n

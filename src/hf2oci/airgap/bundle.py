@@ -240,7 +240,14 @@ def _blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest.partition(":")[2]
 
 
-def write_folder(plan: Plan, source: Source, out: Path, *, workers: int = 4) -> None:
+def write_folder(
+    plan: Plan,
+    source: Source,
+    out: Path,
+    *,
+    workers: int = 4,
+    on_bytes: Callable[[int], None] | None = None,
+) -> None:
     """Write the bundle as a folder: built beside ``out`` and renamed into place when whole."""
     _refuse_existing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +261,8 @@ def write_folder(plan: Plan, source: Source, out: Path, *, workers: int = 4) -> 
         def place(digest: str) -> None:
             size = plan.info.blobs[digest]
             source.place_blob(plan.blob_from[digest], digest, size, partial / _blob_name(digest))
+            if on_bytes is not None:
+                on_bytes(size)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
             list(pool.map(place, list(plan.blob_from)))
@@ -285,7 +294,12 @@ def _tar_size(sizes: Sequence[int]) -> int:
 
 
 def write_tar(
-    plan: Plan, source: Source, out: Path, *, split: int | None = None
+    plan: Plan,
+    source: Source,
+    out: Path,
+    *,
+    split: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> list[tuple[str, int]]:
     """Write the bundle as one tar (or volumes of ``split`` bytes); the volumes (name, size).
 
@@ -321,7 +335,7 @@ def write_tar(
                                 io.BytesIO(plan.manifest_bytes[digest]))  # fmt: skip
                     continue
                 with source.open_blob(plan.blob_from[digest], digest) as stream:
-                    checked = _checked(stream, digest, size)
+                    checked = _checked(stream, digest, size, on_bytes)
                     tar.addfile(_info(_blob_name(digest), size), io.BufferedReader(checked))
                     checked.drain()
         writer.finish()
@@ -338,7 +352,9 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _checked(stream: BinaryIO, digest: str, size: int) -> CheckedReader:
+def _checked(
+    stream: BinaryIO, digest: str, size: int, on_bytes: Callable[[int], None] | None
+) -> CheckedReader:
     """A blob's stream read into the bundle, checked: a blob that changed while it was read
     never ends in a volume whole."""
 
@@ -346,7 +362,9 @@ def _checked(stream: BinaryIO, digest: str, size: int) -> CheckedReader:
         return PackError(f"blob {digest} changed while it was read")
 
     readinto = cast(Callable[[Any], int], getattr(stream, "readinto"))  # noqa: B009 - BinaryIO's typing lacks it
-    return CheckedReader(readinto, Expected.of_digest(digest, size), refuse=refuse)
+    return CheckedReader(
+        readinto, Expected.of_digest(digest, size), refuse=refuse, on_bytes=on_bytes
+    )
 
 
 class _VolumeWriter(io.RawIOBase):
@@ -427,8 +445,10 @@ def bundle(
     split: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     records: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    on_bytes: Callable[[Plan], Callable[[int], None] | None] | None = None,
 ) -> Plan:
-    """Plan and write a bundle: a tar when ``out`` ends in ``.tar``, else a folder."""
+    """Plan and write a bundle: a tar when ``out`` ends in ``.tar``, else a folder.
+    ``on_bytes``, given the plan, returns what to tell of the blob bytes written (progress)."""
     if split is not None and out.suffix != ".tar":
         raise UsageError(f"{out}: --split needs a tar bundle (a name ending in .tar)")
     for existing in (out, out.with_name(out.name + ".001")):
@@ -436,8 +456,9 @@ def bundle(
     plan = plan_bundle(source, namespace, only=only, since=since, records=records)
     if on_plan is not None:
         on_plan(plan)
+    count = on_bytes(plan) if on_bytes is not None else None
     if out.suffix == ".tar":
-        write_tar(plan, source, out, split=split)
+        write_tar(plan, source, out, split=split, on_bytes=count)
     else:
-        write_folder(plan, source, out)
+        write_folder(plan, source, out, on_bytes=count)
     return plan

@@ -323,14 +323,24 @@ class _Verified(CheckedReader):
     they do not hash to its name, so the upload never completes; with ``keep``, the bytes are
     kept too (manifests, and what a signature check reads)."""
 
-    def __init__(self, stream: IO[bytes], digest: str, size: int, where: str, keep: bool) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes],
+        digest: str,
+        size: int,
+        where: str,
+        keep: bool,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         def refuse(n: int, got: str) -> BundleError:
             return BundleError(
                 f"{where}: blobs/sha256/{digest[7:]} is damaged: its {n} bytes hash to "
                 f"sha256:{got[:12]}…, not to its name"
             )
 
-        super().__init__(self._keeping, Expected.of_digest(digest, size), refuse=refuse)
+        super().__init__(
+            self._keeping, Expected.of_digest(digest, size), refuse=refuse, on_bytes=on_bytes
+        )
         self.stream, self.where = stream, where
         self.kept = bytearray() if keep else None
 
@@ -362,9 +372,11 @@ def load(
     namespace: str | None = None,
     verify_key: bytes | None = None,
     on_blob: Callable[[str, str], None] | None = None,
+    on_bytes: Callable[[int], Callable[[int], None] | None] | None = None,
 ) -> LoadReport:
     """Publish an opened bundle into ``client``'s registry, under ``namespace`` (default: the
-    bundle's). BundleError, with nothing published, when a check fails."""
+    bundle's). BundleError, with nothing published, when a check fails. ``on_bytes``, given the
+    bundle's blob bytes, returns what to tell of each read (progress)."""
     info = opened.info
     target = namespace or info.namespace
 
@@ -373,6 +385,7 @@ def load(
 
     report = LoadReport()
     _prerequisites(info, client, home, report)
+    count = on_bytes(sum(info.blobs.values())) if on_bytes is not None else None
     manifests = {m.digest for m in info.manifests}
     kept: dict[str, bytes] = {}
     wanted = {d: [home(r) for r, n in info.needs.items() if d in n] for d in info.blobs}
@@ -381,7 +394,7 @@ def load(
         repos = wanted.get(digest, [])
         keep = digest in manifests or (verify_key is not None and member.size <= KEEP_SMALL)
         lacking = [r for r in repos if not client.blob_exists(r, digest, push=True)]
-        verified = _Verified(member.open(), digest, member.size, member.where, keep)
+        verified = _Verified(member.open(), digest, member.size, member.where, keep, count)
         try:
             if digest in manifests or not lacking:
                 verified.drain()

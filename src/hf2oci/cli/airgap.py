@@ -13,11 +13,13 @@ from hf2oci.cli._common import (
     echo,
     get_hf_option,
     handle_errors,
+    is_quiet,
     load,
     plain_http_option,
     policy_key,
     verbosity,
 )
+from hf2oci.cli._progress import Meter, meters
 from hf2oci.errors import ConfigError
 from hf2oci.units import human_size
 
@@ -168,8 +170,28 @@ def bundle(
              f"blobs ({human_size(plan.carried_bytes)})"
              + (f"; {expected} blobs left to the inside" if expected else ""))  # fmt: skip
 
+    progress = _Progress(str(output))
     run(source, config.namespace, output, only=choices, since=inside, split=size,
-        on_plan=planned, records=records)  # fmt: skip
+        on_plan=planned, records=records,
+        on_bytes=lambda plan: progress.start(plan.carried_bytes))  # fmt: skip
+    progress.finish()
+
+
+class _Progress:
+    """A command's one meter (``_progress``), made once its total is known; None with -q."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.make = label, meters(not is_quiet())
+        self.meter: Meter | None = None
+
+    def start(self, total: int) -> Callable[[int], None] | None:
+        if self.make is not None:
+            self.meter = self.make(self.label, total)
+        return self.meter
+
+    def finish(self) -> None:
+        if self.meter is not None:
+            self.meter.finish()
 
 
 def _records(get_hf: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -218,7 +240,10 @@ def load_command(
     client = _client(config.registry, config.plain_http, monolithic=True)
     opened, close = open_bundle(bundle_path)
     try:
-        report = run(opened, client, namespace=namespace, verify_key=key)
+        progress = _Progress(str(bundle_path))
+        report = run(opened, client, namespace=namespace, verify_key=key,
+                     on_bytes=progress.start)  # fmt: skip
+        progress.finish()
     finally:
         close()
     for line in report.refused:
