@@ -245,10 +245,10 @@ class CheckedReader(io.RawIOBase):
         n = int(self._source(view) or 0) if len(view) else 0
         self.check.update(view[:n])
         self.read_so_far += n
-        if n and self._on_bytes is not None:
-            self._on_bytes(n)
         if not self._ended and (n == 0 or (size is not None and self.read_so_far >= size)):
             self.ended()
+        if n and self._on_bytes is not None:  # the last bytes count once they checked out
+            self._on_bytes(n)
         return n
 
     def ended(self) -> None:
