@@ -233,7 +233,7 @@ def load_command(
 
     The namespace defaults to the bundle's; another one re-homes the repos."""
     from hf2oci.airgap.load import load as run
-    from hf2oci.airgap.load import open_bundle
+    from hf2oci.airgap.read import open_bundle
 
     config = load(get_hf / "config.yaml", registry=registry, plain_http=plain_http)
     key = policy_key(verify_key, get_hf, config)
