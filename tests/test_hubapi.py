@@ -166,6 +166,19 @@ def test_a_name_that_does_not_resolve_is_not_tried_again(
     assert tries == []
 
 
+def test_tls_that_fails_is_not_tried_again(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch, tries: list[Any]
+) -> None:
+    """The one transient-error rule (``retry.is_temporary``) for the hub as for the registry: a
+    TLS failure is no blip (the hub retried it six times over minutes, the registry never)."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.url.replace("http://", "https://"))  # plain HTTP there
+    with pytest.raises(HubUnreachable) as got:
+        hub_module.fetch_state(_spec("org/model"))
+    assert "cannot reach the hub at https://127.0.0.1" in str(got.value)
+    assert "TLS failed" in str(got.value)
+    assert tries == []
+
+
 def test_a_refused_connection_is_tried_again_then_unreachable(
     monkeypatch: pytest.MonkeyPatch, tries: list[Any]
 ) -> None:

@@ -14,30 +14,21 @@ import dataclasses
 import http.client
 import io
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import requests
 import requests.adapters
-import urllib3.exceptions
 
 from hf2oci.errors import Temporary
-from hf2oci.retry import DEFAULT_POLICY, RetryPolicy, name_not_resolved, retrying
+from hf2oci.retry import DEFAULT_POLICY, TRANSPORT_ERRORS, RetryPolicy, is_temporary, retrying
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: bigger socket writes than urllib3's 16 KiB default: blobs are large
 SEND_BLOCK = 1 << 20
-#: what a failed read raises, from the socket up through urllib3 and requests
-READ_ERRORS = (
-    OSError,
-    http.client.HTTPException,
-    urllib3.exceptions.HTTPError,
-    requests.RequestException,
-)
 
 
 class _BigBlockAdapter(requests.adapters.HTTPAdapter):
@@ -130,20 +121,14 @@ class ResumableBody(io.RawIOBase):
             raise self._gave_up(e, self.offset) from e
 
     def _retry(self, exc: BaseException) -> bool:
-        if isinstance(exc, Temporary) or self._temporary(exc):
-            return True
-        # a cut or failed read may pass; a name that does not resolve or a bad certificate not
-        unfixable = name_not_resolved(exc) or isinstance(
-            exc, (ssl.SSLError, requests.exceptions.SSLError)
-        )
-        return isinstance(exc, READ_ERRORS) and not unfixable
+        return self._temporary(exc) or is_temporary(exc)
 
     def _read(self, view: memoryview) -> int:
         if self._resp is None:
             self._open()
         try:
             n = self._readinto(view)
-        except READ_ERRORS:
+        except TRANSPORT_ERRORS:
             self.close_response()
             raise
         if not n and (self.end is None or self.offset < self.end):

@@ -6,15 +6,19 @@ retry through ``retrying``; nothing else loops on failures.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import requests
 import tenacity
+import urllib3
 
 from hf2oci.errors import Temporary
 
@@ -22,7 +26,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_POLICY", "REQUEST_POLICY", "RetryPolicy", "Temporary", "backoff", "retrying"]
+__all__ = [
+    "DEFAULT_POLICY", "REQUEST_POLICY", "RetryPolicy", "Temporary", "backoff", "is_temporary",
+    "retrying",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,35 @@ def name_not_resolved(exc: BaseException) -> bool:
         or "Name or service not known" in str(e)
         for e in causes(exc)
     )
+
+
+def tls_failed(exc: BaseException) -> bool:
+    """Whether TLS failed (a certificate, a protocol): no retry makes it valid."""
+    return any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in causes(exc))
+
+
+#: what a connection, a request or a read can raise on the way: a cut, a reset, a timeout
+TRANSPORT_ERRORS = (
+    OSError,
+    http.client.HTTPException,
+    urllib3.exceptions.HTTPError,
+    requests.RequestException,
+)
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """The one rule of whether trying again may help, for the hub, the registry and every
+    resumed body: ``Temporary`` (a 408/429/5xx answer, a body cut short) or an error that says
+    so itself (``RegistryError.temporary``), and any failure on the way (a cut, a reset, a
+    timeout); never a name that does not resolve or TLS that failed."""
+    if isinstance(exc, Temporary):
+        return True
+    said = getattr(exc, "temporary", None)
+    if isinstance(said, bool):
+        return said
+    if name_not_resolved(exc) or tls_failed(exc) or isinstance(exc, ValueError):
+        return False  # (requests' ValueErrors: a request that cannot be made, as InvalidURL)
+    return isinstance(exc, TRANSPORT_ERRORS)
 
 
 def retry_after_of(exc: BaseException | None) -> float | None:

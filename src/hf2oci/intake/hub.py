@@ -38,7 +38,7 @@ from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
     Temporary,
-    name_not_resolved,
+    is_temporary,
     parse_retry_after,
     retrying,
 )
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: every hub request (metadata, small files, streamed files) is retried by this policy
-HUB_POLICY = RetryPolicy()
+HUB_POLICY = RetryPolicy(read_timeout=60.0)
 
 
 def endpoint() -> str:
@@ -385,14 +385,17 @@ def request(
     params: Mapping[str, str] | None = None,
     form: Mapping[str, object] | None = None,
 ) -> Any:
-    """One GET (POST of ``form``) of the hub, streamed: Temporary for a connection failure or a
-    429/5xx answer (with its Retry-After), HubUnreachable for a name that does not resolve."""
+    """One GET (POST of ``form``) of the hub, streamed, with the hub policy's timeouts:
+    Temporary for what another try may help (``retry.is_temporary``: a connection failure, a
+    429/5xx answer with its Retry-After), HubUnreachable for what it cannot (a name that does
+    not resolve, TLS that failed)."""
     method = "POST" if form is not None else "GET"
+    timeout = (HUB_POLICY.connect_timeout, HUB_POLICY.read_timeout)
     try:
         resp = hub_session().request(method, url, params=params, data=form, headers=headers,
-                                     timeout=(10, 60), stream=True)  # fmt: skip
+                                     timeout=timeout, stream=True)  # fmt: skip
     except requests.RequestException as e:
-        if name_not_resolved(e):
+        if not is_temporary(e):
             raise HubUnreachable(
                 f"{what}: cannot reach the hub at {endpoint()}: {unreachable_reason(e)}"
             ) from e

@@ -29,11 +29,11 @@ from hf2oci.oci.transport import (
     Transport,
     error_code,
     error_from_response,
-    is_temporary,
     load_credentials,
     registry_scope,
 )
 from hf2oci.reference import api_base, normalise_registry
+from hf2oci.retry import is_temporary
 
 log = logging.getLogger(__name__)
 

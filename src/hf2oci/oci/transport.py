@@ -36,7 +36,7 @@ from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
     causes,
-    name_not_resolved,
+    is_temporary,
     parse_retry_after,
     retrying,
 )
@@ -110,24 +110,6 @@ class _TemporaryStatus(RegistryError):
     def __init__(self, message: str, *, status: int, url: str, retry_after: float | None) -> None:
         super().__init__(message, status=status, url=url, temporary=True)
         self.retry_after = retry_after
-
-
-def is_temporary(exc: BaseException) -> bool:
-    """Whether trying again may help: cut connections, timeouts, 408/429/5xx."""
-    if isinstance(exc, RegistryError):
-        return exc.temporary
-    if isinstance(exc, requests.exceptions.SSLError) or name_not_resolved(exc):
-        return False  # no retry makes a name resolve or a certificate valid
-    return isinstance(
-        exc,
-        (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.ProtocolError,
-            ConnectionError,
-        ),
-    )
 
 
 def error_from_response(resp: requests.Response, *, registry: str) -> RegistryError:
