@@ -25,15 +25,12 @@ from cryptography.x509.oid import NameOID
 
 from faultproxy import FaultProxy, serve
 from hf2oci.errors import AuthError, RegistryError
+from hf2oci.oci.credentials import Credentials, load_credentials
 from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
-from hf2oci.oci.transport import (
-    Credentials,
-    RetryPolicy,
-    Transport,
-    load_credentials,
-    redact_url,
-)
+from hf2oci.oci.transport import Transport
+from hf2oci.redact import redact_url
+from hf2oci.retry import RetryPolicy
 from servers import Registry, start_registry
 from test_registry import logged_client, random_image, unique_repo
 

@@ -14,6 +14,8 @@ import dataclasses
 import http.client
 import io
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -22,7 +24,14 @@ import requests
 import requests.adapters
 
 from hf2oci.errors import Temporary
-from hf2oci.retry import DEFAULT_POLICY, TRANSPORT_ERRORS, RetryPolicy, is_temporary, retrying
+from hf2oci.retry import (
+    DEFAULT_POLICY,
+    TRANSPORT_ERRORS,
+    RetryPolicy,
+    causes,
+    is_temporary,
+    retrying,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -202,3 +211,23 @@ def read_exactly(body: Readable, buffer: bytearray | memoryview) -> int:
             break
         got += n
     return got
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (not urllib3's 400-character text)."""
+    for e in causes(exc):
+        if isinstance(e, socket.gaierror) or "NameResolutionError" in type(e).__name__:
+            return "its name does not resolve (no DNS or no route to it from here)"
+        if isinstance(e, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)):
+            return f"TLS failed ({_one_line(getattr(e, 'reason', None) or e)[:120]})"
+        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout)):
+            return "it did not answer in time"
+        if isinstance(e, ConnectionResetError):
+            return "the connection was reset"
+    return _one_line(exc)

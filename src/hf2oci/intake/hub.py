@@ -32,8 +32,7 @@ from hf2oci.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from hf2oci.http import hub_session
-from hf2oci.oci.transport import unreachable_reason
+from hf2oci.http import hub_session, unreachable_reason
 from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,

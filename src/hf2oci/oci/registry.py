@@ -17,6 +17,8 @@ import requests
 from hf2oci.digest import HashingReader, sha256_digest
 from hf2oci.errors import DigestMismatch, RegistryError
 from hf2oci.http import Readable, ResumableBody, read_exactly
+from hf2oci.oci.answers import error_code, error_from_response
+from hf2oci.oci.credentials import load_credentials
 from hf2oci.oci.image import (
     MT_DOCKER_LIST,
     MT_DOCKER_MANIFEST,
@@ -25,13 +27,7 @@ from hf2oci.oci.image import (
     Piece,
     piece_size,
 )
-from hf2oci.oci.transport import (
-    Transport,
-    error_code,
-    error_from_response,
-    load_credentials,
-    registry_scope,
-)
+from hf2oci.oci.transport import Transport, registry_scope
 from hf2oci.reference import api_base, normalise_registry
 from hf2oci.retry import is_temporary
 

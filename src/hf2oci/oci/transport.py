@@ -1,5 +1,6 @@
-"""HTTP to registries: one session (``http.new_session``), auth (Basic, Bearer challenge, docker
-config), the one retry policy.
+"""HTTP to registries: one session (``http.new_session``), auth (Basic, or a Bearer token for a
+challenge), the one retry policy; where credentials come from is ``credentials.py``, what the
+registry's answers mean ``answers.py``.
 
 ``Transport.request`` retries single requests, ``Transport.retrying`` runs a multi-request
 operation (a blob upload session) under the same policy, and blob reads resume through
@@ -9,19 +10,11 @@ operation (a blob upload session) under the same policy, and blob reads resume t
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
-import json
 import logging
-import os
-import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -29,15 +22,13 @@ import requests
 import urllib3.exceptions
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
-from hf2oci.http import new_session
-from hf2oci.redact import redact_url
-from hf2oci.reference import normalise_registry
+from hf2oci.http import new_session, unreachable_reason
+from hf2oci.oci.answers import Challenge, error_from_response, parse_challenge
+from hf2oci.oci.credentials import LOGIN_HINT, Credentials
 from hf2oci.retry import (
     RETRY_STATUSES,
     RetryPolicy,
-    causes,
     is_temporary,
-    parse_retry_after,
     retrying,
 )
 
@@ -45,122 +36,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Body = bytes | Callable[[], BinaryIO] | None
-
-ENV_USERNAME = "HF2OCI_REGISTRY_USERNAME"
-ENV_PASSWORD = "HF2OCI_REGISTRY_PASSWORD"
-_LOGIN_HINT = f"set {ENV_USERNAME}/PASSWORD or docker login"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-
-def load_credentials(
-    registry: str,
-    *,
-    env: Mapping[str, str] = os.environ,
-    docker_config: Path | None = None,
-) -> Credentials | None:
-    """Credentials for ``registry``: the HF2OCI_REGISTRY_* variables, else docker's config.json."""
-    username, password = env.get(ENV_USERNAME), env.get(ENV_PASSWORD)
-    if username and password:
-        return Credentials(username, password)
-    if docker_config is None:
-        config_dir = env.get("DOCKER_CONFIG")
-        docker_config = (
-            Path(config_dir) if config_dir else Path.home() / ".docker"
-        ) / "config.json"
-    if not docker_config.is_file():
-        return None
-    try:
-        doc = json.loads(docker_config.read_text())
-    except (OSError, ValueError) as e:
-        raise AuthError(f"cannot read docker config {docker_config}: {e}") from e
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    wanted = normalise_registry(registry)
-    for key, entry in auths.items():
-        if _auth_key_host(key) != wanted or not isinstance(entry, dict):
-            continue
-        if entry.get("auth"):
-            try:
-                user, sep, secret = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-                raise AuthError(f"docker config {docker_config}: bad 'auth' for {key}") from e
-            if sep:
-                return Credentials(user, secret)
-        if entry.get("username") and entry.get("password"):
-            return Credentials(str(entry["username"]), str(entry["password"]))
-    log.debug("no credentials for %s in %s", registry, docker_config)
-    return None
-
-
-def _auth_key_host(key: str) -> str:
-    """``https://index.docker.io/v1/`` → ``docker.io``; ``https://host/`` → ``host``."""
-    host = key.split("://", 1)[-1].split("/", 1)[0]
-    return normalise_registry(host)
-
-
-class _TemporaryStatus(RegistryError):
-    """A 408/429/5xx answer; carries the server's Retry-After, if any, for the backoff."""
-
-    def __init__(self, message: str, *, status: int, url: str, retry_after: float | None) -> None:
-        super().__init__(message, status=status, url=url, temporary=True)
-        self.retry_after = retry_after
-
-
-def error_from_response(resp: requests.Response, *, registry: str) -> RegistryError:
-    """A RegistryError naming the request, the status and the registry's own error code/message."""
-    url = redact_url(resp.url or "")
-    path = urlsplit(url).path + (f"?{urlsplit(url).query}" if urlsplit(url).query else "")
-    detail = _registry_error_detail(resp)
-    message = f"registry {registry}: {resp.request.method} {path} failed ({resp.status_code}"
-    message += f" {detail})" if detail else f" {resp.reason or ''}".rstrip() + ")"
-    temporary = resp.status_code in RETRY_STATUSES
-    if temporary:
-        after = parse_retry_after(resp.headers.get("Retry-After"))
-        return _TemporaryStatus(message, status=resp.status_code, url=url, retry_after=after)
-    return RegistryError(message, status=resp.status_code, url=url, temporary=False)
-
-
-def error_code(resp: requests.Response) -> str | None:
-    """``errors[0].code`` of a registry error body, if it has one."""
-    try:
-        errors = resp.json().get("errors") or []
-        return str(errors[0]["code"]) if errors else None
-    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
-        return None
-
-
-def _registry_error_detail(resp: requests.Response) -> str:
-    try:
-        errors = resp.json().get("errors") or []
-        first = errors[0]
-        text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
-    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
-        return ""
-    return " ".join(text.split())[:300]
-
-
-@dataclass(frozen=True)
-class _Challenge:
-    scheme: str  # "basic" or "bearer"
-    params: Mapping[str, str]
-
-
-_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def parse_challenge(header: str) -> _Challenge | None:
-    """``Bearer realm="…",service="…",scope="…"`` → scheme and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
-    if not scheme:
-        return None
-    params = {m[1].lower(): m[2] if m[2] is not None else m[3] for m in _PARAM.finditer(rest)}
-    return _Challenge(scheme.lower(), params)
 
 
 class _SizedReader:
@@ -223,7 +98,7 @@ class Transport:
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._basic = False  # the registry asked for Basic auth
-        self._bearer: _Challenge | None = None  # the registry's Bearer challenge, once seen
+        self._bearer: Challenge | None = None  # the registry's Bearer challenge, once seen
         self._tokens: dict[str, tuple[str, float]] = {}  # scopes → (token, expiry)
 
     # -- the retry policy -------------------------------------------------------------------
@@ -392,7 +267,7 @@ class Transport:
         pair = f"{self.credentials.username}:{self.credentials.password}".encode()
         return "Basic " + base64.b64encode(pair).decode()
 
-    def _fetch_token(self, challenge: _Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
+    def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
         realm = challenge.params.get("realm")
         if not realm:
             raise AuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
@@ -440,7 +315,7 @@ class Transport:
             msg = f"registry {self.registry} refused the credentials for {action} ({status})"
         else:
             msg = f"registry {self.registry} needs credentials for {action} ({status})"
-        return AuthError(f"{msg}: {_LOGIN_HINT}", status=status)
+        return AuthError(f"{msg}: {LOGIN_HINT}", status=status)
 
 
 def _scopes(scope: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -476,26 +351,6 @@ def _describe_scopes(scopes: tuple[str, ...]) -> str:
                 return f"push to {name}"
             pulls.append(f"pull from {name}")
     return pulls[0] if pulls else "access"
-
-
-def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
-def unreachable_reason(exc: BaseException) -> str:
-    """Why a connection failed, in a few words (not urllib3's 400-character text)."""
-    for e in causes(exc):
-        if isinstance(e, socket.gaierror) or "NameResolutionError" in type(e).__name__:
-            return "its name does not resolve (no DNS or no route to it from here)"
-        if isinstance(e, ConnectionRefusedError):
-            return "the connection was refused"
-        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)):
-            return f"TLS failed ({_one_line(getattr(e, 'reason', None) or e)[:120]})"
-        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout)):
-            return "it did not answer in time"
-        if isinstance(e, ConnectionResetError):
-            return "the connection was reset"
-    return _one_line(exc)
 
 
 def registry_scope(repository: str, *, push: bool = False) -> str:

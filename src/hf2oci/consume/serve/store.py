@@ -35,10 +35,11 @@ from hf2oci.digest import git_blob_hash
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Temporary
 from hf2oci.http import new_session
 from hf2oci.oci import layout
+from hf2oci.oci.credentials import load_credentials
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
-from hf2oci.oci.transport import Transport, load_credentials
+from hf2oci.oci.transport import Transport
 from hf2oci.reference import Reference
 from hf2oci.repofiles import INDEX_PATH, REPO_DIR, parts_of
 from hf2oci.retry import REQUEST_POLICY
