@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Literal, cast
+from typing import Literal
 
 from hf2oci import labels as L
 from hf2oci.build.describe import image_labels
 from hf2oci.build.destination import Destination, Target, Targets
 from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
 from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
+from hf2oci.build.formats.modelpack import build_modelpack
 from hf2oci.build.plan import Action, plan
+from hf2oci.build.scanning import head_opener, scan_fetched
+from hf2oci.build.scanning import scan_labels as scan_labels_of
+from hf2oci.build.sign import sign_published
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.intake.files import Reader
-from hf2oci.intake.scan import ScanReport, candidate, scan_files, whole_read
+from hf2oci.intake.prepare import run_prepare
+from hf2oci.intake.scan import ScanReport, candidate, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import open_base
 from hf2oci.oci.tarstream import ChunkSource
@@ -152,7 +155,7 @@ def mirror_action(
         how = _how(streamed, options)
         progress(label, f"fetching {len(action.files)} files ({human_size(action.size)}){how}")
         files, scanned = fetch_files(action, streamed, Path(tmp), options, reader, progress)
-        scan_labels = _scan_labels(scanned)
+        scan_labels = scan_labels_of(scanned)
         if action.spec.format == "modelpack":
             image = _modelpack(action, files, options, scan_labels, reader)
         else:
@@ -182,7 +185,9 @@ def mirror_action(
         meter = options.meter(label, size) if options.meter else None
         digest = target.write(image, action.tags, on_progress=meter)
         if options.signing_key is not None:
-            sign_published(action, image, files, target, where, scanned, options, progress)
+            hook = options.prepare_script.name if options.prepare_script else None
+            sign_published(action, image, files, target, where, scanned,
+                           key=options.signing_key, hook=hook, progress=progress)  # fmt: skip
     return Mirrored(
         repo_id=state.repo_id,
         repo_type=state.repo_type,
@@ -202,102 +207,6 @@ def mirror_action(
     )
 
 
-def sign_published(
-    action: Action,
-    image: Artifact,
-    files: Sequence[PackFile],
-    target: Target,
-    reference: str,
-    scanned: ScanReport,
-    options: RunOptions,
-    progress: Progress = _quiet,
-) -> None:
-    """Write the image signature and the provenance of ``image`` (and of each platform's
-    image of an index) beside it, as cosign stores them: the ``sha256-<hex>.sig`` and
-    ``.att`` tags of the same repository; and the OpenSSF model signature over ``files`` as a
-    referrer of ``image`` (the referrers tag ``sha256-<hex>``)."""
-    from hf2oci.intake import hub
-    from hf2oci.oci.image import images_of
-    from hf2oci.trust import signing
-
-    key, state = options.signing_key, action.state
-    assert key is not None and state is not None
-    where = target.signatures()
-    if where is None:
-        progress(action.spec.label, "not signed: the Docker engine keeps no signatures "
-                 "(set a registry to sign)")  # fmt: skip
-        return
-    digests = [image.digest, *(one.digest for one in images_of(image) if one is not image)]
-    kept = set(action.files)
-    statement = signing.provenance(
-        subjects=[(reference, d) for d in digests],
-        hub=hub.endpoint(),
-        repo_id=state.repo_id,
-        repo_type=state.repo_type,
-        commit=state.commit,
-        requested=state.requested,
-        files=[
-            signing.SourceFile(f.path, f.size, f.sha256, f.blob_id)
-            for f in state.files
-            if f.path in kept
-        ],
-        selection={
-            "include": list(action.spec.include),
-            "exclude": list(action.spec.exclude),
-            "preset": action.spec.preset,
-            "format": action.spec.format or "image",
-            "prepare_hook": options.prepare_script.name if options.prepare_script else None,
-        },
-        scan={
-            "policy": scanned.policy,
-            "summary": scanned.summary,
-            "files": {v.path: v.to_json() for v in scanned.files},
-        },
-    )
-    attestation = signing.attestation_artifact(key, statement)
-    writes = [
-        (signing.signature_artifact(key, reference, d), signing.signature_tag(d)) for d in digests
-    ]
-    writes += [(attestation, signing.attestation_tag(d)) for d in digests]
-    with ThreadPoolExecutor(min(4, len(writes)), thread_name_prefix="sign") as pool:
-        for done in [pool.submit(where.write, a, [t], on_progress=None) for a, t in writes]:
-            done.result()
-    digests_of = _file_sha256(files)
-    if digests_of is None:
-        progress(
-            action.spec.label, "no model signature: a streamed file has no sha256 from the hub"
-        )
-    else:
-        bundle = signing.model_signature(key, state.repo_id.rsplit("/", 1)[-1], digests_of)
-        found = signing.referrer(bundle, signing.MT_BUNDLE, image.manifest_descriptor)
-        index = signing.ReferrersIndex([found], annotations={})
-        where.write(index, [signing.referrers_tag(image.digest)], on_progress=None)
-    progress(action.spec.label, f"signed {reference}@{image.digest} (key {key.keyid[:12]})")
-
-
-def _file_sha256(files: Sequence[PackFile]) -> dict[str, str] | None:
-    """Each file's sha256: the hub's (checked while streaming), else hashed on disk (small
-    files, a hook's output); None when a streamed file has none (not in LFS)."""
-    from hf2oci.digest import sha256_file
-
-    out = {}
-    for f in files:
-        if f.sha256:
-            out[f.path] = f.sha256
-        elif isinstance(f.source, Path):
-            out[f.path] = sha256_file(f.source).removeprefix("sha256:")
-        else:
-            return None
-    return out
-
-
-def _scan_labels(report: ScanReport) -> dict[str, str]:
-    """The scan's labels: none for a repo without pickle-based files."""
-    if not report.files and not report.unscanned:
-        return {}
-    return {L.SCAN: report.summary, L.SCAN_FILES: report.details()}
-
-
 def _modelpack(
     action: Action,
     files: Sequence[PackFile],
@@ -306,8 +215,6 @@ def _modelpack(
     reader: Reader,
 ) -> Artifact:
     """The ModelPack artifact of a repo: labels as manifest annotations (plan reads them)."""
-    from hf2oci.build.formats.modelpack import build_modelpack
-
     state = action.state
     assert state is not None
     labels = image_labels(
@@ -335,61 +242,9 @@ def _modelpack(
         repo_type=state.repo_type,
         descriptor=descriptor,
         labels=labels,
-        open_head=_head_opener(reader),
+        open_head=head_opener(reader),
         max_layer_size=options.max_layer_size,
     )
-
-
-def _head_opener(
-    reader: Reader, *, block: int = 256 << 10
-) -> Callable[[PackFile], AbstractContextManager[BinaryIO]]:
-    """Opens a file for reading parts of it: from disk when downloaded, else by ``block``-sized
-    range reads of the hub."""
-    from hf2oci.oci.source import RangeReader
-
-    def open_head(f: PackFile) -> AbstractContextManager[BinaryIO]:
-        if isinstance(f.source, Path):
-            return cast(AbstractContextManager[BinaryIO], open(f.source, "rb"))
-        ranged = RangeReader(reader.ranged(reader.state.file(f.path)), block=block)
-        return cast(AbstractContextManager[BinaryIO], io.BufferedReader(ranged, block))
-
-    return open_head
-
-
-def scan_fetched(
-    action: Action,
-    files: Sequence[PackFile],
-    policy: ScanPolicy,
-    reader: Reader,
-    progress: Progress = _quiet,
-) -> ScanReport:
-    """Scan the pickle-based files among ``files`` (on disk, or streamed: Range reads), with
-    the hub's own verdicts beside ours; ScanRefused when the policy refuses a finding."""
-    from hf2oci.errors import HubError
-    from hf2oci.intake import hub
-    from hf2oci.intake.scan import RANGE_BLOCK
-
-    state = action.state
-    assert state is not None
-    by_path = {f.path: f for f in files}
-    candidates = [p for p in by_path if candidate(p)]
-    hub_verdicts: dict[str, str] = {}
-    if policy != "off" and candidates:
-        try:
-            hub_verdicts = hub.security_verdicts(state, candidates)
-        except HubError as e:  # the hub's verdict is a second opinion: ours still decides
-            log.warning("%s: the hub's scan verdicts not read: %s", action.spec.label, e)
-    opener = _head_opener(reader, block=RANGE_BLOCK)
-    ranged = frozenset(p for p in candidates if not isinstance(by_path[p].source, Path))
-    report = scan_files(
-        candidates, lambda p: opener(by_path[p]), policy, hub_verdicts=hub_verdicts, ranged=ranged
-    )
-    if report.files:
-        progress(
-            action.spec.label, f"scan: {report.summary} ({human_size(report.bytes_read)} read)"
-        )
-    report.check(state.repo_id)
-    return report
 
 
 def fetch_files(
@@ -404,8 +259,6 @@ def fetch_files(
     prepare hook, if any), the streamed ones as hub sources read while their layer is written;
     and the scan of the hub's files, made before the hook runs (it may load them) and before
     anything is written."""
-    from hf2oci.intake.prepare import run_prepare
-
     state = action.state
     assert state is not None
     local = [p for p in action.files if p not in streamed]

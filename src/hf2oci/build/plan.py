@@ -9,19 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.build.formats.grouping import carry, check_layer_count
 from hf2oci.build.formats.modelpack import check_file_count
 from hf2oci.errors import Hf2ociError, PackError
+from hf2oci.intake import hub
 from hf2oci.intake.filters import select
+from hf2oci.intake.hub import RepoState
 from hf2oci.intake.scan import candidate
 from hf2oci.spec import RepoSpec, RepoType, ScanPolicy
-
-if TYPE_CHECKING:  # the hub module loads huggingface_hub: only plan_repo needs it
-    from hf2oci.intake.hub import RepoState
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,6 @@ def plan_repo(
     scan: ScanPolicy = "off",
 ) -> Action:
     """Decide for one repo with metadata calls only (hub info, the destination's labels)."""
-    from hf2oci.intake import hub
-
     try:
         state = hub.fetch_state(spec, complete=False)
         tag = naming.repo_tag(spec.repo_id)
