@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -108,9 +107,7 @@ def read_project(get_hf: Path, **overrides: Any) -> tuple[Config, list[RepoSpec]
     if not get_hf.is_dir():
         raise ConfigError(f"{get_hf}: no such folder (pass --get-hf DIR)")
     config = load(get_hf / "config.yaml", **overrides)
-    specs, errors = read_lists(get_hf)
-    if config.format != "image":  # None reads as image everywhere: plan lines stay as written
-        specs = [s if s.format else dataclasses.replace(s, format=config.format) for s in specs]
+    specs, errors = read_lists(get_hf, format=config.format)
     return config, specs, errors
 
 

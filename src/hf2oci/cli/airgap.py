@@ -144,6 +144,7 @@ def bundle(
     from hf2oci.airgap.content import LayoutSource, RegistrySource, Source
     from hf2oci.airgap.schema import Inventory
     from hf2oci.config import parse_size
+    from hf2oci.record.ledger import carried_records
 
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
@@ -156,7 +157,7 @@ def bundle(
         source = RegistrySource(_client(config.registry, config.plain_http))
     choices = [Choice.parse(text) for text in only]
     inside = Inventory.read(since) if since is not None else None
-    records = _records(get_hf, config.record)
+    records = carried_records(get_hf / config.record)
     size = parse_size(split, "--split") if split else None
     if size is not None and size < 1 << 20:
         raise ConfigError(f"--split {split}: volumes of at least 1 MiB")
@@ -192,18 +193,6 @@ class _Progress:
     def finish(self) -> None:
         if self.meter is not None:
             self.meter.finish()
-
-
-def _records(get_hf: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """The outside's ledger entries (none when there is no ledger), to carry in the bundle."""
-    from hf2oci.record.ledger import load_ledger
-
-    path = get_hf / name
-    if not path.is_file():
-        return {}
-    ledger = load_ledger(path)
-    return {(kind, e.repo_id): e.to_json() for kind in ("model", "dataset")
-            for e in ledger.entries(kind)}  # fmt: skip
 
 
 @click.command("load")

@@ -7,6 +7,7 @@ Line grammar::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -154,9 +155,11 @@ def format_line(spec: RepoSpec) -> str:
 
 
 def read_lists(
-    get_hf_dir: Path, *, display_root: Path | None = None
+    get_hf_dir: Path, *, display_root: Path | None = None, format: Format = "image"
 ) -> tuple[list[RepoSpec], list[ListError]]:
-    """Parse both list files of ``get_hf_dir`` (a missing one is empty).
+    """Parse both list files of ``get_hf_dir`` (a missing one is empty); a line that names no
+    format gets ``format`` (config.yaml's), except the default image: the plan's lines stay as
+    written.
 
     Paths in origins and messages are relative to ``display_root`` (default: the current
     directory) when the file is under it.
@@ -175,6 +178,8 @@ def read_lists(
             continue
         text, decode_errors = _decode(data, shown)
         got, bad = parse_list(text, path=shown, repo_type=repo_type)
+        if format != "image":  # None reads as image everywhere
+            got = [s if s.format else dataclasses.replace(s, format=format) for s in got]
         specs.extend(got)
         errors.extend(sorted(decode_errors + bad, key=lambda e: e.line))
     return specs, errors

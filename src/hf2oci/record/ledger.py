@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from hf2oci.errors import RecordError
 from hf2oci.fsutil import atomic_write
@@ -125,6 +126,16 @@ def load_ledger(path: Path) -> Ledger:
     except (OSError, UnicodeDecodeError) as e:
         raise RecordError(f"cannot read {path}: {e}") from e
     return Ledger.from_json(text, source=str(path))
+
+
+def carried_records(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each entry of the ledger at ``path`` as JSON by (repo type, repo id), for a bundle to
+    carry to the other side; none when there is no ledger."""
+    if not path.is_file():
+        return {}
+    ledger = load_ledger(path)
+    return {(kind, e.repo_id): e.to_json() for kind in ("model", "dataset")
+            for e in ledger.entries(kind)}  # fmt: skip
 
 
 def save_ledger(ledger: Ledger, path: Path) -> None:
