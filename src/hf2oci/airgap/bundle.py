@@ -27,7 +27,6 @@ from typing import Any, BinaryIO, cast
 from hf2oci import naming
 from hf2oci.airgap.content import (
     Graph,
-    Source,
     Tagged,
     attachment_tags,
     image_tags,
@@ -47,6 +46,7 @@ from hf2oci.digest import CheckedReader, Expected, sha256_digest
 from hf2oci.errors import PackError, UsageError
 from hf2oci.oci import layout
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_INDEX
+from hf2oci.oci.stores import ImageStore
 from hf2oci.spec import RepoType
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Plan:
 
 
 def plan_bundle(
-    source: Source,
+    source: ImageStore,
     namespace: str,
     *,
     only: Sequence[Choice] = (),
@@ -173,7 +173,7 @@ def _inside_tags(since: Inventory | None, repo_type: RepoType) -> dict[str, str]
 
 
 def _current(
-    source: Source,
+    source: ImageStore,
     repository: str,
     repo_type: RepoType,
     all_tags: set[str],
@@ -195,7 +195,7 @@ def _current(
             yield tagged
 
 
-def _pinned(source: Source, current: Tagged, all_tags: set[str]) -> list[Tagged]:
+def _pinned(source: ImageStore, current: Tagged, all_tags: set[str]) -> list[Tagged]:
     """The pinned tag of the current revision, when there is one."""
     if not current.revision:
         return []
@@ -242,7 +242,7 @@ def _blob_name(digest: str) -> str:
 
 def write_folder(
     plan: Plan,
-    source: Source,
+    source: ImageStore,
     out: Path,
     *,
     workers: int = 4,
@@ -295,7 +295,7 @@ def _tar_size(sizes: Sequence[int]) -> int:
 
 def write_tar(
     plan: Plan,
-    source: Source,
+    source: ImageStore,
     out: Path,
     *,
     split: int | None = None,
@@ -436,7 +436,7 @@ class _VolumeWriter(io.RawIOBase):
 
 
 def bundle(
-    source: Source,
+    source: ImageStore,
     namespace: str,
     out: Path,
     *,

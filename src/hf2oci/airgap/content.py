@@ -1,25 +1,21 @@
 """What an image is made of, read from a registry or from layouts alike: its manifests (an index,
 its images, children first) and its blobs (configs, layers). Inventory, bundle and prune walk
-images through a ``Source``."""
+images through an ``ImageStore`` (``oci.stores``: a registry or layouts)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.digest import sha256_digest
-from hf2oci.errors import PackError, UsageError
-from hf2oci.oci import layout
-from hf2oci.oci.image import ANNOTATION_REF_NAME, INDEX_TYPES, MT_MANIFEST
+from hf2oci.errors import PackError
+from hf2oci.oci.image import INDEX_TYPES
 from hf2oci.oci.layers import check_digest
-from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.stores import ImageStore, media_type_of
 from hf2oci.spec import RepoType
 
 #: an index nests images; nothing hf2oci makes nests deeper than this
@@ -40,115 +36,6 @@ def attachment_tags(digest: str) -> list[str]:
     return ["sha256-" + check_digest(digest).partition(":")[2] + s for s in ATTACHMENT_SUFFIXES]
 
 
-class Source(Protocol):
-    """Image repositories to read: a registry's, or layouts under a folder."""
-
-    where: str
-
-    def tags(self, repository: str) -> list[str]: ...
-
-    def manifest(self, repository: str, ref: str) -> tuple[bytes, str] | None:
-        """The manifest at a tag or digest (checked against a digest ref), with its media type."""
-        ...
-
-    def open_blob(self, repository: str, digest: str) -> BinaryIO:
-        """The blob's bytes; reading to the end checks them against ``digest``."""
-        ...
-
-    def place_blob(self, repository: str, digest: str, size: int, target: Path) -> None:
-        """Put the blob at ``target`` (a hard link where the source is on the same disk)."""
-        ...
-
-
-class RegistrySource:
-    def __init__(self, client: RegistryClient) -> None:
-        self.client = client
-        self.where = f"registry {client.registry}"
-
-    def tags(self, repository: str) -> list[str]:
-        return self.client.list_tags(repository)
-
-    def manifest(self, repository: str, ref: str) -> tuple[bytes, str] | None:
-        found = self.client.get_manifest(repository, ref)
-        return None if found is None else (found[0], found[1])
-
-    def open_blob(self, repository: str, digest: str) -> BinaryIO:
-        return self.client.get_blob(repository, digest)
-
-    def place_blob(self, repository: str, digest: str, size: int, target: Path) -> None:
-        copy_checked(lambda: self.open_blob(repository, digest), target, size)
-
-
-class LayoutSource:
-    """Layouts under ``root``, one per image repository (``root/hgfkeep/models``), as ``sync``
-    writes them without a registry."""
-
-    def __init__(self, root: Path) -> None:
-        if not root.is_dir():
-            raise UsageError(f"{root}: no such folder")
-        self.root = root
-        self.where = str(root)
-
-    def _path(self, repository: str) -> Path:
-        return self.root / repository
-
-    def tags(self, repository: str) -> list[str]:
-        path = self._path(repository)
-        if not (path / layout.INDEX_FILE).is_file():
-            return []
-        docs = layout.read_index(path).get("manifests") or []
-        names = [(d.get("annotations") or {}).get(ANNOTATION_REF_NAME) for d in docs]
-        return sorted({n for n in names if isinstance(n, str)})
-
-    def manifest(self, repository: str, ref: str) -> tuple[bytes, str] | None:
-        path = self._path(repository)
-        if not (path / layout.INDEX_FILE).is_file():
-            return None
-        if ref.startswith("sha256:"):
-            data = layout.read_blob(path, ref)
-            return data, media_type_of(data)
-        desc = layout.resolve_tag(path, ref)
-        if desc is None:
-            return None
-        return layout.read_blob(path, desc.digest), desc.media_type
-
-    def open_blob(self, repository: str, digest: str) -> BinaryIO:
-        return open(layout.blob_path(self._path(repository), digest), "rb")
-
-    def place_blob(self, repository: str, digest: str, size: int, target: Path) -> None:
-        """A hard link (no copy) when the bundle is on the same filesystem, else a copy; the
-        loader checks every byte on the other side."""
-        blob = layout.blob_path(self._path(repository), digest)
-        try:
-            if blob.stat().st_size != size:
-                raise PackError(f"{blob}: {blob.stat().st_size} bytes, its manifest says {size}")
-            os.link(blob, target)
-        except FileNotFoundError as e:
-            raise PackError(f"{blob}: missing from the layout") from e
-        except OSError:
-            shutil.copyfile(blob, target)
-
-
-def copy_checked(opener: Callable[[], BinaryIO], target: Path, size: int) -> None:
-    """Copy a checked stream into ``target`` (PackError when it is not ``size`` bytes)."""
-    written = 0
-    with opener() as src, open(target, "wb") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-            written += len(chunk)
-    if written != size:
-        target.unlink(missing_ok=True)
-        raise PackError(f"{target.name}: {written} bytes, expected {size}")
-
-
-def media_type_of(data: bytes) -> str:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return ""
-    return str(doc.get("mediaType") or MT_MANIFEST) if isinstance(doc, dict) else ""
-
-
 @dataclass
 class Graph:
     """The manifests (children before parents) and blobs of one or more images."""
@@ -158,7 +45,7 @@ class Graph:
 
 
 def walk(
-    source: Source, repository: str, data: bytes, media_type: str, graph: Graph, depth: int = 0
+    source: ImageStore, repository: str, data: bytes, media_type: str, graph: Graph, depth: int = 0
 ) -> str:
     """Add the image whose manifest is ``data`` (and all it names) to ``graph``; its digest."""
     digest = sha256_digest(data)
@@ -237,7 +124,7 @@ class Tagged:
             return False
 
 
-def image_tags(source: Source, repository: str) -> Iterator[Tagged]:
+def image_tags(source: ImageStore, repository: str) -> Iterator[Tagged]:
     """Every image tag of ``repository`` (attachments left out), with its manifest."""
     for tag in source.tags(repository):
         if is_attachment(tag):

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from hf2oci.airgap.content import Graph, Source, image_tags, repositories, walk
+from hf2oci.airgap.content import Graph, image_tags, repositories, walk
 from hf2oci.airgap.schema import Held, Inventory
+from hf2oci.oci.stores import ImageStore
 
 
-def take_inventory(source: Source, registry: str, namespace: str) -> Inventory:
+def take_inventory(source: ImageStore, registry: str, namespace: str) -> Inventory:
     """Read every image tag under ``namespace`` (one manifest GET each, and one per image of an
     index); no blob is read."""
     inventory = Inventory(registry, namespace, dt.datetime.now(dt.timezone.utc).isoformat())

@@ -25,6 +25,7 @@ from hf2oci.airgap.schema import BUNDLE_FILE, BundleInfo, Ref
 from hf2oci.digest import CheckedReader, Expected
 from hf2oci.errors import BundleError, Hf2ociError
 from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.stores import Repository
 from hf2oci.spec import Mirrored
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def _check_signatures(
     """Each image's signature and provenance, from the bundle's own copies (blobs it does not
     carry from the inside registry): image digest → the reason it is refused."""
     from hf2oci import labels as L
-    from hf2oci.trust.verify import _Repo, check
+    from hf2oci.trust.verify import check
 
     refused: dict[str, str] = {}
     for ref in info.refs:
@@ -218,7 +219,7 @@ def _check_signatures(
             with client.get_blob(home(repository), digest) as stream:
                 return stream.read()
 
-        repo = _Repo(manifest, blob)
+        repo = Repository(manifest, blob)
         data = kept[ref.digest]
         annotations = json.loads(data).get("annotations") or {}
         labels = L.read(annotations, lambda: {})

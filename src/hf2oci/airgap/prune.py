@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hf2oci import labels as L
-from hf2oci.airgap.content import RegistrySource, Tagged, attachment_tags, image_tags, repositories
+from hf2oci.airgap.content import Tagged, attachment_tags, image_tags, repositories
 from hf2oci.errors import RegistryError, UsageError
 from hf2oci.oci.registry import RegistryClient
+from hf2oci.oci.stores import RegistryStore
 from hf2oci.spec import RepoSpec
 
 _SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -79,7 +80,7 @@ def plan_prune(
         raise UsageError("--keep must be at least 1 (the moving tag's revision stays anyway)")
     now = now or dt.datetime.now(dt.timezone.utc)
     cutoff = now - dt.timedelta(days=older_than) if older_than is not None else None
-    source = RegistrySource(client)
+    source = RegistryStore(client)
     removals: list[Removal] = []
     notes: list[str] = []
     for repository in repositories(namespace):

@@ -75,13 +75,13 @@ def inventory(
 ) -> None:
     """Say what the registry holds for hf2oci (tags, revisions, manifest and blob digests): the
     small file that crosses out, so a bundle carries only the rest. Reads no layer."""
-    from hf2oci.airgap.content import RegistrySource
     from hf2oci.airgap.inventory import take_inventory
+    from hf2oci.oci.stores import RegistryStore
 
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     client = _client(config.registry, config.plain_http)
-    found = take_inventory(RegistrySource(client), client.registry, config.namespace)
+    found = take_inventory(RegistryStore(client), client.registry, config.namespace)
     data = found.to_json()
     if output is None:
         sys.stdout.buffer.write(data)
@@ -141,20 +141,20 @@ def bundle(
     tar, in volumes), holding only the blobs the inventory of the other side lacks."""
     from hf2oci.airgap.bundle import Choice, Plan
     from hf2oci.airgap.bundle import bundle as run
-    from hf2oci.airgap.content import LayoutSource, RegistrySource, Source
     from hf2oci.airgap.schema import Inventory
     from hf2oci.config import parse_size
+    from hf2oci.oci.stores import ImageStore, LayoutStore, RegistryStore
     from hf2oci.record.ledger import carried_records
 
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     if layout is not None and registry:
         raise ConfigError("--registry and --layout: read one of them")
-    source: Source
+    source: ImageStore
     if layout is not None or not config.registry:
-        source = LayoutSource(layout if layout is not None else Path(config.output_dir))
+        source = LayoutStore(layout if layout is not None else Path(config.output_dir))
     else:
-        source = RegistrySource(_client(config.registry, config.plain_http))
+        source = RegistryStore(_client(config.registry, config.plain_http))
     choices = [Choice.parse(text) for text in only]
     inside = Inventory.read(since) if since is not None else None
     records = carried_records(get_hf / config.record)

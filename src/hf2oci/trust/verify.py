@@ -12,19 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.digest import sha256_digest
 from hf2oci.errors import Hf2ociError, UsageError
-from hf2oci.oci import layout
 from hf2oci.oci.image import INDEX_TYPES
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import layout_ref, open_image
+from hf2oci.oci.stores import LayoutStore, RegistryStore, Repository
 from hf2oci.reference import parse_reference
 from hf2oci.trust.signing import (
     MT_DSSE,
@@ -70,32 +68,15 @@ class Report:
         }
 
 
-class _Repo:
-    """Manifests by tag or digest and blobs by digest, of one repository or layout."""
-
-    def __init__(
-        self,
-        manifest: Callable[[str], tuple[bytes, str] | None],
-        blob: Callable[[str], bytes],
-    ) -> None:
-        self.manifest, self._blob = manifest, blob
-
-    def blob(self, digest: str) -> bytes:
-        data = self._blob(digest)
-        if sha256_digest(data) != digest:
-            raise ValueError(f"blob {digest} does not hash to its digest")
-        return data
-
-
-def _repo(text: str, plain_http: bool | None) -> tuple[_Repo, str]:
+def _repo(text: str, plain_http: bool | None) -> tuple[Repository, str]:
     """The repository ``text`` names (as ``open_image`` reads it) and its tag or digest."""
     found = layout_ref(text)
     if found is not None:
-        repository, colon, tag = found[1].rpartition(":")  # a bundle's repository:tag
-        return layout_repo(found[0], repository + colon), tag
+        repository, _, tag = found[1].rpartition(":")  # a bundle's repository:tag
+        return Repository.of(LayoutStore(found[0], single=True), repository), tag
     ref = parse_reference(text)
     client = RegistryClient(ref.registry, plain_http=plain_http)
-    return registry_repo(client, ref.repository), ref.identifier
+    return Repository.of(RegistryStore(client), ref.repository), ref.identifier
 
 
 def public_key(pem: bytes) -> Any:
@@ -133,35 +114,9 @@ def verify(text: str, public_pem: bytes, *, plain_http: bool | None = None) -> R
     return check(text, repo, tag, top[0], labels, public_pem)
 
 
-def registry_repo(client: RegistryClient, repository: str) -> _Repo:
-    """A repository of ``client``'s registry, read through it (its credentials and policy)."""
-
-    def remote(name: str) -> tuple[bytes, str] | None:
-        found = client.get_manifest(repository, name)
-        return None if found is None else (found[0], found[1])
-
-    def blob(digest: str) -> bytes:
-        with client.get_blob(repository, digest) as stream:
-            return stream.read()
-
-    return _Repo(remote, blob)
-
-
-def layout_repo(root: Path, prefix: str = "") -> _Repo:
-    """A layout's images; ``prefix`` names one repository's tags in a bundle (``repo:``)."""
-
-    def local(ref: str) -> tuple[bytes, str] | None:
-        if ref.startswith("sha256:"):
-            return layout.read_blob(root, ref), ""
-        desc = layout.resolve_tag(root, prefix + ref)
-        return None if desc is None else (layout.read_blob(root, desc.digest), desc.media_type)
-
-    return _Repo(local, lambda d: layout.read_blob(root, d))
-
-
 def check(
     text: str,
-    repo: _Repo,
+    repo: Repository,
     tag: str,
     manifest: bytes,
     labels: dict[str, str],
@@ -184,7 +139,7 @@ def check(
     return Report(text, digest, tuple(findings), platforms, files)
 
 
-def _artifact(repo: _Repo, ref: str) -> dict[str, Any] | None:
+def _artifact(repo: Repository, ref: str) -> dict[str, Any] | None:
     found = repo.manifest(ref)
     if found is None:
         return None
@@ -194,7 +149,7 @@ def _artifact(repo: _Repo, ref: str) -> dict[str, Any] | None:
     return doc
 
 
-def _check_signature(repo: _Repo, key: Any, digest: str) -> Finding:
+def _check_signature(repo: Repository, key: Any, digest: str) -> Finding:
     name = "signature"
     tag = signature_tag(digest)
     try:
@@ -224,7 +179,11 @@ def _check_signature(repo: _Repo, key: Any, digest: str) -> Finding:
 
 
 def _check_provenance(
-    repo: _Repo, key: Any, digest: str, labels: dict[str, str], files: dict[str, dict[str, str]]
+    repo: Repository,
+    key: Any,
+    digest: str,
+    labels: dict[str, str],
+    files: dict[str, dict[str, str]],
 ) -> Finding:
     """``files`` gets the verified provenance's file list."""
     name = "provenance"
@@ -318,7 +277,7 @@ def model_signature(text: str, *, plain_http: bool | None = None) -> bytes | Non
     return None
 
 
-def _artifact_index(repo: _Repo, tag: str) -> list[dict[str, Any]]:
+def _artifact_index(repo: Repository, tag: str) -> list[dict[str, Any]]:
     found = repo.manifest(tag)
     if found is None:
         return []

@@ -39,6 +39,7 @@ from hf2oci.oci.credentials import load_credentials
 from hf2oci.oci.image import ANNOTATION_REF_NAME, MT_LAYER_TAR, Image, Piece
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
+from hf2oci.oci.stores import LayoutStore, RegistryStore, Repository
 from hf2oci.oci.transport import Transport
 from hf2oci.reference import Reference
 from hf2oci.repofiles import INDEX_PATH, REPO_DIR, parts_of
@@ -348,7 +349,7 @@ class Store:
     def verification(self, repo_type: RepoType, image: Image) -> Any:
         """``hf2oci verify``'s report on ``image`` (by digest) with the store's key, kept for
         ``ttl`` seconds: a signature deleted or replaced is seen within that time."""
-        from hf2oci.trust.verify import check, layout_repo, registry_repo
+        from hf2oci.trust.verify import check
 
         assert self.verify_key is not None
         now = time.monotonic()
@@ -358,10 +359,11 @@ class Store:
             return cached[1]
         repository = self.repository(repo_type)
         if self.client is not None:
-            repo = registry_repo(self.client, repository)
+            repo = Repository.of(RegistryStore(self.client), repository)
         else:
-            path, prefix = self._in_layout(repository, "")
-            repo = layout_repo(path, prefix)
+            assert self.root is not None
+            single = (self.root / layout.LAYOUT_FILE).is_file()  # a bundle
+            repo = Repository.of(LayoutStore(self.root, single=single), repository)
         report = check(f"{repository}@{image.digest}", repo, image.digest, image.manifest,
                        L.of_image(image), self.verify_key)  # fmt: skip
         with self._lock:
