@@ -281,3 +281,28 @@ def test_a_modelpack_artifact_carries_raw_parts_that_extract_and_serve_join(
         assert head.headers["X-Linked-Etag"].strip('"') == sha
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["--staged", "--stream"])
+def test_parts_of_files_on_disk_or_streamed_give_one_image(
+    mode: str, hub: Any, project: Path
+) -> None:
+    """A file downloaded first (--staged, or a prepare hook's output) goes in the same parts as
+    one streamed: the same image, the whole file back."""
+    repo = "parts/staged"
+    if not hub._repos.get(("model", repo)):
+        hub.add_repo(repo, FILES)
+    make_project(project, models=[repo])
+    r = cli("mirror", repo, "--no-record", "--max-layer-size", str(LIMIT), "--base-image",
+            "scratch", mode, "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    digest = json.loads(r.stdout[r.stdout.find("{") :])["results"][0]["digest"]
+    _DIGESTS.setdefault(repo, digest)
+    assert _DIGESTS[repo] == digest  # staged and streamed: one image
+    x = cli("extract", f"oci:{project / 'oci-images/hgfkeep/models'}:{tag_of(repo)}",
+            str(project / "x"))  # fmt: skip
+    assert x.exit_code == 0, x.output
+    assert read_tree(project / "x") == FILES
+
+
+_DIGESTS: dict[str, str] = {}

@@ -188,20 +188,26 @@ class FileBlobLayer:
             raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
 
     def iter_range(self, start: int, length: int, chunk: Piece = 1 << 20) -> Iterator[bytes]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(start)
-                while length > 0:
-                    data = f.read(min(piece_size(chunk), length))
-                    if not data:
-                        raise PackError(f"{str(self.path)!r} ended {length} bytes early")
-                    length -= len(data)
-                    yield data
-        except OSError as e:
-            raise PackError(f"cannot read {str(self.path)!r}: {e.strerror}") from e
+        return read_file_range(self.path, start, length, chunk)
 
     def __repr__(self) -> str:
         return f"FileBlobLayer({str(self.path)!r})"
+
+
+def read_file_range(path: Path, start: int, length: int, chunk: Piece = 1 << 20) -> Iterator[bytes]:
+    """``length`` bytes of the file at ``path`` from ``start``, ``chunk`` at a time; PackError
+    when it cannot be read or ends early."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            while length > 0:
+                data = f.read(min(piece_size(chunk), length))
+                if not data:
+                    raise PackError(f"{str(path)!r} ended {length} bytes early")
+                length -= len(data)
+                yield data
+    except OSError as e:
+        raise PackError(f"cannot read {str(path)!r}: {e.strerror}") from e
 
 
 class StreamLayer:

@@ -34,7 +34,7 @@ from hf2oci.oci.image import (
     assemble,
     canonical_json,
 )
-from hf2oci.oci.layers import StreamLayer, TarLayer
+from hf2oci.oci.layers import StreamLayer, TarLayer, read_file_range
 from hf2oci.oci.tarstream import (
     LINK_MODE,
     ChunkSource,
@@ -293,22 +293,8 @@ def _part_sources(f: PackFile, parts: Sequence[Part], sha256: str) -> list[Chunk
     return [check.source(i) for i in range(len(parts))]
 
 
-def _disk_range(path: Path, start: int, size: int, chunk: int = 1 << 20) -> ChunkSource:
-    def read() -> Iterator[bytes]:
-        try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                left = size
-                while left:
-                    data = f.read(min(chunk, left))
-                    if not data:
-                        raise PackError(f"{str(path)!r} shrank while packing")
-                    left -= len(data)
-                    yield data
-        except OSError as e:
-            raise PackError(f"cannot read {str(path)!r}: {e.strerror}") from e
-
-    return read
+def _disk_range(path: Path, start: int, size: int) -> ChunkSource:
+    return lambda: read_file_range(path, start, size)
 
 
 def _member_hash(m: _Member) -> str | None:
