@@ -79,6 +79,9 @@ class RepoFile:
     blob_id: str | None = None
     #: the hub's Xet hash of the content, when the image recorded one
     xet_hash: str | None = None
+    #: the hashes above were recorded at mirror time (False: an image made before the file
+    #: index, whose hashes are computed here when first asked)
+    recorded: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +237,12 @@ class Store:
         #: a public key (PEM): only images it verifies are served
         self.verify_key = verify_key
         self._verified: dict[str, tuple[float, Any]] = {}
+
+    @property
+    def identity(self) -> str:
+        """What the store reads: the registry or layouts, and the namespace."""
+        where = self.client.registry if self.client is not None else str(self.root)
+        return f"{where}/{self.namespace}"
 
     def repository(self, repo_type: RepoType) -> str:
         return naming.image_repository(self.namespace, repo_type)
@@ -426,7 +435,8 @@ def read_files(image: Image) -> dict[str, RepoFile]:
         for entry in tar_entries(layer):
             if entry.is_file and entry.path.startswith(f"{REPO_DIR}/"):
                 rel = entry.path[len(REPO_DIR) + 1 :]
-                files[rel] = RepoFile(rel, entry.size, ((layer, entry.offset, entry.size),))
+                span = ((layer, entry.offset, entry.size),)
+                files[rel] = RepoFile(rel, entry.size, span, recorded=False)
     return files
 
 
