@@ -295,7 +295,7 @@ class _Hub:
                 raise ServeError(404, "NotFound", "no such page")
             snap = await self.call(store.snapshot, kind, repo_id, rest[1])
             render = pages.tree_page if rest[0] == "tree" else pages.blob_page
-            found = await self.call(render, snap, rest[1], "/".join(rest[2:]))
+            found = await self.call(render, snap, rest[1], "/".join(rest[2:]), self.xet)
             if found is None:
                 raise ServeError(404, "EntryNotFound", f"{'/'.join(rest[2:])} not found")
             return _html(found)
