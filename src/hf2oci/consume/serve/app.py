@@ -389,6 +389,7 @@ class _Hub:
         try:
             self.metrics.bytes.inc(len(first))
             yield first
+            del first  # not held for the rest of the body (a read budget's piece each)
             for chunk in chunks:
                 self.metrics.bytes.inc(len(chunk))
                 yield chunk

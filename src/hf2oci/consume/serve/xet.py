@@ -34,7 +34,7 @@ HEADER = 8
 XORB_CHUNKS = 512
 #: LFS files of at least this size are announced over Xet by default (``--xet-min-size``); see
 #: docs/serve.md for the measurement that chose it
-DEFAULT_MIN_SIZE = 1 << 30
+DEFAULT_MIN_SIZE = 128 << 20
 #: how long a CAS token (and the xorb URLs of the reconstructions it asks for) stays valid
 TOKEN_TTL = 3600.0
 
@@ -197,16 +197,19 @@ def frame(framing: Framing, pieces: Iterable[bytes]) -> Iterator[bytes]:
             out.append(head)
         while n:
             if not buf:
-                if carried:
-                    yield b"".join(out)
-                    out, carried = [], 0
+                if carried:  # the piece read is framed: let go of it before the next read
+                    data = b"".join(out)
+                    out, carried, buf = [], 0, memoryview(b"")
+                    yield data
+                    del data
                 piece = next(source, None)
                 if piece is None:
                     raise PackError("the file ended before its xorb did")
                 buf = memoryview(piece)
-            take = buf[:n]
-            out.append(take)
-            buf, n, carried = buf[len(take) :], n - len(take), carried + len(take)
+                del piece
+            size = min(n, len(buf))
+            out.append(buf[:size])
+            buf, n, carried = buf[size:], n - size, carried + size
     if out:
         yield b"".join(out)
 
