@@ -523,7 +523,7 @@ def test_the_token_gate_covers_the_token_endpoint_and_reconstructions(
 
     tokens = ["hub-token-1", "hub-token-2"]
     store = registry_store(registry.host, mirrored["ns"])
-    key = derive_key(tokens, store.identity)
+    key = derive_key(tokens, store.namespace)
     server = Served(store, tokens=tokens, xet=XetSettings(min_size=0, key=key))
     try:
         api = f"{server.url}/api/models/{PLAIN}/xet-read-token/main"
@@ -539,9 +539,9 @@ def test_the_token_gate_covers_the_token_endpoint_and_reconstructions(
         assert ok.status_code == 200
         # a replica given the same token file accepts it; one with another does not
         twin = Served(store, tokens=tokens[::-1], xet=XetSettings(min_size=0, key=derive_key(
-            tokens[::-1], store.identity)))  # fmt: skip
+            tokens[::-1], store.namespace)))  # fmt: skip
         stranger = Served(store, tokens=["x"], xet=XetSettings(min_size=0, key=derive_key(
-            ["x"], store.identity)))  # fmt: skip
+            ["x"], store.namespace)))  # fmt: skip
         try:
             auth = {"Authorization": f"Bearer {cas_token}"}
             path = f"/v2/reconstructions/{xet}"
@@ -894,3 +894,38 @@ def test_with_a_verify_key_xet_serves_verified_images_only(
         assert r.status_code == 403 and r.headers["X-Error-Code"] == "UnverifiedImage"
     finally:
         server.stop()
+
+
+def test_the_command_takes_xet_min_size(
+    mirrored: dict[str, Any], registry: Registry, tmp_path: Path
+) -> None:
+    """``hf2oci serve --xet-min-size``: a size, ``0``, ``off``; a bad one is one line, exit 2."""
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    bad = cli("serve", "--registry", registry.host, "--namespace", "x", "--xet-min-size", "big")
+    assert bad.exit_code == 2 and "--xet-min-size 'big'" in bad.output
+    for size, announced in [("4MiB", {"big.safetensors"}), ("off", set())]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hf2oci", "serve", "--registry", registry.host, "--namespace",
+             mirrored["ns"], "--port", str(port), "--xet-min-size", size],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.get(f"{url}/health", timeout=1).ok:
+                        break
+                except requests.RequestException:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            tree = requests.get(f"{url}/api/models/{PLAIN}/tree/main", timeout=10).json()
+            assert {e["path"] for e in tree if "xetHash" in e} == announced
+        finally:
+            proc.terminate()
+            proc.wait(30)

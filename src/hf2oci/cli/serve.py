@@ -121,7 +121,7 @@ def serve(
     serve_log.addHandler(logging.StreamHandler(sys.stderr))
     serve_log.propagate = False
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
-    xet = XetSettings(min_size=min_size, key=derive_key(tokens, store.identity))
+    xet = XetSettings(min_size=min_size, key=derive_key(tokens, store.namespace))
     server = uvicorn.Config(
         create_app(store, tokens=tokens, xet=xet), host=host, port=port, access_log=False,
         log_level="warning", timeout_graceful_shutdown=30, limit_concurrency=max_connections,

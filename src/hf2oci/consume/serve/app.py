@@ -163,9 +163,9 @@ def create_app(
     needs ``Authorization: Bearer <one of them>`` (Xet's reconstructions and xorbs carry
     credentials of their own, which only holders of one get). ``xet``: which files are announced
     over Xet, and the key that signs its tokens and URLs (by default one derived from the tokens,
-    else from the storage, so replicas agree)."""
+    else from the namespace, so replicas agree)."""
     if xet is None:
-        xet = XetSettings(key=derive_key(tokens, store.identity))
+        xet = XetSettings(key=derive_key(tokens, store.namespace))
     hub = _Hub(store, xet)
     routes = [
         *hub.cas.routes(),

@@ -238,12 +238,6 @@ class Store:
         self.verify_key = verify_key
         self._verified: dict[str, tuple[float, Any]] = {}
 
-    @property
-    def identity(self) -> str:
-        """What the store reads: the registry or layouts, and the namespace."""
-        where = self.client.registry if self.client is not None else str(self.root)
-        return f"{where}/{self.namespace}"
-
     def repository(self, repo_type: RepoType) -> str:
         return naming.image_repository(self.namespace, repo_type)
 

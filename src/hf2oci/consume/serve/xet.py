@@ -59,6 +59,7 @@ def xet_route(path: str) -> str | None:
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+_NUMBER = re.compile(r"[0-9]{1,15}")
 _KINDS = ("model", "dataset")
 _TOKEN_PREFIX = "hf2oci-xet1"
 
@@ -303,7 +304,11 @@ class Signer:
         if len(fields) != 4 or not hmac.compare_digest(self._mac("token", fields), mac):
             return None
         repo_type, repo_id, commit, expires = fields
-        if repo_type not in _KINDS or not _HEX40.fullmatch(commit) or not expires.isdigit():
+        if (
+            repo_type not in _KINDS
+            or not _HEX40.fullmatch(commit)
+            or not _NUMBER.fullmatch(expires)
+        ):
             return None
         if int(expires) <= (time.time() if now is None else now):
             return None
@@ -325,8 +330,8 @@ class Signer:
         t, r, c, p, f, x, e, s = (query[k] for k in keys)
         if not hmac.compare_digest(self._mac("xorb", (t, r, c, p, f, x, e)), s):
             return None, "signature"
-        valid = t in _KINDS and _HEX40.fullmatch(c) and is_hex64(f) and x.isdigit()
-        if not valid or not e.isdigit() or name != xorb_hash(f, int(x)):
+        valid = t in _KINDS and _HEX40.fullmatch(c) and is_hex64(f) and _NUMBER.fullmatch(x)
+        if not valid or not _NUMBER.fullmatch(e) or name != xorb_hash(f, int(x)):
             return None, "signature"  # signed here, so never: kept out of the registry all the same
         if int(e) <= time.time():
             return None, "expired"
@@ -338,16 +343,16 @@ def _xorb_fields(ref: XorbRef) -> tuple[str, ...]:
             str(ref.expires))  # fmt: skip
 
 
-def derive_key(tokens: Sequence[str], identity: str) -> bytes:
+def derive_key(tokens: Sequence[str], namespace: str) -> bytes:
     """The signing key. With tokens (``--token-file``) a secret derived from them, so replicas
     given the same file accept each other's tokens and URLs and nobody without the file can make
     one. Without tokens nothing is secret (every request is allowed): the key comes from the
-    storage serve reads, so replicas agree with no setting; a xorb URL is checked against the
+    namespace served, so replicas agree with no setting; a xorb URL is checked against the
     served image all the same, so a made-up one can give no byte a plain GET would not."""
     if tokens:
         material = "\0".join(sorted(tokens))
         return hashlib.sha256(f"hf2oci-xet-key\0{material}".encode()).digest()
-    return hashlib.sha256(f"hf2oci-xet-key-open\0{identity}".encode()).digest()
+    return hashlib.sha256(f"hf2oci-xet-key-open\0{namespace}".encode()).digest()
 
 
 @dataclass(frozen=True)
