@@ -528,6 +528,9 @@ def test_the_token_gate_covers_the_token_endpoint_and_reconstructions(
     try:
         api = f"{server.url}/api/models/{PLAIN}/xet-read-token/main"
         assert requests.get(api, timeout=10).status_code == 401
+        for lookalike in ("/v1/reconstructions/resolve/main/x", "/v2/reconstructions/tree/main",
+                          "/-/xet/xorb/resolve/main/x"):  # fmt: skip
+            assert requests.get(server.url + lookalike, timeout=10).status_code == 401
         bearer = {"Authorization": "Bearer hub-token-2"}
         cas_token = _token(server.url, PLAIN, **bearer)
         xet = requests.head(f"{server.url}/{PLAIN}/resolve/main/model.safetensors",

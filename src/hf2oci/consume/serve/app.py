@@ -35,7 +35,7 @@ from hf2oci.consume.serve.store import (
     Store,
     lfs_pointer,
 )
-from hf2oci.consume.serve.xet import OWN_CREDENTIALS, TELEMETRY, XetSettings, derive_key, xet_route
+from hf2oci.consume.serve.xet import XetSettings, derive_key, own_credentials, xet_route
 from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import REPO_TYPES, RepoType, plural
 
@@ -451,13 +451,7 @@ class _Gate:
         self.app, self.tokens, self.metrics = app, [t.encode() for t in tokens], metrics
 
     def _allowed(self, scope: Scope) -> bool:
-        path = scope["path"]
-        if (
-            not self.tokens
-            or path in _OPEN
-            or path == TELEMETRY
-            or path.startswith(OWN_CREDENTIALS)
-        ):
+        if not self.tokens or scope["path"] in _OPEN or own_credentials(scope["path"]):
             return True
         given = b""
         for name, value in scope.get("headers") or []:

@@ -38,18 +38,22 @@ DEFAULT_MIN_SIZE = 128 << 20
 #: how long a CAS token (and the xorb URLs of the reconstructions it asks for) stays valid
 TOKEN_TTL = 3600.0
 
-#: the paths whose requests carry their own credentials (a CAS token, a signed URL) or need none
-#: (telemetry): the token gate leaves them to the handlers below
-OWN_CREDENTIALS = ("/v1/reconstructions/", "/v2/reconstructions/", "/-/xet/xorb/")
+#: the paths whose requests carry their own credentials (a CAS token, a signed URL): the token
+#: gate leaves them to their handlers (exactly these: a repo named ``v1/reconstructions`` is not)
+_OWN_CREDENTIALS = re.compile(r"/(v[12]/reconstructions|-/xet/xorb)/[^/]+")
+#: hf_xet's telemetry: open, and dropped
 TELEMETRY = "/v1/telemetry"
+
+
+def own_credentials(path: str) -> bool:
+    """Whether a request's path is one that carries its own credentials, or needs none."""
+    return path == TELEMETRY or _OWN_CREDENTIALS.fullmatch(path) is not None
 
 
 def xet_route(path: str) -> str | None:
     """The metrics' route label of a Xet request, None for others."""
-    if path.startswith(OWN_CREDENTIALS[:2]):
-        return "xet-reconstruction"
-    if path.startswith(OWN_CREDENTIALS[2]):
-        return "xet-xorb"
+    if _OWN_CREDENTIALS.fullmatch(path):
+        return "xet-xorb" if path.startswith("/-/") else "xet-reconstruction"
     if path == TELEMETRY:
         return "xet-telemetry"
     if path.startswith("/api/") and "/xet-read-token/" in path:
