@@ -199,6 +199,7 @@ def main() -> None:
                 xet_sent = metric(url, "hf2oci_serve_xet_bytes_total") - xet_before
                 row: dict[str, object] = {
                     "round": r, "way": way, "seconds": round(seconds, 2),
+                    "load": round(os.getloadavg()[0], 1),
                     "serve_peak_rss_mib": round(rss / MiB, 1),
                     "serve_cpu_s_per_gib": round(cpu / sent_gib, 3) if way != "direct" else None,
                     "xet_gib_sent": round(xet_sent / GiB, 3),
@@ -241,8 +242,11 @@ def main() -> None:
                     cmd = [sys.executable, "-c", DOWNLOAD, f"bench/single-{n}", str(home / "c")]
                     times[way].append(run_all([cmd], [e]))
                     shutil.rmtree(home)
-            singles.append({"size_mib": n, **{f"{w}_s": round(statistics.median(t), 3)
-                                              for w, t in times.items()}})  # fmt: skip
+            single: dict[str, float] = {"size_mib": n}
+            for w, t in times.items():
+                single[f"{w}_s"] = round(statistics.median(t), 3)
+                single[f"{w}_min_s"] = round(min(t), 3)
+            singles.append(single)
             print(json.dumps(singles[-1]), flush=True)
         report["single"] = singles
     finally:

@@ -169,8 +169,13 @@ class Cas:
             framing = layout.framing(ref.xorb, start, end + 1)
             budget = self.hub.budget
 
+            def half() -> int:
+                """A xorb holds a piece read and the piece framed from it at once: half the
+                download's share each, so Xet takes no more memory than a plain download."""
+                return max(budget.low, budget.piece() // 2)
+
             def read() -> Iterator[bytes]:
-                pieces = f.chunks(framing.file_start, framing.length, budget.piece)
+                pieces = f.chunks(framing.file_start, framing.length, half)
                 return self._counted(frame(framing, pieces), pieces)
 
             return await self.hub.stream(f, read, status, headers)
