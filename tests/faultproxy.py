@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -71,6 +72,8 @@ class FaultProxy:
         self.ignore_range = False  # True: Range headers are not passed on (a full 200 answer)
         self.gzip_bodies = False  # True: GET answers are sent gzip-encoded
         self.delay = 0.0  # seconds every request waits before it is passed on (a slow registry)
+        #: what each request's path (with its query) is changed into before it is passed on
+        self.rewrite: Callable[[str], str] | None = None
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -84,6 +87,8 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 if self.path == CONTROL:
                     return self.control()
+                if proxy.rewrite is not None:
+                    self.path = proxy.rewrite(self.path)
                 proxy.seen.append((self.command, self.path))
                 if proxy.delay:
                     time.sleep(proxy.delay)

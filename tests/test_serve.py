@@ -20,6 +20,7 @@ import uvicorn
 from helpers import cli, make_project
 from hf2oci.consume.serve.app import create_app
 from hf2oci.consume.serve.store import ReadBudget, Store
+from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.oci.image import MT_LAYER_TAR
 from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
@@ -31,10 +32,12 @@ MiB = 1 << 20
 class Served:
     """An in-process ``serve`` on 127.0.0.1, stopped at the end."""
 
-    def __init__(self, store: Store, tokens: list[str] | None = None) -> None:
+    def __init__(
+        self, store: Store, tokens: list[str] | None = None, xet: XetSettings | None = None
+    ) -> None:
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(store, tokens=tokens or []), host="127.0.0.1", port=self.port,
+            create_app(store, tokens=tokens or [], xet=xet), host="127.0.0.1", port=self.port,
             log_level="warning", access_log=False,
         )  # fmt: skip
         self.server = uvicorn.Server(config)

@@ -14,6 +14,7 @@ import requests
 
 from helpers import cli, make_project
 from hf2oci.consume.serve.store import registry_store
+from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.digest import sha256_digest, sha256_file
 from servers import start_registry
 from test_serve import Served
@@ -138,7 +139,8 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
     assert cli("sync", "-q").exit_code == 0
     proxy = FaultProxy(reg.host)
     faults = proxy.fault("GET", "/blobs/sha256:", "503|cut-after:4", times=1000, every=5)
-    server = Served(registry_store(proxy.host, "f", ttl=60))
+    # plain HTTP (the same over Xet: test_serve_xet.py)
+    server = Served(registry_store(proxy.host, "f", ttl=60), xet=XetSettings(min_size=None))
     try:
 
         def whole(i: int) -> dict[str, bytes]:

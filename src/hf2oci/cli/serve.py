@@ -23,7 +23,9 @@ from hf2oci.cli._common import (
     policy_key,
     verbosity,
 )
+from hf2oci.consume.serve.xet import DEFAULT_MIN_SIZE
 from hf2oci.errors import ConfigError
+from hf2oci.units import human_size
 
 
 @click.command("serve")
@@ -64,6 +66,13 @@ from hf2oci.errors import ConfigError
     "a whole-file download is checked against the signed hash and cut before its last byte "
     "on a mismatch (default: config.yaml's verify_key).",
 )
+@click.option(
+    "--xet-min-size", default=human_size(DEFAULT_MIN_SIZE).replace(" ", "").replace(".0", ""),
+    show_default=True,
+    help="LFS files of at least this size (10GB, 1GiB, bytes) are announced over Xet, so "
+    "clients with hf_xet fetch them through serve's own Xet CAS (no 50 GB cap); 0: every LFS "
+    "file; off: none (plain HTTP only).",
+)  # fmt: skip
 @verbosity
 @handle_errors
 def serve(
@@ -79,18 +88,21 @@ def serve(
     max_connections: int,
     get_hf: Path,
     verify_key: Path | None,
+    xet_min_size: str,
 ) -> None:
     """Serve the Hub API (models, datasets, files with Range) from the mirrored images."""
     import uvicorn
 
     from hf2oci.consume.serve.app import create_app
     from hf2oci.consume.serve.store import Store, registry_store
+    from hf2oci.consume.serve.xet import XetSettings, derive_key, parse_min_size
 
     tune_malloc()  # before uvicorn's threads exist
 
     config = load(get_hf / "config.yaml", registry=registry, namespace=namespace,
                   plain_http=plain_http)  # fmt: skip
     tokens = _tokens(token_file) if token_file else []
+    min_size = parse_min_size(xet_min_size)
     key = policy_key(verify_key, get_hf, config)
     if layout is not None or not config.registry:
         root = layout if layout is not None else Path(config.output_dir)
@@ -108,8 +120,9 @@ def serve(
     serve_log.addHandler(logging.StreamHandler(sys.stderr))
     serve_log.propagate = False
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
+    xet = XetSettings(min_size=min_size, key=derive_key(tokens, store.namespace))
     server = uvicorn.Config(
-        create_app(store, tokens=tokens), host=host, port=port, access_log=False,
+        create_app(store, tokens=tokens, xet=xet), host=host, port=port, access_log=False,
         log_level="warning", timeout_graceful_shutdown=30, limit_concurrency=max_connections,
     )  # fmt: skip
     _GracefulServer(server).run()

@@ -1,6 +1,7 @@
 """The Hub API over HTTP (Starlette, served by uvicorn): repo info, tree, paths-info and resolve
 (HEAD/GET with Range), with the hub's error codes, optional bearer tokens, an access log and
-Prometheus metrics. Every file streams out of a Range read of its layer blob."""
+Prometheus metrics. Every file streams out of a Range read of its layer blob; big LFS files are
+announced over Xet too, whose endpoints `cas` answers."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from hf2oci.consume.serve.store import (
     Store,
     lfs_pointer,
 )
+from hf2oci.consume.serve.xet import XetSettings, derive_key, own_credentials, xet_route
 from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import REPO_TYPES, RepoType, plural
 
@@ -44,7 +46,7 @@ T = TypeVar("T")
 #: tree entries per page (the hub pages its trees too; clients follow Link: rel="next")
 PAGE = 1000
 _KINDS: dict[str, RepoType] = {plural(t): t for t in REPO_TYPES}
-_ACTIONS = ("revision", "tree", "paths-info")
+_ACTIONS = ("revision", "tree", "paths-info", "xet-read-token")
 _OPEN = ("/health", "/metrics", "/-/hf2oci.css", "/-/login")
 #: the cookie a browser keeps its token in, after the login form (same tokens as the API)
 TOKEN_COOKIE = "hf2oci_token"
@@ -154,11 +156,19 @@ def _error(e: ServeError, head: bool = False) -> Response:
     return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
 
 
-def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
+def create_app(
+    store: Store, *, tokens: Sequence[str] = (), xet: XetSettings | None = None
+) -> Starlette:
     """The ASGI app serving ``store``; with ``tokens``, every request but /health and /metrics
-    needs ``Authorization: Bearer <one of them>``."""
-    hub = _Hub(store)
+    needs ``Authorization: Bearer <one of them>`` (Xet's reconstructions and xorbs carry
+    credentials of their own, which only holders of one get). ``xet``: which files are announced
+    over Xet, and the key that signs its tokens and URLs (by default one derived from the tokens,
+    else from the namespace, so replicas agree)."""
+    if xet is None:
+        xet = XetSettings(key=derive_key(tokens, store.namespace))
+    hub = _Hub(store, xet)
     routes = [
+        *hub.cas.routes(),
         Route("/health", hub.health, methods=["GET"]),
         Route("/metrics", hub.metrics_page, methods=["GET"]),
         Route("/api/agent-harnesses", hub.harnesses, methods=["GET"]),
@@ -176,15 +186,18 @@ class _Hub:
     """The Hub API's endpoints over one store: storage work runs in threads, a storage failure
     is a 502 with the hub's error shape, and files stream within a shared read budget."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, xet: XetSettings) -> None:
         self.store = store
         self.metrics = Metrics()
         self.budget = ReadBudget()
         self.metrics.downloads.set_function(lambda: self.budget.active)
         self.metrics.registry.register(_StoreCounts(store))
+        from hf2oci.consume.serve.cas import Cas
         from hf2oci.consume.serve.pages import Catalog
 
         self.catalog = Catalog(store)
+        self.xet = xet
+        self.cas = Cas(self, xet)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -222,6 +235,8 @@ class _Hub:
                 search = request.query_params.get("search")
                 return await self.call(_listing, store, repo_type, search)
             repo_id, action, rest = _split_repo(parts[1:], _ACTIONS)
+            if action == "xet-read-token":
+                return await self.cas.token(request, repo_type, repo_id, rest)
             if action is None or action == "revision":
                 revision = rest[0] if rest else "main"
                 snap = await self.call(store.snapshot, repo_type, repo_id, revision)
@@ -231,12 +246,12 @@ class _Hub:
                 raise ServeError(404, "RevisionNotFound", "no revision given")
             snap = await self.call(store.snapshot, repo_type, repo_id, rest[0])
             if action == "tree":
-                return await self.call(_tree_page, snap, "/".join(rest[1:]), request)
+                return await self.call(_tree_page, snap, "/".join(rest[1:]), request, self.xet)
             if request.method != "POST":
                 raise ServeError(405, "MethodNotAllowed", "paths-info takes a POST")
             form = parse_qs((await request.body()).decode("utf-8", "replace"))
             wanted = [p.strip("/") for p in form.get("paths", [])]
-            return JSONResponse(await self.call(_paths_info, snap, wanted))
+            return JSONResponse(await self.call(_paths_info, snap, wanted, self.xet))
         except ServeError as e:
             return _error(e)
 
@@ -280,7 +295,7 @@ class _Hub:
                 raise ServeError(404, "NotFound", "no such page")
             snap = await self.call(store.snapshot, kind, repo_id, rest[1])
             render = pages.tree_page if rest[0] == "tree" else pages.blob_page
-            found = await self.call(render, snap, rest[1], "/".join(rest[2:]))
+            found = await self.call(render, snap, rest[1], "/".join(rest[2:]), self.xet)
             if found is None:
                 raise ServeError(404, "EntryNotFound", f"{'/'.join(rest[2:])} not found")
             return _html(found)
@@ -322,6 +337,7 @@ class _Hub:
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(f.size)
+            headers |= self.cas.headers(snap, f, request)
         try:
             span = parse_range(request.headers.get("range"), f.size)
         except Unsatisfiable:
@@ -336,9 +352,26 @@ class _Hub:
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
         if head or length == 0:
             return Response(status_code=status, headers=headers)
+        check = None
+        if snap.signed is not None and span is None:  # a whole file: check it as it goes
+            check = snap.signed[f.path]
+        return await self.stream(f, lambda: f.chunks(start, length, self.budget.piece), status,
+                                 headers, check)  # fmt: skip
+
+    async def stream(
+        self,
+        f: RepoFile,
+        read: Callable[[], Iterator[bytes]],
+        status: int,
+        headers: dict[str, str],
+        check: dict[str, str] | None = None,
+    ) -> Response:
+        """The pieces ``read()`` gives (of ``f``, read within a share of the read budget) as a
+        body; the first one is read before the status is sent, so a storage that fails answers
+        503/502. ``check``: the signed hashes the whole file is checked against as it goes."""
         self.budget.start()
-        chunks = f.chunks(start, length, self.budget.piece)
-        try:  # the first piece before the status: a storage that fails answers 503/502 here
+        chunks = read()
+        try:
             first = await self.call(next, chunks, b"")
         except BaseException:
             close = getattr(chunks, "close", None)
@@ -347,8 +380,8 @@ class _Hub:
             self.budget.end()
             raise
         body = self._body(f, first, chunks)
-        if snap.signed is not None and span is None:  # a whole file: check it as it goes
-            body = _checked(body, f, snap.signed[f.path])
+        if check is not None:
+            body = _checked(body, f, check)
         return StreamingResponse(body, status_code=status, headers=headers)
 
     def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -356,6 +389,7 @@ class _Hub:
         try:
             self.metrics.bytes.inc(len(first))
             yield first
+            del first  # not held for the rest of the body (a read budget's piece each)
             for chunk in chunks:
                 self.metrics.bytes.inc(len(chunk))
                 yield chunk
@@ -417,7 +451,7 @@ class _Gate:
         self.app, self.tokens, self.metrics = app, [t.encode() for t in tokens], metrics
 
     def _allowed(self, scope: Scope) -> bool:
-        if not self.tokens or scope["path"] in _OPEN:
+        if not self.tokens or scope["path"] in _OPEN or own_credentials(scope["path"]):
             return True
         given = b""
         for name, value in scope.get("headers") or []:
@@ -480,6 +514,9 @@ def _cookie(header: bytes, name: str) -> bytes:
 def _route(path: str) -> str:
     if path in _OPEN or path == "/api/agent-harnesses":
         return path
+    xet = xet_route(path)
+    if xet is not None:
+        return xet
     if path.startswith("/api/"):
         return "api"
     if "/resolve/" in path:
@@ -560,7 +597,7 @@ def _info(snap: Snapshot, blobs: bool) -> dict[str, Any]:
     return doc
 
 
-def _tree_entry(snap: Snapshot, path: str, dirs: set[str]) -> dict[str, Any]:
+def _tree_entry(snap: Snapshot, path: str, dirs: set[str], xet: XetSettings) -> dict[str, Any]:
     if path in dirs:
         oid = hashlib.sha1(f"{snap.commit}:{path}".encode(), usedforsecurity=False).hexdigest()
         return {"type": "directory", "oid": oid, "size": 0, "path": path}
@@ -574,6 +611,9 @@ def _tree_entry(snap: Snapshot, path: str, dirs: set[str]) -> dict[str, Any]:
             "size": lfs["size"],
             "pointerSize": lfs["pointerSize"],
         }
+        announced = xet.announced(f)
+        if announced is not None:  # a client with hf_xet then skips the HEAD
+            entry["xetHash"] = announced
     return entry
 
 
@@ -585,12 +625,12 @@ def _dirs(snap: Snapshot) -> set[str]:
     return out
 
 
-def _tree_page(snap: Snapshot, path: str, request: Request) -> Response:
+def _tree_page(snap: Snapshot, path: str, request: Request, xet: XetSettings) -> Response:
     path = path.strip("/")
     dirs = _dirs(snap)
     if path and path not in dirs:
         if path in snap.files:
-            return JSONResponse([_tree_entry(snap, path, dirs)])
+            return JSONResponse([_tree_entry(snap, path, dirs, xet)])
         raise ServeError(404, "EntryNotFound", f"{path} not found", commit=snap.commit)
     recursive = request.query_params.get("recursive", "").lower() in ("1", "true")
     prefix = f"{path}/" if path else ""
@@ -608,9 +648,9 @@ def _tree_page(snap: Snapshot, path: str, request: Request) -> Response:
     if cursor + PAGE < len(names):
         query = {**dict(request.query_params), "cursor": str(cursor + PAGE)}
         headers["Link"] = f'<{request.url.replace(query=urlencode(query))}>; rel="next"'
-    return JSONResponse([_tree_entry(snap, n, dirs) for n in page], headers=headers)
+    return JSONResponse([_tree_entry(snap, n, dirs, xet) for n in page], headers=headers)
 
 
-def _paths_info(snap: Snapshot, paths: list[str]) -> list[dict[str, Any]]:
+def _paths_info(snap: Snapshot, paths: list[str], xet: XetSettings) -> list[dict[str, Any]]:
     dirs = _dirs(snap)
-    return [_tree_entry(snap, p, dirs) for p in paths if p in snap.files or p in dirs]
+    return [_tree_entry(snap, p, dirs, xet) for p in paths if p in snap.files or p in dirs]

@@ -27,6 +27,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.consume.serve import preview
 from hf2oci.consume.serve.store import RepoFile, Snapshot, Store
+from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.oci.image import Image
 from hf2oci.spec import RepoType
 from hf2oci.units import human_size
@@ -404,9 +405,13 @@ class Entry:
     folder: bool
     size: int
     sha256: str
+    #: how a client with hf_xet gets it: "Xet" or "HTTP" (folders: "")
+    transfer: str = ""
 
 
-def tree_entries(files: Mapping[str, RepoFile], path: str) -> list[Entry]:
+def tree_entries(
+    files: Mapping[str, RepoFile], path: str, xet: XetSettings | None = None
+) -> list[Entry]:
     prefix = f"{path}/" if path else ""
     folders: dict[str, int] = {}
     out: list[Entry] = []
@@ -418,13 +423,14 @@ def tree_entries(files: Mapping[str, RepoFile], path: str) -> list[Entry]:
             top = rest.split("/", 1)[0]
             folders[top] = folders.get(top, 0) + f.size
         else:
-            out.append(Entry(rest, name, False, f.size, f.sha256 or ""))
+            transfer = xet.transfer(f) if xet is not None else "HTTP"
+            out.append(Entry(rest, name, False, f.size, f.sha256 or "", transfer))
     dirs = [Entry(n, prefix + n, True, s, "") for n, s in sorted(folders.items())]
     return dirs + sorted(out, key=lambda e: e.name)
 
 
-def tree_page(snap: Snapshot, rev: str, path: str) -> str | None:
-    entries = tree_entries(snap.files, path)
+def tree_page(snap: Snapshot, rev: str, path: str, xet: XetSettings | None = None) -> str | None:
+    entries = tree_entries(snap.files, path, xet)
     if path and not entries:
         return None
     return render(
@@ -438,7 +444,7 @@ def _crumbs(path: str) -> list[tuple[str, str]]:
     return [(p, "/".join(parts[: i + 1])) for i, p in enumerate(parts)]
 
 
-def blob_page(snap: Snapshot, rev: str, path: str) -> str | None:
+def blob_page(snap: Snapshot, rev: str, path: str, xet: XetSettings | None = None) -> str | None:
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import TextLexer, guess_lexer_for_filename
@@ -466,7 +472,7 @@ def blob_page(snap: Snapshot, rev: str, path: str) -> str | None:
     f.ensure_hashes()
     return render(
         "blob.html.j2", snap=snap, rev=rev, path=path, f=f, code=code, tensors=tensors,
-        gguf=gguf, rows=rows,
+        gguf=gguf, rows=rows, transfer=xet.transfer(f) if xet is not None else "HTTP",
         crumbs=_crumbs(path), prefix=repo_prefix(snap.repo_type),
     )  # fmt: skip
 

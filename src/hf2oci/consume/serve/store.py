@@ -81,6 +81,9 @@ class RepoFile:
     blob_id: str | None = None
     #: the hub's Xet hash of the content, when the image recorded one
     xet_hash: str | None = None
+    #: the hashes above were recorded at mirror time (False: an image made before the file
+    #: index, whose hashes are computed here when first asked)
+    recorded: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -429,7 +432,8 @@ def read_files(image: Image) -> dict[str, RepoFile]:
         for entry in tar_entries(layer):
             if entry.is_file and entry.path.startswith(f"{REPO_DIR}/"):
                 rel = entry.path[len(REPO_DIR) + 1 :]
-                files[rel] = RepoFile(rel, entry.size, ((layer, entry.offset, entry.size),))
+                span = ((layer, entry.offset, entry.size),)
+                files[rel] = RepoFile(rel, entry.size, span, recorded=False)
     return files
 
 
