@@ -2,7 +2,7 @@
 
     python benchmarks/bench_grouping.py [--old REV] [--only NAME]
 
-"now" is ``hf2oci.build.formats.grouping``; "old" is the grouping code of ``formats/image.py`` at
+"now" is ``hf2oci.pack.formats.grouping``; "old" is the grouping code of ``formats/image.py`` at
 git revision REV (default df2a341, the last one before the rule moved to its own module),
 loaded from git into a module of its own. For each case, with a one-layer base's budget (98
 layers) and a 10 GB layer limit: the layers the repo takes, and for each file (or every k-th)
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hf2oci.build.formats import grouping  # noqa: E402
+from hf2oci.pack.formats import grouping  # noqa: E402
 
 GB = 10**9
 BUDGET, CAP = 98, 10 * GB

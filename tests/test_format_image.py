@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hf2oci.build.formats.image import layer_annotations
 from hf2oci.labels import CONTENT_KEY
+from hf2oci.pack.formats.image import layer_annotations
 
 
 def test_content_key_depends_on_paths_and_hashes_only() -> None:

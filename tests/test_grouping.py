@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import unnumbered_name
-from hf2oci.build.formats.grouping import (
+from hf2oci.errors import PackError
+from hf2oci.pack.formats.grouping import (
     MAX_REPO_LAYERS,
     _numbered,
     carry,
@@ -18,7 +19,6 @@ from hf2oci.build.formats.grouping import (
     layer_bytes,
     split_files,
 )
-from hf2oci.errors import PackError
 from hf2oci.repofiles import parse_part_name
 
 MiB = 1 << 20

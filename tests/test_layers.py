@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: from the top down; a module outside these packages is on the ground
-LAYERS = ["__main__", "cli", "airgap", "consume", "build", "intake", "record", "trust", "oci"]
+LAYERS = ["__main__", "cli", "airgap", "consume", "pack", "intake", "record", "trust", "oci"]
 GROUND = len(LAYERS)
 
 

@@ -286,7 +286,7 @@ PARTS_LIMIT = 1200 * 1024
 
 def _in_parts(files: dict[str, bytes], limit: int) -> dict[str, bytes]:
     """``files`` as an image carries them under ``limit``: a file over it as its parts."""
-    from hf2oci.build.formats.grouping import carry
+    from hf2oci.pack.formats.grouping import carry
 
     _, parts = carry([(p, len(d)) for p, d in files.items()], limit)
     out = {p: d for p, d in files.items() if p not in {x.path for x in parts}}

@@ -19,7 +19,9 @@ from modelpack_client import ModelPackClient
 from modelpack_client.schema import CONFIG_SCHEMA
 
 from helpers import cli, make_project, read_tree, run_json, skopeo_inspect
-from hf2oci.build.formats.modelpack import (
+from hf2oci.oci.image import MT_MANIFEST, canonical_json, sha256_digest
+from hf2oci.oci.registry import RegistryClient
+from hf2oci.pack.formats.modelpack import (
     ARTIFACT_TYPE,
     FILEPATH,
     MT_DOC,
@@ -27,8 +29,6 @@ from hf2oci.build.formats.modelpack import (
     MT_WEIGHT,
     MT_WEIGHT_CONFIG,
 )
-from hf2oci.oci.image import MT_MANIFEST, canonical_json, sha256_digest
-from hf2oci.oci.registry import RegistryClient
 from test_extract_transformers import EMBED
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"

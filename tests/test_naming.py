@@ -52,7 +52,7 @@ def test_examples() -> None:
     assert naming.repo_id_from_tag("facebook--opt-125m") == "facebook/opt-125m"
     assert naming.repo_id_from_tag("facebook--opt-125m--0123456789ab") == "facebook/opt-125m"
     # the image repository of a repo type: what the pipeline writes to
-    from hf2oci.build.destination import Destination
+    from hf2oci.pack.destination import Destination
 
     assert Destination(namespace="hgfkeep").repository("model") == "hgfkeep/models"
     assert Destination(namespace="a/b").repository("dataset") == "a/b/datasets"

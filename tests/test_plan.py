@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hf2oci import labels as L
-from hf2oci.build.plan import decide, tags_for
 from hf2oci.intake.hub import HubFile, RepoState
+from hf2oci.pack.plan import decide, tags_for
 from hf2oci.spec import RepoSpec
 
 COMMIT = "a" * 40
@@ -127,7 +127,7 @@ def test_files_that_need_too_many_layers_fail_at_plan_time_with_one_line() -> No
     ],
 )
 def test_known_registry_layer_limits(registry: str | None, limit: int | None) -> None:
-    from hf2oci.build.destination import default_max_layer_size
+    from hf2oci.pack.destination import default_max_layer_size
 
     assert default_max_layer_size(registry) == limit
 

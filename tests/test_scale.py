@@ -160,7 +160,7 @@ def test_one_shard_more_of_163_uploads_only_the_layers_the_grouping_changes(
     for names without numbers next to the layer count limit, what the path-hash runs and
     their joins say (here 5); then the file index, config and manifest. Only the files of
     those layers are downloaded."""
-    from hf2oci.build.formats.grouping import group_files, layer_budget
+    from hf2oci.pack.formats.grouping import group_files, layer_budget
     from servers import start_registry
 
     reg = start_registry(tmp_path / "reg")

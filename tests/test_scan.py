@@ -18,11 +18,11 @@ from huggingface_hub import HfApi
 
 from helpers import cli, make_project, skopeo_inspect, tag_of, umoci_files
 from hf2oci import labels as L
-from hf2oci.build.plan import decide
 from hf2oci.config import Config, load_config
 from hf2oci.errors import ConfigError, ScanRefused
 from hf2oci.intake.hub import HubFile, RepoState
 from hf2oci.intake.scan import FileVerdict, ScanReport, scan_files, scan_one, whole_read
+from hf2oci.pack.plan import decide
 from hf2oci.spec import RepoSpec
 
 MiB = 1 << 20

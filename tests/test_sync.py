@@ -563,7 +563,7 @@ def test_cli_shape_flags_anywhere_dry_run_repo_type_and_digest_lines(
         proc = subprocess.run(
             [sys.executable, "-m", "hf2oci", *args], capture_output=True, text=True, cwd=project
         )
-        assert proc.returncode == 0 and "DEBUG hf2oci.build.plan" in proc.stderr, proc.stderr
+        assert proc.returncode == 0 and "DEBUG hf2oci.pack.plan" in proc.stderr, proc.stderr
 
 
 def test_models_md_links_the_hub_the_labels_name(hub, random_repo, project: Path) -> None:

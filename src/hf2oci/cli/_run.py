@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import click
 
-from hf2oci.build.destination import Destination, Targets, default_max_layer_size
-from hf2oci.build.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.cli._common import echo, plain_http_option, redact
 from hf2oci.cli._progress import meters
 from hf2oci.config import Config
+from hf2oci.pack.destination import Destination, Targets, default_max_layer_size
+from hf2oci.pack.pipeline import Outcome, Report, RunOptions, iter_mirrored, run
 from hf2oci.reference import parse_platform
 from hf2oci.spec import RepoSpec, RepoType
 

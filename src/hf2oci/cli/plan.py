@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from hf2oci import gha
-from hf2oci.build.plan import plan
 from hf2oci.cli._common import (
     echo,
     get_hf_option,
@@ -27,6 +26,7 @@ from hf2oci.cli._run import (
 )
 from hf2oci.errors import ConfigError
 from hf2oci.intake.lists import format_line
+from hf2oci.pack.plan import plan
 from hf2oci.spec import RepoType, plural
 
 

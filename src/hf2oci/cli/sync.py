@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from hf2oci import malloc
-from hf2oci.build.pipeline import Outcome
 from hf2oci.cli._common import get_hf_option, handle_errors, is_quiet, read_project, verbosity
 from hf2oci.cli._run import run_specs, summarize, target_options
+from hf2oci.pack.pipeline import Outcome
 
 
 @click.command()

@@ -364,7 +364,7 @@ def unpack_all(
 
 def modelpack_paths(source: Image) -> list[str] | None:
     """The file path of each layer of a ModelPack artifact (checked); None for an image."""
-    from hf2oci.build.formats.modelpack import file_paths, is_modelpack
+    from hf2oci.pack.formats.modelpack import file_paths, is_modelpack
 
     manifest = source.manifest_doc
     if not is_modelpack(manifest):

@@ -30,7 +30,6 @@ import urllib3.exceptions
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.build.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.digest import git_blob_hash
 from hf2oci.errors import Hf2ociError, InvalidRepoId, PackError, ServeError, Temporary
 from hf2oci.http import new_session
@@ -41,6 +40,7 @@ from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, open_remote, tar_entries
 from hf2oci.oci.stores import LayoutStore, RegistryStore, Repository
 from hf2oci.oci.transport import Transport
+from hf2oci.pack.formats.modelpack import HUB_BLOB_ID, HUB_LFS, file_paths, is_modelpack
 from hf2oci.reference import Reference
 from hf2oci.repofiles import INDEX_PATH, REPO_DIR, parts_of
 from hf2oci.retry import REQUEST_POLICY

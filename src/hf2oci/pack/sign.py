@@ -7,13 +7,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hf2oci.build.destination import Target
-from hf2oci.build.formats.image import PackFile
-from hf2oci.build.plan import Action
 from hf2oci.digest import sha256_file
 from hf2oci.intake import hub
 from hf2oci.intake.scan import ScanReport
 from hf2oci.oci.image import Artifact, images_of
+from hf2oci.pack.destination import Target
+from hf2oci.pack.formats.image import PackFile
+from hf2oci.pack.plan import Action
 from hf2oci.trust import signing
 from hf2oci.trust.signing import SigningKey
 

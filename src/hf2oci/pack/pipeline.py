@@ -12,15 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 from hf2oci import labels as L
-from hf2oci.build.describe import image_labels
-from hf2oci.build.destination import Destination, Target, Targets
-from hf2oci.build.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
-from hf2oci.build.formats.image import PackFile, Reuse, build_image, scan
-from hf2oci.build.formats.modelpack import build_modelpack
-from hf2oci.build.plan import Action, plan
-from hf2oci.build.scanning import head_opener, scan_fetched
-from hf2oci.build.scanning import scan_labels as scan_labels_of
-from hf2oci.build.sign import sign_published
 from hf2oci.errors import Hf2ociError, UsageError
 from hf2oci.intake.files import Reader
 from hf2oci.intake.prepare import run_prepare
@@ -28,6 +19,15 @@ from hf2oci.intake.scan import ScanReport, candidate, whole_read
 from hf2oci.oci.image import SCRATCH_BASE, Artifact, Base
 from hf2oci.oci.source import open_base
 from hf2oci.oci.tarstream import ChunkSource
+from hf2oci.pack.describe import image_labels
+from hf2oci.pack.destination import Destination, Target, Targets
+from hf2oci.pack.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
+from hf2oci.pack.formats.image import PackFile, Reuse, build_image, scan
+from hf2oci.pack.formats.modelpack import build_modelpack
+from hf2oci.pack.plan import Action, plan
+from hf2oci.pack.scanning import head_opener, scan_fetched
+from hf2oci.pack.scanning import scan_labels as scan_labels_of
+from hf2oci.pack.sign import sign_published
 from hf2oci.reference import Platform
 from hf2oci.spec import Format, Mirrored, RepoSpec, ScanPolicy, XetMode
 from hf2oci.trust.signing import SigningKey

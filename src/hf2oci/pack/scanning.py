@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from hf2oci import labels as L
-from hf2oci.build.formats.image import PackFile
-from hf2oci.build.plan import Action
 from hf2oci.errors import HubError
 from hf2oci.intake import hub
 from hf2oci.intake.files import Reader
 from hf2oci.intake.scan import RANGE_BLOCK, ScanReport, candidate, scan_files
 from hf2oci.oci.source import RangeReader
+from hf2oci.pack.formats.image import PackFile
+from hf2oci.pack.plan import Action
 from hf2oci.spec import ScanPolicy
 from hf2oci.units import human_size
 

@@ -13,13 +13,13 @@ from typing import Literal
 
 from hf2oci import labels as L
 from hf2oci import naming
-from hf2oci.build.formats.grouping import carry, check_layer_count
-from hf2oci.build.formats.modelpack import check_file_count
 from hf2oci.errors import Hf2ociError, PackError
 from hf2oci.intake import hub
 from hf2oci.intake.filters import select
 from hf2oci.intake.hub import RepoState
 from hf2oci.intake.scan import candidate
+from hf2oci.pack.formats.grouping import carry, check_layer_count
+from hf2oci.pack.formats.modelpack import check_file_count
 from hf2oci.spec import RepoSpec, RepoType, ScanPolicy
 
 log = logging.getLogger(__name__)

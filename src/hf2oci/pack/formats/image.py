@@ -16,13 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2oci import labels as L
-from hf2oci.build.formats.grouping import (
-    DEFAULT_SMALL_FILE_LIMIT,
-    carry,
-    group_files,
-    layer_budget,
-)
-from hf2oci.build.layercache import LayerCache
 from hf2oci.digest import Expected, SplitCheck, sha256_digest, sha256_file
 from hf2oci.errors import PackError
 from hf2oci.oci.image import (
@@ -42,6 +35,13 @@ from hf2oci.oci.tarstream import (
     data_offsets,
     entries_for_streams,
 )
+from hf2oci.pack.formats.grouping import (
+    DEFAULT_SMALL_FILE_LIMIT,
+    carry,
+    group_files,
+    layer_budget,
+)
+from hf2oci.pack.layercache import LayerCache
 from hf2oci.repofiles import (
     INDEX_PATH,
     INDEX_VERSION,
