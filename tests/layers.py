@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from hf2oci.errors import PackError
+from hf2oci.oci.blobs import check_digest
 from hf2oci.oci.image import (
     MT_CONFIG,
     MT_DOCKER_LAYER,
@@ -19,7 +20,6 @@ from hf2oci.oci.image import (
     canonical_json,
     sha256_digest,
 )
-from hf2oci.oci.layers import check_digest
 
 
 class BytesLayer:

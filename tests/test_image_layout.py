@@ -16,6 +16,7 @@ import pytest
 
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.oci import layout
+from hf2oci.oci.blobs import FileBlobLayer, TarLayer
 from hf2oci.oci.image import (
     MT_CONFIG,
     MT_DOCKER_LAYER,
@@ -27,7 +28,6 @@ from hf2oci.oci.image import (
     assemble,
     sha256_digest,
 )
-from hf2oci.oci.layers import FileBlobLayer, TarLayer
 from hf2oci.oci.source import open_image
 from hf2oci.oci.tarstream import entries_for_files
 from layers import BytesLayer, base_image

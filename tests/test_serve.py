@@ -21,8 +21,8 @@ from helpers import cli, make_project
 from hf2oci.consume.serve.app import create_app
 from hf2oci.consume.serve.store import ReadBudget, Store
 from hf2oci.consume.serve.xet import XetSettings
+from hf2oci.oci.blobs import FileBlobLayer
 from hf2oci.oci.image import MT_LAYER_TAR
-from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from servers import free_port
 

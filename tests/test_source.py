@@ -13,8 +13,8 @@ import pytest
 
 from hf2oci.errors import PackError, UsageError
 from hf2oci.oci import layout
+from hf2oci.oci.blobs import TarLayer
 from hf2oci.oci.image import MT_INDEX, SCRATCH, assemble, canonical_json, sha256_digest
-from hf2oci.oci.layers import TarLayer
 from hf2oci.oci.push import push
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.source import StoredLayer, open_image, tar_entries

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf2oci.errors import PackError
+from hf2oci.oci.blobs import FileBlobLayer, TarLayer
 from hf2oci.oci.image import MT_DOCKER_LAYER, MT_LAYER_GZIP, MT_LAYER_TAR, Layer
-from hf2oci.oci.layers import FileBlobLayer, TarLayer
 from hf2oci.oci.tarstream import (
     BLOCK,
     LINK_MODE,

@@ -13,8 +13,8 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.digest import sha256_digest
 from hf2oci.errors import PackError
+from hf2oci.oci.blobs import check_digest
 from hf2oci.oci.image import INDEX_TYPES
-from hf2oci.oci.layers import check_digest
 from hf2oci.oci.stores import ImageStore, media_type_of
 from hf2oci.spec import RepoType
 

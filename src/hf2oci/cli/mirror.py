@@ -101,7 +101,7 @@ def mirror(
             ],
         )
     if report.mirrored and not no_record and not dry_run and get_hf.is_dir():
-        from hf2oci.record.pages import record_results
+        from hf2oci.record.markdown import record_results
 
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
     sys.exit(summarize(report, as_json=as_json))

@@ -38,7 +38,7 @@ def sync(
         force=force,
     )  # fmt: skip
     if not dry_run:
-        from hf2oci.record.pages import record_results
+        from hf2oci.record.markdown import record_results
 
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)
     bad_lines = [Outcome("failed", str(e), origin=f"{e.path}:{e.line}") for e in list_errors]

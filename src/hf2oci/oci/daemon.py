@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hf2oci.errors import BuilderError, DigestMismatch
+from hf2oci.oci.blobs import StreamLayer
 from hf2oci.oci.image import Image
-from hf2oci.oci.layers import StreamLayer
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, cast
 from hf2oci.digest import HashingReader
 from hf2oci.errors import DigestMismatch, PackError
 from hf2oci.fsutil import atomic_write, fsync_dir
+from hf2oci.oci.blobs import StreamLayer, check_digest
 from hf2oci.oci.image import (
     ANNOTATION_REF_NAME,
     MT_INDEX,
@@ -32,7 +33,6 @@ from hf2oci.oci.image import (
     canonical_json,
     images_of,
 )
-from hf2oci.oci.layers import StreamLayer, check_digest
 from hf2oci.oci.tarstream import DEFAULT_CHUNK
 from hf2oci.reference import TAG
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from hf2oci.errors import AuthError, DigestMismatch, RegistryError
+from hf2oci.oci.blobs import StreamLayer
 from hf2oci.oci.image import Artifact, ImageIndex, Layer, images_of
-from hf2oci.oci.layers import StreamLayer
 from hf2oci.oci.registry import Opener, RegistryClient, RemoteLayer
 from hf2oci.reference import validate_tag
 

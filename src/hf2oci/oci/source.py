@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hf2oci.errors import BaseImageError, InvalidReference, PackError, RegistryError, UsageError
 from hf2oci.oci import layout
+from hf2oci.oci.blobs import FileBlobLayer
 from hf2oci.oci.image import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -29,7 +30,6 @@ from hf2oci.oci.image import (
     json_object,
     platform_of,
 )
-from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.reference import Platform, Reference, host_platform, parse_reference
 

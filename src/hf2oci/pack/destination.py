@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 from hf2oci import labels as L
 from hf2oci.naming import image_repository
 from hf2oci.oci import daemon, layout, push
+from hf2oci.oci.blobs import FileBlobLayer
 from hf2oci.oci.credentials import load_credentials
 from hf2oci.oci.image import (
     INDEX_TYPES,
@@ -27,7 +28,6 @@ from hf2oci.oci.image import (
     platform_of,
     string_map,
 )
-from hf2oci.oci.layers import FileBlobLayer
 from hf2oci.oci.registry import RegistryClient, RemoteLayer
 from hf2oci.reference import host_platform, parse_reference
 from hf2oci.spec import RepoType

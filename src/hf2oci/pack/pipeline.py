@@ -22,7 +22,7 @@ from hf2oci.oci.tarstream import ChunkSource
 from hf2oci.pack.describe import image_labels
 from hf2oci.pack.destination import Destination, Target, Targets
 from hf2oci.pack.formats.grouping import DEFAULT_SMALL_FILE_LIMIT
-from hf2oci.pack.formats.image import PackFile, Reuse, build_image, scan
+from hf2oci.pack.formats.image import PackFile, Reuse, build_image, files_under
 from hf2oci.pack.formats.modelpack import build_modelpack
 from hf2oci.pack.plan import Action, plan
 from hf2oci.pack.scanning import head_opener, scan_fetched
@@ -280,7 +280,7 @@ def fetch_files(
         progress(action.spec.label, f"running {options.prepare_script.name}")
         out = scratch / "out"
         run_prepare(options.prepare_script, state=state, src_dir=snapshot, out_dir=out)
-        return scan(out), scanned  # no hub hashes: the hook may have changed any file
+        return files_under(out), scanned  # no hub hashes: the hook may have changed any file
     return files, scanned
 
 

@@ -17,12 +17,12 @@ _WHERE = {
     "Ledger": "ledger",
     "load_ledger": "ledger",
     "save_ledger": "ledger",
-    "PAGES": "pages",
-    "pull_command": "pages",
-    "record_results": "pages",
-    "render_markdown": "pages",
-    "write_records": "pages",
-    "human_size": "pages",
+    "PAGES": "markdown",
+    "pull_command": "markdown",
+    "record_results": "markdown",
+    "render_markdown": "markdown",
+    "write_records": "markdown",
+    "human_size": "markdown",
 }
 
 __all__ = sorted(_WHERE)

@@ -21,6 +21,7 @@ from typing import Any
 
 from hf2oci.digest import sha256_digest
 from hf2oci.errors import UsageError
+from hf2oci.oci.blobs import BytesLayer
 from hf2oci.oci.image import (
     MT_CONFIG,
     MT_INDEX,
@@ -30,7 +31,6 @@ from hf2oci.oci.image import (
     ImageIndex,
     canonical_json,
 )
-from hf2oci.oci.layers import BytesLayer
 
 KEY_ENV = "HF2OCI_SIGNING_KEY"
 PASSWORD_ENV = "HF2OCI_SIGNING_KEY_PASSWORD"

@@ -18,6 +18,7 @@ from pathlib import Path
 from hf2oci import labels as L
 from hf2oci.digest import Expected, SplitCheck, sha256_digest, sha256_file
 from hf2oci.errors import PackError
+from hf2oci.oci.blobs import StreamLayer, TarLayer, read_file_range
 from hf2oci.oci.image import (
     MT_LAYER_TAR,
     Artifact,
@@ -27,7 +28,6 @@ from hf2oci.oci.image import (
     assemble,
     canonical_json,
 )
-from hf2oci.oci.layers import StreamLayer, TarLayer, read_file_range
 from hf2oci.oci.tarstream import (
     LINK_MODE,
     ChunkSource,
@@ -91,7 +91,7 @@ class PackFile:
         return f"gitsha1:{self.blob_id}" if self.blob_id else None
 
 
-def scan(root: Path) -> list[PackFile]:
+def files_under(root: Path) -> list[PackFile]:
     """Every regular file under ``root`` (a snapshot, or what a prepare hook left in OUT_DIR)."""
     files = []
     real_root = root.resolve()

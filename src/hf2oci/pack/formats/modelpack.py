@@ -19,8 +19,8 @@ from hf2oci import labels as L
 from hf2oci.digest import sha256_digest, sha256_file
 from hf2oci.errors import PackError
 from hf2oci.gguf import KNOWN_QUANT, gguf_metadata
+from hf2oci.oci.blobs import FileBlobLayer, RawStreamLayer
 from hf2oci.oci.image import MT_MANIFEST, Descriptor, Image, Layer, canonical_json
-from hf2oci.oci.layers import FileBlobLayer, RawStreamLayer
 from hf2oci.pack.formats.image import PackFile, raw_parts
 from hf2oci.repofiles import Join, split
 from hf2oci.spec import RepoType
