@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hf2oci.errors import RecordError
+
 RepoType = Literal["model", "dataset"]
 REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
 #: what a repo becomes: the busybox image with /REPO, or a CNCF ModelPack artifact
@@ -97,8 +99,6 @@ class Mirrored:
     def from_json(cls, doc: object, *, where: str) -> Mirrored:
         """Parse ``to_json``'s output; unknown keys are dropped (a newer hf2oci's records still
         read). ``RecordError`` naming ``where`` when it is not one."""
-        from hf2oci.errors import RecordError
-
         if not isinstance(doc, dict):
             raise RecordError(f"{where}: expected an object")
         fields = dataclasses.fields(cls)

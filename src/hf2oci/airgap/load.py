@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO
 
+from hf2oci import labels as L
 from hf2oci.airgap.read import KEEP_SMALL, Opened
 from hf2oci.airgap.schema import BUNDLE_FILE, BundleInfo, Ref
 from hf2oci.digest import CheckedReader, Expected
@@ -27,6 +28,7 @@ from hf2oci.errors import BundleError, Hf2ociError
 from hf2oci.oci.registry import RegistryClient
 from hf2oci.oci.stores import Repository
 from hf2oci.spec import Mirrored
+from hf2oci.trust.verify import check
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +198,6 @@ def _check_signatures(
 ) -> dict[str, str]:
     """Each image's signature and provenance, from the bundle's own copies (blobs it does not
     carry from the inside registry): image digest → the reason it is refused."""
-    from hf2oci import labels as L
-    from hf2oci.trust.verify import check
-
     refused: dict[str, str] = {}
     for ref in info.refs:
         if ref.attachment or ref.digest in refused:

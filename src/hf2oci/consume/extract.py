@@ -25,6 +25,7 @@ from hf2oci.labels import REPO_TYPE as LABEL_REPO_TYPE
 from hf2oci.labels import REVISION as LABEL_REVISION
 from hf2oci.oci.source import open_image
 from hf2oci.repofiles import parts_of
+from hf2oci.trust.verify import model_signature, verify
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def extract(
         raise UsageError(f"{dest} exists and is not empty (use --force to replace it)")
     signed: dict[str, dict[str, str]] | None = None
     if verify_key is not None:
-        from hf2oci.trust.verify import verify
-
         report = verify(image, verify_key, plain_http=plain_http)
         failed = [f.line() for f in report.findings if not f.ok]
         if failed:
@@ -101,8 +100,6 @@ def extract(
     modelpack_paths(source)  # checked before anything is written
     bundle = None
     if signature is not None:
-        from hf2oci.trust.verify import model_signature
-
         bundle = model_signature(image, plain_http=plain_http)
         if bundle is None:
             raise ExtractError(f"{image}: no model signature refers to it; nothing written")

@@ -24,6 +24,7 @@ from hf2oci.errors import DigestMismatch, ExtractError, Hf2ociError, PackError
 from hf2oci.intake.filters import match_patterns
 from hf2oci.oci.image import Image, Layer
 from hf2oci.oci.source import StoredLayer
+from hf2oci.pack.formats.modelpack import file_paths, is_modelpack
 from hf2oci.repofiles import REPO_DIR, Join
 
 log = logging.getLogger(__name__)
@@ -364,8 +365,6 @@ def unpack_all(
 
 def modelpack_paths(source: Image) -> list[str] | None:
     """The file path of each layer of a ModelPack artifact (checked); None for an image."""
-    from hf2oci.pack.formats.modelpack import file_paths, is_modelpack
-
     manifest = source.manifest_doc
     if not is_modelpack(manifest):
         return None

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import requests
 
-from hf2oci import naming
+from hf2oci import __version__, naming
 from hf2oci.errors import (
     GatedRepo,
     HubError,
@@ -435,8 +435,6 @@ def refusal(resp: Any, what: str, revision: str, *, path: str | None = None) -> 
 
 
 def _version() -> str:
-    from hf2oci import __version__
-
     return __version__
 
 

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf2oci import __version__
 from hf2oci.digest import sha256_digest
 from hf2oci.errors import UsageError
+from hf2oci.naming import hub_path
 from hf2oci.oci.blobs import BytesLayer
 from hf2oci.oci.image import (
     MT_CONFIG,
@@ -243,8 +245,6 @@ def provenance(
     """An in-toto statement with a SLSA v1 provenance predicate: the images (``subjects``:
     name and digest) were made from the hub commit's ``files`` with this selection. On GitHub
     Actions the run is named (repository, workflow, run id); no secret is read."""
-    from hf2oci import __version__
-
     env = os.environ if environ is None else environ
     dependencies: list[dict[str, Any]] = [
         {
@@ -292,8 +292,6 @@ def provenance(
 
 
 def _hub_path(repo_id: str, repo_type: str) -> str:
-    from hf2oci.naming import hub_path
-
     return hub_path(repo_id, "dataset" if repo_type == "dataset" else "model")
 
 

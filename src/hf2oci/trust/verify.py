@@ -25,11 +25,13 @@ from hf2oci.oci.source import layout_ref, open_image
 from hf2oci.oci.stores import LayoutStore, RegistryStore, Repository
 from hf2oci.reference import parse_reference
 from hf2oci.trust.signing import (
+    MT_BUNDLE,
     MT_DSSE,
     MT_SIMPLE_SIGNING,
     SIGNATURE_ANNOTATION,
     attestation_tag,
     pae,
+    referrers_tag,
     signature_tag,
 )
 
@@ -254,8 +256,6 @@ def _check_tag(tag: str, labels: dict[str, str]) -> Finding:
 def model_signature(text: str, *, plain_http: bool | None = None) -> bytes | None:
     """The OpenSSF model signature (a Sigstore bundle) that refers to the image ``text`` names,
     from the referrers tag ``sha256-<hex>``; None when there is none."""
-    from hf2oci.trust.signing import MT_BUNDLE, referrers_tag
-
     repo, tag = _repo(text, plain_http)
     top = repo.manifest(tag)
     if top is None:
