@@ -138,6 +138,7 @@ def read_public_key(path: Path | None) -> bytes | None:
         pem = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the key ({e.strerror})") from e
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.trust.verify import public_key
 
     try:

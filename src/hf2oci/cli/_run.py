@@ -183,6 +183,7 @@ def run_specs(
     force: bool = False,
 ) -> Report:
     """Run the pipeline over ``specs`` with ``config`` and ``get_hf/``'s hook."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.trust.signing import load_signing_key
 
     prepare = get_hf / "prepare.sh"

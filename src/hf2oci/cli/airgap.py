@@ -48,6 +48,7 @@ def _client(
 ) -> RegistryClient:
     """The registry's client; ``monolithic``: every blob in one streamed PUT (a bundle's blobs
     are files or tar members read once, checked on the way: no chunk is held in memory)."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.oci.registry import RegistryClient
 
     if not registry:
@@ -75,6 +76,7 @@ def inventory(
 ) -> None:
     """Say what the registry holds for hf2oci (tags, revisions, manifest and blob digests): the
     small file that crosses out, so a bundle carries only the rest. Reads no layer."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.airgap.inventory import take_inventory
     from hf2oci.oci.stores import RegistryStore
 
@@ -86,6 +88,7 @@ def inventory(
     if output is None:
         sys.stdout.buffer.write(data)
     else:
+        # lazily: start-up time: a command loads what it runs, when it runs it
         from hf2oci.fsutil import atomic_write
 
         atomic_write(output, data)
@@ -139,6 +142,7 @@ def bundle(
 ) -> None:
     """Write the mirrored repos' current tags and signatures as one OCI layout (a folder or a
     tar, in volumes), holding only the blobs the inventory of the other side lacks."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.airgap.bundle import Choice, Plan
     from hf2oci.airgap.bundle import bundle as run
     from hf2oci.airgap.schema import Inventory
@@ -221,6 +225,7 @@ def load_command(
     registry lacks and publish its tags last. Run it again after a failure: it resumes.
 
     The namespace defaults to the bundle's; another one re-homes the repos."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.airgap.load import load as run
     from hf2oci.airgap.read import open_bundle
 
@@ -239,6 +244,7 @@ def load_command(
         echo(line)
     source = click.get_current_context().get_parameter_source("get_hf")
     if source is click.core.ParameterSource.COMMANDLINE:
+        # lazily: start-up time: a command loads what it runs, when it runs it
         from hf2oci.airgap.load import mirrored
         from hf2oci.record import record_results
 
@@ -285,6 +291,7 @@ def prune(
     """Delete pinned revision tags (and their signatures) beyond --keep N per repo and/or
     older than --older-than DAYS. Never a moving tag, its revision, or a revision a list line
     pins. Then run the registry's garbage collection to free the layers."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.airgap.prune import plan_prune
     from hf2oci.airgap.prune import prune as run
     from hf2oci.intake.lists import read_lists

@@ -101,6 +101,7 @@ def mirror(
             ],
         )
     if report.mirrored and not no_record and not dry_run and get_hf.is_dir():
+        # lazily: start-up time: a command loads what it runs, when it runs it
         from hf2oci.record.markdown import record_results
 
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)

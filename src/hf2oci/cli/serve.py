@@ -93,6 +93,7 @@ def serve(
     """Serve the Hub API (models, datasets, files with Range) from the mirrored images."""
     import uvicorn
 
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.consume.serve.app import create_app
     from hf2oci.consume.serve.store import Store, registry_store
     from hf2oci.consume.serve.xet import XetSettings, derive_key, parse_min_size

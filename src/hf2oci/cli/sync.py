@@ -38,6 +38,7 @@ def sync(
         force=force,
     )  # fmt: skip
     if not dry_run:
+        # lazily: start-up time: a command loads what it runs, when it runs it
         from hf2oci.record.markdown import record_results
 
         record_results(report.mirrored, get_hf=get_hf, ledger_name=config.record)

@@ -40,6 +40,7 @@ def _reverse(tag_name: str, get_hf: Path) -> str:
     """The repo id of a tag: by the naming rule, or for a shortened tag from the ledger."""
     if not naming.is_shortened(tag_name):
         return naming.repo_id_from_tag(tag_name)
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.record.ledger import load_ledger
 
     ledger = get_hf / load(get_hf / "config.yaml").record

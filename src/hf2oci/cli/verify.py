@@ -36,6 +36,7 @@ def verify(image: str, key_path: Path, plain_http: bool | None, as_json: bool) -
     signatures, never the layers.
 
     IMAGE: a registry reference, or oci:PATH:TAG for a layout."""
+    # lazily: start-up time: a command loads what it runs, when it runs it
     from hf2oci.trust.verify import verify as run
 
     pem = read_public_key(key_path)
