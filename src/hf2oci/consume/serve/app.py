@@ -169,6 +169,8 @@ def create_app(store: Store, *, tokens: Sequence[str] = ()) -> Starlette:
     ]
     app = Starlette(routes=routes)
     app.add_middleware(_Gate, tokens=list(tokens), metrics=hub.metrics)
+    # what another face of the same store shares (the S3 face): one read budget, one /metrics
+    app.state.budget, app.state.metrics = hub.budget, hub.metrics
     return app
 
 
