@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import http.client
 import logging
+import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,3 +407,71 @@ def test_metrics_by_operation_and_a_log_without_secrets(
             assert TOKEN not in line and "Signature" not in line and "Credential" not in line
     finally:
         server.stop()
+
+
+def test_a_verify_key_lists_and_reads_verified_images_only(
+    hub, random_repo, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from helpers import cli, make_project
+    from test_signing import KEY_ENV, _key_pem
+
+    signed_repo, _, files = random_repo()
+    unsigned_repo, _, _ = random_repo()
+    private, public = _key_pem()
+    config = {"namespace": "s3v", "base_image": "scratch"}
+    make_project(project, models=[unsigned_repo], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    monkeypatch.setenv(KEY_ENV, private.decode())
+    make_project(project, models=[signed_repo], config=config)
+    assert cli("sync", "-q").exit_code == 0
+    server = S3Served(Store("s3v", root=project / "oci-images", ttl=0, verify_key=public))
+    try:
+        s3 = Endpoint("serve", server.url, {}, secret=None).client(signed=False)
+        for delimiter in ("", "/"):
+            listed, prefixes = keys(s3.get_paginator("list_objects_v2").paginate(
+                Bucket="models", Prefix="testorg/", Delimiter=delimiter))  # fmt: skip
+            if delimiter:
+                assert prefixes == [f"{signed_repo}/"] and not listed
+            else:
+                assert listed == sorted(f"{signed_repo}/{p}" for p in files)
+        got = s3.get_object(Bucket="models", Key=f"{signed_repo}/model.safetensors")
+        assert got["Body"].read() == files["model.safetensors"]
+        with pytest.raises(ClientError) as e:
+            s3.get_object(Bucket="models", Key=f"{unsigned_repo}/config.json")
+        assert _error(e) == (403, "AccessDenied")
+    finally:
+        server.stop()
+
+
+def test_the_cli_answers_s3_beside_the_hub_and_stops_on_sigterm(
+    s3_mirror: Mirror, tmp_path: Path
+) -> None:
+    from servers import free_port
+    from test_serve_clients import start_serve
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    s3_port = free_port()
+    log = tmp_path / "serve.log"
+    args = ["--layout", str(s3_mirror.layouts), "--s3-port", str(s3_port), "--token-file",
+            str(tokens)]  # fmt: skip
+    proc, url = start_serve(args, tmp_path, log)
+    try:
+        s3 = Endpoint("serve", f"http://127.0.0.1:{s3_port}", {}).client()
+        key = f"{REPO}/config.json"
+        assert (
+            s3.get_object(Bucket="models", Key=key)["Body"].read() == small_files()["config.json"]
+        )
+        hub = requests.get(f"{url}/api/models/{REPO}", timeout=10,
+                           headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert hub.json()["sha"] == s3_mirror.commits[REPO]
+        metrics = requests.get(f"{url}/metrics", timeout=10).text  # one /metrics for both faces
+        assert 'hf2oci_serve_s3_requests_total{operation="GetObject",status="200"} 1.0' in metrics
+        assert "hf2oci_serve_requests_total" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert f"S3 GET /models/{key} GetObject 200" in text and TOKEN not in text
