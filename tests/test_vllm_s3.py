@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from helpers import cli
 from s3servers import MINILM, TOKEN, Endpoint, Mirror, shared_mirror
 from servers import free_port
 from test_serve_clients import start_serve
 from test_vllm import (
     ENGINE_ARGS,
+    ENTRYPOINT,
     REFERENCE,
     SENTENCES,
     SOURCE,
@@ -58,9 +61,12 @@ def s3_serve(s3_mirror: Mirror, tmp_path: Path) -> Iterator[tuple[Endpoint, Path
         proc.wait(timeout=30)
 
 
-def test_vllm_serve_s3_with_runai_streamer_through_the_s3_face(
-    s3_serve: tuple[Endpoint, Path], embedded: np.ndarray, tmp_path: Path
+@pytest.mark.parametrize("how", ["vllm serve", "deploy k8s"])
+def test_vllm_streams_minilm_with_runai_through_the_s3_face(
+    how: str, s3_serve: tuple[Endpoint, Path], embedded: np.ndarray, tmp_path: Path
 ) -> None:
+    """``vllm serve s3://…`` as the issue writes it, and the runtime image's entrypoint with the
+    environment ``hf2oci deploy k8s --s3-endpoint`` gives it (the Secret's keys filled in)."""
     assert (VLLM_VENV / ".complete").is_file(), f"no vLLM at {VLLM_VENV}: run scripts/test.sh"
     endpoint, log = s3_serve
     port = free_port()
@@ -69,11 +75,24 @@ def test_vllm_serve_s3_with_runai_streamer_through_the_s3_face(
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
                VLLM_ASSETS_CACHE=str(tmp_path / "assets"))  # fmt: skip
     env.pop("HF_ENDPOINT", None)  # no hub: everything comes from the S3 face
-    cmd = [
-        str(VLLM_VENV / "bin" / "vllm"), "serve", f"s3://models/{MINILM}/",
-        "--load-format", "runai_streamer", "--convert", "embed", "--served-model-name", MINILM,
-        "--host", "127.0.0.1", "--port", str(port), *ENGINE_ARGS,
-    ]  # fmt: skip
+    if how == "vllm serve":
+        cmd = [
+            str(VLLM_VENV / "bin" / "vllm"), "serve", f"s3://models/{MINILM}/",
+            "--load-format", "runai_streamer", "--convert", "embed",
+            "--served-model-name", MINILM, "--host", "127.0.0.1", "--port", str(port),
+            *ENGINE_ARGS,
+        ]  # fmt: skip
+    else:
+        image = f"registry.example.com/hgfkeep/models:{MINILM.replace('/', '--')}"
+        r = cli("deploy", "k8s", image, "--runtime", "vllm", "--s3-endpoint", endpoint.url,
+                "--s3-secret", "hub-s3")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        pod = next(yaml.safe_load_all(r.stdout))["spec"]["template"]["spec"]
+        secret = {"AWS_ACCESS_KEY_ID": "vllm", "AWS_SECRET_ACCESS_KEY": TOKEN}
+        for var in pod["containers"][0]["env"]:
+            env[var["name"]] = var.get("value") or secret[var["valueFrom"]["secretKeyRef"]["key"]]
+        env.update(HOST="127.0.0.1", PORT=str(port))
+        cmd = [sys.executable, str(ENTRYPOINT), "vllm", "--convert", "embed", *ENGINE_ARGS]
     got = _serve_and_embed(cmd, env, port, tmp_path / "vllm.log")
     _assert_same_embeddings(got, embedded)
     served = log.read_text()
