@@ -185,8 +185,8 @@ def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
 def compose(
     model_image: str, runtime: str | None, runtime_image: str | None, s3_endpoint: str | None
 ) -> None:
-    """Print a docker compose file: the model image fills a volume, the server serves it (or,
-    with --s3-endpoint, vLLM streams its weights from serve's S3 face)."""
+    """Print a docker compose file: the model image fills a volume, the server serves it.
+    With --s3-endpoint, vLLM streams its weights from serve's S3 face instead."""
     runtime = _model_or_hub(model_image, runtime, False)
     parse_reference(model_image)
     image = runtime_image or RUNTIMES[runtime].default_image
