@@ -4,7 +4,8 @@ One run, side by side, on this machine (loopback registry on local disk, every p
 same cores): a SIZE MiB safetensors file (64 tensors) mirrored into the registry, then
 - 8 concurrent readers of 8 MiB ranges over it through ``hf2oci serve --s3-port`` (SigV4 with a
   serve token, each range signed by botocore) vs the same ranges straight from the registry blob
-  (the same HTTP client, in turns, ``--rounds`` times);
+  (the same HTTP client, in turns, ``--rounds`` times), with serve's CPU time, and the same
+  ranges through serve's Hub API (``resolve`` with Range) for a reference;
 - run:ai's ``SafetensorsStreamer`` streaming every tensor of the file from serve, and of a
   ``--streamer-mib`` file (default 64) from serve vs from moto's S3 server (a process of its own)
   holding it: moto reads a whole object for each Range request, so under run:ai's 8+ ranges in
@@ -90,6 +91,12 @@ def timed_readers(jobs: list[tuple[str, dict[str, str], int]], readers: int) -> 
     return time.perf_counter() - t
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_up(url: str, path: str = "/") -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -165,11 +172,18 @@ def main() -> None:
 
         registry_jobs = [(blob, {"Range": f"bytes={offset + a}-{offset + b}"}, b - a + 1)
                          for a, b in pieces]  # fmt: skip
+        resolve = f"http://127.0.0.1:{port}/{REPO}/resolve/main/model.safetensors"
+        hub_jobs = [(resolve, {"Range": f"bytes={a}-{b}", "Authorization": f"Bearer {TOKEN}"},
+                     b - a + 1) for a, b in pieces]  # fmt: skip
         eight = []
         for _ in range(args.rounds):
+            cpu = cpu_seconds(serve.pid)
             through = timed_readers(serve_jobs(), 8)
+            cpu = cpu_seconds(serve.pid) - cpu
             straight = timed_readers(registry_jobs, 8)
-            eight.append({"serve_s": through, "registry_s": straight, "ratio": through / straight})
+            hub_api = timed_readers(hub_jobs, 8)
+            eight.append({"serve_s": through, "registry_s": straight, "ratio": through / straight,
+                          "serve_cpu_s": cpu, "hub_api_same_ranges_s": hub_api})  # fmt: skip
             print(json.dumps(eight[-1]), flush=True)
         report["8_readers_8MiB_ranges"] = eight
 

@@ -475,3 +475,27 @@ def test_the_cli_answers_s3_beside_the_hub_and_stops_on_sigterm(
         assert proc.wait(timeout=30) == 0
     text = log.read_text()
     assert f"S3 GET /models/{key} GetObject 200" in text and TOKEN not in text
+
+
+def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
+    """A GetObject holds a place in the read budget it shares with the Hub API (memory bounded
+    whatever the number of ranges in flight) and gives it back, when the client leaves too."""
+    import time
+
+    from hf2oci.consume.serve.store import ReadBudget
+
+    budget = ReadBudget()
+    server = S3Served(Store("hgfkeep", root=s3_mirror.layouts), budget=budget)
+    try:
+        url = f"{server.url}/models/{REPO}/model.safetensors"
+        with requests.get(url, stream=True, timeout=10) as r:
+            assert next(r.iter_content(1024)) and budget.active == 1
+            assert budget.piece() == 4 << 20  # one download in flight: the biggest reads
+        deadline = time.monotonic() + 5
+        while budget.active and time.monotonic() < deadline:  # the client left mid-body
+            time.sleep(0.05)
+        assert budget.active == 0
+        ranged = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=10)
+        assert len(ranged.content) == 100 and budget.active == 0
+    finally:
+        server.stop()
