@@ -499,3 +499,40 @@ def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
         assert len(ranged.content) == 100 and budget.active == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/models/{REPO}/%00config.json", f"/models/{REPO}/%01%02", f"/models/{REPO}/%FF%FE",
+        f"/models/{REPO}/../../../etc/passwd", f"/models/{REPO}/%2e%2e/%2e%2e/config.json",
+        "/models/" + "a/" * 600 + "x", f"/models/{REPO}@/config.json", "/models/x",
+        f"/%FF/{REPO}/config.json", "/models?list-type=2&continuation-token=%%%",
+        "/models?list-type=2&max-keys=lots", "/models?list-type=2&encoding-type=base64",
+        "/models?list-type=2&prefix=%00%01",
+    ],
+)  # fmt: skip
+def test_hostile_requests_get_an_s3_error_and_the_server_keeps_serving(
+    anonymous: S3Served, path: str
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    host, port = anonymous.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path)  # as written: no client normalises it on the way
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status in (200, 400, 404), body
+    doc = ET.fromstring(body)  # well-formed XML, whatever the request held
+    if r.status != 200:
+        assert doc.tag == "Error" and doc.findtext("Code") in (
+            "NoSuchKey", "NoSuchBucket", "InvalidArgument"
+        )  # fmt: skip
+    assert requests.head(f"{anonymous.url}/models/{REPO}/config.json", timeout=10).ok
+
+
+@pytest.fixture(scope="module")
+def anonymous(s3_mirror: Mirror) -> Iterator[S3Served]:
+    server = S3Served(Store("hgfkeep", root=s3_mirror.layouts))
+    yield server
+    server.stop()

@@ -115,10 +115,8 @@ def _request(scope: Scope) -> _Request:
         name, _, value = part.partition("=")
         query[unquote(name)] = unquote(value)
     bucket, _, key = raw.lstrip("/").partition("/")
-    try:
-        bucket, key = unquote(bucket, errors="strict"), unquote(key, errors="strict")
-    except UnicodeDecodeError:
-        bucket, key = "", "\0"  # not UTF-8: no such key
+    # bytes that are not UTF-8 become U+FFFD, which names no bucket and no hub file
+    bucket, key = unquote(bucket, errors="replace"), unquote(key, errors="replace")
     return _Request(
         method=scope["method"], raw_path=raw, raw_query=raw_query, query=query,
         headers=sigv4.header_pairs(scope.get("headers") or []), bucket=bucket, key=key,
@@ -314,7 +312,8 @@ class S3App:
             raise missing
         if snap.signed is not None and path not in snap.signed:
             raise S3Error(403, "AccessDenied", f"{path} is not in the signed file list")
-        etag = await self._call(lambda: f.etag)
+        # an image made before the file index: its hashes computed once, in a worker thread
+        etag = f.etag if f.blob_id is not None else await self._call(lambda: f.etag)
         headers = _ids(request_id) | {
             "ETag": f'"{etag}"',
             "Last-Modified": documents.http_time(snap.last_modified),

@@ -4,6 +4,7 @@ codes clients map to their typed errors)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from urllib.parse import quote
@@ -12,6 +13,7 @@ from hf2oci.consume.serve.s3.listing import Item, Page
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class S3Error(Exception):
@@ -34,7 +36,8 @@ def _doc(root: ET.Element) -> bytes:
 def _add(parent: ET.Element, name: str, text: str | int | None = None) -> ET.Element:
     child = ET.SubElement(parent, name)
     if text is not None:
-        child.text = str(text).lower() if isinstance(text, bool) else str(text)
+        value = str(text).lower() if isinstance(text, bool) else str(text)
+        child.text = _NOT_XML.sub("\ufffd", value)  # XML 1.0 cannot hold them, even escaped
     return child
 
 

@@ -77,7 +77,7 @@ def parse_authorization(value: str) -> Authorization:
         raise Refused(400, "AuthorizationHeaderMalformed", _MALFORMED)
     access_key, date, region, service, _ = scope
     if service != "s3":
-        raise Refused(400, "AuthorizationHeaderMalformed", f"the scope names {service!r}, not s3")
+        raise Refused(400, "AuthorizationHeaderMalformed", f"the scope names {service[:40]!r}")
     return Authorization(access_key, date, region, service, signed, signature)
 
 
