@@ -24,6 +24,7 @@ from s3servers import (
     MINILM,
     NEIGHBOUR,
     REPO,
+    STREAMED,
     TOKEN,
     Endpoint,
     Mirror,
@@ -487,7 +488,7 @@ def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
     budget = ReadBudget()
     server = S3Served(Store("hgfkeep", root=s3_mirror.layouts), budget=budget)
     try:
-        url = f"{server.url}/models/{REPO}/model.safetensors"
+        url = f"{server.url}/models/{STREAMED}/model.safetensors"  # 64 MiB: more than sockets hold
         with requests.get(url, stream=True, timeout=10) as r:
             assert next(r.iter_content(1024)) and budget.active == 1
             assert budget.piece() == 4 << 20  # one download in flight: the biggest reads

@@ -355,10 +355,10 @@ class S3App:
             _close(chunks)
             self.budget.end()
             raise
-        body = self._body(f, first, chunks)
+        bodies = [self._body(f, first, chunks)]
         if snap.signed is not None and whole:  # a whole file: checked as it goes
-            body = _checked(body, f, snap.signed[f.path])
-        return StreamingResponse(body, status_code=status, headers=headers)
+            bodies.append(_checked(bodies[0], f, snap.signed[f.path]))
+        return _Streaming(bodies, status_code=status, headers=headers)
 
     def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
         try:
@@ -376,10 +376,29 @@ class S3App:
             self.budget.end()
 
 
+class _Streaming(StreamingResponse):
+    """A streamed body whose generators are closed as soon as the response ends, the client
+    gone mid-body included: their ``finally`` gives back the read budget and the registry
+    connection then, not whenever the garbage collector breaks the cycle the disconnect left."""
+
+    def __init__(self, bodies: list[Iterator[bytes]], **options: Any) -> None:
+        super().__init__(bodies[-1], **options)
+        self.bodies = bodies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for body in reversed(self.bodies):  # the outer one first, then what it read
+                _close(body)
+
+
 def _close(chunks: Iterator[bytes]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
-        close()
+        # ValueError: still running in a worker thread, which ends it (and its finally) itself
+        with contextlib.suppress(ValueError):
+            close()
 
 
 def _ids(request_id: str) -> dict[str, str]:
