@@ -10,6 +10,7 @@ import http.client
 import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,6 @@ def test_any_region_and_any_token_of_the_file(served: S3Served) -> None:
 
 def test_signature_rules(served: S3Served) -> None:
     """Clock skew, the headers a signature must cover, the payload hash, the header's form."""
-    import time
 
     def verify(headers: list[tuple[str, str]], now: float | None = None) -> str:
         return sigv4.verify(method="GET", raw_path="/models/a/b/c", raw_query="",
@@ -394,12 +394,17 @@ def test_metrics_by_operation_and_a_log_without_secrets(
             s3.get_object(Bucket="models", Key=f"{REPO}/config.json")["Body"].read()
             with pytest.raises(Exception):  # noqa: B017 - any refusal will do
                 _serve(server).client(secret="wrong").get_object(Bucket="models", Key="a/b/c")
-        metrics = generate_latest(registry).decode()
         answered = [("ListObjectsV2", 200), ("HeadObject", 200), ("GetObject", 206),
                     ("GetObject", 200), ("GetObject", 403)]  # fmt: skip
-        for operation, status in answered:
-            labels = f'operation="{operation}",status="{status}"'
-            assert f"hf2oci_serve_s3_requests_total{{{labels}}} 1.0" in metrics
+        want = [f'hf2oci_serve_s3_requests_total{{operation="{op}",status="{status}"}} 1.0'
+                for op, status in answered]  # fmt: skip
+        deadline = time.monotonic() + 5  # a request is counted once its answer is sent
+        while True:
+            metrics = generate_latest(registry).decode()
+            if all(w in metrics for w in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [w for w in want if w not in metrics] == []
         sent = 4 + len(small_files()["config.json"])  # a range of 4 bytes, then the whole file
         assert f"hf2oci_serve_s3_bytes_total {float(sent)}" in metrics
         lines = [r.getMessage() for r in caplog.records]
@@ -478,10 +483,19 @@ def test_the_cli_answers_s3_beside_the_hub_and_stops_on_sigterm(
     assert f"S3 GET /models/{key} GetObject 200" in text and TOKEN not in text
 
 
+def _soon(check: Any, seconds: float = 2.0) -> bool:
+    """``check()`` within ``seconds`` (serve's side of a request ends just after the client's)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
     """A GetObject holds a place in the read budget it shares with the Hub API (memory bounded
     whatever the number of ranges in flight) and gives it back, when the client leaves too."""
-    import time
 
     from hf2oci.consume.serve.store import ReadBudget
 
@@ -492,12 +506,9 @@ def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
         with requests.get(url, stream=True, timeout=10) as r:
             assert next(r.iter_content(1024)) and budget.active == 1
             assert budget.piece() == 4 << 20  # one download in flight: the biggest reads
-        deadline = time.monotonic() + 5
-        while budget.active and time.monotonic() < deadline:  # the client left mid-body
-            time.sleep(0.05)
-        assert budget.active == 0
+        assert _soon(lambda: budget.active == 0)  # the client left mid-body
         ranged = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=10)
-        assert len(ranged.content) == 100 and budget.active == 0
+        assert len(ranged.content) == 100 and _soon(lambda: budget.active == 0)
     finally:
         server.stop()
 
