@@ -394,6 +394,8 @@ def test_metrics_by_operation_and_a_log_without_secrets(
             s3.get_object(Bucket="models", Key=f"{REPO}/config.json")["Body"].read()
             with pytest.raises(Exception):  # noqa: B017 - any refusal will do
                 _serve(server).client(secret="wrong").get_object(Bucket="models", Key="a/b/c")
+            with pytest.raises(Exception):  # noqa: B017 - a key that would forge a log line
+                s3.get_object(Bucket="models", Key="a/b/x\nS3 GET /forged 200")
         answered = [("ListObjectsV2", 200), ("HeadObject", 200), ("GetObject", 206),
                     ("GetObject", 200), ("GetObject", 403)]  # fmt: skip
         want = [f'hf2oci_serve_s3_requests_total{{operation="{op}",status="{status}"}} 1.0'
@@ -411,6 +413,7 @@ def test_metrics_by_operation_and_a_log_without_secrets(
         assert any("GetObject 206" in line for line in lines), lines
         for line in lines:
             assert TOKEN not in line and "Signature" not in line and "Credential" not in line
+            assert "\n" not in line
     finally:
         server.stop()
 

@@ -177,9 +177,10 @@ class S3App:
                 await response(scope, receive, sending)
         finally:
             self.metrics.requests.labels(operation, str(status)).inc()
+            # the path as sent (percent-encoded: a key cannot write a line of its own)
             access_log.info(
-                "S3 %s %s %s %d %d %.1fms", request.method, unquote(request.raw_path)[:300],
-                operation, status, sent, (time.monotonic() - started) * 1000,
+                "S3 %s %s %s %d %d %.1fms", request.method, request.raw_path[:300], operation,
+                status, sent, (time.monotonic() - started) * 1000,
             )  # fmt: skip
 
     async def _answer(self, request: _Request, operation: str) -> Response:
@@ -206,6 +207,8 @@ class S3App:
             if operation.startswith("ListObjects"):
                 return await self._list(request, repo_type, operation, request_id)
             return await self._object(request, repo_type, head, request_id)
+        except ServeError as e:  # the store's refusals: the repo, revision or file is not there
+            return _error(_from_serve(e, request.key), request_id, head)
         except S3Error as e:
             return _error(e, request_id, head)
 
@@ -291,25 +294,16 @@ class S3App:
     async def _object(
         self, request: _Request, repo_type: RepoType, head: bool, request_id: str
     ) -> Response:
-        key = request.key
-        missing = S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key[:1024])
-        org, _, rest = key.partition("/")
+        org, _, rest = request.key.partition("/")
         name, _, path = rest.partition("/")
         repo, at, revision = name.partition("@")
         if not (org and repo and path) or (at and not revision):
-            raise missing
-        try:
-            snap = await self._call(self.store.snapshot, repo_type, f"{org}/{repo}",
-                                    revision if at else "main")  # fmt: skip
-        except ServeError as e:
-            if e.status == 403:
-                raise S3Error(403, "AccessDenied", str(e)) from None
-            if e.status == 404:
-                raise missing from None
-            raise S3Error(500, "InternalError", str(e)) from None
+            raise _no_such_key(request.key)
+        snap = await self._call(self.store.snapshot, repo_type, f"{org}/{repo}",
+                                revision if at else "main")  # fmt: skip
         f = snap.files.get(path)
         if f is None:
-            raise missing
+            raise _no_such_key(request.key)
         if snap.signed is not None and path not in snap.signed:
             raise S3Error(403, "AccessDenied", f"{path} is not in the signed file list")
         # an image made before the file index: its hashes computed once, in a worker thread
@@ -391,6 +385,20 @@ class _Streaming(StreamingResponse):
         finally:
             for body in reversed(self.bodies):  # the outer one first, then what it read
                 _close(body)
+
+
+def _no_such_key(key: str) -> S3Error:
+    return S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key[:1024])
+
+
+def _from_serve(e: ServeError, key: str) -> S3Error:
+    """The store's refusal as S3 says it: a repo, revision or file that is not there is a key
+    that is not; an image that does not verify is AccessDenied."""
+    if e.status == 404:
+        return _no_such_key(key)
+    if e.status == 403:
+        return S3Error(403, "AccessDenied", str(e))
+    return S3Error(500, "InternalError", str(e))
 
 
 def _close(chunks: Iterator[bytes]) -> None:
