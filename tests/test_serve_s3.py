@@ -320,6 +320,10 @@ def test_signature_rules(served: S3Served) -> None:
         verify([(k, "1" * 64 if k == "x-amz-content-sha256" else v)
                 for k, v in signed_headers(now)], now)  # fmt: skip
     assert e.value.code == "XAmzContentSHA256Mismatch"
+    bad_date = [(k, "20261399T999999Z" if k == "x-amz-date" else v) for k, v in signed_headers(now)]
+    with pytest.raises(sigv4.Refused) as e:
+        verify(bad_date, now)
+    assert e.value.code == "AccessDenied"
     auth = sigv4.parse_authorization(dict(signed_headers(now))["authorization"])
     assert auth.signature not in repr(auth)
 

@@ -101,11 +101,14 @@ def verify(
     auth = parse_authorization(given["authorization"][0])
     stamp = (given.get("x-amz-date") or [""])[0]
     when = _AMZ_DATE.fullmatch(stamp)
+    try:
+        at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        when = None  # 13th months and the like
     if when is None:
         raise Refused(403, "AccessDenied", "the request has no valid X-Amz-Date")
     if when.group(1) != auth.date:
         raise Refused(403, "SignatureDoesNotMatch", "the scope's date is not X-Amz-Date's")
-    at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
     if abs((time.time() if now is None else now) - at) > max_skew:
         raise Refused(403, "RequestTimeTooSkewed", _SKEWED)
     payload = (given.get("x-amz-content-sha256") or [""])[0]
