@@ -10,9 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +21,7 @@ from hf2oci.consume.serve.app import _BodyCut, _checked
 from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
 from hf2oci.consume.serve.s3 import documents, listing, sigv4
 from hf2oci.consume.serve.s3.documents import S3Error
+from hf2oci.consume.serve.s3.request import S3Request, read_request
 from hf2oci.consume.serve.store import ReadBudget, RepoFile, Snapshot, Store
 from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import RepoType
@@ -33,17 +32,6 @@ access_log = logging.getLogger("hf2oci.serve.access")
 T = TypeVar("T")
 #: the buckets: one per repo type
 BUCKETS: dict[str, RepoType] = {"models": "model", "datasets": "dataset"}
-#: sub-resources of S3 that this face does not have (a GET of one is 501, never a listing)
-_BUCKET_SUBRESOURCES = frozenset(
-    ("accelerate", "acl", "analytics", "cors", "encryption", "intelligent-tiering", "inventory",
-     "lifecycle", "logging", "metrics", "notification", "object-lock", "ownershipControls",
-     "policy", "policyStatus", "publicAccessBlock", "replication", "requestPayment", "tagging",
-     "uploads", "versioning", "versions", "website")
-)  # fmt: skip
-_OBJECT_SUBRESOURCES = frozenset(
-    ("acl", "attributes", "legal-hold", "restore", "retention", "select", "tagging", "torrent",
-     "uploadId")
-)  # fmt: skip
 _NOT_ALLOWED = "The specified method is not allowed against this resource."
 _EPOCH = "1970-01-01T00:00:00.000Z"
 
@@ -65,63 +53,6 @@ class S3Metrics:
             "hf2oci_serve_s3_upstream_errors", "S3: registry or layout reads that failed",
             registry=registry,
         )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    #: the path as sent (percent-encoded), an absolute-form target's path part
-    raw_path: str
-    raw_query: str
-    query: dict[str, str]
-    headers: list[tuple[str, str]]
-    bucket: str
-    key: str
-    #: True when the path names a bucket and no key (``/models`` or ``/models/``)
-    bucket_only: bool
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-    @property
-    def operation(self) -> str:
-        """The S3 operation asked for (the metrics' label), or ``Unsupported``."""
-        if self.method not in ("GET", "HEAD"):
-            return "Unsupported"
-        if not self.bucket:
-            return "ListBuckets" if self.method == "GET" else "Unsupported"
-        if self.bucket_only:
-            if self.method == "HEAD":
-                return "HeadBucket"
-            if _BUCKET_SUBRESOURCES & self.query.keys():
-                return "Unsupported"
-            if "location" in self.query:
-                return "GetBucketLocation"
-            return "ListObjectsV2" if self.query.get("list-type") == "2" else "ListObjects"
-        if _OBJECT_SUBRESOURCES & self.query.keys():
-            return "Unsupported"
-        return "HeadObject" if self.method == "HEAD" else "GetObject"
-
-
-def _request(scope: Scope) -> _Request:
-    """The request's parts; an absolute-form target (``GET http://HOST/BUCKET/KEY``, what
-    run:ai's client sends) is read as its path (h11 puts the whole URL in the scope)."""
-    raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-    if raw.startswith(("http://", "https://")):
-        raw = urlsplit(raw).path or "/"
-    raw_query = scope.get("query_string", b"").decode("latin-1")
-    query = {}
-    for part in raw_query.split("&") if raw_query else []:
-        name, _, value = part.partition("=")
-        query[unquote(name)] = unquote(value)
-    bucket, _, key = raw.lstrip("/").partition("/")
-    # bytes that are not UTF-8 become U+FFFD, which names no bucket and no hub file
-    bucket, key = unquote(bucket, errors="replace"), unquote(key, errors="replace")
-    return _Request(
-        method=scope["method"], raw_path=raw, raw_query=raw_query, query=query,
-        headers=sigv4.header_pairs(scope.get("headers") or []), bucket=bucket, key=key,
-        bucket_only=bool(bucket) and not key,
-    )  # fmt: skip
 
 
 def create_s3_app(
@@ -159,7 +90,7 @@ class S3App:
         if scope["type"] != "http":
             return
         started = time.monotonic()
-        request = _request(scope)
+        request = read_request(scope)
         operation, status, sent = request.operation, 500, 0
 
         async def sending(message: Any) -> None:
@@ -183,7 +114,7 @@ class S3App:
                 status, sent, (time.monotonic() - started) * 1000,
             )  # fmt: skip
 
-    async def _answer(self, request: _Request, operation: str) -> Response:
+    async def _answer(self, request: S3Request, operation: str) -> Response:
         head = request.method == "HEAD"
         request_id = secrets.token_hex(8).upper()
         try:
@@ -212,7 +143,7 @@ class S3App:
         except S3Error as e:
             return _error(e, request_id, head)
 
-    def _authenticate(self, request: _Request) -> None:
+    def _authenticate(self, request: S3Request) -> None:
         try:
             sigv4.verify(method=request.method, raw_path=request.raw_path,
                          raw_query=request.raw_query, headers=request.headers,
@@ -237,7 +168,7 @@ class S3App:
     # -- listings -------------------------------------------------------------------------
 
     async def _list(
-        self, request: _Request, repo_type: RepoType, operation: str, request_id: str
+        self, request: S3Request, repo_type: RepoType, operation: str, request_id: str
     ) -> Response:
         q = request.query
         version = 2 if operation == "ListObjectsV2" else 1
@@ -292,7 +223,7 @@ class S3App:
     # -- objects --------------------------------------------------------------------------
 
     async def _object(
-        self, request: _Request, repo_type: RepoType, head: bool, request_id: str
+        self, request: S3Request, repo_type: RepoType, head: bool, request_id: str
     ) -> Response:
         org, _, rest = request.key.partition("/")
         name, _, path = rest.partition("/")
