@@ -101,6 +101,13 @@ if [ ! -f "$VLLM_VENV/.complete" ]; then  # written last: a killed install start
     > "$site/vllm-$VLLM_VERSION.dist-info/METADATA"
   touch "$VLLM_VENV/.complete"
 fi
+# ... with run:ai's model streamer (vLLM's "runai" extra, its S3 client alone) for
+# --load-format runai_streamer, which the S3 face's test loads through; added to a venv made
+# before it was needed, once
+RUNAI_VERSION=0.17.1
+runai=$("$VLLM_VENV/bin/pip" show runai-model-streamer-s3 2>/dev/null | sed -n 's/^Version: //p')
+[ "$runai" = "$RUNAI_VERSION" ] \
+  || "$VLLM_VENV/bin/pip" install -q "runai-model-streamer[s3]==$RUNAI_VERSION"
 export HF2OCI_VLLM_VENV="$VLLM_VENV"
 
 # KServe's Python SDK in a venv of its own, once (~1 min): its InferenceService model classes

@@ -189,8 +189,16 @@ class ResumableBody(io.RawIOBase):
 
     def close_response(self) -> None:
         if self._resp is not None:
-            self._resp.close()
-            self._resp = None
+            resp, self._resp = self._resp, None
+            inner = getattr(resp.raw, "_fp", None)
+            whole = self.end is not None and self.offset >= self.end
+            if whole and isinstance(inner, http.client.HTTPResponse) and inner.isclosed():
+                # read to its end straight from http.client, which urllib3 does not see: the
+                # connection goes back to the pool (closing it cost a new connection for every
+                # Range request: serve's S3 face reads a blob in 8 MiB ranges)
+                resp.raw.release_conn()
+                return
+            resp.close()
 
     def close(self) -> None:
         self.close_response()

@@ -23,6 +23,7 @@ from hf2oci.consume.k8s import (
     KServeSpec,
     Mode,
     ServeSpec,
+    compose_s3,
     hub_manifests,
     inference_service,
     manifests,
@@ -36,6 +37,13 @@ from hf2oci.render import render
 LLAMA_CPP_VERSION = "0.3.36"
 WHEEL_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF"
 
+s3_endpoint_option = click.option(
+    "--s3-endpoint",
+    metavar="URL",
+    help="vllm: stream the weights from `hf2oci serve --s3-port` at this URL (run:ai's "
+    "streamer, --load-format runai_streamer): no copy of the model, no volume; MODEL_IMAGE's "
+    "tag names the repo (and a commit's tag its revision).",
+)
 runtime_option = click.option(
     "--runtime",
     type=click.Choice(list(RUNTIMES)),
@@ -171,18 +179,26 @@ def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
 @click.argument("model_image")
 @runtime_option
 @click.option("--runtime-image", help="Server image (default: hf2oci/<runtime>-server:latest).")
+@s3_endpoint_option
 @verbosity
 @handle_errors
-def compose(model_image: str, runtime: str | None, runtime_image: str | None) -> None:
-    """Print a docker compose file: the model image fills a volume, the server serves it."""
+def compose(
+    model_image: str, runtime: str | None, runtime_image: str | None, s3_endpoint: str | None
+) -> None:
+    """Print a docker compose file: the model image fills a volume, the server serves it.
+    With --s3-endpoint, vLLM streams its weights from serve's S3 face instead."""
     runtime = _model_or_hub(model_image, runtime, False)
     parse_reference(model_image)
+    image = runtime_image or RUNTIMES[runtime].default_image
+    if s3_endpoint is not None:
+        click.echo(compose_s3(model_image, runtime, s3_endpoint, image), nl=False)
+        return
     click.echo(
         render(
             "compose/compose.yaml.j2",
             runtime=runtime,
             model_image=model_image,
-            runtime_image=runtime_image or RUNTIMES[runtime].default_image,
+            runtime_image=image,
             served_model_name=served_model_name(model_image),
             init_command=INIT_COMMAND,
         ),
@@ -205,6 +221,17 @@ def compose(model_image: str, runtime: str | None, runtime_image: str | None) ->
 )
 @click.option("--token-secret", help="--serve: a Secret whose key `tokens` lists bearer tokens.")
 @click.option("--registry-secret", help="--serve: a Secret with the registry's username/password.")
+@click.option(
+    "--s3-port",
+    type=click.IntRange(1, 65535),
+    help="--serve: answer the S3 API on this port too (`serve --s3-port`), for weight streamers.",
+)
+@s3_endpoint_option
+@click.option(
+    "--s3-secret",
+    help="--s3-endpoint: a Secret with keys AWS_ACCESS_KEY_ID (any) and AWS_SECRET_ACCESS_KEY "
+    "(a serve token); without it, anonymous reads.",
+)
 @click.option(
     "--mode",
     type=click.Choice(list(MODES)),
@@ -238,6 +265,9 @@ def k8s(
     replicas: int,
     token_secret: str | None,
     registry_secret: str | None,
+    s3_port: int | None,
+    s3_endpoint: str | None,
+    s3_secret: str | None,
     mode: str,
     model_format: str,
     name: str | None,
@@ -249,13 +279,19 @@ def k8s(
     """Print a Deployment + Service serving MODEL_IMAGE offline on port 8000 (or, with --serve,
     the hub server for a registry's mirrored images, on port 8080)."""
     runtime = _model_or_hub(model_image, runtime, serve)
+    if serve and (s3_endpoint or s3_secret):
+        raise UsageError("--s3-endpoint, --s3-secret: a model server's (--serve has --s3-port)")
+    if not serve and s3_port:
+        raise UsageError("--s3-port is the hub server's (--serve); a model server's: --s3-endpoint")
+    if s3_secret and not s3_endpoint:
+        raise UsageError("--s3-secret goes with --s3-endpoint")
     if serve:
         if not registry or not namespace:
             raise UsageError("--serve needs --registry and --namespace (what the hub reads)")
         hub = HubSpec(
             registry=registry, namespace=namespace, name=name or "hf2oci-hub", replicas=replicas,
             serve_image=runtime_image or DEFAULT_SERVE_IMAGE, token_secret=token_secret,
-            registry_secret=registry_secret, cpu=cpu if cpu != "2" else "500m",
+            registry_secret=registry_secret, cpu=cpu if cpu != "2" else "500m", s3_port=s3_port,
         )  # fmt: skip
         click.echo(hub_manifests(hub), nl=False)
         return
@@ -270,6 +306,8 @@ def k8s(
         cpu=cpu,
         memory=memory,
         gpu=gpu,
+        s3_endpoint=s3_endpoint,
+        s3_secret=s3_secret,
     )
     click.echo(manifests(spec), nl=False)
     if spec.mode == "image-volume":

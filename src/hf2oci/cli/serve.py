@@ -3,6 +3,7 @@ inside the air gap finds mirrored repos by id with only ``HF_ENDPOINT`` set."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -38,6 +39,12 @@ from hf2oci.units import human_size
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--s3-port", type=click.IntRange(1, 65535),
+    help="Also answer the S3 API on this port (path-style, buckets `models` and `datasets`, "
+    "keys ORG/NAME/PATH), for weight streamers such as vLLM's runai_streamer. With "
+    "--token-file, requests must be SigV4-signed with a token as the secret key.",
+)  # fmt: skip
 @click.option(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -81,6 +88,7 @@ def serve(
     layout: Path | None,
     host: str,
     port: int,
+    s3_port: int | None,
     token_file: Path | None,
     plain_http: bool | None,
     ttl: float,
@@ -122,37 +130,61 @@ def serve(
     serve_log.propagate = False
     echo(f"serving {where} as a hub at http://{host}:{port}" + (" (tokens)" if tokens else ""))
     xet = XetSettings(min_size=min_size, key=derive_key(tokens, store.namespace))
-    server = uvicorn.Config(
-        create_app(store, tokens=tokens, xet=xet), host=host, port=port, access_log=False,
-        log_level="warning", timeout_graceful_shutdown=30, limit_concurrency=max_connections,
-    )  # fmt: skip
-    _GracefulServer(server).run()
+    hub = create_app(store, tokens=tokens, xet=xet)
+    apps: list[tuple[Any, int]] = [(hub, port)]
+    if s3_port is not None:
+        from hf2oci.consume.serve.s3 import create_s3_app
+
+        if s3_port == port:
+            raise ConfigError(f"--s3-port {s3_port} is --port: give the S3 face a port of its own")
+        s3 = create_s3_app(store, tokens=tokens, budget=hub.state.budget,
+                           registry=hub.state.metrics.registry)  # fmt: skip
+        apps.append((s3, s3_port))
+        echo(f"and as S3 at http://{host}:{s3_port}" + (" (SigV4, tokens)" if tokens else ""))
+    configs = []
+    for app, app_port in apps:
+        configs.append(uvicorn.Config(
+            app, host=host, port=app_port, access_log=False, log_level="warning",
+            timeout_graceful_shutdown=30, limit_concurrency=max_connections,
+        ))  # fmt: skip
+    _GracefulServer(*configs).run()
     echo("stopped")
 
 
 class _GracefulServer:
-    """uvicorn's server, whose SIGTERM/SIGINT finish the requests in flight and then exit 0
-    (uvicorn re-raises the signal after its shutdown, which reads as a crash to Kubernetes)."""
+    """uvicorn's servers (the Hub API, and the S3 face on a port of its own) in one event loop,
+    whose SIGTERM/SIGINT finish the requests in flight on every port and then exit 0 (uvicorn
+    re-raises the signal after its shutdown, which reads as a crash to Kubernetes)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, *configs: Any) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(config)
+        self.servers = [uvicorn.Server(config) for config in configs]
 
     def run(self) -> None:
-        server = self.server
+        servers = self.servers
+
+        def stop(sig: int, frame: Any) -> None:
+            for server in servers:
+                server.handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals() -> Iterator[None]:
-            previous = {s: signal.signal(s, server.handle_exit) for s in _SIGNALS}
+            previous = {s: signal.signal(s, stop) for s in _SIGNALS}
             try:
                 yield
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-        server.capture_signals = capture_signals  # type: ignore[method-assign]
-        server.run()
+        for server in servers:  # the handlers above stand for every server's own
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+
+        async def serve_all() -> None:
+            await asyncio.gather(*(server.serve() for server in servers))
+
+        with capture_signals():
+            asyncio.run(serve_all())
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -15,7 +15,8 @@ from hf2oci.reference import parse_reference
 from hf2oci.render import render
 from hf2oci.repofiles import JOIN_PATH, REPO_DIR
 
-Mode = Literal["init", "image-volume"]
+Mode = Literal["init", "image-volume", "s3"]
+#: the --mode choices ("s3", the weights streamed from serve's S3 face, comes with --s3-endpoint)
 MODES: tuple[Mode, ...] = ("init", "image-volume")
 #: what the init step (Kubernetes init container, compose service) runs in the model image: copy
 #: /REPO into the volume, then put back any file carried in parts (``repofiles.JOIN_PATH``)
@@ -46,6 +47,11 @@ class ServeSpec:
     cpu: str = "2"
     memory: str | None = None
     gpu: int = 0
+    #: ``hf2oci serve --s3-port``'s URL: vLLM streams the weights from it (run:ai's streamer)
+    s3_endpoint: str | None = None
+    #: a Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a serve token); without
+    #: it, anonymous reads (a serve with no token file)
+    s3_secret: str | None = None
 
 
 def _check(*, names: Mapping[str, str | None], quantities: Mapping[str, str]) -> None:
@@ -77,9 +83,23 @@ def default_name(model_image: str, runtime: str) -> str:
     return f"{base[: 62 - len(runtime)].rstrip('-')}-{runtime}"
 
 
+def s3_model_url(model_image: str) -> str:
+    """Where serve's S3 face has the files of ``model_image``: ``s3://models/ORG/NAME/`` for a
+    repo's moving tag, ``s3://models/ORG/NAME@SHA12/`` for a commit's tag."""
+    tag = parse_reference(model_image).tag or ""
+    try:
+        repo_id = naming.repo_id_from_tag(tag)
+    except InvalidRepoId as e:
+        raise UsageError(f"{model_image}: no repo id in its tag for the S3 face ({e})") from e
+    parts = tag.split(naming.SEP)
+    return f"s3://models/{repo_id}{'@' + parts[2] if len(parts) == 3 else ''}/"
+
+
 def manifests(spec: ServeSpec) -> str:
     """kubectl-ready YAML for ``spec``; UsageError for names, references or sizes k8s refuses."""
     parse_reference(spec.model_image)
+    if spec.s3_endpoint is not None:
+        _check_s3(spec.runtime, spec.s3_endpoint, spec.mode, spec.format)
     if spec.format == "modelpack" and spec.mode == "init":
         raise UsageError(
             "a ModelPack artifact has no shell for an init container to copy with: use "
@@ -90,27 +110,54 @@ def manifests(spec: ServeSpec) -> str:
     parse_reference(runtime_image)
     name = spec.name or default_name(spec.model_image, spec.runtime)
     memory = spec.memory or runtime.default_memory
-    _check(names={"--name": name}, quantities={"--cpu": spec.cpu, "--memory": memory})
+    _check(names={"--name": name, "--s3-secret": spec.s3_secret},
+           quantities={"--cpu": spec.cpu, "--memory": memory})  # fmt: skip
+    mode = "s3" if spec.s3_endpoint is not None else spec.mode
+    model_dir = (
+        s3_model_url(spec.model_image) if mode == "s3"
+        # an image volume mounts the image's root, where the files are under REPO/ (a
+        # ModelPack artifact's are at its root)
+        else "/models/REPO" if spec.mode == "image-volume" and spec.format == "image"
+        else "/models"
+    )  # fmt: skip
     return render(
         "k8s/deployment.yaml.j2",
         app=name,
         runtime=spec.runtime,
-        mode=spec.mode,
+        mode=mode,
+        s3_endpoint=spec.s3_endpoint,
+        s3_secret=spec.s3_secret,
         format=spec.format,
         model_image=spec.model_image,
         runtime_image=runtime_image,
         init_command=INIT_COMMAND,
-        # an image volume mounts the image's root, where the files are under REPO/ (a
-        # ModelPack artifact's are at its root)
-        model_dir="/models/REPO"
-        if spec.mode == "image-volume" and spec.format == "image"
-        else "/models",
+        model_dir=model_dir,
         served_model_name=served_model_name(spec.model_image),
         health_path=runtime.health_path,
         cpu=spec.cpu,
         memory=memory,
         gpu=spec.gpu,
     )
+
+
+def _check_s3(runtime: str, endpoint: str, mode: str, model_format: str) -> None:
+    """UsageError for a deployment that cannot stream from serve's S3 face."""
+    if runtime != "vllm":
+        raise UsageError(f"--s3-endpoint: {runtime} reads files, not S3; use --runtime vllm")
+    if not endpoint.startswith(("http://", "https://")):
+        raise UsageError(f"--s3-endpoint {endpoint!r}: give serve's S3 URL, http(s)://HOST:PORT")
+    if mode != "init" or model_format != "image":
+        raise UsageError("--s3-endpoint streams the weights: no --mode, no --format")
+
+
+def compose_s3(model_image: str, runtime: str, endpoint: str, runtime_image: str) -> str:
+    """A compose file whose vLLM streams the weights of ``model_image`` from serve's S3 face."""
+    _check_s3(runtime, endpoint, "init", "image")
+    parse_reference(runtime_image)
+    return render("compose/compose-s3.yaml.j2", model_image=model_image,
+                  runtime_image=runtime_image, s3_endpoint=endpoint,
+                  model_dir=s3_model_url(model_image),
+                  served_model_name=served_model_name(model_image))  # fmt: skip
 
 
 DEFAULT_SERVE_IMAGE = "hf2oci/serve:latest"
@@ -131,6 +178,8 @@ class HubSpec:
     #: a Secret with keys ``username`` and ``password`` for the registry
     registry_secret: str | None = None
     cpu: str = "500m"
+    #: the S3 face's port too (``serve --s3-port``), for weight streamers
+    s3_port: int | None = None
 
 
 def hub_manifests(spec: HubSpec) -> str:
@@ -139,6 +188,8 @@ def hub_manifests(spec: HubSpec) -> str:
     names = {"--name": spec.name, "--token-secret": spec.token_secret,
              "--registry-secret": spec.registry_secret}  # fmt: skip
     _check(names=names, quantities={"--cpu": spec.cpu})
+    if spec.s3_port == spec.port:
+        raise UsageError(f"--s3-port {spec.s3_port} is the hub's own port: give another")
     return render("k8s/hub.yaml.j2", spec=spec)
 
 

@@ -8,12 +8,12 @@ is the one list of the servers hf2oci deploys.
     python runtime.py llamacpp [EXTRA SERVER ARGS...]
     python runtime.py vllm [EXTRA SERVER ARGS...]
 
-Settings (environment): MODEL_DIR (default /REPO, else /models), MODEL_FILE, LLAMA_QUANT
-(preferred quantizations, comma-separated), SERVED_MODEL_NAME, HOST, PORT (8000), CTX_SIZE,
-N_GPU_LAYERS, THREADS, CHAT_FORMAT (llama.cpp; by default the GGUF's own template, or for a GGUF
-without one the format of its architecture, read from its header), GPUS
-(vLLM tensor parallel size), LLAMA_SERVER / VLLM_BIN (the server command, for tests or custom
-builds).
+Settings (environment): MODEL_DIR (default /REPO, else /models; for vLLM also an ``s3://`` URL
+of ``hf2oci serve --s3-port``, streamed with ``--load-format runai_streamer``), MODEL_FILE,
+LLAMA_QUANT (preferred quantizations, comma-separated), SERVED_MODEL_NAME, HOST, PORT (8000),
+CTX_SIZE, N_GPU_LAYERS, THREADS, CHAT_FORMAT (llama.cpp; by default the GGUF's own template, or
+for a GGUF without one the format of its architecture, read from its header), GPUS (vLLM tensor
+parallel size), LLAMA_SERVER / VLLM_BIN (the server command, for tests or custom builds).
 """
 
 from __future__ import annotations
@@ -149,15 +149,23 @@ def llamacpp_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
 
 
 def vllm_command(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
-    folder = model_dir(env)
-    if not (folder / "config.json").is_file():
-        raise RuntimeSetupError(f"{folder} has no config.json: not a transformers model for vLLM")
+    source = env.get("MODEL_DIR", "")
+    if source.startswith("s3://"):  # hf2oci serve's S3 face: the weights stream, no copy
+        model, name = source, env.get("SERVED_MODEL_NAME") or source
+        if "--load-format" not in extra:
+            extra = ["--load-format", "runai_streamer", *extra]
+    else:
+        folder = model_dir(env)
+        if not (folder / "config.json").is_file():
+            why = "not a transformers model for vLLM"
+            raise RuntimeSetupError(f"{folder} has no config.json: {why}")
+        model, name = str(folder), served_name(env, folder)
     cmd = [
         *shlex.split(env.get("VLLM_BIN") or "vllm"),
         "serve",
-        str(folder),
+        model,
         "--served-model-name",
-        served_name(env, folder),
+        name,
         "--host",
         env.get("HOST", "0.0.0.0"),
         "--port",

@@ -179,6 +179,8 @@ def create_app(
     ]
     app = Starlette(routes=routes)
     app.add_middleware(_Gate, tokens=list(tokens), metrics=hub.metrics)
+    # what another face of the same store shares (the S3 face): one read budget, one /metrics
+    app.state.budget, app.state.metrics = hub.budget, hub.metrics
     return app
 
 
