@@ -111,3 +111,10 @@ def test_a_range_waits_for_the_one_before_and_a_failure_reaches_every_one_after(
 def test_ranges_that_do_not_cover_the_file_are_refused() -> None:
     with pytest.raises(PackError, match="do not cover"):
         SplitCheck(SHA256, [(0, 10), (11, len(DATA))], lambda a, b: iter([]), what="w")
+
+
+def test_an_empty_file_is_checked_too() -> None:
+    empty = Expected(0, sha256=hashlib.sha256(b"").hexdigest())
+    assert list(verified(iter([]), empty, what="e")) == []
+    with pytest.raises(DigestMismatch):
+        list(verified(iter([]), Expected(0, sha256="0" * 64), what="e"))

@@ -179,35 +179,35 @@ def verified(
     on_state: Callable[[Any], None] | None = None,
 ) -> Iterator[bytes]:
     """``pieces`` of a file from byte ``start`` on, checked: never more bytes than the file
-    has, and (``last``: they end the file) its size and hash, with the last piece held back
-    until the hash matches, so a consumer never completes anything with wrong bytes. ``state``:
-    the hash of the bytes before ``start``; ``on_state``: told the hash where the pieces end,
-    when they do not end the file."""
+    has, and (``last``: they end the file) its size and hash, the piece that completes the file
+    given out only once the hash matches, so a consumer never completes anything with wrong
+    bytes (a body that ends short raises after its last piece). ``state``: the hash of the
+    bytes before ``start``; ``on_state``: told the hash where the pieces end, when they do not
+    end the file."""
     size = expected.size
     if size is None:
         raise PackError(f"{what}: no size to check the bytes against")
     check = Check(expected, background=background, state=state)
     got = start
-    pending = b""
+    done = False
     try:
         for piece in pieces:
             got += len(piece)
             if got > size:
                 raise DigestMismatch(f"{what}: more than its {size} bytes")
             check.update(piece)
-            if pending:
-                yield pending
-            pending = piece
-        if last:
-            if got != size:
-                raise DigestMismatch(f"{what}: {got} bytes, the hub says {size}")
+            if last and got == size and piece:  # the piece that completes the file
+                check.verify(what)
+                done = True
+            yield piece
+        if last and got != size:
+            raise DigestMismatch(f"{what}: {got} bytes, the hub says {size}")
+        if last and not done:  # an empty file (or nothing past ``start``)
             check.verify(what)
-        elif on_state is not None:
+        if not last and on_state is not None:
             on_state((got, check.state()))
     finally:
         check.close()
-    if pending:
-        yield pending
 
 
 class CheckedReader(io.RawIOBase):

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hf2oci.consume.serve.app import _error, _Hub
+from hf2oci.consume.serve.answers import error
 from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
 from hf2oci.consume.serve.store import RepoFile, Snapshot
+from hf2oci.consume.serve.streaming import Downloads
 from hf2oci.consume.serve.xet import (
     TELEMETRY,
     Grant,
@@ -36,9 +37,10 @@ from hf2oci.spec import RepoType, plural
 
 
 class Cas:
-    """The Xet endpoints of one `_Hub` (its store, read budget, metrics and streaming)."""
+    """The Xet endpoints over one store's ``Downloads`` (its read budget, metrics and
+    streaming)."""
 
-    def __init__(self, hub: _Hub, settings: XetSettings) -> None:
+    def __init__(self, hub: Downloads, settings: XetSettings) -> None:
         self.hub, self.settings = hub, settings
         self.signer = Signer(settings.key)
         registry = hub.metrics.registry
@@ -130,7 +132,7 @@ class Cas:
             self.reconstructions.labels(str(version)).inc()
             return JSONResponse(doc)
         except ServeError as e:
-            return _error(e)
+            return error(e)
 
     async def xorb(self, request: Request) -> Response:
         """``GET`` a xorb URL (no Authorization: the URL is signed) with ``Range``: chunk
@@ -180,7 +182,7 @@ class Cas:
 
             return await self.hub.stream(f, read, status, headers)
         except ServeError as e:
-            return _error(e)
+            return error(e)
 
     def _counted(self, body: Iterator[bytes], pieces: Iterator[bytes]) -> Iterator[bytes]:
         try:

@@ -17,12 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from hf2oci.consume.serve.app import _BodyCut, _checked
 from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
 from hf2oci.consume.serve.s3 import documents, listing, sigv4
 from hf2oci.consume.serve.s3.documents import S3Error
 from hf2oci.consume.serve.s3.request import S3Request, read_request
 from hf2oci.consume.serve.store import ReadBudget, RepoFile, Snapshot, Store
+from hf2oci.consume.serve.streaming import BodyCut, checked
 from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import RepoType
 
@@ -104,7 +104,7 @@ class S3App:
 
         try:
             response = await self._answer(request, operation)
-            with contextlib.suppress(_BodyCut):  # the server closes what is left short
+            with contextlib.suppress(BodyCut):  # the server closes what is left short
                 await response(scope, receive, sending)
         finally:
             self.metrics.requests.labels(operation, str(status)).inc()
@@ -282,7 +282,7 @@ class S3App:
             raise
         bodies = [self._body(f, first, chunks)]
         if snap.signed is not None and whole:  # a whole file: checked as it goes
-            bodies.append(_checked(bodies[0], f, snap.signed[f.path]))
+            bodies.append(checked(bodies[0], f, snap.signed[f.path]))
         return _Streaming(bodies, status_code=status, headers=headers)
 
     def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -295,7 +295,7 @@ class S3App:
         except Hf2ociError as e:  # the status is sent: cut the body, the client retries
             self.metrics.upstream_errors.inc()
             log.warning("reading %s failed mid-body: %s", f.path, e)
-            raise _BodyCut from e
+            raise BodyCut from e
         finally:
             _close(chunks)
             self.budget.end()

@@ -1,0 +1,72 @@
+"""serve's Prometheus metrics: requests by route, method and status, bytes sent, downloads in
+flight, latency, and the store's own counts (registry retries by kind, stale answers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+
+from hf2oci.consume.serve.store import Store
+from hf2oci.consume.serve.xet import xet_route
+
+#: paths answered without a token (health and metrics for probes, the login form's)
+OPEN = ("/health", "/metrics", "/-/hf2oci.css", "/-/login")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hf2oci_serve_requests", "Requests answered", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.bytes = Counter("hf2oci_serve_bytes", "File bytes sent", registry=self.registry)
+        self.upstream_errors = Counter(
+            "hf2oci_serve_upstream_errors", "Registry or layout reads that failed",
+            registry=self.registry,
+        )  # fmt: skip
+        self.downloads = Gauge(
+            "hf2oci_serve_downloads", "File downloads in flight", registry=self.registry
+        )
+        self.latency = Histogram(
+            "hf2oci_serve_request_seconds", "Time to the response's start", ["route"],
+            registry=self.registry,
+        )  # fmt: skip
+
+
+class StoreCounts:
+    """The store's counts as metrics: retries of registry reads, and stale answers."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self.store.counts.snapshot()
+        yield CounterMetricFamily("hf2oci_serve_upstream_retries",
+                                  "Registry reads tried again within a request's budget",
+                                  value=counts.get("retries", 0))  # fmt: skip
+        faults = CounterMetricFamily("hf2oci_serve_upstream_faults",
+                                     "Registry reads that failed and were tried again, by kind",
+                                     labels=["kind"])  # fmt: skip
+        for key, n in sorted(counts.items()):
+            if key.startswith("fault:"):
+                faults.add_metric([key.removeprefix("fault:")], n)
+        yield faults
+        yield CounterMetricFamily("hf2oci_serve_stale_answers",
+                                  "Metadata answered from the cache while the registry failed",
+                                  value=counts.get("stale", 0))  # fmt: skip
+
+
+def route_of(path: str) -> str:
+    if path in OPEN or path == "/api/agent-harnesses":
+        return path
+    xet = xet_route(path)
+    if xet is not None:
+        return xet
+    if path.startswith("/api/"):
+        return "api"
+    if "/resolve/" in path:
+        return "resolve"
+    return "page"
