@@ -42,6 +42,8 @@ class Fault:
     #: > 0: only every ``every``-th matching request gets the fault (the others pass)
     every: int = 0
     matched: int = 0
+    #: hits that changed the answer (a cut of a body no longer than its cut point is none)
+    felt: int = 0
 
     def take(self) -> str | None:
         """The action for one more matching request, or None to let it pass. Several actions
@@ -53,6 +55,10 @@ class Fault:
             self.hits += 1
             actions = self.action.split("|")
             return actions[(self.hits - 1) % len(actions)]
+
+    def was_felt(self) -> None:
+        with _LOCK:
+            self.felt += 1
 
 
 _LOCK = threading.Lock()
@@ -94,7 +100,7 @@ class FaultProxy:
                     time.sleep(proxy.delay)
                 if self.command == "GET":
                     proxy.ranges.append((self.path, self.headers.get("Range")))
-                cut_after, stall, pace = None, 0.0, 0.0
+                cut_after, stall, pace, cutting = None, 0.0, 0.0, None
                 for fault in proxy.faults:
                     if fault.method != self.command or not re.search(fault.path, self.path):
                         continue
@@ -102,7 +108,9 @@ class FaultProxy:
                     if action is None:
                         continue
                     if not action.startswith(("cut-after:", "stall-after:", "slow-cut:")):
+                        fault.was_felt()
                         return self.fail(action)
+                    cutting = fault
                     kind, cut, seconds, silence = (action + ":0:0").split(":")[:4]
                     cut_after = int(cut)
                     if kind == "slow-cut":
@@ -134,6 +142,8 @@ class FaultProxy:
                 self.end_headers()
                 left = 0 if self.command == "HEAD" else len(data) if whole else int(length or 0)
                 if cut_after is not None:
+                    if cutting is not None and left > cut_after:
+                        cutting.was_felt()
                     left = min(left, cut_after)
                 if whole:
                     self.wfile.write(data[:left])

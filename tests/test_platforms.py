@@ -14,7 +14,7 @@ import pytest
 from helpers import cli, make_project, read_tree, skopeo_inspect, tag_of
 from hf2oci import labels as L
 from hf2oci.consume.extract import extract
-from hf2oci.consume.serve.store import read_files
+from hf2oci.consume.serve.files import read_files
 from hf2oci.errors import RegistryError
 from hf2oci.oci.image import MT_INDEX
 from hf2oci.oci.source import open_image

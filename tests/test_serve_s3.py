@@ -504,7 +504,7 @@ def test_reads_share_serves_budget_and_give_it_back(s3_mirror: Mirror) -> None:
     """A GetObject holds a place in the read budget it shares with the Hub API (memory bounded
     whatever the number of ranges in flight) and gives it back, when the client leaves too."""
 
-    from hf2oci.consume.serve.store import ReadBudget
+    from hf2oci.consume.serve.streaming import ReadBudget
 
     budget = ReadBudget()
     server = S3Served(Store("hgfkeep", root=s3_mirror.layouts), budget=budget)

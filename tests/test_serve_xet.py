@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import cli, make_project, run_json
-from hf2oci.consume.serve.store import RepoFile, registry_store
+from hf2oci.consume.serve.files import RepoFile
+from hf2oci.consume.serve.store import registry_store
 from hf2oci.consume.serve.xet import (
     CHUNK,
     Grant,

@@ -621,7 +621,7 @@ def test_a_checked_download_hashes_its_pieces_in_order_and_holds_back_the_last(h
     from types import SimpleNamespace
     from typing import cast
 
-    from hf2oci.consume.serve.store import RepoFile
+    from hf2oci.consume.serve.files import RepoFile
     from hf2oci.consume.serve.streaming import BodyCut as _BodyCut
     from hf2oci.consume.serve.streaming import checked as _checked
     from hf2oci.digest import git_blob_hash

@@ -192,7 +192,8 @@ class ResumableBody(io.RawIOBase):
             resp, self._resp = self._resp, None
             inner = getattr(resp.raw, "_fp", None)
             whole = self.end is not None and self.offset >= self.end
-            if whole and isinstance(inner, http.client.HTTPResponse) and inner.isclosed():
+            if (whole and isinstance(inner, http.client.HTTPResponse) and inner.isclosed()
+                    and _open_socket(resp.raw)):  # fmt: skip
                 # read to its end straight from http.client, which urllib3 does not see: the
                 # connection goes back to the pool (closing it cost a new connection for every
                 # Range request: serve's S3 face reads a blob in 8 MiB ranges)
@@ -219,6 +220,13 @@ def read_exactly(body: Readable, buffer: bytearray | memoryview) -> int:
             break
         got += n
     return got
+
+
+def _open_socket(raw: Any) -> bool:
+    """Whether the connection under a urllib3 response still has its socket open (a body
+    closed by the garbage collector can find it finalized first: the pool must not get it)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    return sock is not None and sock.fileno() >= 0
 
 
 def _one_line(exc: object) -> str:

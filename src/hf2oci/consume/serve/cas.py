@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hf2oci.consume.serve.answers import error
+from hf2oci.consume.serve.files import RepoFile
 from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
-from hf2oci.consume.serve.store import RepoFile, Snapshot
+from hf2oci.consume.serve.store import Snapshot
 from hf2oci.consume.serve.streaming import Downloads
 from hf2oci.consume.serve.xet import (
     TELEMETRY,

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hf2oci import labels as L
-from hf2oci.consume.serve.store import RepoFile, Snapshot, Store, lfs_pointer
+from hf2oci.consume.serve.files import RepoFile, lfs_pointer
+from hf2oci.consume.serve.store import Snapshot, Store
 from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.errors import ServeError
 from hf2oci.spec import RepoType

@@ -26,7 +26,8 @@ from markdown_it import MarkdownIt
 from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.consume.serve import preview
-from hf2oci.consume.serve.store import RepoFile, Snapshot, Store
+from hf2oci.consume.serve.files import RepoFile
+from hf2oci.consume.serve.store import Snapshot, Store
 from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.oci.image import Image
 from hf2oci.spec import RepoType

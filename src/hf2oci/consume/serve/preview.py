@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hf2oci.consume.serve.store import RepoFile
+from hf2oci.consume.serve.files import RepoFile
 from hf2oci.gguf import FILE_TYPES, KNOWN_QUANT, GgufArray, gguf_header
 from hf2oci.oci.source import RangeReader
 

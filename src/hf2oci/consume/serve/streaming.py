@@ -5,21 +5,50 @@ one log line when the storage fails after the status (the client resumes), and w
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from hf2oci.consume.serve.files import CHUNK, RepoFile
 from hf2oci.consume.serve.metrics import Metrics
-from hf2oci.consume.serve.store import ReadBudget, RepoFile, Store
+from hf2oci.consume.serve.store import Store
 from hf2oci.digest import Expected, verified
 from hf2oci.errors import DigestMismatch, Hf2ociError, ServeError
 
 log = logging.getLogger("hf2oci.serve")
 
 T = TypeVar("T")
+
+
+class ReadBudget:
+    """The downloads in flight share one memory budget: each read is ``budget / n`` bytes
+    (within ``low``..``high``), n counted at the time of the read. Fewer, bigger reads cost
+    less CPU (8 downloads in 1 MiB reads took 1.4x the time of 4 MiB ones here), and the bytes
+    in flight stay near ``budget`` whatever the number of clients."""
+
+    def __init__(self, budget: int = 32 << 20, low: int = 64 << 10, high: int = CHUNK) -> None:
+        self.budget, self.low, self.high = budget, low, high
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def piece(self) -> int:
+        """The size of the next read."""
+        return max(self.low, min(self.high, self.budget // max(1, self.active)))
+
+    def start(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.active -= 1
 
 
 class BodyCut(Exception):
@@ -65,34 +94,81 @@ class Downloads:
         try:
             first = await self.call(next, chunks, b"")
         except BaseException:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_quietly(chunks)
             self.budget.end()
             raise
-        body = self._body(f, first, chunks)
-        if check is not None:
-            body = checked(body, f, check)
-        return StreamingResponse(body, status_code=status, headers=headers)
+        return body_response(f, first, chunks, self.budget, self.metrics.bytes,
+                             self.metrics.upstream_errors, status=status, headers=headers,
+                             check=check)  # fmt: skip
 
-    def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """``first``, then the rest of ``chunks``, within the read budget taken for them."""
+
+def body_response(
+    f: RepoFile,
+    first: bytes,
+    chunks: Iterator[bytes],
+    budget: ReadBudget,
+    sent: Counter,
+    failed: Counter,
+    *,
+    status: int,
+    headers: dict[str, str],
+    check: dict[str, str] | None = None,
+) -> Response:
+    """``first``, then the rest of ``chunks``, as a response holding a place in ``budget``
+    (taken by the caller) until the body ends; bytes counted in ``sent``, a storage failure
+    after the status in ``failed`` (the body is cut, the client resumes)."""
+    bodies = [_pieces(f, first, chunks, budget, sent, failed)]
+    if check is not None:
+        bodies.append(checked(bodies[0], f, check))
+    return ClosingStream(bodies, status_code=status, headers=headers)
+
+
+def _pieces(
+    f: RepoFile, first: bytes, chunks: Iterator[bytes], budget: ReadBudget, sent: Counter,
+    failed: Counter,
+) -> Iterator[bytes]:  # fmt: skip
+    try:
+        sent.inc(len(first))
+        yield first
+        del first  # not held for the rest of the body (a read budget's piece each)
+        for chunk in chunks:
+            sent.inc(len(chunk))
+            yield chunk
+    except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
+        failed.inc()
+        log.warning("reading %s failed mid-body: %s", f.path, e)
+        raise BodyCut from e
+    finally:
+        close_quietly(chunks)
+        budget.end()
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed body whose generators are closed as soon as the response ends, the client
+    gone mid-body included: their ``finally`` gives back the read budget and the registry
+    connection then. Left to the cyclic garbage collector, the connection's socket could be
+    finalized before the generator that gives it back to the pool: the next read from the pool
+    then failed (a client that closes after a 1-byte probe, as the Rust hf-hub does)."""
+
+    def __init__(self, bodies: list[Iterator[bytes]], **options: Any) -> None:
+        super().__init__(bodies[-1], **options)
+        self.bodies = bodies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self.metrics.bytes.inc(len(first))
-            yield first
-            del first  # not held for the rest of the body (a read budget's piece each)
-            for chunk in chunks:
-                self.metrics.bytes.inc(len(chunk))
-                yield chunk
-        except Hf2ociError as e:  # the status is sent: cut the body, the client resumes
-            self.metrics.upstream_errors.inc()
-            log.warning("reading %s failed mid-body: %s", f.path, e)
-            raise BodyCut from e
+            await super().__call__(scope, receive, send)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-            self.budget.end()
+            for body in reversed(self.bodies):  # the outer one first, then what it read
+                close_quietly(body)
+
+
+def close_quietly(chunks: Iterator[bytes]) -> None:
+    """Close a generator of pieces (its ``finally`` runs now)."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        # ValueError: still running in a worker thread, which ends it (and its finally) itself
+        with contextlib.suppress(ValueError):
+            close()
 
 
 def checked(body: Iterator[bytes], f: RepoFile, want: dict[str, str]) -> Iterator[bytes]:

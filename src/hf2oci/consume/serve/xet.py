@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf2oci.config import parse_size
-from hf2oci.consume.serve.store import RepoFile
+from hf2oci.consume.serve.files import RepoFile
 from hf2oci.errors import PackError
 
 #: file bytes per chunk (hf_xet takes chunks of at most 128 KiB)

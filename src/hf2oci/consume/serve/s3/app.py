@@ -9,20 +9,21 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from hf2oci.consume.serve.files import RepoFile
 from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
 from hf2oci.consume.serve.s3 import documents, listing, sigv4
 from hf2oci.consume.serve.s3.documents import S3Error
 from hf2oci.consume.serve.s3.request import S3Request, read_request
-from hf2oci.consume.serve.store import ReadBudget, RepoFile, Snapshot, Store
-from hf2oci.consume.serve.streaming import BodyCut, checked
+from hf2oci.consume.serve.store import Snapshot, Store
+from hf2oci.consume.serve.streaming import BodyCut, ReadBudget, body_response, close_quietly
 from hf2oci.errors import Hf2ociError, ServeError
 from hf2oci.spec import RepoType
 
@@ -277,45 +278,13 @@ class S3App:
         try:
             first = await self._call(next, chunks, b"")
         except BaseException:
-            _close(chunks)
+            close_quietly(chunks)
             self.budget.end()
             raise
-        bodies = [self._body(f, first, chunks)]
-        if snap.signed is not None and whole:  # a whole file: checked as it goes
-            bodies.append(checked(bodies[0], f, snap.signed[f.path]))
-        return _Streaming(bodies, status_code=status, headers=headers)
-
-    def _body(self, f: RepoFile, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        try:
-            self.metrics.bytes.inc(len(first))
-            yield first
-            for chunk in chunks:
-                self.metrics.bytes.inc(len(chunk))
-                yield chunk
-        except Hf2ociError as e:  # the status is sent: cut the body, the client retries
-            self.metrics.upstream_errors.inc()
-            log.warning("reading %s failed mid-body: %s", f.path, e)
-            raise BodyCut from e
-        finally:
-            _close(chunks)
-            self.budget.end()
-
-
-class _Streaming(StreamingResponse):
-    """A streamed body whose generators are closed as soon as the response ends, the client
-    gone mid-body included: their ``finally`` gives back the read budget and the registry
-    connection then, not whenever the garbage collector breaks the cycle the disconnect left."""
-
-    def __init__(self, bodies: list[Iterator[bytes]], **options: Any) -> None:
-        super().__init__(bodies[-1], **options)
-        self.bodies = bodies
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            for body in reversed(self.bodies):  # the outer one first, then what it read
-                _close(body)
+        check = snap.signed[f.path] if snap.signed is not None and whole else None
+        return body_response(f, first, chunks, self.budget, self.metrics.bytes,
+                             self.metrics.upstream_errors, status=status, headers=headers,
+                             check=check)  # fmt: skip
 
 
 def _no_such_key(key: str) -> S3Error:
@@ -330,14 +299,6 @@ def _from_serve(e: ServeError, key: str) -> S3Error:
     if e.status == 403:
         return S3Error(403, "AccessDenied", str(e))
     return S3Error(500, "InternalError", str(e))
-
-
-def _close(chunks: Iterator[bytes]) -> None:
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        # ValueError: still running in a worker thread, which ends it (and its finally) itself
-        with contextlib.suppress(ValueError):
-            close()
 
 
 def _ids(request_id: str) -> dict[str, str]:

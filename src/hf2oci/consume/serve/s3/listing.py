@@ -10,7 +10,8 @@ import binascii
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from hf2oci.consume.serve.store import RepoFile, Snapshot
+from hf2oci.consume.serve.files import RepoFile
+from hf2oci.consume.serve.store import Snapshot
 
 #: S3's most keys in one page (and the default)
 MAX_KEYS = 1000
