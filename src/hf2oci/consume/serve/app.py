@@ -46,7 +46,7 @@ T = TypeVar("T")
 #: tree entries per page (the hub pages its trees too; clients follow Link: rel="next")
 PAGE = 1000
 _KINDS: dict[str, RepoType] = {plural(t): t for t in REPO_TYPES}
-_ACTIONS = ("revision", "tree", "paths-info", "xet-read-token")
+_ACTIONS = ("revision", "tree", "paths-info", "xet-read-token", "refs")
 _OPEN = ("/health", "/metrics", "/-/hf2oci.css", "/-/login")
 #: the cookie a browser keeps its token in, after the login form (same tokens as the API)
 TOKEN_COOKIE = "hf2oci_token"
@@ -169,6 +169,7 @@ def create_app(
     hub = _Hub(store, xet)
     routes = [
         *hub.cas.routes(),
+        *hub.clients.routes(),
         Route("/health", hub.health, methods=["GET"]),
         Route("/metrics", hub.metrics_page, methods=["GET"]),
         Route("/api/agent-harnesses", hub.harnesses, methods=["GET"]),
@@ -178,7 +179,7 @@ def create_app(
         Route("/{rest:path}", hub.resolve, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(_Gate, tokens=list(tokens), metrics=hub.metrics)
+    app.add_middleware(_Gate, tokens=list(tokens), metrics=hub.metrics, seen=hub.clients.seen)
     return app
 
 
@@ -193,11 +194,13 @@ class _Hub:
         self.metrics.downloads.set_function(lambda: self.budget.active)
         self.metrics.registry.register(_StoreCounts(store))
         from hf2oci.consume.serve.cas import Cas
+        from hf2oci.consume.serve.clients import Clients
         from hf2oci.consume.serve.pages import Catalog
 
         self.catalog = Catalog(store)
         self.xet = xet
         self.cas = Cas(self, xet)
+        self.clients = Clients(self)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -237,6 +240,8 @@ class _Hub:
             repo_id, action, rest = _split_repo(parts[1:], _ACTIONS)
             if action == "xet-read-token":
                 return await self.cas.token(request, repo_type, repo_id, rest)
+            if action == "refs":
+                return await self.clients.refs(request, repo_type, repo_id)
             if action is None or action == "revision":
                 revision = rest[0] if rest else "main"
                 snap = await self.call(store.snapshot, repo_type, repo_id, revision)
@@ -307,16 +312,19 @@ class _Hub:
         head = request.method == "HEAD"
         try:
             parts = _segments(request, 0)
-            if _wants_html(request) and "resolve" not in parts[1:4]:
+            files = ("resolve", "raw")
+            if _wants_html(request) and not set(files) & set(parts[1:4]):
                 return await self.page(request, parts)
             repo_type: RepoType = "model"
-            if parts and parts[0] in _KINDS and len(parts) > 1 and "resolve" in parts[2:4]:
+            if parts and parts[0] in _KINDS and len(parts) > 1 and set(files) & set(parts[2:4]):
                 repo_type = _KINDS[parts[0]]
                 parts = parts[1:]
-            repo_id, action, rest = _split_repo(parts, ("resolve",))
-            if action != "resolve" or len(rest) < 2:
+            repo_id, action, rest = _split_repo(parts, files)
+            if action not in files or len(rest) < 2:
                 raise ServeError(404, "NotFound", "no such page")
             snap = await self.call(self.store.snapshot, repo_type, repo_id, rest[0])
+            if action == "raw":  # huggingface.js's fileExists, an LFS file's pointer
+                return await self.clients.raw(request, snap, "/".join(rest[1:]), head)
             return await self._file(snap, "/".join(rest[1:]), request, head)
         except ServeError as e:
             return _error(e, head)
@@ -447,8 +455,11 @@ class _BodyCut(Exception):
 class _Gate:
     """Bearer tokens (compared in constant time), the access log and the request metrics."""
 
-    def __init__(self, app: ASGIApp, *, tokens: list[str], metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, tokens: list[str], metrics: Metrics, seen: Callable[[Scope], None]
+    ) -> None:
         self.app, self.tokens, self.metrics = app, [t.encode() for t in tokens], metrics
+        self.seen = seen  # counts the request by its client
 
     def _allowed(self, scope: Scope) -> bool:
         if not self.tokens or scope["path"] in _OPEN or own_credentials(scope["path"]):
@@ -496,6 +507,7 @@ class _Gate:
                 await response(scope, receive, sending)
         finally:
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.seen(scope)
             access_log.info(
                 "%s %s %d %d %.1fms", scope["method"], scope["path"][:300], status, sent,
                 (time.monotonic() - started) * 1000,
@@ -518,9 +530,13 @@ def _route(path: str) -> str:
     if xet is not None:
         return xet
     if path.startswith("/api/"):
-        return "api"
+        return "refs" if path.endswith("/refs") else "api"
     if "/resolve/" in path:
         return "resolve"
+    if "/raw/" in path:
+        return "raw"
+    if path.startswith("/v2/") and "/manifests/" in path:
+        return "gguf-manifest"
     return "page"
 
 
