@@ -102,6 +102,28 @@ def best_mmproj(paths: Iterable[str], model: str) -> str | None:
     return found
 
 
+def quant_tag(path: str) -> str:
+    """A GGUF file name's quant tag, as ``-hf ORG/REPO:TAG`` names it (``""``: none)."""
+    m = _QUANT_TAG.search(_split(path)[0].rsplit("/", 1)[-1])
+    return m[1].upper() if m else ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a repo page's "use it here" lines need to know of a repo's files."""
+
+    #: the quant tag llama.cpp and RamaLama take by default (None: no GGUF; "": untagged)
+    gguf_tag: str | None
+    #: ONNX weights that transformers.js loads
+    onnx: bool
+
+
+def usage(paths: Sequence[str]) -> Usage:
+    choice = choose_gguf(sorted(paths), "latest")
+    onnx = any(p.endswith(".onnx") for p in paths)
+    return Usage(quant_tag(choice.model) if choice is not None else None, onnx)
+
+
 def refs_doc(snap: Snapshot, pull_requests: bool = False) -> dict[str, object]:
     """A repo's refs as the hub lists them: the branch the image was made from (and ``main``,
     which serve answers with the same image), at its commit; no tags or converts."""
