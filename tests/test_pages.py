@@ -268,6 +268,19 @@ def test_a_repo_page_renders_the_card_with_its_metadata_and_snippets(site: dict[
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
 
 
+def test_a_gguf_repo_page_shows_the_lines_of_the_other_clients(site: dict[str, Any]) -> None:
+    """As the hub's "Use this model": llama.cpp, RamaLama and deploy --hub with the default
+    quant, and huggingface.js, each with this server's address."""
+    url = site["url"]
+    text = page(site, "/pagesorg/gemma-gguf").text
+    assert f"MODEL_ENDPOINT={url} llama-server -hf pagesorg/gemma-gguf:Q4_K_M" in text
+    assert f"HF_ENDPOINT={url} ramalama pull hf://pagesorg/gemma-gguf:Q4_K_M" in text
+    assert f"hf2oci deploy k8s pagesorg/gemma-gguf:Q4_K_M --hub {url}" in text
+    assert f'hubUrl: "{url}"' in text and "env.remoteHost" not in text
+    plain = page(site, "/pagesorg/good-model").text
+    assert "llama-server" not in plain and "@huggingface/hub" in plain
+
+
 def test_tree_and_blob_pages_navigate_and_read_the_safetensors_header(
     site: dict[str, Any],
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -19,12 +19,15 @@ from hf2oci.consume.k8s import (
     KSERVE_BACKENDS,
     MODES,
     NO_JOIN,
+    HubModelSpec,
     HubSpec,
     KServeSpec,
     Mode,
     ServeSpec,
     compose_s3,
     hub_manifests,
+    hub_model_compose,
+    hub_model_manifests,
     inference_service,
     manifests,
     served_model_name,
@@ -49,11 +52,28 @@ runtime_option = click.option(
     type=click.Choice(list(RUNTIMES)),
     help="The server: " + ", ".join(f"{r.name} ({r.model_format})" for r in RUNTIMES.values()),
 )
+hub_option = click.option(
+    "--hub",
+    metavar="URL",
+    help="llamacpp: load MODEL_IMAGE, given as a repo id ORG/REPO[:QUANT], through the hub "
+    "(`hf2oci serve`) at URL with llama.cpp's own `llama-server -hf` (its image, "
+    "--runtime-image, by default ghcr.io/ggml-org/llama.cpp:server), the files cached in a "
+    "volume; no model image.",
+)
 serve_option = click.option(
     "--serve",
     is_flag=True,
     help="The hub server (`hf2oci serve`) instead of a model server: no MODEL_IMAGE, no runtime.",
 )
+
+
+def _hub_model(model: str, runtime: str | None, hub: str, runtime_image: str | None,
+               **resources: Any) -> HubModelSpec:  # fmt: skip
+    """What --hub deploys: llama.cpp's llama-server -hf, through the hub at ``hub``."""
+    if runtime not in (None, "llamacpp"):
+        raise UsageError("--hub loads a GGUF repo with llama.cpp: --runtime llamacpp")
+    image = runtime_image or HubModelSpec.image
+    return HubModelSpec(model=model, hub=hub, image=image, **resources)
 
 
 def _model_or_hub(model_image: str | None, runtime: str | None, serve: bool) -> str:
@@ -178,15 +198,28 @@ def _wheelhouse(runtime: str, folder: Path) -> list[Path]:
 @deploy.command("compose")
 @click.argument("model_image")
 @runtime_option
+@hub_option
 @click.option("--runtime-image", help="Server image (default: hf2oci/<runtime>-server:latest).")
 @s3_endpoint_option
 @verbosity
 @handle_errors
 def compose(
-    model_image: str, runtime: str | None, runtime_image: str | None, s3_endpoint: str | None
+    model_image: str,
+    runtime: str | None,
+    hub: str | None,
+    runtime_image: str | None,
+    s3_endpoint: str | None,
 ) -> None:
-    """Print a docker compose file: the model image fills a volume, the server serves it.
-    With --s3-endpoint, vLLM streams its weights from serve's S3 face instead."""
+    """Print a docker compose file: the model image fills a volume, the server serves it. With
+    --s3-endpoint, vLLM streams its weights from serve's S3 face instead; with --hub,
+    llama-server loads the repo through the hub."""
+    if hub is not None:
+        if s3_endpoint is not None:
+            raise UsageError("--hub loads the repo through the hub: give no --s3-endpoint")
+        click.echo(
+            hub_model_compose(_hub_model(model_image, runtime, hub, runtime_image)), nl=False
+        )
+        return
     runtime = _model_or_hub(model_image, runtime, False)
     parse_reference(model_image)
     image = runtime_image or RUNTIMES[runtime].default_image
@@ -219,7 +252,11 @@ def compose(
     show_default=True,
     help="--serve: replicas (stateless: each reads the registry).",
 )
-@click.option("--token-secret", help="--serve: a Secret whose key `tokens` lists bearer tokens.")
+@click.option(
+    "--token-secret",
+    help="--serve: a Secret whose key `tokens` lists bearer tokens; --hub: a Secret whose key "
+    "`token` is one of them (an hf_… token: llama.cpp sends no other).",
+)
 @click.option("--registry-secret", help="--serve: a Secret with the registry's username/password.")
 @click.option(
     "--s3-port",
@@ -249,6 +286,7 @@ def compose(
     help="What MODEL_IMAGE is: an image (files under /REPO) or a ModelPack artifact "
     "(image-volume mode only: CRI-O ≥ 1.33 mounts it; containerd does not).",
 )
+@hub_option
 @click.option("--name", help="Deployment/Service name (default: from the tag).")
 @click.option("--runtime-image", help="Server image (see `hf2oci deploy dockerfile`).")
 @click.option("--cpu", default="2", show_default=True, help="CPU request.")
@@ -260,6 +298,7 @@ def k8s(
     model_image: str | None,
     runtime: str | None,
     serve: bool,
+    hub: str | None,
     registry: str | None,
     namespace: str | None,
     replicas: int,
@@ -277,7 +316,22 @@ def k8s(
     gpu: int,
 ) -> None:
     """Print a Deployment + Service serving MODEL_IMAGE offline on port 8000 (or, with --serve,
-    the hub server for a registry's mirrored images, on port 8080)."""
+    the hub server for a registry's mirrored images, on port 8080; with --hub, llama-server
+    loading the repo through the hub)."""
+    if hub is not None:
+        if serve or model_image is None:
+            raise UsageError(
+                "--hub deploys llama-server for a repo: give ORG/REPO[:QUANT], no --serve"
+            )
+        if mode != "init" or model_format != "image":
+            raise UsageError("--hub mounts no image: give no --mode or --format")
+        if s3_port or s3_endpoint or s3_secret:
+            raise UsageError("--hub loads the repo through the hub: give no --s3-* option")
+        loader = _hub_model(model_image, runtime, hub, runtime_image, name=name, cpu=cpu,
+                            memory=memory or RUNTIMES["llamacpp"].default_memory, gpu=gpu,
+                            token_secret=token_secret)  # fmt: skip
+        click.echo(hub_model_manifests(loader), nl=False)
+        return
     runtime = _model_or_hub(model_image, runtime, serve)
     if serve and (s3_endpoint or s3_secret):
         raise UsageError("--s3-endpoint, --s3-secret: a model server's (--serve has --s3-port)")
@@ -288,12 +342,12 @@ def k8s(
     if serve:
         if not registry or not namespace:
             raise UsageError("--serve needs --registry and --namespace (what the hub reads)")
-        hub = HubSpec(
+        server = HubSpec(
             registry=registry, namespace=namespace, name=name or "hf2oci-hub", replicas=replicas,
             serve_image=runtime_image or DEFAULT_SERVE_IMAGE, token_secret=token_secret,
             registry_secret=registry_secret, cpu=cpu if cpu != "2" else "500m", s3_port=s3_port,
         )  # fmt: skip
-        click.echo(hub_manifests(hub), nl=False)
+        click.echo(hub_manifests(server), nl=False)
         return
     assert model_image is not None
     spec = ServeSpec(

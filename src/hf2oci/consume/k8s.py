@@ -226,3 +226,63 @@ def inference_service(spec: KServeSpec) -> str:
         storage_uri=f"oci://{ref}",
         served_model_name=served_model_name(spec.model_image),
     )
+
+
+#: llama.cpp's own server image (CPU); ``-hf`` makes it fetch a GGUF repo by its id
+LLAMA_SERVER_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+_QUANT_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HUB_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s\"'\\]*)?")
+
+
+@dataclass(frozen=True)
+class HubModelSpec:
+    """llama.cpp's ``llama-server -hf ORG/REPO[:QUANT]`` loading a GGUF repo through the hub
+    (``hf2oci serve`` at ``hub``) by itself: no model image, the files cached in a volume
+    (``LLAMA_CACHE``), so a restart starts from the cache even while the hub is away."""
+
+    model: str
+    hub: str
+    name: str | None = None
+    image: str = LLAMA_SERVER_IMAGE
+    #: a Secret with key ``token``: one of the hub's tokens (an ``hf_…`` one: llama.cpp sends
+    #: no other)
+    token_secret: str | None = None
+    cpu: str = "2"
+    memory: str = "4Gi"
+    gpu: int = 0
+
+    @property
+    def repo_id(self) -> str:
+        return self.model.split(":", 1)[0]
+
+
+def _checked_hub_model(spec: HubModelSpec) -> str:
+    """The spec's name; UsageError for a model, hub address or name that would not work."""
+    repo_id, _, quant = spec.model.partition(":")
+    try:
+        naming.validate_repo_id(repo_id)
+    except InvalidRepoId as e:
+        raise UsageError(
+            f"{spec.model!r}: give ORG/REPO[:QUANT], e.g. ggml-org/gemma-3-270m-GGUF:Q4_K_M"
+        ) from e
+    if ":" in spec.model and not _QUANT_TAG.fullmatch(quant):
+        raise UsageError(f"{quant!r} is not a quant tag (e.g. Q4_K_M, Q8_0)")
+    if not _HUB_URL.fullmatch(spec.hub):
+        raise UsageError(f"--hub {spec.hub!r}: give the hub's URL, e.g. http://hf2oci-hub:8080")
+    parse_reference(spec.image)
+    name = spec.name or default_name(f"x:{repo_id.replace('/', '--')}", "llamacpp")
+    _check(names={"--name": name, "--token-secret": spec.token_secret},
+           quantities={"--cpu": spec.cpu, "--memory": spec.memory})  # fmt: skip
+    return name
+
+
+def hub_model_manifests(spec: HubModelSpec) -> str:
+    """kubectl-ready YAML: a Deployment + Service of ``llama-server -hf`` through the hub."""
+    name = _checked_hub_model(spec)
+    return render("k8s/llamacpp-hub.yaml.j2", spec=spec, app=name)
+
+
+def hub_model_compose(spec: HubModelSpec) -> str:
+    """A docker compose file of ``llama-server -hf`` through the hub, its cache a volume."""
+    _checked_hub_model(spec)
+    return render("compose/llamacpp-hub.yaml.j2", spec=spec)

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from hf2oci.consume.serve import documents, pages
 from hf2oci.consume.serve.answers import KINDS, error, html, segments, split_repo, wants_html
 from hf2oci.consume.serve.cas import Cas
+from hf2oci.consume.serve.clients import Clients
 from hf2oci.consume.serve.gate import TOKEN_COOKIE, Gate
 from hf2oci.consume.serve.metrics import Metrics, StoreCounts
 from hf2oci.consume.serve.pages import Catalog
@@ -31,7 +32,7 @@ from hf2oci.spec import RepoType
 
 log = logging.getLogger("hf2oci.serve")
 
-_ACTIONS = ("revision", "tree", "paths-info", "xet-read-token")
+_ACTIONS = ("revision", "tree", "paths-info", "xet-read-token", "refs")
 
 
 def create_app(
@@ -47,6 +48,7 @@ def create_app(
     hub = _Hub(store, xet)
     routes = [
         *hub.cas.routes(),
+        *hub.clients.routes(),
         Route("/health", hub.health, methods=["GET"]),
         Route("/metrics", hub.metrics_page, methods=["GET"]),
         Route("/api/agent-harnesses", hub.harnesses, methods=["GET"]),
@@ -75,6 +77,7 @@ class _Hub:
         self.catalog = Catalog(store)
         self.xet = xet
         self.cas = Cas(self.downloads, xet)
+        self.clients = Clients(self.downloads)
 
     async def health(self, request: Request) -> Response:
         ok = await run_in_threadpool(self.store.healthy)
@@ -101,6 +104,8 @@ class _Hub:
             repo_id, action, rest = split_repo(parts[1:], _ACTIONS)
             if action == "xet-read-token":
                 return await self.cas.token(request, repo_type, repo_id, rest)
+            if action == "refs":
+                return await self.clients.refs(request, repo_type, repo_id)
             if action is None or action == "revision":
                 revision = rest[0] if rest else "main"
                 snap = await self.call(store.snapshot, repo_type, repo_id, revision)
@@ -166,20 +171,31 @@ class _Hub:
                          status=e.status)  # fmt: skip
 
     async def resolve(self, request: Request) -> Response:
+        """A file's bytes (``resolve``), or its text (``raw``: an LFS file's pointer)."""
         head = request.method == "HEAD"
+        files = ("resolve", "raw")
         try:
             parts = segments(request, 0)
-            if wants_html(request) and "resolve" not in parts[1:4]:
+            if wants_html(request) and not set(files) & set(parts[1:4]):
                 return await self.page(request, parts)
             repo_type: RepoType = "model"
-            if parts and parts[0] in KINDS and len(parts) > 1 and "resolve" in parts[2:4]:
+            if parts and parts[0] in KINDS and len(parts) > 1 and set(files) & set(parts[2:4]):
                 repo_type = KINDS[parts[0]]
                 parts = parts[1:]
-            repo_id, action, rest = split_repo(parts, ("resolve",))
-            if action != "resolve" or len(rest) < 2:
+            repo_id, action, rest = split_repo(parts, files)
+            if action not in files or len(rest) < 2:
                 raise ServeError(404, "NotFound", "no such page")
             snap = await self.call(self.store.snapshot, repo_type, repo_id, rest[0])
-            return await self._file(snap, "/".join(rest[1:]), request, head)
+            path = "/".join(rest[1:])
+            if action == "raw":  # huggingface.js's fileExists, RamaLama's sha256
+                pointer = await self.clients.pointer(snap, path, head)
+                if pointer is not None:
+                    return pointer
+                response = await self._file(snap, path, request, head)
+                if response.status_code < 300:
+                    response.headers["Content-Type"] = "text/plain; charset=utf-8"
+                return response
+            return await self._file(snap, path, request, head)
         except ServeError as e:
             return error(e, head)
 

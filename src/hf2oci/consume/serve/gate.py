@@ -76,6 +76,7 @@ class Gate:
                 await response(scope, receive, sending)
         finally:
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.seen(dict(scope.get("headers") or []).get(b"user-agent", b""))
             access_log.info(
                 "%s %s %d %d %.1fms", scope["method"], scope["path"][:300], status, sent,
                 (time.monotonic() - started) * 1000,

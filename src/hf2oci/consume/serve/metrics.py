@@ -1,5 +1,6 @@
 """serve's Prometheus metrics: requests by route, method and status, bytes sent, downloads in
-flight, latency, and the store's own counts (registry retries by kind, stale answers)."""
+flight, latency, requests by client family, and the store's own counts (registry retries by
+kind, stale answers)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ class Metrics:
             "hf2oci_serve_request_seconds", "Time to the response's start", ["route"],
             registry=self.registry,
         )  # fmt: skip
+        self.clients = Counter(
+            "hf2oci_serve_client_requests", "Requests by client family (from the User-Agent: "
+            "llama.cpp, huggingface_hub, hf-hub-rust, huggingface.js, transformers.js, hf_xet, "
+            "python-urllib, node, browser, other)", ["client"], registry=self.registry,
+        )  # fmt: skip
+
+    def seen(self, user_agent: bytes) -> None:
+        """Count a request by the family of its client."""
+        self.clients.labels(client_family(user_agent.decode("latin-1"))).inc()
 
 
 class StoreCounts:
@@ -66,7 +76,35 @@ def route_of(path: str) -> str:
     if xet is not None:
         return xet
     if path.startswith("/api/"):
-        return "api"
+        return "refs" if path.endswith("/refs") else "api"
     if "/resolve/" in path:
         return "resolve"
+    if "/raw/" in path:
+        return "raw"
+    if path.startswith("/v2/") and "/manifests/" in path:
+        return "gguf-manifest"
     return "page"
+
+
+#: the client families ``/metrics`` counts requests of, from the User-Agent (a fixed set: a
+#: label per distinct User-Agent would grow without bound)
+_FAMILIES = (
+    ("llama-cpp", "llama.cpp"),
+    ("hf_hub/", "huggingface_hub"),
+    ("hf-hub/", "hf-hub-rust"),
+    ("huggingface.js", "huggingface.js"),
+    ("transformers.js", "transformers.js"),
+    ("hf_xet", "hf_xet"),
+    ("python-urllib", "python-urllib"),
+    ("node", "node"),
+    ("mozilla", "browser"),
+)
+
+
+def client_family(user_agent: str) -> str:
+    """Which client sent a request, by its User-Agent: one of a few families, else ``other``."""
+    agent = user_agent.lower()
+    for marker, family in _FAMILIES:
+        if marker in agent:
+            return family
+    return "other"

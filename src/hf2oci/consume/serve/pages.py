@@ -27,6 +27,7 @@ from hf2oci import labels as L
 from hf2oci import naming
 from hf2oci.consume.serve import preview
 from hf2oci.consume.serve.files import RepoFile
+from hf2oci.consume.serve.gguf import usage
 from hf2oci.consume.serve.store import Snapshot, Store
 from hf2oci.consume.serve.xet import XetSettings
 from hf2oci.oci.image import Image
@@ -362,6 +363,7 @@ def repo_page(store: Store, catalog: Catalog, snap: Snapshot, base: str) -> str:
         meta=_meta_items(row.card.meta), pinned=pinned, image=image, tag=tag, base=base,
         prefix=repo_prefix(snap.repo_type), hub_path=naming.hub_path(snap.repo_id, snap.repo_type),
         data_path=data_path, rows=rows, verified=store.verify_key is not None,
+        usage=usage(list(snap.files)),
     )  # fmt: skip
 
 
