@@ -114,6 +114,35 @@ def test_stale_metadata_answers_while_the_registry_is_gone_but_file_bytes_do_not
         server.stop()
 
 
+def _faults(url: str) -> dict[str, float]:
+    return {line.split('"')[1]: float(line.split()[-1])
+            for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines()
+            if line.startswith("hf2oci_serve_upstream_faults_total{")}  # fmt: skip
+
+
+def test_a_read_given_up_on_counts_every_fault_it_met(mirrored, tmp_path: Path) -> None:
+    """Every blob read fails: serve tries 4 times and answers 503. Its metrics count 4 faults
+    and 3 retries: the last failure, given up on, is a fault too (it was not counted, so a
+    test injecting faults counted fewer than it injected whenever one read met 4 in a row)."""
+    from faultproxy import FaultProxy
+
+    reg, _ = mirrored
+    proxy = FaultProxy(reg.host)
+    server = Served(registry_store(proxy.host, "f", ttl=60))
+    try:
+        url = f"{server.url}/{REPO}/resolve/main/model.safetensors"
+        assert requests.head(url, timeout=10).status_code == 200  # the metadata, read once
+        failing = proxy.fault("GET", "/blobs/sha256:", "503", times=1000)
+        got = requests.get(url, timeout=30)
+        assert got.status_code == 503 and got.headers["X-Error-Code"] == "UpstreamUnavailable"
+        assert failing.hits == 4
+        assert _faults(server.url) == {"status": 4.0}
+        assert _metric(server.url, "hf2oci_serve_upstream_retries_total") == 3
+    finally:
+        server.stop()
+        proxy.server.shutdown()
+
+
 def test_every_fifth_blob_read_failing_under_concurrent_clients_costs_no_client_anything(
     hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

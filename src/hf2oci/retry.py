@@ -51,6 +51,9 @@ class RetryPolicy:
     stall_total: float | None = None
     #: told of each failure about to be tried again (metrics)
     on_retry: Callable[[BaseException], None] | None = field(default=None, compare=False)
+    #: told of every failure the policy tries again or would (the last, which it gives up on,
+    #: included): what failed, as opposed to what was tried again
+    on_failure: Callable[[BaseException], None] | None = field(default=None, compare=False)
 
 
 #: the mirror's: minutes-long jobs ride out minutes of trouble
@@ -189,6 +192,11 @@ def retrying(
             first,
         )
 
+    def after(state: tenacity.RetryCallState) -> None:  # each temporary failure, the last too
+        exc = state.outcome.exception() if state.outcome else None
+        if policy.on_failure is not None and exc is not None:
+            policy.on_failure(exc)
+
     budget = (
         _since_failure(policy.total) if from_failure else tenacity.stop_after_delay(policy.total)
     )
@@ -197,6 +205,7 @@ def retrying(
         wait=wait,
         retry=tenacity.retry_if_exception(is_temporary),
         before_sleep=before_sleep,
+        after=after,
         sleep=sleep,
         reraise=True,
     )

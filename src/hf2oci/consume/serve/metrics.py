@@ -58,7 +58,8 @@ class StoreCounts:
                                   "Registry reads tried again within a request's budget",
                                   value=counts.get("retries", 0))  # fmt: skip
         faults = CounterMetricFamily("hf2oci_serve_upstream_faults",
-                                     "Registry reads that failed and were tried again, by kind",
+                                     "Registry reads that failed, by kind (tried again, or "
+                                     "the last try, given up on)",
                                      labels=["kind"])  # fmt: skip
         for key, n in sorted(counts.items()):
             if key.startswith("fault:"):
