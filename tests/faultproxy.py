@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -44,15 +44,24 @@ class Fault:
     matched: int = 0
     #: hits that changed the answer (a cut of a body no longer than its cut point is none)
     felt: int = 0
+    #: a read is faulted once at most: its retries and resumes (the same path, the same end of
+    #: its range) pass (a blip, never the 4 faults in a row a client's read gives up on)
+    once_per_read: bool = False
+    _faulted: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
-    def take(self) -> str | None:
-        """The action for one more matching request, or None to let it pass. Several actions
-        between ``|`` take turns ("503|cut-after:1000")."""
+    def take(self, read: tuple[str, str] = ("", "")) -> str | None:
+        """The action for one more matching request (``read``: its path and the end of its
+        range), or None to let it pass. Several actions between ``|`` take turns
+        ("503|cut-after:1000")."""
         with _LOCK:
+            if self.once_per_read and read in self._faulted:
+                return None
             self.matched += 1
             if self.hits >= self.times or (self.every and self.matched % self.every):
                 return None
             self.hits += 1
+            if self.once_per_read:
+                self._faulted.add(read)
             actions = self.action.split("|")
             return actions[(self.hits - 1) % len(actions)]
 
@@ -104,7 +113,8 @@ class FaultProxy:
                 for fault in proxy.faults:
                     if fault.method != self.command or not re.search(fault.path, self.path):
                         continue
-                    action = fault.take()
+                    end = (self.headers.get("Range") or "").rpartition("-")[2]
+                    action = fault.take((self.path, end))
                     if action is None:
                         continue
                     if not action.startswith(("cut-after:", "stall-after:", "slow-cut:")):
@@ -227,9 +237,10 @@ class FaultProxy:
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
 
     def fault(
-        self, method: str, path: str, action: str, times: int = 1, *, every: int = 0
-    ) -> Fault:
-        fault = Fault(method, path, action, times, every=every)
+        self, method: str, path: str, action: str, times: int = 1, *, every: int = 0,
+        once_per_read: bool = False,
+    ) -> Fault:  # fmt: skip
+        fault = Fault(method, path, action, times, every=every, once_per_read=once_per_read)
         self.faults.append(fault)
         return fault
 
