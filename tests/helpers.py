@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,13 @@ def run_json(code: str, *args: str, env: dict[str, str], timeout: float = 300) -
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_golden(text: str, golden: Path) -> None:
+    """``text`` is the golden file's (``HF2OCI_UPDATE_GOLDEN=1`` rewrites it first)."""
+    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden} differs (HF2OCI_UPDATE_GOLDEN=1)"
 
 
 def cli(*args: str) -> Result:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import cli
+from helpers import assert_golden, cli
 from test_k8s import GOLDEN, validate
 from test_runtime import recorder, run_entrypoint
 
@@ -50,9 +50,7 @@ def test_vllm_streaming_from_the_s3_face_validates_and_matches_golden(
         }
         assert "RUNAI_STREAMER_S3_UNSIGNED" not in env
         golden = GOLDEN / "vllm-s3.yaml"
-        if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
-            golden.write_text(r.stdout)
-        assert r.stdout == golden.read_text()
+        assert_golden(r.stdout, golden)
     else:
         assert env["RUNAI_STREAMER_S3_UNSIGNED"] == "1" and "AWS_SECRET_ACCESS_KEY" not in env
     assert service["spec"]["ports"][0]["port"] == 8000
@@ -79,9 +77,7 @@ def test_the_hub_with_its_s3_port_validates_and_matches_golden(tmp_path: Path) -
     assert {"name": "s3", "containerPort": 9000} in container["ports"]
     assert {"name": "s3", "port": 9000, "targetPort": "s3"} in service["spec"]["ports"]
     golden = GOLDEN / "hub-s3.yaml"
-    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
-        golden.write_text(r.stdout)
-    assert r.stdout == golden.read_text()
+    assert_golden(r.stdout, golden)
 
 
 @pytest.mark.parametrize(

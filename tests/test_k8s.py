@@ -11,7 +11,7 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
-from helpers import cli
+from helpers import assert_golden, cli
 
 #: image volumes are in the schemas from 1.31 on; validate against the newest shipped
 NEWEST = str(max(kubernetes_validate.utils.all_versions(), key=kubernetes_validate.utils.Version))
@@ -69,9 +69,7 @@ def test_manifests_validate_and_match_golden(runtime: str, mode: str, tmp_path: 
         assert server["volumeMounts"][0]["readOnly"] is True
         assert env["MODEL_DIR"] == "/models/REPO"
     golden = GOLDEN / f"{runtime}-{mode}.yaml"
-    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
-        golden.write_text(r.stdout)
-    assert r.stdout == golden.read_text()
+    assert_golden(r.stdout, golden)
 
 
 @pytest.mark.parametrize(
@@ -114,9 +112,7 @@ def test_hub_server_manifests_validate_and_match_golden(secrets: bool, tmp_path:
     else:
         assert "--token-file" not in container["args"] and "volumes" not in pod
     golden = GOLDEN / f"hub{'-secrets' if secrets else ''}.yaml"
-    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
-        golden.write_text(r.stdout)
-    assert r.stdout == golden.read_text()
+    assert_golden(r.stdout, golden)
 
 
 @pytest.mark.parametrize(
@@ -201,9 +197,7 @@ def test_llama_server_through_the_hub_validates_and_matches_golden(tmp_path: Pat
     assert server["readinessProbe"]["httpGet"]["path"] == "/health"
     assert service["spec"]["ports"][0]["port"] == 8000
     golden = GOLDEN / "llamacpp-hub.yaml"
-    if os.environ.get("HF2OCI_UPDATE_GOLDEN"):
-        golden.write_text(r.stdout)
-    assert r.stdout == golden.read_text()
+    assert_golden(r.stdout, golden)
 
 
 @pytest.mark.parametrize(
