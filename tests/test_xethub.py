@@ -30,6 +30,7 @@ import pytest
 from huggingface_hub import HfApi, RepoFile, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import GatedRepoError
 
+from helpers import run_json
 from hubserver import Generated, HubServer
 
 MiB = 1024 * 1024
@@ -426,6 +427,14 @@ def test_expired_tokens_are_refused_and_hf_xet_renews_them(
     assert hub.cas.count("reconstruction", status=401) == 0
 
 
+_DOWNLOAD = """
+import json, sys
+from huggingface_hub import hf_hub_download
+path = hf_hub_download(sys.argv[1], sys.argv[2], endpoint=sys.argv[3], cache_dir=sys.argv[4])
+print(json.dumps(path))
+"""
+
+
 def test_hf_hub_download_renews_short_tokens_through_xet_auth(
     hub: HubServer, tmp_path: Path
 ) -> None:
@@ -434,8 +443,11 @@ def test_hf_hub_download_renews_short_tokens_through_xet_auth(
     through the ``rel="xet-auth"`` URL, asks for the reconstruction again and completes.
 
     A repo of its own: huggingface_hub caches a token per token URL for the process while it
-    has over 60 s left. Every third xorb GET fails: with every second one, the retry of a failed
-    GET can land on the next failure each time, until hf_xet gives up after minutes of backoff.
+    has over 60 s left. Every third xorb GET fails, each read once: with every second one, the
+    retry of a failed GET could land on the next failure each time. The client runs in a process
+    of its own with hf_xet's retry delay at 50 ms: at its default (3 s at first, read once per
+    process) a retry came after the 2 s its URL lives, met a real expiry too, and after minutes
+    hf_xet gave up (a 403; CI at fe24792).
     """
     rng = random.Random("renew")
     a = rng.randbytes(2 * MiB)
@@ -444,8 +456,11 @@ def test_hf_hub_download_renews_short_tokens_through_xet_auth(
     sha = hub.commit("xetorg/renew", {"b.safetensors": b})
     assert hub.cas is not None
     hub.xet_token_ttl = 2.0
-    hub.cas.flaky(3, kinds=("403",))
-    path = hf_hub_download("xetorg/renew", "b.safetensors", endpoint=hub.url, cache_dir=tmp_path)
+    hub.cas.flaky(3, kinds=("403",), once_per_read=True)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_XET"}
+    env["HF_XET_CLIENT_RETRY_BASE_DELAY"] = "50ms"
+    path = run_json(_DOWNLOAD, "xetorg/renew", "b.safetensors", hub.url, str(tmp_path), env=env,
+                    timeout=120)  # fmt: skip
     assert Path(path).read_bytes() == b
     assert hub.cas.flaky_hits >= 1 and hub.cas.reconstructions >= 2
     assert hub.count("GET", f"/xet-read-token/{sha}") >= 2

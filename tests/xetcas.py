@@ -243,6 +243,8 @@ class XetCas:
         self._chunks: dict[str, list[Chunk]] = {}
         self._flaky: tuple[int, tuple[str, ...]] = (0, ())
         self._flaky_seen = 0
+        self._flaky_once = False
+        self._flaky_reads: set[tuple[str, str]] = set()
         self._lock = threading.RLock()
         self._httpd: _CasServer | None = None
         self._session: Any = None
@@ -452,25 +454,31 @@ class XetCas:
         with self._lock:
             return sum(r.sent for r in self.log if r.route == "xorb")
 
-    def flaky(self, every: int, kinds: tuple[str, ...] = ("503", "cut")) -> None:
+    def flaky(
+        self, every: int, kinds: tuple[str, ...] = ("503", "cut"), *, once_per_read: bool = False
+    ) -> None:
         """Fail every ``every``-th presigned xorb GET, with each of ``kinds`` in turn: "503",
         "cut" (the body stops half-way and the connection closes) or "403" (as an expired URL:
         hf_xet asks for the reconstruction again); ``every=0`` stops it. ``flaky_hits`` counts
-        the failures given."""
+        the failures given. ``once_per_read``: a read (its xorb and range) fails once at most,
+        its retries pass (hf_xet gives up on a read that fails again right after a refresh)."""
         with self._lock:
             self._flaky = (every, kinds)
             self._flaky_seen = 0
             self.flaky_hits = 0
+            self._flaky_once = once_per_read
+            self._flaky_reads = set()
 
-    def _flaky_fault(self) -> str | None:
+    def _flaky_fault(self, read: tuple[str, str] = ("", "")) -> str | None:
         with self._lock:
             every, kinds = self._flaky
-            if not every:
+            if not every or (self._flaky_once and read in self._flaky_reads):
                 return None
             self._flaky_seen += 1
             if self._flaky_seen % every:
                 return None
             self.flaky_hits += 1
+            self._flaky_reads.add(read)
             return kinds[(self._flaky_seen // every - 1) % len(kinds)]
 
     def tamper(self, file_hash: str, offset: int = 0) -> None:
@@ -809,7 +817,7 @@ class _CasHandler(BaseHTTPRequestHandler):
             raise _Refused(416, "range past the end", {"Content-Range": f"bytes */{size}"})
         if not all(any(ss <= s and e <= se for ss, se in signed) for s, e in wanted):
             raise _Refused(403, "range not covered by the signature")
-        fault = cas._flaky_fault()
+        fault = cas._flaky_fault((xorb, header))
         if fault == "503":
             raise _Refused(503, "injected flaky failure")
         if fault == "403":
