@@ -23,7 +23,7 @@ from hf2oci.consume.serve.clients import Clients
 from hf2oci.consume.serve.gate import TOKEN_COOKIE, Gate
 from hf2oci.consume.serve.metrics import Metrics, StoreCounts
 from hf2oci.consume.serve.pages import Catalog
-from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
+from hf2oci.consume.serve.ranges import Unsatisfiable, ranged, unsatisfiable
 from hf2oci.consume.serve.store import Snapshot, Store
 from hf2oci.consume.serve.streaming import Downloads
 from hf2oci.consume.serve.xet import XetSettings, derive_key
@@ -217,22 +217,15 @@ class _Hub:
             headers["X-Linked-Size"] = str(f.size)
             headers |= self.cas.headers(snap, f, request)
         try:
-            span = parse_range(request.headers.get("range"), f.size)
+            r = ranged(request.headers.get("range"), f.size)
         except Unsatisfiable:
-            headers["Content-Range"] = f"bytes */{f.size}"
-            return Response(status_code=416, headers=headers)
-        start, end = span if span is not None else (0, f.size - 1)
-        length = max(0, end - start + 1)
-        headers["Content-Length"] = str(length)
-        status = 200
-        if span is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
-        if head or length == 0:
-            return Response(status_code=status, headers=headers)
+            return Response(status_code=416, headers=headers | unsatisfiable(f.size))
+        headers |= r.headers()
+        if head or r.length == 0:
+            return Response(status_code=r.status, headers=headers)
         check = None
-        if snap.signed is not None and span is None:  # a whole file: check it as it goes
+        if snap.signed is not None and not r.partial:  # a whole file: check it as it goes
             check = snap.signed[f.path]
         piece = self.downloads.budget.piece
-        return await self.downloads.stream(f, lambda: f.chunks(start, length, piece), status,
-                                           headers, check)  # fmt: skip
+        return await self.downloads.stream(f, lambda: f.chunks(r.start, r.length, piece),
+                                           r.status, headers, check)  # fmt: skip

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from hf2oci.consume.serve.answers import error
 from hf2oci.consume.serve.files import RepoFile
-from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
+from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range, ranged, unsatisfiable
 from hf2oci.consume.serve.store import Snapshot
 from hf2oci.consume.serve.streaming import Downloads
 from hf2oci.consume.serve.xet import (
@@ -118,7 +118,7 @@ class Cas:
             try:
                 span = parse_range(request.headers.get("range"), f.size)
             except Unsatisfiable:
-                return Response(status_code=416, headers={"Content-Range": f"bytes */{f.size}"})
+                return Response(status_code=416, headers=unsatisfiable(f.size))
             lo, hi = (span[0], span[1] + 1) if span is not None else (0, f.size)
             version = 1 if request.url.path.startswith("/v1/") else 2
             base = str(request.base_url).rstrip("/")
@@ -159,17 +159,11 @@ class Cas:
             size = layout.packed_size(ref.xorb)
             headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             try:
-                span = parse_range(request.headers.get("range"), size)
+                r = ranged(request.headers.get("range"), size)
             except Unsatisfiable:
-                headers["Content-Range"] = f"bytes */{size}"
-                return Response(status_code=416, headers=headers)
-            start, end = span if span is not None else (0, size - 1)
-            headers["Content-Length"] = str(end - start + 1)
-            status = 200
-            if span is not None:
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            framing = layout.framing(ref.xorb, start, end + 1)
+                return Response(status_code=416, headers=headers | unsatisfiable(size))
+            headers |= r.headers()
+            framing = layout.framing(ref.xorb, r.start, r.start + r.length)
             budget = self.hub.budget
 
             def half() -> int:
@@ -181,7 +175,7 @@ class Cas:
                 pieces = f.chunks(framing.file_start, framing.length, half)
                 return self._counted(frame(framing, pieces), pieces)
 
-            return await self.hub.stream(f, read, status, headers)
+            return await self.hub.stream(f, read, r.status, headers)
         except ServeError as e:
             return error(e)
 

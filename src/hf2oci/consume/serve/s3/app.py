@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from hf2oci.consume.serve.files import RepoFile
-from hf2oci.consume.serve.ranges import Unsatisfiable, parse_range
+from hf2oci.consume.serve.ranges import Unsatisfiable, ranged, unsatisfiable
 from hf2oci.consume.serve.s3 import documents, listing, sigv4
 from hf2oci.consume.serve.s3.documents import S3Error
 from hf2oci.consume.serve.s3.request import S3Request, read_request
@@ -248,24 +248,17 @@ class S3App:
         }
         asked = request.header("range")
         try:
-            span = parse_range(asked, f.size)
+            r = ranged(asked, f.size)
         except Unsatisfiable:
-            headers["Content-Range"] = f"bytes */{f.size}"
             error = S3Error(416, "InvalidRange", "The requested range is not satisfiable",
                             RangeRequested=(asked or "")[:100],
                             ActualObjectSize=str(f.size))  # fmt: skip
-            return _error(error, request_id, head, headers)
-        start, end = span if span is not None else (0, f.size - 1)
-        length = max(0, end - start + 1)
-        headers["Content-Length"] = str(length)
-        status = 200
-        if span is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
-        if head or length == 0:
-            return Response(status_code=status, headers=headers)
-        return await self._stream(f, snap, start, length, whole=span is None, status=status,
-                                  headers=headers)  # fmt: skip
+            return _error(error, request_id, head, headers | unsatisfiable(f.size))
+        headers |= r.headers()
+        if head or r.length == 0:
+            return Response(status_code=r.status, headers=headers)
+        return await self._stream(f, snap, r.start, r.length, whole=not r.partial,
+                                  status=r.status, headers=headers)  # fmt: skip
 
     async def _stream(
         self, f: RepoFile, snap: Snapshot, start: int, length: int, *, whole: bool, status: int,
